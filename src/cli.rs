@@ -1,0 +1,344 @@
+//! Command line and environment.
+//!
+//! KServe appends `URI DEST [URI DEST ...]` to the image's entrypoint and
+//! cannot pass flags, so a bare argument list means `pull`, and every flag
+//! also reads an `OCIMODEL_*` variable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::CredentialSources;
+use crate::manifest::Platform;
+use crate::pull::{pull, ClientFactory, Job, Settings};
+use crate::reference::Target;
+use crate::registry::{ClientOptions, RegistryClient};
+use crate::unpack::Subtree;
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+const TERMINATION_LIMIT: usize = 4000;
+const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+const USAGE: &str = "usage: ocimodel [pull] URI DEST [URI DEST ...]";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ocimodel",
+    version,
+    about = "Pull ML models from OCI registries and layouts onto disk, verified by digest",
+    after_help = "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pull each URI and install it into its DEST (the KServe storage-initializer contract).
+    Pull(PullArgs),
+}
+
+const SUBCOMMANDS: &[&str] = &["pull", "help"];
+
+#[derive(Args, Debug)]
+struct PullArgs {
+    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, or oci-layout://DIR[:TAG|@DIGEST].
+    #[arg(value_name = "URI DEST")]
+    pairs: Vec<String>,
+
+    /// Only take images' files under this directory ("/" for all).
+    #[arg(long, env = "OCIMODEL_SUBPATH", default_value = "/models")]
+    subpath: String,
+
+    /// Platform to pick from an index, os/arch[/variant] (default linux/<this machine>).
+    #[arg(long, env = "OCIMODEL_PLATFORM")]
+    platform: Option<String>,
+
+    /// Refuse references that are not pinned by digest.
+    #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    require_digest: bool,
+
+    /// Registries (host:port) reached over plain HTTP; comma-separated.
+    #[arg(
+        long = "insecure-registry",
+        env = "OCIMODEL_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+
+    /// Extra PEM CA bundle to trust (in addition to the built-in roots).
+    #[arg(long = "ca-bundle", env = "OCIMODEL_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+
+    /// A docker config / containers auth.json with registry credentials.
+    #[arg(long = "auth-file")]
+    auth_file: Option<PathBuf>,
+
+    /// How many blobs of one model to download at once.
+    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+
+    /// uid:gid to own installed files (needs root).
+    #[arg(long, env = "OCIMODEL_OWNER")]
+    owner: Option<String>,
+
+    /// Where to write the one-line result (Kubernetes reads /dev/termination-log).
+    #[arg(long, env = "OCIMODEL_TERMINATION_LOG")]
+    termination_log: Option<PathBuf>,
+
+    /// Log format: text or json.
+    #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main_with_args(mut argv: Vec<String>) -> i32 {
+    // KServe's bare `URI DEST ...` form means `pull`.
+    if argv.len() > 1 && !argv[1].starts_with('-') && !SUBCOMMANDS.contains(&argv[1].as_str()) {
+        argv.insert(1, "pull".to_string());
+    }
+    if argv.len() == 1 {
+        eprintln!("{USAGE}\n(see ocimodel --help)");
+        write_termination(None, &format!("ocimodel: {USAGE} (no arguments given)"));
+        return 1;
+    }
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            if code != 0 {
+                let first = e.to_string().lines().next().unwrap_or("").to_string();
+                write_termination(None, &format!("ocimodel: {first}"));
+            }
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Pull(args) => run_pull(args),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OCIMODEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = if format.eq_ignore_ascii_case("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn run_pull(args: PullArgs) -> i32 {
+    init_logging(&args.log_format);
+    let log = args.termination_log.clone();
+    match prepare(&args) {
+        Ok((jobs, settings, clients)) => execute(jobs, settings, clients, log.as_deref()),
+        Err(e) => {
+            let msg = format!("ocimodel: {e:#}");
+            eprintln!("{msg}");
+            write_termination(log.as_deref(), &msg);
+            1
+        }
+    }
+}
+
+type Prepared = (Vec<Job>, Settings, ClientFactory);
+
+fn prepare(args: &PullArgs) -> Result<Prepared> {
+    if args.pairs.is_empty() || !args.pairs.len().is_multiple_of(2) {
+        bail!(
+            "{USAGE} (got {} argument{}; URIs and destinations must come in pairs)",
+            args.pairs.len(),
+            if args.pairs.len() == 1 { "" } else { "s" }
+        );
+    }
+    let mut jobs = Vec::new();
+    let mut dests = std::collections::HashSet::new();
+    for pair in args.pairs.chunks(2) {
+        let (uri, dest) = (&pair[0], &pair[1]);
+        let target = Target::parse(uri).with_context(|| uri.to_string())?;
+        let dest_path = PathBuf::from(dest);
+        if !dests.insert(dest_path.clone()) {
+            bail!("destination {dest} is given twice; each model needs its own directory");
+        }
+        jobs.push(Job {
+            uri: uri.clone(),
+            target,
+            dest: dest_path,
+        });
+    }
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let owner = args.owner.as_deref().map(parse_owner).transpose()?;
+    let settings = Settings {
+        subtree: Subtree::parse(&args.subpath)?,
+        platform,
+        require_digest: args.require_digest,
+        concurrency: args.concurrency.max(1),
+        owner,
+    };
+
+    let mut ca_bundles: Vec<PathBuf> = args.ca_bundle.iter().cloned().collect();
+    if let Some(mount) = std::env::var_os("CA_BUNDLE_VOLUME_MOUNT_POINT") {
+        let kserve_bundle = PathBuf::from(mount).join("cabundle.crt");
+        if kserve_bundle.is_file() {
+            ca_bundles.push(kserve_bundle);
+        }
+    }
+    let insecure_all = std::env::var("KSERVE_OCI_INSECURE_REGISTRY")
+        .map(|v| v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    let options = ClientOptions {
+        insecure_registries: args
+            .insecure_registries
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        insecure_all,
+        ca_bundles,
+        connect_timeout: None,
+    };
+    let sources = CredentialSources::from_env(args.auth_file.as_deref());
+    // Built on first use, so local layouts need no credentials or TLS setup.
+    let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());
+    let clients: ClientFactory = Arc::new(move || {
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
+        }
+        let creds = sources.load()?;
+        let client = Arc::new(RegistryClient::new(creds, options.clone())?);
+        Ok(cell.get_or_init(|| client).clone())
+    });
+    Ok((jobs, settings, clients))
+}
+
+fn parse_owner(s: &str) -> Result<(u32, u32)> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("OCIMODEL_OWNER must be uid:gid, got '{s}'"))?;
+    Ok((
+        u.parse()
+            .map_err(|_| anyhow!("OCIMODEL_OWNER: bad uid '{u}'"))?,
+        g.parse()
+            .map_err(|_| anyhow!("OCIMODEL_OWNER: bad gid '{g}'"))?,
+    ))
+}
+
+fn execute(jobs: Vec<Job>, settings: Settings, clients: ClientFactory, log: Option<&Path>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("ocimodel: cannot start the async runtime: {e}");
+            eprintln!("{msg}");
+            write_termination(log, &msg);
+            return 1;
+        }
+    };
+    let results = runtime.block_on(async {
+        let tasks = jobs.iter().map(|job| {
+            let settings = settings.clone();
+            let clients = clients.clone();
+            let job = job.clone();
+            async move { pull(&job, &settings, &clients).await }
+        });
+        futures_util::future::join_all(tasks).await
+    });
+
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (job, result) in jobs.iter().zip(results) {
+        match result {
+            Ok(outcome) => {
+                let m = &outcome.marker;
+                tracing::info!(
+                    uri = %job.uri,
+                    dest = %job.dest.display(),
+                    digest = %m.digest,
+                    files = m.contents.files.len(),
+                    up_to_date = outcome.up_to_date,
+                    "model installed"
+                );
+                // stdout carries the result for scripts: digest, URI, DEST.
+                println!("{} {} {}", m.digest, job.uri, job.dest.display());
+                done.push(format!(
+                    "{} -> {} ({})",
+                    job.uri,
+                    job.dest.display(),
+                    m.digest
+                ));
+            }
+            Err(e) => {
+                let line = format!("{}: {e:#}", job.uri);
+                tracing::error!("{line}");
+                failed.push(line);
+            }
+        }
+    }
+    if failed.is_empty() {
+        write_termination(log, &format!("ocimodel: installed {}", done.join("; ")));
+        0
+    } else {
+        let head = if jobs.len() > 1 {
+            format!(
+                "ocimodel: {} of {} models failed: ",
+                failed.len(),
+                jobs.len()
+            )
+        } else {
+            "ocimodel: ".to_string()
+        };
+        write_termination(log, &format!("{head}{}", failed.join("; ")));
+        1
+    }
+}
+
+/// Writes one line to the termination log: the given path, else
+/// `/dev/termination-log` when it exists (as in a Kubernetes container).
+fn write_termination(path: Option<&Path>, line: &str) {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
+            if !default.exists() {
+                return;
+            }
+            default
+        }
+    };
+    let mut line = line.replace('\n', " ");
+    if line.len() > TERMINATION_LIMIT {
+        let mut cut = TERMINATION_LIMIT - 3;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = written {
+        eprintln!(
+            "ocimodel: cannot write termination log {}: {e}",
+            path.display()
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! Streaming a blob from a source into a consumer, verifying as it flows.
+//!
+//! The async side reads the stream, counts and hashes every byte, and hands
+//! chunks over a bounded channel to a blocking thread that decompresses and
+//! writes (tar and the decoders are synchronous). So hashing overlaps with
+//! decompression and disk writes, memory stays bounded, and the consumer only
+//! sees end-of-file once size and digest have been checked: a bad blob makes
+//! the consumer fail, never succeed.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use base64::Engine;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::digest::Hasher;
+use crate::manifest::Descriptor;
+use crate::source::Source;
+
+/// Chunks in flight between download and unpack.
+const CHANNEL_DEPTH: usize = 64;
+
+/// Byte counters for progress lines and metrics.
+#[derive(Debug)]
+pub struct Progress {
+    pub fetched: AtomicU64,
+    pub total: u64,
+    pub started: Instant,
+}
+
+impl Progress {
+    pub fn new(total: u64) -> Arc<Progress> {
+        Arc::new(Progress {
+            fetched: AtomicU64::new(0),
+            total,
+            started: Instant::now(),
+        })
+    }
+
+    /// e.g. `12.0 MiB of 400.0 MiB (3%), 95.1 MiB/s, ETA 4s`
+    pub fn line(&self) -> String {
+        let done = self.fetched.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
+        let eta = if rate > 0.0 && self.total > done {
+            format!("{:.0}s", (self.total - done) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        format!(
+            "{} of {} ({pct}%), {}/s, ETA {eta}",
+            mib(done),
+            mib(self.total),
+            mib(rate as u64)
+        )
+    }
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The blocking side's view of a blob: `Read` over the verified stream.
+pub struct BlobReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Streams blob `desc` from `source` into `consume` on a blocking thread.
+/// Whatever `consume` leaves unread is drained, so the whole blob is always
+/// hashed. Fails if the size or digest differ from `desc`, naming both.
+pub async fn fetch_blob<T, F>(
+    source: &Source,
+    desc: &Descriptor,
+    progress: &Arc<Progress>,
+    consume: F,
+) -> Result<T>
+where
+    F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut stream = match &desc.data {
+        // Small blobs may be embedded in the descriptor itself.
+        Some(data) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| anyhow!("blob {}: the embedded data is not base64", desc.digest))?;
+            Box::pin(futures_util::stream::iter([Ok(Bytes::from(bytes))]))
+        }
+        None => source.blob(desc).await?,
+    };
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    let consumer = tokio::task::spawn_blocking(move || {
+        let mut reader = BlobReader {
+            rx,
+            current: Bytes::new(),
+        };
+        let out = consume(&mut reader)?;
+        io::copy(&mut reader, &mut io::sink())?;
+        Ok::<T, anyhow::Error>(out)
+    });
+
+    let mut hasher = Hasher::new(desc.digest.algorithm());
+    let mut received: u64 = 0;
+    let verdict: Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("blob {}: {e}", desc.digest))?;
+            received += chunk.len() as u64;
+            if received > desc.size {
+                bail!(
+                    "blob {}: the source sent more than the {} bytes the manifest declares",
+                    desc.digest,
+                    desc.size
+                );
+            }
+            hasher.update(&chunk);
+            progress.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(chunk)).await.is_err() {
+                // The consumer stopped early; its error explains why.
+                return Ok(());
+            }
+        }
+        if received != desc.size {
+            bail!(
+                "blob {}: size mismatch: the manifest declares {} bytes, the source sent {received}",
+                desc.digest,
+                desc.size
+            );
+        }
+        let actual = hasher.clone().finish();
+        if actual != desc.digest {
+            bail!(
+                "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
+                desc.digest,
+                desc.digest
+            );
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &verdict {
+        // Make sure the consumer fails rather than sees a clean end of file.
+        let _ = tx
+            .send(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                e.to_string(),
+            )))
+            .await;
+    }
+    drop(tx);
+    let consumed = consumer
+        .await
+        .map_err(|e| anyhow!("unpack thread failed: {e}"))?;
+    // A verification failure is the root cause of anything the consumer saw.
+    verdict?;
+    consumed
+}

@@ -1,0 +1,325 @@
+//! Putting a finished staging tree into DEST, atomically enough that a model
+//! server never reads half a model, and knowing when DEST is already done.
+//!
+//! DEST may be a volume root (KServe's `/mnt/models`), which cannot be renamed,
+//! so staging lives inside it at `DEST/.ocimodel/staging-*` (same filesystem:
+//! every move is a `rename`). The swap is journaled:
+//!
+//! 1. the old marker `DEST/.ocimodel.json` is removed (DEST is "incomplete");
+//! 2. `DEST/.ocimodel/journal.json` lists every top-level entry being touched;
+//! 3. old entries go, staged entries are renamed in;
+//! 4. the new marker is written (tmp + rename), then the journal removed.
+//!
+//! A run killed anywhere in between leaves no marker; the next run finds the
+//! journal, removes what it lists, clears stale staging, and starts over.
+//! An advisory lock on `DEST/.ocimodel/lock` keeps two runs from interleaving.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::unpack::{normalise_mode, Contents, RESERVED_NAMES};
+
+pub const MARKER: &str = ".ocimodel.json";
+pub const BOOKKEEPING: &str = ".ocimodel";
+const MARKER_VERSION: u32 = 1;
+
+/// The completion marker, `DEST/.ocimodel.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    pub version: u32,
+    /// The URI as given.
+    pub source: String,
+    /// The source pinned to the digest.
+    pub reference: String,
+    /// The digest the reference resolved to (an index's, if it was one).
+    pub digest: Digest,
+    /// The platform manifest chosen from an index, when different.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<Digest>,
+    pub format: String,
+    /// The subtree taken from a container image, e.g. `/models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    pub installed_at: String,
+    /// Top-level names in DEST that this install owns.
+    pub entries: Vec<String>,
+    #[serde(flatten)]
+    pub contents: Contents,
+}
+
+impl Marker {
+    /// What must match for an existing install to count as this one.
+    pub fn same_install(&self, digest: &Digest, subpath: Option<&str>) -> bool {
+        self.version == MARKER_VERSION
+            && &self.digest == digest
+            && self.subpath.as_deref() == subpath
+    }
+
+    pub fn new(
+        source: String,
+        reference: String,
+        digest: Digest,
+        manifest_digest: Option<Digest>,
+        format: String,
+        subpath: Option<String>,
+        contents: Contents,
+    ) -> Marker {
+        Marker {
+            version: MARKER_VERSION,
+            source,
+            reference,
+            digest,
+            manifest_digest,
+            format,
+            subpath,
+            installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            entries: Vec::new(),
+            contents,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Journal {
+    entries: Vec<String>,
+}
+
+/// An opened, locked destination directory.
+pub struct Dest {
+    path: PathBuf,
+    book: PathBuf,
+    _lock: fs::File,
+}
+
+impl Dest {
+    /// Creates DEST (`mkdir -p`) and its bookkeeping directory, takes the
+    /// lock (waiting for another run to finish), and recovers from a run that
+    /// died mid-install.
+    pub async fn open(path: &Path) -> Result<Dest> {
+        create_dirs(path)
+            .with_context(|| format!("cannot create destination {}", path.display()))?;
+        if !fs::metadata(path)?.is_dir() {
+            bail!("destination {} is not a directory", path.display());
+        }
+        let book = path.join(BOOKKEEPING);
+        match fs::create_dir(&book) {
+            Ok(()) => set_mode(&book, true)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot write to destination {} (read-only or not permitted?)",
+                        path.display()
+                    )
+                })
+            }
+        }
+        let lock_path = book.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+        let mut waited = false;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+            if !waited {
+                tracing::info!(dest = %path.display(), "another ocimodel is installing into this destination; waiting for it");
+                waited = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let dest = Dest {
+            path: path.to_path_buf(),
+            book,
+            _lock: lock,
+        };
+        dest.recover()?;
+        Ok(dest)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finishes what a killed run left: entries listed in the journal, and
+    /// every staging directory.
+    fn recover(&self) -> Result<()> {
+        let journal_path = self.book.join("journal.json");
+        if let Ok(bytes) = fs::read(&journal_path) {
+            let journal: Journal = serde_json::from_slice(&bytes).unwrap_or_default();
+            tracing::warn!(dest = %self.path.display(), "an earlier install was interrupted; removing its partial entries");
+            let _ = fs::remove_file(self.path.join(MARKER));
+            for name in &journal.entries {
+                if is_plain_name(name) {
+                    remove_any(&self.path.join(name))?;
+                }
+            }
+            fs::remove_file(&journal_path)?;
+        }
+        for entry in fs::read_dir(&self.book)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("staging-") || name == "marker.tmp" {
+                remove_any(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The marker, if DEST holds a complete install.
+    pub fn marker(&self) -> Option<Marker> {
+        let bytes = fs::read(self.path.join(MARKER)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The marker when DEST already holds exactly this model: same digest and
+    /// subpath, and every recorded file still present with its size.
+    pub fn complete_for(&self, digest: &Digest, subpath: Option<&str>) -> Option<Marker> {
+        let m = self.marker()?;
+        if !m.same_install(digest, subpath) {
+            return None;
+        }
+        let intact = m.contents.files.iter().all(|f| {
+            fs::symlink_metadata(self.path.join(&f.path))
+                .map(|md| md.is_file() && md.len() == f.size)
+                .unwrap_or(false)
+        });
+        intact.then_some(m)
+    }
+
+    /// A fresh, empty staging directory.
+    pub fn new_staging(&self) -> Result<PathBuf> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = self
+            .book
+            .join(format!("staging-{}-{nanos}", std::process::id()));
+        fs::create_dir(&dir)
+            .with_context(|| format!("cannot create staging directory {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Removes a staging directory after a failure.
+    pub fn discard(&self, staging: &Path) {
+        if let Err(e) = remove_any(staging) {
+            tracing::warn!(staging = %staging.display(), "cannot remove staging directory: {e}");
+        }
+    }
+
+    /// Moves the staged tree into DEST and writes the marker.
+    pub fn install(&self, staging: &Path, mut marker: Marker) -> Result<Marker> {
+        let mut new_entries: Vec<String> = Vec::new();
+        for entry in fs::read_dir(staging)? {
+            new_entries.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        new_entries.sort();
+        let old: BTreeSet<String> = self
+            .marker()
+            .map(|m| m.entries.into_iter().collect())
+            .unwrap_or_default();
+        // Refuse to clobber files this tool did not put there.
+        for name in &new_entries {
+            if !old.contains(name) && fs::symlink_metadata(self.path.join(name)).is_ok() {
+                bail!(
+                    "{} already exists and was not installed by ocimodel; remove it or use an empty destination",
+                    self.path.join(name).display()
+                );
+            }
+        }
+        let _ = fs::remove_file(self.path.join(MARKER));
+        let touched: BTreeSet<String> = old.iter().chain(new_entries.iter()).cloned().collect();
+        let journal = Journal {
+            entries: touched.into_iter().collect(),
+        };
+        let journal_path = self.book.join("journal.json");
+        fs::write(&journal_path, serde_json::to_vec(&journal)?)?;
+        for name in &old {
+            if is_plain_name(name) {
+                remove_any(&self.path.join(name))?;
+            }
+        }
+        for name in &new_entries {
+            fs::rename(staging.join(name), self.path.join(name))
+                .with_context(|| format!("cannot move {} into {}", name, self.path.display()))?;
+        }
+        marker.entries = new_entries;
+        let tmp = self.book.join("marker.tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&marker)?)?;
+            f.write_all(b"\n")?;
+        }
+        set_mode(&tmp, false)?;
+        fs::rename(&tmp, self.path.join(MARKER))?;
+        fs::remove_file(&journal_path)?;
+        let _ = fs::remove_dir(staging);
+        Ok(marker)
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !RESERVED_NAMES.contains(&name)
+}
+
+fn set_mode(path: &Path, dir: bool) -> Result<()> {
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(normalise_mode(if dir { 0o755 } else { 0o644 }, dir)),
+    )
+    .with_context(|| format!("cannot set mode on {}", path.display()))
+}
+
+/// `mkdir -p`, giving directories we create group-0 friendly modes.
+fn create_dirs(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dirs(parent)?;
+        }
+    }
+    match fs::create_dir(path) {
+        Ok(()) => set_mode(path, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("cannot remove {}", path.display()))
+}

@@ -1,0 +1,21 @@
+//! ocimodel: get ML models out of OCI registries and onto a model server's
+//! disk, verified by digest.
+//!
+//! Modules, in the order data flows through them:
+//! [`reference`] → [`source`] ([`registry`] with [`auth`], or an OCI layout)
+//! → [`manifest`] (index → platform manifest → [`manifest::Plan`])
+//! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
+//! → [`install`] (atomic swap into DEST, completion marker).
+//! [`pull`] drives one model through them; [`cli`] is the command line.
+
+pub mod auth;
+pub mod cli;
+pub mod digest;
+pub mod fetch;
+pub mod install;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod source;
+pub mod unpack;

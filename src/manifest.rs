@@ -1,0 +1,526 @@
+//! OCI / Docker manifests and indexes, platform choice, and classification of
+//! a manifest into an unpack [`Plan`].
+//!
+//! The plan is the boundary between "what is in the registry" and "what gets
+//! written": each format (container image, ORAS artifact, and later ModelPack,
+//! KitOps, Docker model) only decides which layers become which files.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const OCI_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_IMAGE_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What a registry is asked for, in order of preference.
+pub const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Manifests, indexes and configs larger than this are refused (the limit
+/// registries and containers/image use).
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How deep nested indexes may go before we call it a loop.
+pub const MAX_INDEX_DEPTH: usize = 4;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Descriptor {
+    pub fn title(&self) -> Option<&str> {
+        self.annotations.get(ANNOTATION_TITLE).map(String::as_str)
+    }
+
+    /// A short human description used in logs and errors.
+    pub fn describe(&self) -> String {
+        match self.title() {
+            Some(t) => format!("'{t}' ({})", self.digest),
+            None => format!("{} ({})", self.digest, self.media_type),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: Some(variant.to_string()),
+            }),
+            _ => bail!("invalid platform '{s}': expected os/arch[/variant], e.g. linux/amd64"),
+        }
+    }
+
+    /// `linux/<GOARCH of this machine>`.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default)]
+    pub subject: Option<Descriptor>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A manifest document as fetched.
+#[derive(Clone, Debug)]
+pub enum Document {
+    Manifest(Box<ImageManifest>),
+    Index(Index),
+}
+
+impl Document {
+    /// Parses manifest bytes. `content_type` is what the server said (if
+    /// anything); the document's own `mediaType` field wins when present.
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document> {
+        let probe: serde_json::Value =
+            serde_json::from_slice(bytes).context("manifest is not valid JSON")?;
+        let declared = probe
+            .get("mediaType")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_string()));
+        let is_index = match declared.as_deref() {
+            Some(OCI_INDEX) | Some(DOCKER_LIST) => true,
+            Some(OCI_MANIFEST) | Some(DOCKER_MANIFEST) => false,
+            Some(other)
+                if other.contains("prettyjws")
+                    || other.contains("manifest.v1+json") && other.contains("docker") =>
+            {
+                bail!("Docker schema 1 manifests ({other}) are deprecated and not supported; re-push the image with a current tool")
+            }
+            Some("application/vnd.oci.artifact.manifest.v1+json") => {
+                bail!("the pre-release OCI artifact manifest type is not supported; re-push with an image manifest (oras push --image-spec v1.1)")
+            }
+            _ => probe.get("manifests").is_some(),
+        };
+        if is_index {
+            let index: Index = serde_json::from_value(probe).context("invalid image index")?;
+            if index.schema_version != 2 {
+                bail!("unsupported index schemaVersion {}", index.schema_version);
+            }
+            Ok(Document::Index(index))
+        } else {
+            let m: ImageManifest =
+                serde_json::from_value(probe).context("invalid image manifest")?;
+            if m.schema_version != 2 {
+                bail!("unsupported manifest schemaVersion {}", m.schema_version);
+            }
+            Ok(Document::Manifest(Box::new(m)))
+        }
+    }
+}
+
+/// Picks the child of an index for `want`: exact platform match first (variant
+/// only compared when both sides have one), else the only real entry.
+pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Result<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| !is_attestation(d))
+        .filter(|d| {
+            matches!(
+                d.media_type.as_str(),
+                OCI_MANIFEST | DOCKER_MANIFEST | OCI_INDEX | DOCKER_LIST
+            )
+        })
+        .collect();
+    let exact = candidates.iter().find(|d| match &d.platform {
+        Some(p) => {
+            p.os == want.os
+                && p.architecture == want.architecture
+                && match (&p.variant, &want.variant) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+        }
+        None => false,
+    });
+    if let Some(d) = exact {
+        return Ok(d);
+    }
+    if candidates.len() == 1 {
+        return Ok(candidates[0]);
+    }
+    let available: Vec<String> = candidates
+        .iter()
+        .map(|d| {
+            d.platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unspecified".into())
+        })
+        .collect();
+    bail!(
+        "the index has no manifest for platform {want} (available: {}); set OCIMODEL_PLATFORM to one of them",
+        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+    )
+}
+
+fn is_attestation(d: &Descriptor) -> bool {
+    d.annotations
+        .get("vnd.docker.reference.type")
+        .is_some_and(|t| t == "attestation-manifest")
+        || d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
+}
+
+/// Layer compression, from the media type suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn of_media_type(mt: &str) -> Compression {
+        if mt.ends_with("+gzip") || mt.ends_with(".gzip") || mt.ends_with("tar.gzip") {
+            Compression::Gzip
+        } else if mt.ends_with("+zstd") || mt.ends_with(".zstd") {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// How the model is laid out in OCI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// A container image with the model under a directory (KServe modelcar).
+    Image,
+    /// An artifact pushed by `oras push` / `regctl artifact put`.
+    Oras,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Image => "image",
+            Format::Oras => "oras",
+        })
+    }
+}
+
+/// What to do with one layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Apply a tar changeset (whiteouts honoured), keeping the subtree.
+    ApplyTar(Compression),
+    /// Write the blob as-is to this relative path.
+    WriteFile(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub layer: Descriptor,
+    pub action: Action,
+}
+
+/// The result of classification: the format and one step per layer used.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub format: Format,
+    pub steps: Vec<Step>,
+    /// Layers left out, with the reason (logged).
+    pub skipped: Vec<(Descriptor, &'static str)>,
+}
+
+impl Plan {
+    pub fn total_bytes(&self) -> u64 {
+        self.steps.iter().map(|s| s.layer.size).sum()
+    }
+}
+
+fn is_tar_layer(mt: &str) -> bool {
+    mt.starts_with("application/vnd.oci.image.layer.")
+        || mt.starts_with("application/vnd.docker.image.rootfs.")
+}
+
+/// The type an artifact declares: `artifactType`, else `config.mediaType`.
+pub fn artifact_type(m: &ImageManifest) -> &str {
+    m.artifact_type.as_deref().unwrap_or(&m.config.media_type)
+}
+
+/// Decides the format of `m` and what each layer becomes.
+pub fn classify(m: &ImageManifest) -> Result<Plan> {
+    let config_mt = m.config.media_type.as_str();
+    let is_image_config = config_mt == OCI_IMAGE_CONFIG || config_mt == DOCKER_IMAGE_CONFIG;
+    let has_titles = m.layers.iter().any(|l| l.title().is_some());
+
+    if is_image_config && m.artifact_type.is_none() && !has_titles {
+        let mut steps = Vec::new();
+        for layer in &m.layers {
+            if !is_tar_layer(&layer.media_type) {
+                bail!(
+                    "container image layer {} has media type {}, which is not a tar layer",
+                    layer.digest,
+                    layer.media_type
+                );
+            }
+            steps.push(Step {
+                layer: layer.clone(),
+                action: Action::ApplyTar(Compression::of_media_type(&layer.media_type)),
+            });
+        }
+        return Ok(Plan {
+            format: Format::Image,
+            steps,
+            skipped: Vec::new(),
+        });
+    }
+
+    if has_titles {
+        let mut steps = Vec::new();
+        let mut skipped = Vec::new();
+        for layer in &m.layers {
+            if layer.media_type == OCI_EMPTY {
+                skipped.push((layer.clone(), "empty descriptor"));
+                continue;
+            }
+            match layer.title() {
+                Some(title) => {
+                    if layer
+                        .annotations
+                        .get("io.deis.oras.content.unpack")
+                        .is_some_and(|v| v == "true")
+                    {
+                        bail!(
+                            "layer '{title}' is an ORAS directory (io.deis.oras.content.unpack=true); directory artifacts are not supported yet"
+                        );
+                    }
+                    steps.push(Step {
+                        layer: layer.clone(),
+                        action: Action::WriteFile(title.to_string()),
+                    });
+                }
+                None => skipped.push((
+                    layer.clone(),
+                    "no org.opencontainers.image.title annotation",
+                )),
+            }
+        }
+        return Ok(Plan {
+            format: Format::Oras,
+            steps,
+            skipped,
+        });
+    }
+
+    let layers: Vec<String> = m
+        .layers
+        .iter()
+        .map(|l| format!("{} {}", l.media_type, l.digest))
+        .collect();
+    bail!(
+        "unsupported artifact type '{}' (config {}, layers: [{}]): ocimodel reads container images with the model under /models and ORAS artifacts whose layers carry org.opencontainers.image.title",
+        artifact_type(m),
+        config_mt,
+        layers.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!(concat!(
+        "../examples/mnist/blobs/sha256/",
+        "52154286252844566c1028dc579c5a157e7a012e41e683e35ded7a5410fe60aa"
+    ));
+
+    #[test]
+    fn seed_oras_manifest_is_an_oras_artifact() {
+        let Document::Manifest(m) = Document::parse(SEED.as_bytes(), None).unwrap() else {
+            panic!("expected a manifest")
+        };
+        assert_eq!(artifact_type(&m), "application/vnd.unknown.artifact.v1");
+        let plan = classify(&m).unwrap();
+        assert_eq!(plan.format, Format::Oras);
+        assert_eq!(plan.steps.len(), 1);
+        assert_eq!(
+            plan.steps[0].action,
+            Action::WriteFile("v1.nb20231206162408/mnist.onnx".into())
+        );
+        assert_eq!(plan.total_bytes(), 421_403);
+    }
+
+    fn desc(mt: &str, platform: Option<&str>) -> Descriptor {
+        Descriptor {
+            media_type: mt.into(),
+            digest: Digest::sha256_of(mt.as_bytes()),
+            size: 1,
+            annotations: Default::default(),
+            platform: platform.map(|p| Platform::parse(p).unwrap()),
+            artifact_type: None,
+            data: None,
+        }
+    }
+
+    #[test]
+    fn platform_choice() {
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.into()),
+            manifests: vec![
+                desc(OCI_MANIFEST, Some("linux/arm64/v8")),
+                desc(OCI_MANIFEST, Some("linux/amd64")),
+                desc(OCI_MANIFEST, Some("unknown/unknown")),
+            ],
+            annotations: Default::default(),
+        };
+        let amd = Platform::parse("linux/amd64").unwrap();
+        assert_eq!(
+            select_platform(&index, &amd).unwrap().platform,
+            index.manifests[1].platform
+        );
+        let arm = Platform::parse("linux/arm64").unwrap();
+        assert_eq!(
+            select_platform(&index, &arm).unwrap().platform,
+            index.manifests[0].platform
+        );
+        let s390 = Platform::parse("linux/s390x").unwrap();
+        let err = select_platform(&index, &s390).unwrap_err().to_string();
+        assert!(err.contains("linux/arm64/v8, linux/amd64"), "{err}");
+
+        // A single entry without a platform is taken whatever we ask for.
+        let single = Index {
+            manifests: vec![desc(OCI_MANIFEST, None)],
+            ..index
+        };
+        assert!(select_platform(&single, &s390).is_ok());
+    }
+
+    #[test]
+    fn image_and_unknown_classification() {
+        let mut m = ImageManifest {
+            schema_version: 2,
+            media_type: Some(OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: desc(OCI_IMAGE_CONFIG, None),
+            layers: vec![
+                desc("application/vnd.oci.image.layer.v1.tar", None),
+                desc("application/vnd.oci.image.layer.v1.tar+gzip", None),
+                desc("application/vnd.oci.image.layer.v1.tar+zstd", None),
+                desc("application/vnd.docker.image.rootfs.diff.tar.gzip", None),
+            ],
+            subject: None,
+            annotations: Default::default(),
+        };
+        let plan = classify(&m).unwrap();
+        assert_eq!(plan.format, Format::Image);
+        let comps: Vec<_> = plan.steps.iter().map(|s| s.action.clone()).collect();
+        assert_eq!(
+            comps,
+            vec![
+                Action::ApplyTar(Compression::None),
+                Action::ApplyTar(Compression::Gzip),
+                Action::ApplyTar(Compression::Zstd),
+                Action::ApplyTar(Compression::Gzip),
+            ]
+        );
+
+        m.config = desc("application/vnd.example.thing.v1+json", None);
+        let err = classify(&m).unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported artifact type 'application/vnd.example.thing.v1+json'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schema1_is_refused() {
+        let doc = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
+        let err = Document::parse(doc, None).unwrap_err().to_string();
+        assert!(err.contains("schema 1"), "{err}");
+    }
+}

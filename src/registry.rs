@@ -1,0 +1,510 @@
+//! A small distribution-spec v1.1 client: manifests and blobs, with anonymous,
+//! Basic and Bearer-token authentication.
+//!
+//! Why not `oci-client`: its client panics without a system CA store (fatal in
+//! `FROM scratch`), cannot take our own HTTP client, has no docker-config
+//! handling, hashes blobs twice, and leaves retries and resume to the caller.
+//! The protocol we need is a handful of GETs; owning it keeps every byte,
+//! header and error message under our control.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+
+use crate::auth::{Challenge, CredentialStore, Credentials};
+use crate::digest::Digest;
+use crate::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
+use crate::reference::ImageRef;
+
+/// A stream of blob bytes, not yet verified.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Token responses larger than this are refused.
+const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
+/// Error bodies are read up to this size for their message.
+const MAX_ERROR_BYTES: u64 = 64 * 1024;
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// `host[:port]` entries served over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Every registry over plain HTTP (`KSERVE_OCI_INSECURE_REGISTRY=true`).
+    pub insecure_all: bool,
+    /// Extra PEM bundles to trust besides the compiled-in roots.
+    pub ca_bundles: Vec<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+enum HostAuth {
+    Basic,
+    Bearer,
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    creds: CredentialStore,
+    options: ClientOptions,
+    /// What each registry asked for, so later requests authenticate up front.
+    host_auth: Mutex<HashMap<String, HostAuth>>,
+    /// Bearer tokens per (registry, scope).
+    tokens: Mutex<HashMap<(String, String), Token>>,
+}
+
+/// A manifest's bytes, exactly as served, and their digest.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub content_type: Option<String>,
+    pub digest: Digest,
+}
+
+impl RegistryClient {
+    pub fn new(creds: CredentialStore, options: ClientOptions) -> Result<RegistryClient> {
+        // One process-wide crypto provider; ring keeps the static build small.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots: Vec<reqwest::Certificate> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|c| reqwest::Certificate::from_der(c.as_ref()).ok())
+            .collect();
+        // The system store, when the image has one; absent in FROM scratch.
+        let system = std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        if let Ok(pem) = std::fs::read(&system) {
+            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
+                roots.extend(certs);
+            }
+        }
+        for bundle in &options.ca_bundles {
+            let pem = std::fs::read(bundle)
+                .with_context(|| format!("cannot read CA bundle {}", bundle.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("CA bundle {} is not valid PEM", bundle.display()))?;
+            if certs.is_empty() {
+                bail!("CA bundle {} holds no certificates", bundle.display());
+            }
+            roots.extend(certs);
+        }
+        let http = reqwest::Client::builder()
+            .tls_certs_only(roots)
+            .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(30)))
+            .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(RegistryClient {
+            http,
+            creds,
+            options,
+            host_auth: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn is_insecure(&self, registry: &str) -> bool {
+        self.options.insecure_all
+            || self
+                .options
+                .insecure_registries
+                .iter()
+                .any(|h| h.trim() == registry)
+    }
+
+    fn base_url(&self, r: &ImageRef) -> String {
+        let scheme = if self.is_insecure(&r.registry) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}/v2/{}", r.api_host(), r.repository)
+    }
+
+    /// Fetches a manifest by tag or digest. When `reference` is a digest the
+    /// bytes are checked against it; a tag's digest is computed from the bytes
+    /// (and must agree with `Docker-Content-Digest` when the server sends one).
+    pub async fn manifest(&self, r: &ImageRef, reference: &str) -> Result<FetchedManifest> {
+        let url = format!("{}/manifests/{reference}", self.base_url(r));
+        let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
+        let resp = self
+            .send(r, |c| c.get(&url).header(ACCEPT, MANIFEST_ACCEPT))
+            .await?;
+        let resp = self.check_status(resp, r, &what).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+        let digest = match reference.parse::<Digest>() {
+            Ok(expected) => {
+                let actual = Digest::of(expected.algorithm(), &bytes);
+                if actual != expected {
+                    bail!("{what}: digest mismatch: expected {expected}, got {actual}; the registry served different content");
+                }
+                expected
+            }
+            Err(_) => {
+                let alg = header_digest
+                    .as_deref()
+                    .and_then(|h| h.parse::<Digest>().ok())
+                    .map(|d| d.algorithm())
+                    .unwrap_or(crate::digest::Algorithm::Sha256);
+                let actual = Digest::of(alg, &bytes);
+                if let Some(h) = &header_digest {
+                    if h.parse::<Digest>().ok().as_ref() != Some(&actual) {
+                        bail!("{what}: the registry's Docker-Content-Digest {h} does not match the manifest it served ({actual})");
+                    }
+                }
+                actual
+            }
+        };
+        Ok(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        })
+    }
+
+    /// Opens a blob for streaming. The caller verifies size and digest.
+    pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
+        let url = format!("{}/blobs/{digest}", self.base_url(r));
+        let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
+        let resp = self.send(r, |c| c.get(&url)).await?;
+        let resp = self.check_status(resp, r, &what).await?;
+        Ok(Box::pin(resp.bytes_stream().map(|chunk| {
+            chunk.map_err(|e| {
+                std::io::Error::other(format!("download interrupted: {}", root_cause(&e)))
+            })
+        })))
+    }
+
+    /// Sends a request, answering one authentication challenge if needed.
+    async fn send(
+        &self,
+        r: &ImageRef,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let scope = format!("repository:{}:pull", r.repository);
+        let mut authorization = self.cached_authorization(r, &scope);
+        let mut answered = false;
+        loop {
+            let mut req = build(&self.http);
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a.clone());
+            }
+            let resp = req.send().await.map_err(|e| self.transport_error(r, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || answered {
+                return Ok(resp);
+            }
+            answered = true;
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            let Some(challenge) = challenge else {
+                return Ok(resp);
+            };
+            authorization = Some(self.answer(r, &scope, &challenge).await?);
+        }
+    }
+
+    fn credentials(&self, r: &ImageRef) -> Option<&Credentials> {
+        self.creds.lookup(&r.registry, &r.repository)
+    }
+
+    fn cached_authorization(&self, r: &ImageRef, scope: &str) -> Option<HeaderValue> {
+        let kind = self.host_auth.lock().unwrap().get(&r.registry).cloned()?;
+        match kind {
+            HostAuth::Basic => self.credentials(r).map(basic_header),
+            HostAuth::Bearer => {
+                let tokens = self.tokens.lock().unwrap();
+                let t = tokens.get(&(r.registry.clone(), scope.to_string()))?;
+                (t.expires > Instant::now()).then(|| bearer_header(&t.value))
+            }
+        }
+    }
+
+    async fn answer(&self, r: &ImageRef, scope: &str, ch: &Challenge) -> Result<HeaderValue> {
+        let creds = self.credentials(r);
+        if ch.is_basic() {
+            self.host_auth
+                .lock()
+                .unwrap()
+                .insert(r.registry.clone(), HostAuth::Basic);
+            return creds
+                .map(basic_header)
+                .ok_or_else(|| self.no_credentials(r));
+        }
+        if !ch.is_bearer() {
+            bail!(
+                "registry {} asks for '{}' authentication, which ocimodel does not support (Basic and Bearer are)",
+                r.registry,
+                ch.scheme
+            );
+        }
+        let realm = ch.params.get("realm").cloned().ok_or_else(|| {
+            anyhow!(
+                "registry {} sent a Bearer challenge without a realm",
+                r.registry
+            )
+        })?;
+        let service = ch.params.get("service").cloned();
+        self.host_auth
+            .lock()
+            .unwrap()
+            .insert(r.registry.clone(), HostAuth::Bearer);
+        let mut url = reqwest::Url::parse(&realm).map_err(|e| {
+            anyhow!(
+                "registry {} sent an invalid token realm '{realm}': {e}",
+                r.registry
+            )
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = &service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = creds {
+            req = req.header(AUTHORIZATION, basic_header(c));
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the token service {realm} of registry {}: {}",
+                r.registry,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(match creds {
+                Some(c) => anyhow!(
+                    "{status}: the token service {realm} of registry {} rejected the credentials for user '{}' (from {}); check the username and password",
+                    r.registry, c.username, c.source
+                ),
+                None => self.no_credentials(r),
+            });
+        }
+        if !status.is_success() {
+            bail!(
+                "the token service {realm} of registry {} answered {status}",
+                r.registry
+            );
+        }
+        let body = read_capped(resp, MAX_TOKEN_BYTES, "token response").await?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let t: TokenResponse = serde_json::from_slice(&body)
+            .with_context(|| format!("the token service {realm} sent invalid JSON"))?;
+        let value = t
+            .token
+            .or(t.access_token)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| anyhow!("the token service {realm} sent no token"))?;
+        // Spec default is 60 s; renew a little early.
+        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(5).max(1));
+        let header = bearer_header(&value);
+        self.tokens.lock().unwrap().insert(
+            (r.registry.clone(), scope.to_string()),
+            Token {
+                value,
+                expires: Instant::now() + lifetime,
+            },
+        );
+        Ok(header)
+    }
+
+    fn no_credentials(&self, r: &ImageRef) -> anyhow::Error {
+        let searched = if self.creds.searched.is_empty() {
+            "none found".to_string()
+        } else {
+            self.creds.searched.join(", ")
+        };
+        anyhow!(
+            "registry {} requires authentication for {} but no credentials for it were found (read: {searched}); provide a docker config through OCIMODEL_DOCKER_CONFIG_JSON, REGISTRY_AUTH_FILE or DOCKER_CONFIG",
+            r.registry,
+            r.repository
+        )
+    }
+
+    /// Turns a non-2xx answer into a specific error.
+    async fn check_status(
+        &self,
+        resp: reqwest::Response,
+        r: &ImageRef,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = read_capped(resp, MAX_ERROR_BYTES, "error body")
+            .await
+            .unwrap_or_default();
+        let codes = error_codes(&body);
+        let has = |c: &str| codes.iter().any(|(code, _)| code == c);
+        let detail = codes
+            .iter()
+            .map(|(c, m)| format!("{c}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({detail})")
+        };
+        Err(match status {
+            StatusCode::UNAUTHORIZED => match self.credentials(r) {
+                Some(c) => anyhow!(
+                    "401 Unauthorized: registry {} rejected the credentials for user '{}' (from {}) when fetching {what}; check the username and password",
+                    r.registry, c.username, c.source
+                ),
+                None => self.no_credentials(r),
+            },
+            StatusCode::FORBIDDEN => anyhow!(
+                "403 Forbidden: registry {} denied access to {what}{detail}; check that the account may pull {}",
+                r.registry, r.repository
+            ),
+            StatusCode::NOT_FOUND if has("NAME_UNKNOWN") => anyhow!(
+                "repository {} not found on registry {}{detail}; check the repository name",
+                r.repository, r.registry
+            ),
+            StatusCode::NOT_FOUND if what.starts_with("manifest") => anyhow!(
+                "{what} not found{detail}; check the tag or digest"
+            ),
+            StatusCode::NOT_FOUND => anyhow!("{what} not found on the registry{detail}"),
+            s => anyhow!("registry {} answered {s} for {what}{detail}", r.registry),
+        })
+    }
+
+    fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
+        let cause = root_cause(&e);
+        let hint = if self.is_insecure(&r.registry) {
+            "check the address and that the registry is running"
+        } else {
+            "check the address, the CA bundle (OCIMODEL_CA_BUNDLE), or list a plain-HTTP registry in OCIMODEL_INSECURE_REGISTRIES"
+        };
+        anyhow!(
+            "cannot reach registry {} ({}): {cause}; {hint}",
+            r.registry,
+            self.base_url(r)
+        )
+    }
+}
+
+fn basic_header(c: &Credentials) -> HeaderValue {
+    let raw = format!("{}:{}", c.username, c.password);
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+    .expect("base64 is a valid header value");
+    v.set_sensitive(true);
+    v
+}
+
+fn bearer_header(token: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    v.set_sensitive(true);
+    v
+}
+
+/// The innermost error message: what actually went wrong on the wire.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    let mut msg = cur.to_string();
+    while let Some(next) = cur.source() {
+        let m = next.to_string();
+        if !m.is_empty() {
+            msg = m;
+        }
+        cur = next;
+    }
+    msg
+}
+
+/// Reads a whole response body, refusing more than `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: u64, what: &str) -> Result<Bytes> {
+    if let Some(len) = resp.content_length() {
+        if len > cap {
+            bail!("{what} is {len} bytes, over the {cap}-byte limit");
+        }
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("reading {what}: {}", root_cause(&e)))?
+    {
+        if buf.len() as u64 + chunk.len() as u64 > cap {
+            bail!("{what} exceeds the {cap}-byte limit");
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `{"errors":[{"code":"…","message":"…"}]}` → [(code, message)].
+fn error_codes(body: &[u8]) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    serde_json::from_slice::<Errors>(body)
+        .map(|e| e.errors.into_iter().map(|i| (i.code, i.message)).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_registry_errors() {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"nope"}}]}"#;
+        assert_eq!(
+            error_codes(body),
+            vec![(
+                "MANIFEST_UNKNOWN".to_string(),
+                "manifest unknown".to_string()
+            )]
+        );
+        assert!(error_codes(b"<html>").is_empty());
+    }
+}

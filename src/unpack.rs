@@ -1,0 +1,899 @@
+//! Writing model files into a staging directory, safely.
+//!
+//! Rules, whatever the layer says:
+//! - names are cleaned; absolute names and `..` are refused, never "fixed";
+//! - nothing is ever written through a symlink: every parent directory is
+//!   checked, and files are opened with `O_NOFOLLOW | O_EXCL` after the old
+//!   entry is removed;
+//! - symlinks and hard links must resolve inside the tree (checked again on
+//!   the finished tree, following chains, so ordering tricks do not help);
+//! - devices, fifos and sockets are skipped; setuid/setgid/sticky dropped;
+//! - modes are normalised so any UID in group 0 can read (OpenShift):
+//!   directories `u=rwx,g=u,o=rx`; files `u=rw,g=u,o=r`, plus `x` for all
+//!   where the owner had it.
+//!
+//! Container-image layers are applied as changesets: whiteouts (`.wh.NAME`)
+//! and opaque whiteouts (`.wh..wh..opq`) hide lower layers, never entries of
+//! their own layer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::manifest::Compression;
+
+/// Names at the top of DEST that belong to ocimodel itself.
+pub const RESERVED_NAMES: [&str; 2] = [".ocimodel", ".ocimodel.json"];
+const WRITE_BUF: usize = 256 * 1024;
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// One regular file of an installed model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// What a finished tree holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contents {
+    pub files: Vec<FileRecord>,
+    /// Symlinks: path → target, as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, String>,
+}
+
+/// A relative path inside the tree, as clean components.
+pub type RelPath = Vec<String>;
+
+pub fn join(rel: &[String]) -> String {
+    rel.join("/")
+}
+
+/// Cleans a name from a layer or annotation: drops `.` and empty parts,
+/// refuses absolute paths, `..`, and non-UTF-8.
+pub fn clean_path(raw: &Path) -> Result<RelPath> {
+    let mut out = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(s) => out.push(
+                s.to_str()
+                    .ok_or_else(|| anyhow!("entry name {raw:?} is not UTF-8"))?
+                    .to_string(),
+            ),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                bail!("refusing absolute path '{}'", raw.display())
+            }
+            Component::ParentDir => bail!("refusing path '{}': it contains '..'", raw.display()),
+        }
+    }
+    Ok(out)
+}
+
+/// `u=rw(x),g=u,o=r(x)` for files, `u=rwx,g=u,o=rx` for directories.
+pub fn normalise_mode(mode: u32, dir: bool) -> u32 {
+    let user = ((mode >> 6) & 0o7) | if dir { 0o7 } else { 0o6 };
+    let other = 0o4 | (user & 0o1);
+    (user << 6) | (user << 3) | other
+}
+
+fn check_not_reserved(rel: &[String]) -> Result<()> {
+    if let Some(first) = rel.first() {
+        if RESERVED_NAMES.contains(&first.as_str()) {
+            bail!(
+                "refusing to write '{}': the name is reserved for ocimodel's bookkeeping",
+                join(rel)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure every parent of `rel` is a real directory under `root`
+/// (creating missing ones), never a symlink. Returns the full path of `rel`.
+pub fn prepare_parent(root: &Path, rel: &[String]) -> Result<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for (i, part) in rel[..rel.len().saturating_sub(1)].iter().enumerate() {
+        cur.push(part);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "refusing to write '{}' through the symlink '{}'",
+                join(rel),
+                join(&rel[..=i])
+            ),
+            Ok(_) => bail!(
+                "cannot write '{}': '{}' is a file, not a directory",
+                join(rel),
+                join(&rel[..=i])
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&cur, 0o755)?,
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", cur.display())),
+        }
+    }
+    Ok(root.join(rel.join("/")))
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir(path).with_context(|| format!("cannot create directory {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(normalise_mode(mode, true)))
+        .with_context(|| format!("cannot set mode on {}", path.display()))
+}
+
+/// Removes whatever is at `path` (file, symlink or whole directory) without
+/// following symlinks.
+fn remove_existing(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Writes `reader` to `rel` under `root`. When `known` is the sha256 the
+/// caller is already verifying for these exact bytes, the file is not hashed
+/// a second time.
+pub fn write_file(
+    root: &Path,
+    rel: &[String],
+    reader: &mut dyn Read,
+    mode: u32,
+    mtime: Option<SystemTime>,
+    known: Option<&Digest>,
+) -> Result<FileRecord> {
+    check_not_reserved(rel)?;
+    if rel.is_empty() {
+        bail!("refusing to write a file with an empty name");
+    }
+    let path = prepare_parent(root, rel)?;
+    remove_existing(&path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let known = known.filter(|d| d.algorithm() == Algorithm::Sha256);
+    let mut hasher = known.is_none().then(|| Hasher::new(Algorithm::Sha256));
+    let mut buf = vec![0u8; WRITE_BUF];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(anyhow!(e))
+                    .with_context(|| format!("reading content for '{}'", join(rel)))
+            }
+        };
+        if let Some(h) = &mut hasher {
+            h.update(&buf[..n]);
+        }
+        file.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        size += n as u64;
+    }
+    file.set_permissions(fs::Permissions::from_mode(normalise_mode(mode, false)))
+        .with_context(|| format!("cannot set mode on {}", path.display()))?;
+    if let Some(t) = mtime {
+        let _ = file.set_modified(t);
+    }
+    let digest = match hasher {
+        Some(h) => h.finish(),
+        None => known
+            .cloned()
+            .expect("known digest present when not hashing"),
+    };
+    Ok(FileRecord {
+        path: join(rel),
+        size,
+        digest,
+    })
+}
+
+/// Which part of an image becomes the model (`/models` by default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subtree(RelPath);
+
+enum Mapped {
+    /// Inside the subtree, at this relative path (empty: the subtree root).
+    Inside(RelPath),
+    /// A strict ancestor of the subtree (or the image root).
+    Ancestor,
+    Outside,
+}
+
+impl Subtree {
+    pub fn parse(s: &str) -> Result<Subtree> {
+        clean_path(Path::new(s.trim_start_matches('/')))
+            .map(Subtree)
+            .with_context(|| format!("invalid subpath '{s}'"))
+    }
+
+    pub fn display(&self) -> String {
+        format!("/{}", join(&self.0))
+    }
+
+    fn map(&self, image_path: &[String]) -> Mapped {
+        if image_path.len() >= self.0.len() && image_path[..self.0.len()] == self.0[..] {
+            Mapped::Inside(image_path[self.0.len()..].to_vec())
+        } else if self.0.starts_with(image_path) {
+            Mapped::Ancestor
+        } else {
+            Mapped::Outside
+        }
+    }
+}
+
+/// A staging tree being built from layers.
+pub struct Tree {
+    root: PathBuf,
+    records: HashMap<String, FileRecord>,
+    /// Paths written by the layer being applied (whiteouts spare them).
+    this_layer: BTreeSet<String>,
+    /// Whether any entry landed inside the subtree at all.
+    pub saw_subtree: bool,
+}
+
+impl Tree {
+    pub fn new(root: PathBuf) -> Tree {
+        Tree {
+            root,
+            records: HashMap::new(),
+            this_layer: BTreeSet::new(),
+            saw_subtree: false,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn add_record(&mut self, r: FileRecord) {
+        self.records.insert(r.path.clone(), r);
+    }
+
+    /// Applies one tar layer (possibly compressed), keeping `subtree`.
+    pub fn apply_tar(
+        &mut self,
+        reader: &mut dyn Read,
+        compression: Compression,
+        subtree: &Subtree,
+    ) -> Result<()> {
+        let decoded: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(reader),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            Compression::Zstd => {
+                Box::new(zstd::Decoder::new(reader).context("cannot start zstd decoder")?)
+            }
+        };
+        let mut archive = tar::Archive::new(decoded);
+        self.this_layer.clear();
+        for entry in archive.entries().context("cannot read tar layer")? {
+            let mut entry = entry.context("corrupt tar layer")?;
+            let raw = entry.path().context("invalid entry name")?.into_owned();
+            let comps = clean_path(&raw)?;
+            self.apply_entry(&mut entry, comps, subtree)
+                .with_context(|| format!("layer entry '{}'", raw.display()))?;
+        }
+        // Read to the end so compressed trailers (gzip CRC) are checked too.
+        io::copy(&mut archive.into_inner(), &mut io::sink()).context("corrupt compressed layer")?;
+        Ok(())
+    }
+
+    fn apply_entry(
+        &mut self,
+        entry: &mut tar::Entry<'_, impl Read>,
+        comps: RelPath,
+        subtree: &Subtree,
+    ) -> Result<()> {
+        let Some(name) = comps.last().cloned() else {
+            return Ok(()); // the archive root "./"
+        };
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let parent = &comps[..comps.len() - 1];
+            if hidden == ".wh..opq" {
+                return self.whiteout_children(parent, subtree);
+            }
+            if hidden.is_empty() {
+                bail!("invalid whiteout entry with no name");
+            }
+            let mut target = parent.to_vec();
+            target.push(hidden.to_string());
+            return self.whiteout(&target, subtree);
+        }
+        let rel = match subtree.map(&comps) {
+            Mapped::Inside(rel) => rel,
+            Mapped::Ancestor | Mapped::Outside => return Ok(()),
+        };
+        self.saw_subtree = true;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644);
+        if rel.is_empty() {
+            if kind.is_dir() {
+                return Ok(());
+            }
+            bail!(
+                "{} is not a directory in the image (it is a {:?}); set OCIMODEL_SUBPATH to the directory that holds the model",
+                subtree.display(),
+                kind
+            );
+        }
+        check_not_reserved(&rel)?;
+        let key = join(&rel);
+        match kind {
+            tar::EntryType::Directory => {
+                let path = prepare_parent(&self.root, &rel)?;
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => fs::set_permissions(
+                        &path,
+                        fs::Permissions::from_mode(normalise_mode(mode, true)),
+                    )?,
+                    Ok(_) => {
+                        remove_existing(&path)?;
+                        self.forget_under(&key);
+                        make_dir(&path, mode)?;
+                    }
+                    Err(_) => make_dir(&path, mode)?,
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.forget_under(&key);
+                let mtime = header
+                    .mtime()
+                    .ok()
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                let record = write_file(&self.root, &rel, entry, mode, mtime, None)?;
+                self.add_record(record);
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| anyhow!("symlink without a target"))?
+                    .into_owned();
+                let target = confine_symlink(&rel, &target, subtree)?;
+                let path = prepare_parent(&self.root, &rel)?;
+                remove_existing(&path)?;
+                self.forget_under(&key);
+                std::os::unix::fs::symlink(&target, &path)
+                    .with_context(|| format!("cannot create symlink {}", path.display()))?;
+            }
+            tar::EntryType::Link => {
+                let raw_target = entry
+                    .link_name()?
+                    .ok_or_else(|| anyhow!("hard link without a target"))?
+                    .into_owned();
+                let target_rel = match subtree.map(&clean_path(&raw_target)?) {
+                    Mapped::Inside(t) if !t.is_empty() => t,
+                    _ => bail!(
+                        "refusing hard link to '{}': it is outside {}",
+                        raw_target.display(),
+                        subtree.display()
+                    ),
+                };
+                let target_path = prepare_parent(&self.root, &target_rel)?;
+                let is_file = fs::symlink_metadata(&target_path)
+                    .map(|m| m.is_file())
+                    .unwrap_or(false);
+                if !is_file {
+                    bail!(
+                        "refusing hard link to '{}': no regular file there",
+                        raw_target.display()
+                    );
+                }
+                let path = prepare_parent(&self.root, &rel)?;
+                if path != target_path {
+                    remove_existing(&path)?;
+                    self.forget_under(&key);
+                    fs::hard_link(&target_path, &path)
+                        .with_context(|| format!("cannot create hard link {}", path.display()))?;
+                    if let Some(r) = self.records.get(&join(&target_rel)).cloned() {
+                        self.add_record(FileRecord {
+                            path: key.clone(),
+                            ..r
+                        });
+                    }
+                }
+            }
+            other => {
+                tracing::warn!(entry = %key, kind = ?other, "skipping special file (devices, fifos and sockets are never installed)");
+                return Ok(());
+            }
+        }
+        self.this_layer.insert(key);
+        Ok(())
+    }
+
+    /// Forgets file records at or below `key` (they were replaced).
+    fn forget_under(&mut self, key: &str) {
+        let prefix = format!("{key}/");
+        self.records
+            .retain(|k, _| k != key && !k.starts_with(&prefix));
+    }
+
+    fn whiteout(&mut self, target: &[String], subtree: &Subtree) -> Result<()> {
+        match subtree.map(target) {
+            Mapped::Inside(rel) if !rel.is_empty() => {
+                let key = join(&rel);
+                if self.this_layer.contains(&key) || !parents_are_dirs(&self.root, &rel) {
+                    return Ok(());
+                }
+                remove_existing(&self.root.join(&key))?;
+                self.forget_under(&key);
+                Ok(())
+            }
+            Mapped::Inside(_) | Mapped::Ancestor => self.prune(&[]),
+            Mapped::Outside => Ok(()),
+        }
+    }
+
+    fn whiteout_children(&mut self, dir: &[String], subtree: &Subtree) -> Result<()> {
+        match subtree.map(dir) {
+            Mapped::Inside(rel) => {
+                if rel.is_empty() || parents_are_dirs(&self.root, &rel) {
+                    self.prune(&rel)
+                } else {
+                    Ok(())
+                }
+            }
+            Mapped::Ancestor => self.prune(&[]),
+            Mapped::Outside => Ok(()),
+        }
+    }
+
+    /// Removes everything below `dir` that the current layer did not write.
+    fn prune(&mut self, dir: &[String]) -> Result<()> {
+        let path = self.root.join(join(dir));
+        let entries = match fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", path.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow!("non-UTF-8 name {n:?} in staging"))?;
+            let mut child = dir.to_vec();
+            child.push(name);
+            let key = join(&child);
+            let keeps_descendants = self
+                .this_layer
+                .range(format!("{key}/")..)
+                .next()
+                .is_some_and(|k| k.starts_with(&format!("{key}/")));
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir && (self.this_layer.contains(&key) || keeps_descendants) {
+                self.prune(&child)?;
+            } else if !self.this_layer.contains(&key) {
+                remove_existing(&entry.path())?;
+                self.forget_under(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates every symlink, normalises directory modes, applies the
+    /// owner, and lists the files.
+    pub fn finish(mut self, owner: Option<(u32, u32)>) -> Result<Contents> {
+        let mut contents = Contents::default();
+        let root = self.root.clone();
+        fs::set_permissions(
+            &root,
+            fs::Permissions::from_mode(normalise_mode(0o755, true)),
+        )?;
+        let mut queue: VecDeque<RelPath> = VecDeque::from([Vec::new()]);
+        while let Some(dir) = queue.pop_front() {
+            let mut names: Vec<String> = Vec::new();
+            for entry in fs::read_dir(root.join(join(&dir)))? {
+                names.push(
+                    entry?
+                        .file_name()
+                        .into_string()
+                        .map_err(|n| anyhow!("non-UTF-8 name {n:?} in staging"))?,
+                );
+            }
+            names.sort();
+            for name in names {
+                let mut rel = dir.clone();
+                rel.push(name);
+                let key = join(&rel);
+                let path = root.join(&key);
+                let meta = fs::symlink_metadata(&path)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(|| {
+                        format!(
+                            "cannot chown {} to {uid}:{gid} (OCIMODEL_OWNER needs root)",
+                            path.display()
+                        )
+                    })?;
+                }
+                if meta.file_type().is_symlink() {
+                    check_link_inside(&root, &rel)?;
+                    let target = fs::read_link(&path)?;
+                    contents
+                        .links
+                        .insert(key, target.to_string_lossy().into_owned());
+                } else if meta.is_dir() {
+                    queue.push_back(rel);
+                } else if meta.is_file() {
+                    let record = match self.records.remove(&key) {
+                        Some(r) => r,
+                        None => hash_existing(&path, &key)?,
+                    };
+                    contents.files.push(record);
+                }
+            }
+        }
+        contents.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(contents)
+    }
+}
+
+fn parents_are_dirs(root: &Path, rel: &[String]) -> bool {
+    let mut cur = root.to_path_buf();
+    for part in &rel[..rel.len().saturating_sub(1)] {
+        cur.push(part);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
+    let mut f = File::open(path)?;
+    let mut h = Hasher::new(Algorithm::Sha256);
+    let mut buf = vec![0u8; WRITE_BUF];
+    let mut size = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(FileRecord {
+        path: key.to_string(),
+        size,
+        digest: h.finish(),
+    })
+}
+
+/// Checks a symlink target at creation: relative targets must stay inside
+/// lexically; absolute ones inside the subtree are rewritten as relative.
+fn confine_symlink(link: &[String], target: &Path, subtree: &Subtree) -> Result<PathBuf> {
+    let parent = &link[..link.len() - 1];
+    if target.is_absolute() {
+        let abs = clean_path(Path::new(target.to_string_lossy().trim_start_matches('/')))
+            .with_context(|| format!("symlink '{}' -> '{}'", join(link), target.display()))?;
+        return match subtree.map(&abs) {
+            Mapped::Inside(t) => Ok(relative_path(parent, &t)),
+            _ => bail!(
+                "refusing symlink '{}' -> '{}': the target is outside {}",
+                join(link),
+                target.display(),
+                subtree.display()
+            ),
+        };
+    }
+    let mut stack: Vec<&str> = parent.iter().map(String::as_str).collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(s) => stack.push(
+                s.to_str()
+                    .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?,
+            ),
+            Component::ParentDir if stack.pop().is_none() => {
+                bail!(
+                    "refusing symlink '{}' -> '{}': it points outside the model directory",
+                    join(link),
+                    target.display()
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(target.to_path_buf())
+}
+
+/// `from_dir` → `to` as a relative path (`../../x/y`).
+fn relative_path(from_dir: &[String], to: &[String]) -> PathBuf {
+    let common = from_dir.iter().zip(to).take_while(|(a, b)| a == b).count();
+    let mut p = PathBuf::new();
+    for _ in common..from_dir.len() {
+        p.push("..");
+    }
+    for c in &to[common..] {
+        p.push(c);
+    }
+    if p.as_os_str().is_empty() {
+        p.push(".");
+    }
+    p
+}
+
+/// Resolves the symlink at `link` inside `root`, following chains, and fails
+/// if resolution ever leaves `root` or loops.
+fn check_link_inside(root: &Path, link: &[String]) -> Result<()> {
+    let mut stack: Vec<String> = link[..link.len() - 1].to_vec();
+    let first = fs::read_link(root.join(join(link)))?;
+    let mut pending: VecDeque<String> = VecDeque::new();
+    let mut hops = 0;
+    let push_target = |pending: &mut VecDeque<String>, t: &Path| -> Result<()> {
+        if t.is_absolute() {
+            bail!(
+                "refusing symlink '{}': it resolves through an absolute target '{}'",
+                join(link),
+                t.display()
+            );
+        }
+        let parts: Vec<String> = t
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        for p in parts.into_iter().rev() {
+            pending.push_front(p);
+        }
+        Ok(())
+    };
+    push_target(&mut pending, &first)?;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            if stack.pop().is_none() {
+                bail!(
+                    "refusing symlink '{}': following it leaves the model directory",
+                    join(link)
+                );
+            }
+            continue;
+        }
+        stack.push(part);
+        let path = root.join(join(&stack));
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if m.file_type().is_symlink() {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    bail!(
+                        "refusing symlink '{}': it is part of a symlink loop",
+                        join(link)
+                    );
+                }
+                let t = fs::read_link(&path)?;
+                stack.pop();
+                push_target(&mut pending, &t)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(normalise_mode(0o600, false), 0o664);
+        assert_eq!(normalise_mode(0o644, false), 0o664);
+        assert_eq!(normalise_mode(0o755, false), 0o775);
+        assert_eq!(normalise_mode(0o4755, false), 0o775);
+        assert_eq!(normalise_mode(0o000, false), 0o664);
+        assert_eq!(normalise_mode(0o777, false), 0o775);
+        assert_eq!(normalise_mode(0o700, true), 0o775);
+        assert_eq!(normalise_mode(0o1777, true), 0o775);
+    }
+
+    #[test]
+    fn path_cleaning() {
+        assert_eq!(
+            clean_path(Path::new("./models/a//b")).unwrap(),
+            vec!["models", "a", "b"]
+        );
+        assert!(clean_path(Path::new("/etc/passwd")).is_err());
+        assert!(clean_path(Path::new("models/../../x")).is_err());
+    }
+
+    #[test]
+    fn subtree_mapping() {
+        let s = Subtree::parse("/models").unwrap();
+        let v = |p: &str| p.split('/').map(String::from).collect::<Vec<_>>();
+        assert!(matches!(s.map(&v("models/a")), Mapped::Inside(r) if r == vec!["a"]));
+        assert!(matches!(s.map(&v("models")), Mapped::Inside(r) if r.is_empty()));
+        assert!(matches!(s.map(&[]), Mapped::Ancestor));
+        assert!(matches!(s.map(&v("etc/x")), Mapped::Outside));
+        let all = Subtree::parse("/").unwrap();
+        assert!(matches!(all.map(&v("etc/x")), Mapped::Inside(r) if r.len() == 2));
+    }
+
+    #[test]
+    fn relative_paths() {
+        let v = |p: &str| {
+            p.split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            relative_path(&v("a/b"), &v("a/c/d")),
+            PathBuf::from("../c/d")
+        );
+        assert_eq!(relative_path(&v(""), &v("x")), PathBuf::from("x"));
+        assert_eq!(relative_path(&v("a"), &v("a")), PathBuf::from("."));
+    }
+
+    fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn add_link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_entry_type(kind);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    #[test]
+    fn layers_whiteouts_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        fs::create_dir(&root).unwrap();
+        let models = Subtree::parse("/models").unwrap();
+        let mut tree = Tree::new(root.clone());
+        let l1 = tar_bytes(|b| {
+            add_file(b, "models/keep.txt", b"keep", 0o600);
+            add_file(b, "models/gone.txt", b"gone", 0o644);
+            add_file(b, "models/sub/old.bin", b"old", 0o644);
+            add_file(b, "models/run.sh", b"#!", 0o4755);
+            add_file(b, "etc/passwd", b"root", 0o644);
+            add_link(
+                b,
+                tar::EntryType::Symlink,
+                "models/latest",
+                "/models/keep.txt",
+            );
+        });
+        tree.apply_tar(&mut &l1[..], Compression::None, &models)
+            .unwrap();
+        let l2 = tar_bytes(|b| {
+            add_file(b, "models/.wh.gone.txt", b"", 0o644);
+            add_file(b, "models/sub/new.bin", b"new", 0o644);
+            add_file(b, "models/sub/.wh..wh..opq", b"", 0o644);
+            add_link(
+                b,
+                tar::EntryType::Link,
+                "models/hard.txt",
+                "models/keep.txt",
+            );
+        });
+        tree.apply_tar(&mut &l2[..], Compression::None, &models)
+            .unwrap();
+        let c = tree.finish(None).unwrap();
+        let paths: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["hard.txt", "keep.txt", "run.sh", "sub/new.bin"]);
+        assert_eq!(c.links.get("latest").map(String::as_str), Some("keep.txt"));
+        assert!(!root.join("etc").exists());
+        let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("keep.txt"), 0o664);
+        assert_eq!(mode("run.sh"), 0o775);
+        assert_eq!(mode("sub"), 0o775);
+        assert_eq!(c.files[1].digest, Digest::sha256_of(b"keep"));
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let models = Subtree::parse("/models").unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "symlink escape",
+                tar_bytes(|b| add_link(b, tar::EntryType::Symlink, "models/evil", "../../etc/passwd")),
+            ),
+            (
+                "absolute symlink",
+                tar_bytes(|b| add_link(b, tar::EntryType::Symlink, "models/evil", "/etc/passwd")),
+            ),
+            (
+                "hardlink outside",
+                tar_bytes(|b| add_link(b, tar::EntryType::Link, "models/evil", "etc/passwd")),
+            ),
+            (
+                "write through symlink",
+                tar_bytes(|b| {
+                    add_link(b, tar::EntryType::Symlink, "models/d", "sub");
+                    add_file(b, "models/sub/x", b"", 0o644);
+                    add_file(b, "models/d/y", b"", 0o644);
+                }),
+            ),
+            (
+                "chained escape",
+                tar_bytes(|b| {
+                    add_file(b, "models/sub/x", b"", 0o644);
+                    add_link(b, tar::EntryType::Symlink, "models/sub/up", "..");
+                    add_link(b, tar::EntryType::Symlink, "models/sub/up2", "up/..");
+                }),
+            ),
+            (
+                "loop",
+                tar_bytes(|b| {
+                    add_link(b, tar::EntryType::Symlink, "models/a", "b");
+                    add_link(b, tar::EntryType::Symlink, "models/b", "a");
+                }),
+            ),
+            (
+                "reserved name",
+                tar_bytes(|b| add_file(b, "models/.ocimodel.json", b"{}", 0o644)),
+            ),
+        ];
+        for (what, bytes) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut tree = Tree::new(dir.path().to_path_buf());
+            let result = tree
+                .apply_tar(&mut &bytes[..], Compression::None, &models)
+                .and_then(|_| tree.finish(None).map(|_| ()));
+            assert!(result.is_err(), "{what} was accepted");
+        }
+    }
+
+    #[test]
+    fn dotdot_names_in_raw_tar_are_refused() {
+        // tar::Builder refuses '..', so write the header by hand.
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[b'x'; 512]);
+        bytes.extend_from_slice(&[0; 1024]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(dir.path().join("s"));
+        fs::create_dir(tree.root()).unwrap();
+        let err = tree
+            .apply_tar(
+                &mut &bytes[..],
+                Compression::None,
+                &Subtree::parse("/").unwrap(),
+            )
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("'..'"), "{err:#}");
+        assert!(!dir.path().join("escape").exists());
+    }
+}
