@@ -823,7 +823,14 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>)> = vec![
             (
                 "symlink escape",
-                tar_bytes(|b| add_link(b, tar::EntryType::Symlink, "models/evil", "../../etc/passwd")),
+                tar_bytes(|b| {
+                    add_link(
+                        b,
+                        tar::EntryType::Symlink,
+                        "models/evil",
+                        "../../etc/passwd",
+                    )
+                }),
             ),
             (
                 "absolute symlink",

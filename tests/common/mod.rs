@@ -1,0 +1,469 @@
+//! Test harness: a real registry (Debian's docker-registry, the CNCF
+//! distribution registry) on 127.0.0.1 with an ephemeral port and a temp
+//! storage directory, fixtures pushed by independent clients (skopeo, the oras
+//! Python SDK), and the ocimodel binary run as a user or KServe would.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+
+pub const MNIST_TITLE: &str = "v1.nb20231206162408/mnist.onnx";
+pub const MNIST_SHA256: &str = "2536d32a8d81c95b8261926e57e34e00b32a7ea22eef96c653ce29be1e64f7e1";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The seed model: from ../shared when present, else the bundled layout blob.
+pub fn mnist_path() -> PathBuf {
+    repo_root()
+        .join("examples/mnist/blobs/sha256")
+        .join(MNIST_SHA256)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    sha256_hex(&fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+pub fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Relative paths of everything under `dir` except ocimodel's bookkeeping,
+/// with a kind letter: `f` file, `d` dir, `l` symlink.
+pub fn tree(dir: &Path) -> BTreeMap<String, char> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, char>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".ocimodel" || rel == ".ocimodel.json" {
+                continue;
+            }
+            let ft = fs::symlink_metadata(&p).unwrap().file_type();
+            let kind = if ft.is_symlink() {
+                'l'
+            } else if ft.is_dir() {
+                'd'
+            } else {
+                'f'
+            };
+            out.insert(rel, kind);
+            if kind == 'd' {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Model files in `dir` (bookkeeping excluded): none means "no model here".
+pub fn model_files(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|(_, k)| *k != 'd')
+        .map(|(p, _)| p)
+        .collect()
+}
+
+pub fn marker(dir: &Path) -> serde_json::Value {
+    let bytes = fs::read(dir.join(".ocimodel.json")).expect("marker present");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub enum Auth {
+    None,
+    /// htpasswd Basic auth with one user.
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// Bearer tokens from `realm`, checked against `cert_pem`.
+    Token {
+        realm: String,
+        cert_pem: PathBuf,
+    },
+}
+
+/// A running docker-registry; killed on drop.
+pub struct Registry {
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start(auth: Auth) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::start_in(dir, auth)
+    }
+
+    /// Starts a registry on existing storage (to serve pushed content with
+    /// another auth configuration).
+    pub fn start_in(dir: tempfile::TempDir, auth: Auth) -> Registry {
+        let auth_yaml = match &auth {
+            Auth::None => String::new(),
+            Auth::Basic { user, password } => {
+                let htpasswd = dir.path().join("htpasswd");
+                let st = Command::new("htpasswd")
+                    .args(["-Bbc"])
+                    .arg(&htpasswd)
+                    .args([user, password])
+                    .output()
+                    .expect("htpasswd (apache2-utils) is installed");
+                assert!(st.status.success(), "htpasswd failed: {st:?}");
+                format!(
+                    "auth:\n  htpasswd: {{realm: test, path: {}}}\n",
+                    htpasswd.display()
+                )
+            }
+            Auth::Token { realm, cert_pem } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+                cert_pem.display()
+            ),
+        };
+        for _ in 0..5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}}}\n{auth_yaml}",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry is installed (apt-get install docker-registry)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken or bad config: try again
+                }
+                if http_status(&addr, "/v2/").is_some() {
+                    return Registry { addr, dir, child };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "docker-registry did not start: {}",
+            fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the registry and hands back its storage.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::mem::forget(self);
+        dir
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The blob's file in the registry's storage (to corrupt it on purpose).
+    pub fn blob_data_path(&self, hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Pushes an OCI layout (`DIR:TAG`) with skopeo, keeping digests.
+    pub fn skopeo_push(&self, layout: &Path, tag: &str, repo_tag: &str) {
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.addr))
+            .output()
+            .expect("skopeo is installed");
+        assert!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pushes the seed's mnist artifact with the oras Python SDK, exactly as
+    /// `../shared/models/mnist/oras-manifest.json` shows it. Returns the
+    /// manifest as the registry stored it.
+    pub fn oras_push_mnist(&self, repo_tag: &str) -> serde_json::Value {
+        let spec = serde_json::json!({
+            "artifactType": "application/vnd.unknown.artifact.v1",
+            "annotations": {
+                "org.opencontainers.image.created": "2023-12-12T09:11:31Z",
+                "description": "Lorem ipsum dolor sit amet",
+                "authors": "John Doe, John Rambo",
+                "state": "LIVE"
+            },
+            "files": [{
+                "path": mnist_path(),
+                "title": MNIST_TITLE,
+                "mediaType": "application/octet-stream",
+                "annotations": {"accuracy": "0.91"}
+            }]
+        });
+        self.oras_push(repo_tag, &spec)
+    }
+
+    pub fn oras_push(&self, repo_tag: &str, spec: &serde_json::Value) -> serde_json::Value {
+        let spec_file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(spec_file.path(), serde_json::to_vec(spec).unwrap()).unwrap();
+        let out = Command::new("python3")
+            .arg(repo_root().join("tests/support/oras_push.py"))
+            .arg(&self.addr)
+            .arg(repo_tag)
+            .arg(spec_file.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "oras push failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("oras_push.py prints the manifest")
+    }
+
+    /// The digest the registry reports for `repo:tag`.
+    pub fn digest_of(&self, repo: &str, tag: &str) -> String {
+        let resp = http_get(
+            &self.addr,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[(
+                "Accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+            )],
+        );
+        resp.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("docker-content-digest"))
+            .map(|(_, v)| v.clone())
+            .expect("registry sends Docker-Content-Digest")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds the modelcar fixture layout (see tests/support/make_modelcar.py).
+pub fn modelcar_layout(evil: bool) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("tests/support/make_modelcar.py"))
+        .arg(dir.path())
+        .arg("v1")
+        .arg(mnist_path());
+    if evil {
+        cmd.arg("--evil");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "make_modelcar.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (dir, digest)
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A minimal HTTP/1.0 GET on loopback (no client library in the way).
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The ocimodel binary with a clean environment: no credentials or proxies
+/// from the machine leak in, and the termination log goes to a temp file.
+pub struct Ocimodel {
+    pub cmd: Command,
+    pub termination_log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Ocimodel {
+    pub fn new() -> Ocimodel {
+        let tmp = tempfile::tempdir().unwrap();
+        let termination_log = tmp.path().join("termination-log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimodel"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("NO_PROXY", "*")
+            .env("OCIMODEL_TERMINATION_LOG", &termination_log)
+            .stdin(Stdio::null());
+        Ocimodel {
+            cmd,
+            termination_log,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn insecure(mut self, reg: &Registry) -> Ocimodel {
+        self.cmd.env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Ocimodel {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn run<S: AsRef<std::ffi::OsStr>>(mut self, args: &[S]) -> Run {
+        let out = self.cmd.args(args).output().unwrap();
+        let termination = fs::read_to_string(&self.termination_log).unwrap_or_default();
+        Run { out, termination }
+    }
+}
+
+pub struct Run {
+    pub out: Output,
+    pub termination: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success; stderr:\n{}",
+            self.stderr()
+        );
+        self
+    }
+
+    /// Asserts exit 1 and a single termination line containing every needle.
+    #[track_caller]
+    pub fn assert_fails_with(&self, needles: &[&str]) -> &Run {
+        assert_eq!(
+            self.code(),
+            1,
+            "expected exit 1; stderr:\n{}",
+            self.stderr()
+        );
+        let t = self.termination.trim_end();
+        assert!(
+            !t.is_empty(),
+            "no termination line; stderr:\n{}",
+            self.stderr()
+        );
+        assert_eq!(
+            t.lines().count(),
+            1,
+            "termination log must be one line: {t:?}"
+        );
+        assert!(t.len() < 4096, "termination line too long");
+        for n in needles {
+            assert!(t.contains(n), "termination line {t:?} lacks {n:?}");
+        }
+        self
+    }
+}
