@@ -307,11 +307,13 @@ fn execute(jobs: Vec<Job>, settings: Settings, clients: ClientFactory, log: Opti
     }
 }
 
-/// Writes one line to the termination log: the given path, else
-/// `/dev/termination-log` when it exists (as in a Kubernetes container).
+/// Writes one line to the termination log: the given path (or
+/// `$OCIMODEL_TERMINATION_LOG`), else `/dev/termination-log` when it exists
+/// (as in a Kubernetes container).
 fn write_termination(path: Option<&Path>, line: &str) {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
+    let from_env = std::env::var_os("OCIMODEL_TERMINATION_LOG").map(PathBuf::from);
+    let path = match path.map(Path::to_path_buf).or(from_env) {
+        Some(p) => p,
         None => {
             let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
             if !default.exists() {

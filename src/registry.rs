@@ -380,7 +380,15 @@ impl RegistryClient {
         } else {
             format!(" ({detail})")
         };
+        let bearer = matches!(
+            self.host_auth.lock().unwrap().get(&r.registry),
+            Some(HostAuth::Bearer)
+        );
         Err(match status {
+            StatusCode::UNAUTHORIZED if bearer => anyhow!(
+                "401 Unauthorized: registry {} refused the token issued for 'repository:{}:pull' when fetching {what}{detail}; the account may lack pull access to {}",
+                r.registry, r.repository, r.repository
+            ),
             StatusCode::UNAUTHORIZED => match self.credentials(r) {
                 Some(c) => anyhow!(
                     "401 Unauthorized: registry {} rejected the credentials for user '{}' (from {}) when fetching {what}; check the username and password",

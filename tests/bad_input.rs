@@ -1,0 +1,185 @@
+//! Bad input: each case exits 1 with one specific termination line, and DEST
+//! holds no model files (not even a staging directory).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+fn assert_nothing_installed(dest: &Path) {
+    assert!(
+        model_files(dest).is_empty(),
+        "model files in DEST: {:?}",
+        model_files(dest)
+    );
+    assert!(
+        !dest.join(".ocimodel.json").exists(),
+        "marker written for a failed pull"
+    );
+    if let Ok(rd) = fs::read_dir(dest.join(".ocimodel")) {
+        let left: Vec<String> = rd
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "lock")
+            .collect();
+        assert!(left.is_empty(), "bookkeeping left behind: {left:?}");
+    }
+}
+
+#[test]
+fn unknown_tag() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let dest = tempfile::tempdir().unwrap();
+    let uri = format!("ocimodel://{}/models/mnist:v2", reg.addr);
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[&uri, dest.path().to_str().unwrap()])
+        .assert_fails_with(&[&uri, "manifest v2", "not found", "check the tag or digest"]);
+    assert_nothing_installed(dest.path());
+}
+
+#[test]
+fn missing_repository() {
+    let reg = Registry::start(Auth::None);
+    let dest = tempfile::tempdir().unwrap();
+    let uri = format!("{}/no/such-repo:v1", reg.addr);
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[&uri, dest.path().to_str().unwrap()])
+        .assert_fails_with(&[&uri, "no/such-repo", "not found"]);
+    assert_nothing_installed(dest.path());
+}
+
+#[test]
+fn odd_or_missing_arguments() {
+    let run = Ocimodel::new().run(&["ocimodel://example.invalid/m:v1"]);
+    run.assert_fails_with(&["usage: ocimodel", "got 1 argument", "pairs"]);
+    assert!(run.stderr().contains("usage"));
+
+    Ocimodel::new()
+        .run(&["a", "/tmp/x", "b"])
+        .assert_fails_with(&["usage", "got 3 arguments"]);
+
+    let none: [&str; 0] = [];
+    Ocimodel::new()
+        .run(&none)
+        .assert_fails_with(&["usage", "no arguments"]);
+}
+
+#[test]
+fn unsupported_scheme_names_the_uri() {
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .run(&["s3://bucket/model", dest.path().to_str().unwrap()])
+        .assert_fails_with(&["s3://bucket/model", "unsupported scheme 's3://'"]);
+}
+
+#[test]
+fn layer_bytes_that_do_not_match_the_digest() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    // Same size, different bytes: the registry serves them without rehashing.
+    let blob = reg.blob_data_path(MNIST_SHA256);
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&blob, &bytes).unwrap();
+    let actual = sha256_hex(&bytes);
+
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_fails_with(&[
+            "digest mismatch",
+            &format!("expected sha256:{MNIST_SHA256}"),
+            &format!("got sha256:{actual}"),
+        ]);
+    assert_nothing_installed(dest.path());
+}
+
+#[test]
+fn truncated_layer_is_refused() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let blob = reg.blob_data_path(MNIST_SHA256);
+    let bytes = fs::read(&blob).unwrap();
+    fs::write(&blob, &bytes[..1000]).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_fails_with(&["size mismatch", "421403"]);
+    assert_nothing_installed(dest.path());
+}
+
+#[test]
+fn tar_with_dotdot_escape() {
+    let reg = Registry::start(Auth::None);
+    let (layout, _) = modelcar_layout(true);
+    reg.skopeo_push(layout.path(), "v1", "models/evil:v1");
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("a/b/models");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_SUBPATH", "/")
+        .run(&[
+            &format!("{}/models/evil:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_fails_with(&["'../escape'", "'..'", "layer 4 of 4"]);
+    assert_nothing_installed(&dest);
+    for dir in [
+        work.path(),
+        &work.path().join("a"),
+        &work.path().join("a/b"),
+    ] {
+        assert!(
+            !dir.join("escape").exists(),
+            "escaped into {}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn image_without_models_directory() {
+    let reg = Registry::start(Auth::None);
+    let (layout, _) = modelcar_layout(false);
+    reg.skopeo_push(layout.path(), "v1", "models/car:v1");
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_SUBPATH", "/opt/model")
+        .run(&[
+            &format!("{}/models/car:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_fails_with(&["nothing under /opt/model", "OCIMODEL_SUBPATH"]);
+    assert_nothing_installed(dest.path());
+}
+
+#[test]
+fn plain_http_registry_without_opt_in() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_fails_with(&[
+            "cannot reach registry",
+            &reg.addr,
+            "OCIMODEL_INSECURE_REGISTRIES",
+        ]);
+    assert_nothing_installed(dest.path());
+}
