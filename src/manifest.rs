@@ -22,11 +22,11 @@ pub const DOCKER_IMAGE_CONFIG: &str = "application/vnd.docker.container.image.v1
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// What a registry is asked for, in order of preference.
-pub const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
-application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json, \
-application/vnd.docker.distribution.manifest.list.v2+json";
+/// What a registry is asked for, in order of preference. Sent as one
+/// `Accept` header per type: distribution 2.8 reads each header as a single
+/// media type, and without the index types it silently rewrites an index to
+/// its linux/amd64 child.
+pub const ACCEPT: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// Manifests, indexes and configs larger than this are refused (the limit
 /// registries and containers/image use).

@@ -141,7 +141,11 @@ impl RegistryClient {
         let url = format!("{}/manifests/{reference}", self.base_url(r));
         let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
         let resp = self
-            .send(r, |c| c.get(&url).header(ACCEPT, MANIFEST_ACCEPT))
+            .send(r, |c| {
+                MANIFEST_ACCEPT
+                    .iter()
+                    .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
+            })
             .await?;
         let resp = self.check_status(resp, r, &what).await?;
         let content_type = resp

@@ -309,3 +309,63 @@ fn require_digest_refuses_tags() {
         .assert_fails_with(&["no digest", "OCIMODEL_REQUIRE_DIGEST"]);
     assert!(model_files(&dest).is_empty());
 }
+
+#[test]
+fn index_picks_the_platform() {
+    let reg = Registry::start(Auth::None);
+    let (layout, index_digest) = modelcar_layout_with(&["--index"]);
+    reg.skopeo_push(layout.path(), "v1", "models/multi:v1");
+    assert_eq!(reg.digest_of("models/multi", "v1"), index_digest);
+    let uri = format!("{}/models/multi:v1", reg.addr);
+    let work = tempfile::tempdir().unwrap();
+
+    let amd = work.path().join("amd64");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_PLATFORM", "linux/amd64")
+        .run(&[&uri, amd.to_str().unwrap()])
+        .assert_ok();
+    assert_modelcar_installed(&amd);
+    let m = marker(&amd);
+    assert_eq!(
+        m["digest"],
+        index_digest.as_str(),
+        "the marker keeps the digest the reference named"
+    );
+    assert!(m["manifestDigest"].as_str().unwrap().starts_with("sha256:"));
+    assert_ne!(m["manifestDigest"], m["digest"]);
+
+    // The flag form, through `pull`.
+    let arm_flag = work.path().join("arm64-flag");
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            "pull",
+            "--platform",
+            "linux/arm64",
+            &uri,
+            arm_flag.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(fs::read(arm_flag.join("arch.txt")).unwrap(), b"arm64\n");
+
+    let arm = work.path().join("arm64-env");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_PLATFORM", "linux/arm64")
+        .run(&[&uri, arm.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(tree(&arm).into_keys().collect::<Vec<_>>(), vec!["arch.txt"]);
+    assert_eq!(fs::read(arm.join("arch.txt")).unwrap(), b"arm64\n");
+
+    let none = work.path().join("s390x");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_PLATFORM", "linux/s390x")
+        .run(&[&uri, none.to_str().unwrap()])
+        .assert_fails_with(&[
+            "no manifest for platform linux/s390x",
+            "linux/arm64/v8, linux/amd64",
+            "OCIMODEL_PLATFORM",
+        ]);
+}

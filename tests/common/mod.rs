@@ -125,6 +125,23 @@ impl Registry {
     /// Starts a registry on existing storage (to serve pushed content with
     /// another auth configuration).
     pub fn start_in(dir: tempfile::TempDir, auth: Auth) -> Registry {
+        Registry::start_with(dir, auth, None)
+    }
+
+    /// Serves HTTPS with this certificate and key.
+    pub fn start_tls(dir: tempfile::TempDir, cert: &Path, key: &Path) -> Registry {
+        Registry::start_with(dir, Auth::None, Some((cert, key)))
+    }
+
+    fn start_with(dir: tempfile::TempDir, auth: Auth, tls: Option<(&Path, &Path)>) -> Registry {
+        let tls_yaml = match tls {
+            Some((cert, key)) => format!(
+                "  tls: {{certificate: {}, key: {}}}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let auth_yaml = match &auth {
             Auth::None => String::new(),
             Auth::Basic { user, password } => {
@@ -153,7 +170,7 @@ impl Registry {
             fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}}}\n{auth_yaml}",
+                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
                     dir.path().join("data").display()
                 ),
             )
@@ -213,6 +230,7 @@ impl Registry {
         let out = Command::new("skopeo")
             .args([
                 "copy",
+                "--all",
                 "--quiet",
                 "--preserve-digests",
                 "--dest-tls-verify=false",
@@ -274,10 +292,10 @@ impl Registry {
         let resp = http_get(
             &self.addr,
             &format!("/v2/{repo}/manifests/{tag}"),
-            &[(
-                "Accept",
-                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
-            )],
+            &[
+                ("Accept", "application/vnd.oci.image.manifest.v1+json"),
+                ("Accept", "application/vnd.oci.image.index.v1+json"),
+            ],
         );
         resp.headers
             .iter()
@@ -296,15 +314,17 @@ impl Drop for Registry {
 
 /// Builds the modelcar fixture layout (see tests/support/make_modelcar.py).
 pub fn modelcar_layout(evil: bool) -> (tempfile::TempDir, String) {
+    modelcar_layout_with(if evil { &["--evil"] } else { &[] })
+}
+
+pub fn modelcar_layout_with(flags: &[&str]) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("tests/support/make_modelcar.py"))
         .arg(dir.path())
         .arg("v1")
         .arg(mnist_path());
-    if evil {
-        cmd.arg("--evil");
-    }
+    cmd.args(flags);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

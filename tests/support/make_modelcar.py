@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a KServe "modelcar" container image as an OCI layout, independently of ocimodel.
 
-usage: make_modelcar.py OUTDIR TAG MODEL_FILE [--evil]
+usage: make_modelcar.py OUTDIR TAG MODEL_FILE [--evil] [--index]
 
 Layers (python tarfile; gzip from the gzip module; zstd from the zstd CLI):
   1. tar       models/1/model.onnx (MODEL_FILE), models/config.json, models/old.txt,
@@ -12,6 +12,8 @@ Layers (python tarfile; gzip from the gzip module; zstd from the zstd CLI):
   3. tar+zstd  models/tokenizer/.wh..wh..opq (opaque), models/tokenizer/merges.txt,
                models/extra/weights.bin (64 KiB), models/hard.onnx (hard link to layer 1's file)
 --evil adds a fourth, uncompressed layer with a '../escape' entry.
+--index tags an image index instead: linux/amd64 -> the image above, linux/arm64 -> an image
+whose only file is models/arch.txt ("arm64\n"). Prints the tagged digest.
 """
 import gzip
 import hashlib
@@ -63,6 +65,7 @@ def write_blob(out, data):
 def main():
     out, tag, model_file = sys.argv[1:4]
     evil = "--evil" in sys.argv[4:]
+    index = "--index" in sys.argv[4:]
     os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
     model = open(model_file, "rb").read()
 
@@ -103,12 +106,37 @@ def main():
         bad = tar_bytes([{"name": "../escape", "data": b"escaped\n"}])
         layers.append((bad, bad, "application/vnd.oci.image.layer.v1.tar"))
 
+    amd64, amd64_size = image(out, layers)
+    tagged = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+              "digest": amd64, "size": amd64_size}
+    if index:
+        arm = tar_bytes([{"name": "models/arch.txt", "data": b"arm64\n"}])
+        arm64, arm64_size = image(out, [(arm, arm, "application/vnd.oci.image.layer.v1.tar")], "arm64")
+        body = json.dumps({"schemaVersion": 2,
+                           "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": [
+                               {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "digest": arm64, "size": arm64_size,
+                                "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+                               dict(tagged, platform={"architecture": "amd64", "os": "linux"}),
+                           ]}).encode()
+        tagged = {"mediaType": "application/vnd.oci.image.index.v1+json",
+                  "digest": write_blob(out, body), "size": len(body)}
+    with open(os.path.join(out, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    with open(os.path.join(out, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [
+            dict(tagged, annotations={"org.opencontainers.image.ref.name": tag})]}, f)
+    print(tagged["digest"])
+
+
+def image(out, layers, arch="amd64"):
     descs, diff_ids = [], []
     for raw, blob, mt in layers:
         diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
         descs.append({"mediaType": mt, "digest": write_blob(out, blob), "size": len(blob)})
     config = json.dumps({
-        "architecture": "amd64", "os": "linux",
+        "architecture": arch, "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()
@@ -119,15 +147,7 @@ def main():
                    "digest": write_blob(out, config), "size": len(config)},
         "layers": descs,
     }).encode()
-    mdigest = write_blob(out, manifest)
-    with open(os.path.join(out, "oci-layout"), "w") as f:
-        f.write('{"imageLayoutVersion":"1.0.0"}')
-    with open(os.path.join(out, "index.json"), "w") as f:
-        json.dump({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": mdigest, "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": tag}}]}, f)
-    print(mdigest)
+    return write_blob(out, manifest), len(manifest)
 
 
 if __name__ == "__main__":

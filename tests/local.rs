@@ -1,0 +1,146 @@
+//! The bundled OCI layout (the README's demo), layout selectors, KServe's
+//! unrelated env, JSON logs, and the static binary in an empty root.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const DEMO_DIGEST: &str = "sha256:52154286252844566c1028dc579c5a157e7a012e41e683e35ded7a5410fe60aa";
+
+fn layout_uri(suffix: &str) -> String {
+    format!(
+        "oci-layout://{}{suffix}",
+        repo_root().join("examples/mnist").display()
+    )
+}
+
+#[test]
+fn demo_layout_installs_the_seed_model() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
+    let run = Ocimodel::new().run(&[&layout_uri(""), dest.to_str().unwrap()]);
+    run.assert_ok();
+    assert!(run.stdout().starts_with(DEMO_DIGEST), "{}", run.stdout());
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    let m = marker(&dest);
+    assert_eq!(m["digest"], DEMO_DIGEST);
+    assert_eq!(m["format"], "oras");
+    assert_eq!(mode(&dest.join(MNIST_TITLE)), 0o664);
+}
+
+#[test]
+fn layout_selectors() {
+    let work = tempfile::tempdir().unwrap();
+    for (i, suffix) in [":v1".to_string(), format!("@{DEMO_DIGEST}")]
+        .iter()
+        .enumerate()
+    {
+        let dest = work.path().join(format!("d{i}"));
+        Ocimodel::new()
+            .run(&[&layout_uri(suffix), dest.to_str().unwrap()])
+            .assert_ok();
+        assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    }
+    let dest = work.path().join("bad");
+    Ocimodel::new()
+        .run(&[&layout_uri(":v9"), dest.to_str().unwrap()])
+        .assert_fails_with(&["tag 'v9' not found", "tags: v1"]);
+    Ocimodel::new()
+        .run(&["oci-layout:///nonexistent/layout", dest.to_str().unwrap()])
+        .assert_fails_with(&["/nonexistent/layout is not an OCI image layout"]);
+}
+
+#[test]
+fn tolerates_kserve_env_and_logs_json() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
+    let run = Ocimodel::new()
+        .env("HF_HUB_ENABLE_HF_TRANSFER", "1")
+        .env("HF_XET_HIGH_PERFORMANCE", "1")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("STORAGE_CONFIG", "{not json")
+        .env("CONFIDENTIAL_ENABLED", "false")
+        .env("OCIMODEL_LOG_FORMAT", "json")
+        .run(&[&layout_uri(""), dest.to_str().unwrap()]);
+    run.assert_ok();
+    let lines: Vec<serde_json::Value> = run
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(
+        |l| l["fields"]["message"] == "model installed" && l["fields"]["digest"] == DEMO_DIGEST
+    ));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The binary needs nothing from its root filesystem: no libc, no CA store,
+/// no /dev, no /etc. Run it in an empty chroot (as FROM scratch would).
+#[test]
+fn static_binary_runs_in_an_empty_root() {
+    if !is_root() {
+        eprintln!("skipped: chroot needs root");
+        return;
+    }
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let root = tempfile::tempdir().unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_ocimodel"), root.path().join("ocimodel")).unwrap();
+    copy_dir(
+        &repo_root().join("examples/mnist"),
+        &root.path().join("layout"),
+    );
+    let out = Command::new("chroot")
+        .arg(root.path())
+        .args([
+            "/ocimodel",
+            "oci-layout:///layout",
+            "/mnt/models/a",
+            &format!("ocimodel://{}/models/mnist:v1", reg.addr),
+            "/mnt/models/b",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "in an empty root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in ["a", "b"] {
+        assert_eq!(
+            sha256_file(&root.path().join("mnt/models").join(d).join(MNIST_TITLE)),
+            MNIST_SHA256
+        );
+    }
+    let entries: Vec<String> = fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !entries.contains(&"dev".to_string()),
+        "nothing written outside DEST: {entries:?}"
+    );
+}

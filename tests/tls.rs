@@ -1,0 +1,147 @@
+//! TLS: the registry behind a private CA, trusted through OCIMODEL_CA_BUNDLE
+//! or KServe's CA bundle mount; untrusted and wrong-name certificates fail
+//! with one clear line.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for IP 127.0.0.1 only.
+fn make_certs(dir: &Path) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ocimodel test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        dir,
+    );
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+        dir,
+    );
+}
+
+#[test]
+fn private_ca_bundles() {
+    let plain = Registry::start(Auth::None);
+    plain.oras_push_mnist("models/mnist:v1");
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let reg = Registry::start_tls(
+        plain.stop(),
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let uri = format!("ocimodel://{}/models/mnist:v1", reg.addr);
+    let work = tempfile::tempdir().unwrap();
+
+    let dest = work.path().join("ca-env");
+    Ocimodel::new()
+        .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+
+    // KServe mounts a ConfigMap at CA_BUNDLE_VOLUME_MOUNT_POINT with cabundle.crt.
+    let mount = work.path().join("custom-certs");
+    fs::create_dir(&mount).unwrap();
+    fs::copy(certs.path().join("ca.pem"), mount.join("cabundle.crt")).unwrap();
+    let dest = work.path().join("ca-kserve");
+    Ocimodel::new()
+        .env("CA_BUNDLE_VOLUME_MOUNT_POINT", &mount)
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+
+    let dest = work.path().join("untrusted");
+    Ocimodel::new()
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_fails_with(&[
+            "cannot reach registry",
+            &reg.addr,
+            "UnknownIssuer",
+            "OCIMODEL_CA_BUNDLE",
+        ]);
+    assert!(model_files(&dest).is_empty());
+
+    // Same server, reached by a name its certificate does not carry.
+    let port = reg.addr.rsplit(':').next().unwrap();
+    let dest = work.path().join("wrong-name");
+    Ocimodel::new()
+        .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
+        .run(&[
+            &format!("localhost:{port}/models/mnist:v1"),
+            dest.to_str().unwrap(),
+        ])
+        .assert_fails_with(&["cannot reach registry", "not valid for name \"localhost\""]);
+    assert!(model_files(&dest).is_empty());
+
+    Ocimodel::new()
+        .env("OCIMODEL_CA_BUNDLE", work.path().join("missing.pem"))
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_fails_with(&["cannot read CA bundle", "missing.pem"]);
+}
