@@ -53,7 +53,8 @@ fn basic_auth_from_every_credential_source() {
     )
     .unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(Ocimodel) -> Ocimodel>, Vec<String>)> = vec![
+    type Setup<'a> = Box<dyn Fn(Ocimodel) -> Ocimodel + 'a>;
+    let cases: Vec<(&str, Setup, Vec<String>)> = vec![
         (
             "DOCKER_CONFIG",
             Box::new(|o: Ocimodel| o.env("DOCKER_CONFIG", &config_dir)),
