@@ -81,6 +81,10 @@ struct PullArgs {
     #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
 
+    /// Seconds between progress lines on long pulls.
+    #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = 10)]
+    progress_interval: u64,
+
     /// uid:gid to own installed files (needs root).
     #[arg(long, env = "OCIMODEL_OWNER")]
     owner: Option<String>,
@@ -187,6 +191,7 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
         require_digest: args.require_digest,
         concurrency: args.concurrency.max(1),
         owner,
+        progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
     };
 
     let mut ca_bundles: Vec<PathBuf> = args.ca_bundle.iter().cloned().collect();

@@ -26,9 +26,6 @@ use crate::registry::{FetchedManifest, RegistryClient};
 use crate::source::Source;
 use crate::unpack::{clean_path, join, write_file, Subtree, Tree};
 
-/// How often a long pull reports progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
 /// Settings shared by every model of one run.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -37,6 +34,8 @@ pub struct Settings {
     pub require_digest: bool,
     pub concurrency: usize,
     pub owner: Option<(u32, u32)>,
+    /// How often a long pull logs bytes, rate and ETA.
+    pub progress_every: Duration,
 }
 
 /// One `URI DEST` pair.
@@ -200,8 +199,9 @@ async fn unpack_plan(
     let reporter = {
         let progress = progress.clone();
         let uri = uri.to_string();
+        let every = settings.progress_every;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;

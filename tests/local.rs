@@ -144,3 +144,46 @@ fn static_binary_runs_in_an_empty_root() {
         "nothing written outside DEST: {entries:?}"
     );
 }
+
+/// A layout whose model blob is a FIFO fed slowly: the pull takes a few
+/// seconds and must log progress lines on the configured interval.
+#[test]
+fn long_pulls_log_progress() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    copy_dir(&repo_root().join("examples/mnist"), &layout);
+    let blob = layout.join("blobs/sha256").join(MNIST_SHA256);
+    fs::remove_file(&blob).unwrap();
+    let st = Command::new("mkfifo").arg(&blob).status().unwrap();
+    assert!(st.success());
+    let model = fs::read(mnist_path()).unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut fifo = fs::OpenOptions::new().write(true).open(&blob).unwrap();
+        for chunk in model.chunks(model.len() / 5 + 1) {
+            fifo.write_all(chunk).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        }
+    });
+    let dest = work.path().join("models");
+    let run = Ocimodel::new()
+        .env("OCIMODEL_PROGRESS_INTERVAL", "1")
+        .run(&[
+            &format!("oci-layout://{}", layout.display()),
+            dest.to_str().unwrap(),
+        ]);
+    writer.join().unwrap();
+    run.assert_ok();
+    let stderr = run.stderr();
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.contains("progress:")).collect();
+    assert!(
+        progress.len() >= 2,
+        "expected progress lines, got:\n{stderr}"
+    );
+    assert!(
+        progress[0].contains("of 0.4 MiB") && progress[0].contains("/s, ETA"),
+        "{}",
+        progress[0]
+    );
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+}

@@ -369,3 +369,38 @@ fn index_picks_the_platform() {
             "OCIMODEL_PLATFORM",
         ]);
 }
+
+#[test]
+fn docker_schema2_image() {
+    let reg = Registry::start(Auth::None);
+    let (layout, _) = modelcar_layout_with(&["--no-zstd"]);
+    // skopeo converts to Docker media types (manifest v2, rootfs.diff.tar.gzip).
+    reg.skopeo_push_with(
+        layout.path(),
+        "v1",
+        "models/docker:v1",
+        &["--format", "v2s2"],
+    );
+    let resp = http_get(
+        &reg.addr,
+        "/v2/models/docker/manifests/v1",
+        &[(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/docker:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_modelcar_installed(dest.path());
+}

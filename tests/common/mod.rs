@@ -227,14 +227,14 @@ impl Registry {
 
     /// Pushes an OCI layout (`DIR:TAG`) with skopeo, keeping digests.
     pub fn skopeo_push(&self, layout: &Path, tag: &str, repo_tag: &str) {
+        self.skopeo_push_with(layout, tag, repo_tag, &["--all", "--preserve-digests"]);
+    }
+
+    /// Pushes with other skopeo flags (e.g. `--format v2s2` to convert).
+    pub fn skopeo_push_with(&self, layout: &Path, tag: &str, repo_tag: &str, flags: &[&str]) {
         let out = Command::new("skopeo")
-            .args([
-                "copy",
-                "--all",
-                "--quiet",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-            ])
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(flags)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo_tag}", self.addr))
             .output()

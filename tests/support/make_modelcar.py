@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a KServe "modelcar" container image as an OCI layout, independently of ocimodel.
 
-usage: make_modelcar.py OUTDIR TAG MODEL_FILE [--evil] [--index]
+usage: make_modelcar.py OUTDIR TAG MODEL_FILE [--evil] [--index] [--no-zstd]
 
 Layers (python tarfile; gzip from the gzip module; zstd from the zstd CLI):
   1. tar       models/1/model.onnx (MODEL_FILE), models/config.json, models/old.txt,
@@ -12,6 +12,7 @@ Layers (python tarfile; gzip from the gzip module; zstd from the zstd CLI):
   3. tar+zstd  models/tokenizer/.wh..wh..opq (opaque), models/tokenizer/merges.txt,
                models/extra/weights.bin (64 KiB), models/hard.onnx (hard link to layer 1's file)
 --evil adds a fourth, uncompressed layer with a '../escape' entry.
+--no-zstd gzips layer 3 instead (Docker schema2 has no zstd media type).
 --index tags an image index instead: linux/amd64 -> the image above, linux/arm64 -> an image
 whose only file is models/arch.txt ("arm64\n"). Prints the tagged digest.
 """
@@ -66,6 +67,7 @@ def main():
     out, tag, model_file = sys.argv[1:4]
     evil = "--evil" in sys.argv[4:]
     index = "--index" in sys.argv[4:]
+    no_zstd = "--no-zstd" in sys.argv[4:]
     os.makedirs(os.path.join(out, "blobs", "sha256"), exist_ok=True)
     model = open(model_file, "rb").read()
 
@@ -98,6 +100,7 @@ def main():
     layers = [
         (l1, l1, "application/vnd.oci.image.layer.v1.tar"),
         (l2, gzip.compress(l2, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (l3, gzip.compress(l3, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip") if no_zstd else
         (l3, subprocess.run(["zstd", "-q", "-c", "-3"], input=l3, check=True,
                             stdout=subprocess.PIPE).stdout,
          "application/vnd.oci.image.layer.v1.tar+zstd"),

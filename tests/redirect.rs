@@ -1,0 +1,164 @@
+//! Blob redirects to another host (object storage) are followed without
+//! forwarding the registry's credentials. A real registry on loopback will
+//! not redirect, so this uses a minimal in-process fake: a registry on
+//! 127.0.0.1 that demands Basic auth and answers blob GETs with a 307 to a
+//! "storage" server on 127.0.0.2.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use common::*;
+
+struct Request {
+    path: String,
+    authorization: Option<String>,
+}
+
+/// Serves each connection with `handler` (one request, then close).
+fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut authorization = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        authorization = Some(v.trim().to_string());
+                    }
+                }
+            }
+            let _ = stream.write_all(&handler(&Request {
+                path,
+                authorization,
+            }));
+        }
+    });
+}
+
+fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn blob_redirect_to_another_host_drops_credentials() {
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let blob_digest = format!("sha256:{}", sha256_hex(&blob));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.model.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                   "size": 2, "data": "e30="},
+        "layers": [{"mediaType": "application/octet-stream", "digest": blob_digest, "size": blob.len(),
+                    "annotations": {"org.opencontainers.image.title": "weights.bin"}}]
+    })
+    .to_string();
+
+    let storage = TcpListener::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
+    let storage_addr = storage.local_addr().unwrap();
+    let storage_seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = storage_seen.clone();
+    let body = blob.clone();
+    serve(storage, move |req| {
+        seen.lock().unwrap().push(req.authorization.clone());
+        if req.path == "/bucket/blob" {
+            response("200 OK", &[], &body)
+        } else {
+            response("404 Not Found", &[], b"")
+        }
+    });
+
+    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry_addr = registry.local_addr().unwrap().to_string();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:pw")
+    );
+    let registry_seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = registry_seen.clone();
+    let blob_path = format!("/v2/models/m/blobs/{blob_digest}");
+    serve(registry, move |req| {
+        if req.authorization.as_deref() != Some(expected.as_str()) {
+            return response(
+                "401 Unauthorized",
+                &[("WWW-Authenticate", "Basic realm=\"fake\"".into())],
+                b"",
+            );
+        }
+        seen.lock().unwrap().push(req.path.clone());
+        if req.path == "/v2/models/m/manifests/v1" {
+            response(
+                "200 OK",
+                &[(
+                    "Content-Type",
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+                manifest.as_bytes(),
+            )
+        } else if req.path == blob_path {
+            response(
+                "307 Temporary Redirect",
+                &[("Location", format!("http://{storage_addr}/bucket/blob"))],
+                b"",
+            )
+        } else {
+            response("404 Not Found", &[], b"")
+        }
+    });
+
+    let dest = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("user:pw");
+    Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &registry_addr)
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            format!(r#"{{"auths":{{"{registry_addr}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .run(&[
+            &format!("{registry_addr}/models/m:v1"),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        std::fs::read(dest.path().join("weights.bin")).unwrap(),
+        blob
+    );
+    assert!(
+        registry_seen
+            .lock()
+            .unwrap()
+            .contains(&format!("/v2/models/m/blobs/{blob_digest}")),
+        "the blob request went to the registry with credentials first"
+    );
+    let storage_seen = storage_seen.lock().unwrap().clone();
+    assert_eq!(
+        storage_seen,
+        vec![None],
+        "storage host must never see the registry's Authorization"
+    );
+}
