@@ -187,3 +187,96 @@ fn long_pulls_log_progress() {
     );
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
 }
+
+/// OpenShift: the initializer runs as an arbitrary UID in group 0 and the
+/// model server as another one; the server must read every file.
+#[test]
+fn arbitrary_uid_in_group_zero_installs_and_another_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipped: switching UIDs needs root");
+        return;
+    }
+    let reg = Registry::start(Auth::None);
+    let (layout, _) = modelcar_layout(false);
+    reg.skopeo_push(layout.path(), "v1", "models/car:v1");
+    // The volume: group 0, group-writable (as an emptyDir with fsGroup 0).
+    let volume = tempfile::tempdir().unwrap();
+    fs::set_permissions(volume.path(), fs::Permissions::from_mode(0o775)).unwrap();
+    std::os::unix::fs::chown(volume.path(), Some(0), Some(0)).unwrap();
+    let dest = volume.path().join("models");
+    let termination = volume.path().join("termination-log");
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .args([
+            &format!("ocimodel://{}/models/car:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .env("OCIMODEL_TERMINATION_LOG", &termination)
+        .env("HOME", "/nonexistent")
+        .uid(1000930000)
+        .gid(0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = fs::metadata(dest.join("1/model.onnx")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000930000);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0);
+
+    // Another UID in group 0 reads (and hashes) every installed file.
+    let files: Vec<String> = marker(&dest)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| dest.join(f["path"].as_str().unwrap()).display().to_string())
+        .collect();
+    assert_eq!(files.len(), 8);
+    let out = Command::new("sha256sum")
+        .args(&files)
+        .uid(1000940000)
+        .gid(0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "another UID cannot read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MNIST_SHA256));
+}
+
+#[test]
+fn owner_setting_chowns_the_tree() {
+    if !is_root() {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
+    Ocimodel::new()
+        .env("OCIMODEL_OWNER", "4242:0")
+        .run(&[&layout_uri(""), dest.to_str().unwrap()])
+        .assert_ok();
+    for p in [dest.join(MNIST_TITLE), dest.join("v1.nb20231206162408")] {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (4242, 0),
+            "{}",
+            p.display()
+        );
+    }
+    Ocimodel::new()
+        .env("OCIMODEL_OWNER", "nobody")
+        .run(&[&layout_uri(""), work.path().join("x").to_str().unwrap()])
+        .assert_fails_with(&["OCIMODEL_OWNER must be uid:gid"]);
+}
