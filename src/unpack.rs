@@ -789,6 +789,16 @@ mod tests {
                 "models/latest",
                 "/models/keep.txt",
             );
+            for (name, kind) in [
+                ("models/pipe", tar::EntryType::Fifo),
+                ("models/null", tar::EntryType::Char),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(0);
+                h.set_mode(0o666);
+                h.set_entry_type(kind);
+                b.append_data(&mut h, name, &b""[..]).unwrap();
+            }
         });
         tree.apply_tar(&mut &l1[..], Compression::None, &models)
             .unwrap();
@@ -810,6 +820,14 @@ mod tests {
         assert_eq!(paths, vec!["hard.txt", "keep.txt", "run.sh", "sub/new.bin"]);
         assert_eq!(c.links.get("latest").map(String::as_str), Some("keep.txt"));
         assert!(!root.join("etc").exists());
+        assert!(
+            fs::symlink_metadata(root.join("pipe")).is_err(),
+            "fifo skipped"
+        );
+        assert!(
+            fs::symlink_metadata(root.join("null")).is_err(),
+            "device skipped"
+        );
         let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode("keep.txt"), 0o664);
         assert_eq!(mode("run.sh"), 0o775);
