@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::unpack::{normalise_mode, Contents, RESERVED_NAMES};
+use crate::unpack::{normalise_mode, remove_existing, Contents, RESERVED_NAMES};
 
 pub const MARKER: &str = ".ocimodel.json";
 pub const BOOKKEEPING: &str = ".ocimodel";
@@ -172,7 +172,7 @@ impl Dest {
             let _ = fs::remove_file(self.path.join(MARKER));
             for name in &journal.entries {
                 if is_plain_name(name) {
-                    remove_any(&self.path.join(name))?;
+                    remove_existing(&self.path.join(name))?;
                 }
             }
             fs::remove_file(&journal_path)?;
@@ -182,7 +182,7 @@ impl Dest {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with("staging-") || name == "marker.tmp" {
-                remove_any(&entry.path())?;
+                remove_existing(&entry.path())?;
             }
         }
         Ok(())
@@ -225,7 +225,7 @@ impl Dest {
 
     /// Removes a staging directory after a failure.
     pub fn discard(&self, staging: &Path) {
-        if let Err(e) = remove_any(staging) {
+        if let Err(e) = remove_existing(staging) {
             tracing::warn!(staging = %staging.display(), "cannot remove staging directory: {e}");
         }
     }
@@ -259,7 +259,7 @@ impl Dest {
         fs::write(&journal_path, serde_json::to_vec(&journal)?)?;
         for name in &old {
             if is_plain_name(name) {
-                remove_any(&self.path.join(name))?;
+                remove_existing(&self.path.join(name))?;
             }
         }
         for name in &new_entries {
@@ -312,14 +312,4 @@ fn create_dirs(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-fn remove_any(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-    .with_context(|| format!("cannot remove {}", path.display()))
 }

@@ -130,15 +130,15 @@ fn make_dir(path: &Path, mode: u32) -> Result<()> {
 }
 
 /// Removes whatever is at `path` (file, symlink or whole directory) without
-/// following symlinks.
-fn remove_existing(path: &Path) -> Result<()> {
+/// following symlinks; nothing there is fine.
+pub fn remove_existing(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-    .with_context(|| format!("cannot replace {}", path.display()))
+    .with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// Writes `reader` to `rel` under `root`. When `known` is the sha256 the

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -212,10 +212,8 @@ impl TokenServer {
     /// (identity for an honest issuer).
     fn start(grant: fn(&str) -> String) -> TokenServer {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key.pem");
-        let cert = dir.path().join("cert.pem");
-        let st = Command::new("openssl")
-            .args([
+        openssl(
+            &[
                 "req",
                 "-x509",
                 "-newkey",
@@ -226,24 +224,15 @@ impl TokenServer {
                 "-subj",
                 "/CN=test-issuer",
                 "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&st.stderr)
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ],
+            dir.path(),
         );
-        let der = Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert)
-            .output()
-            .unwrap()
-            .stdout;
+        let der = openssl(&["x509", "-outform", "DER", "-in", "cert.pem"], dir.path());
         let cert_b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let key = dir.path().join("key.pem");
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let realm = format!("http://{}/token", listener.local_addr().unwrap());
@@ -253,50 +242,27 @@ impl TokenServer {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
         );
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut authorization = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':') {
-                        if k.eq_ignore_ascii_case("authorization") {
-                            authorization = Some(v.trim().to_string());
-                        }
-                    }
-                }
-                let target = request_line.split_whitespace().nth(1).unwrap_or("");
-                let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-                let service = query_param(query, "service").unwrap_or_default();
-                let scope = query_param(query, "scope").unwrap_or_default();
-                seen.lock().unwrap().push((service, scope.clone()));
-                let response = if authorization.as_deref() != Some(expected_auth.as_str()) {
-                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                } else {
-                    let repo = scope.split(':').nth(1).unwrap_or("");
-                    let token = sign_jwt(&key, &cert_b64, &grant(repo), &["pull"]);
-                    let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                let _ = stream.write_all(response.as_bytes());
+        serve(listener, move |req| {
+            let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let service = query_param(query, "service").unwrap_or_default();
+            let scope = query_param(query, "scope").unwrap_or_default();
+            seen.lock().unwrap().push((service, scope.clone()));
+            if req.authorization.as_deref() != Some(expected_auth.as_str()) {
+                return response("401 Unauthorized", &[], b"");
             }
+            let repo = scope.split(':').nth(1).unwrap_or("");
+            let token = sign_jwt(&key, &cert_b64, &grant(repo), &["pull"]);
+            let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+            response(
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                body.as_bytes(),
+            )
         });
         TokenServer {
             realm,
             requests,
-            cert,
+            cert: dir.path().join("cert.pem"),
             _dir: dir,
         }
     }

@@ -487,3 +487,72 @@ impl Run {
         self
     }
 }
+
+/// One request as the tiny test servers see it.
+pub struct Request {
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+/// A minimal HTTP server for fault injection and token issuing: one request
+/// per connection, answered by `handler` with raw response bytes.
+pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut authorization = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        authorization = Some(v.trim().to_string());
+                    }
+                }
+            }
+            let _ = stream.write_all(&handler(&Request {
+                path,
+                authorization,
+            }));
+        }
+    });
+}
+
+/// Raw HTTP/1.1 response bytes.
+pub fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Runs `openssl ARGS` in `dir`, failing the test on error; returns stdout.
+pub fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
