@@ -12,10 +12,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::CredentialSources;
+use crate::format;
 use crate::manifest::Platform;
 use crate::pull::{pull, ClientFactory, Job, Settings};
 use crate::reference::Target;
 use crate::registry::{ClientOptions, RegistryClient};
+use crate::select::Filter;
 use crate::unpack::Subtree;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
@@ -80,6 +82,22 @@ struct PullArgs {
     /// How many blobs of one model to download at once.
     #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
+
+    /// Only install files matching these globs (comma-separated, e.g. "*.safetensors,config.json").
+    #[arg(long, env = "OCIMODEL_INCLUDE", value_delimiter = ',')]
+    include: Vec<String>,
+
+    /// Never install files matching these globs (comma-separated).
+    #[arg(long, env = "OCIMODEL_EXCLUDE", value_delimiter = ',')]
+    exclude: Vec<String>,
+
+    /// KitOps layers to install: model, datasets, code, docs, prompts (comma-separated; default all).
+    #[arg(long, env = "OCIMODEL_KIT_FILTER", value_delimiter = ',')]
+    kit_filter: Vec<String>,
+
+    /// What to do with artifacts of unknown type: "refuse", or "raw" to write each layer as blobs/<alg>/<hex>.
+    #[arg(long, env = "OCIMODEL_UNKNOWN", default_value = "refuse", value_parser = ["refuse", "raw"])]
+    unknown: String,
 
     /// Seconds between progress lines on long pulls.
     #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = 10)]
@@ -192,6 +210,16 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
         concurrency: args.concurrency.max(1),
         owner,
         progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
+        filter: Filter::new(&args.include, &args.exclude),
+        format: format::Options {
+            unknown_raw: args.unknown == "raw",
+            kit_filter: args
+                .kit_filter
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        },
     };
 
     let mut ca_bundles: Vec<PathBuf> = args.ca_bundle.iter().cloned().collect();

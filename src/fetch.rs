@@ -88,6 +88,26 @@ impl Read for BlobReader {
     }
 }
 
+/// Fetches a small blob (a config) whole, refusing more than `cap` bytes,
+/// verified like any other.
+pub async fn fetch_small(source: &Source, desc: &Descriptor, cap: u64) -> Result<Bytes> {
+    if desc.size > cap {
+        bail!(
+            "blob {} is {} bytes, over the {cap}-byte limit",
+            desc.digest,
+            desc.size
+        );
+    }
+    let progress = Progress::new(desc.size);
+    let bytes = fetch_blob(source, desc, &progress, |r| {
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await?;
+    Ok(Bytes::from(bytes))
+}
+
 /// Streams blob `desc` from `source` into `consume` on a blocking thread.
 /// Whatever `consume` leaves unread is drained, so the whole blob is always
 /// hashed. Fails if the size or digest differ from `desc`, naming both.

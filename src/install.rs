@@ -50,6 +50,10 @@ pub struct Marker {
     /// The subtree taken from a container image, e.g. `/models`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subpath: Option<String>,
+    /// The settings that shaped the tree (subpath, file filter, ...); a rerun
+    /// with other settings installs again.
+    #[serde(default)]
+    pub selection: String,
     pub installed_at: String,
     /// Top-level names in DEST that this install owns.
     pub entries: Vec<String>,
@@ -59,10 +63,8 @@ pub struct Marker {
 
 impl Marker {
     /// What must match for an existing install to count as this one.
-    pub fn same_install(&self, digest: &Digest, subpath: Option<&str>) -> bool {
-        self.version == MARKER_VERSION
-            && &self.digest == digest
-            && self.subpath.as_deref() == subpath
+    pub fn same_install(&self, digest: &Digest, selection: &str) -> bool {
+        self.version == MARKER_VERSION && &self.digest == digest && self.selection == selection
     }
 
     pub fn new(
@@ -82,6 +84,7 @@ impl Marker {
             manifest_digest,
             format,
             subpath,
+            selection: String::new(),
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
             entries: Vec::new(),
@@ -195,10 +198,10 @@ impl Dest {
     }
 
     /// The marker when DEST already holds exactly this model: same digest and
-    /// subpath, and every recorded file still present with its size.
-    pub fn complete_for(&self, digest: &Digest, subpath: Option<&str>) -> Option<Marker> {
+    /// selection, and every recorded file still present with its size.
+    pub fn complete_for(&self, digest: &Digest, selection: &str) -> Option<Marker> {
         let m = self.marker()?;
-        if !m.same_install(digest, subpath) {
+        if !m.same_install(digest, selection) {
             return None;
         }
         let intact = m.contents.files.iter().all(|f| {
@@ -230,8 +233,14 @@ impl Dest {
         }
     }
 
-    /// Moves the staged tree into DEST and writes the marker.
-    pub fn install(&self, staging: &Path, mut marker: Marker) -> Result<Marker> {
+    /// Moves the staged tree into DEST, keeps the model's config (if any) as
+    /// `DEST/.ocimodel/config.json`, and writes the marker.
+    pub fn install(
+        &self,
+        staging: &Path,
+        mut marker: Marker,
+        config: Option<&[u8]>,
+    ) -> Result<Marker> {
         let mut new_entries: Vec<String> = Vec::new();
         for entry in fs::read_dir(staging)? {
             new_entries.push(entry?.file_name().to_string_lossy().into_owned());
@@ -267,6 +276,14 @@ impl Dest {
                 .with_context(|| format!("cannot move {} into {}", name, self.path.display()))?;
         }
         marker.entries = new_entries;
+        let config_path = self.book.join("config.json");
+        match config {
+            Some(bytes) => {
+                fs::write(&config_path, bytes)?;
+                set_mode(&config_path, false)?;
+            }
+            None => remove_existing(&config_path)?,
+        }
         let tmp = self.book.join("marker.tmp");
         {
             let mut f = fs::File::create(&tmp)?;

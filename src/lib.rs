@@ -3,7 +3,8 @@
 //!
 //! Modules, in the order data flows through them:
 //! [`reference`] → [`source`] ([`registry`] with [`auth`], or an OCI layout)
-//! → [`manifest`] (index → platform manifest → [`manifest::Plan`])
+//! → [`manifest`] (index → platform manifest) → [`format`] (which format,
+//! what each layer becomes: a [`format::Plan`], narrowed by [`select`])
 //! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
 //! → [`install`] (atomic swap into DEST, completion marker).
 //! [`pull`] drives one model through them; [`cli`] is the command line.
@@ -12,10 +13,12 @@ pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod fetch;
+pub mod format;
 pub mod install;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod select;
 pub mod source;
 pub mod unpack;

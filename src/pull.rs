@@ -2,9 +2,10 @@
 //!
 //! Data flows one way. The reference is resolved to a digest once; an index
 //! is narrowed to one platform manifest; the manifest is classified into a
-//! [`Plan`]; each layer is streamed, verified and unpacked into staging; the
-//! finished tree is installed into DEST with its marker. Signature checks
-//! will sit between resolve and fetch, before anything is written.
+//! [`Plan`] and narrowed by the file filter; each layer is streamed,
+//! verified and unpacked into staging; the finished tree is installed into
+//! DEST with its marker. Signature checks will sit between resolve and
+//! fetch, before anything is written.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,16 +16,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::digest::Digest;
-use crate::fetch::{fetch_blob, mib, Progress};
+use crate::fetch::{fetch_blob, fetch_small, mib, Progress};
+use crate::format::{self, Action, Format, Plan};
 use crate::install::{Dest, Marker};
 use crate::manifest::{
-    classify, select_platform, Action, Document, Format, ImageManifest, Plan, Platform,
-    MAX_INDEX_DEPTH,
+    select_platform, Document, ImageManifest, Platform, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES,
 };
 use crate::reference::Target;
 use crate::registry::{FetchedManifest, RegistryClient};
+use crate::select::Filter;
 use crate::source::Source;
-use crate::unpack::{clean_path, join, write_file, Subtree, Tree};
+use crate::unpack::{clean_path, join, write_file, Contents, Subtree, Tree};
 
 /// Settings shared by every model of one run.
 #[derive(Clone, Debug)]
@@ -36,6 +38,26 @@ pub struct Settings {
     pub owner: Option<(u32, u32)>,
     /// How often a long pull logs bytes, rate and ETA.
     pub progress_every: Duration,
+    pub filter: Filter,
+    pub format: format::Options,
+}
+
+impl Settings {
+    /// Everything besides the digest that shapes the installed tree; a
+    /// marker only counts as "this install" when it matches.
+    pub fn selection(&self) -> String {
+        let mut s = format!("subpath={}", self.subtree.display());
+        if let Some(f) = self.filter.describe() {
+            s.push_str(&format!("; {f}"));
+        }
+        if !self.format.kit_filter.is_empty() {
+            s.push_str(&format!("; kit={}", self.format.kit_filter.join(",")));
+        }
+        if self.format.unknown_raw {
+            s.push_str("; unknown=raw");
+        }
+        s
+    }
 }
 
 /// One `URI DEST` pair.
@@ -57,15 +79,76 @@ pub struct Outcome {
 /// Registry clients are built lazily, once, and shared by all jobs.
 pub type ClientFactory = Arc<dyn Fn() -> Result<Arc<RegistryClient>> + Send + Sync>;
 
+/// A resolved model: the manifest to install and how.
+pub struct Resolved {
+    pub top: FetchedManifest,
+    pub manifest: ImageManifest,
+    pub manifest_digest: Digest,
+    pub config: Option<bytes::Bytes>,
+    pub plan: Plan,
+}
+
+/// Resolves, descends to one manifest, fetches the config when needed,
+/// classifies and filters. Shared by `pull` and `inspect`.
+pub async fn resolve(
+    source: &Source,
+    top: FetchedManifest,
+    settings: &Settings,
+) -> Result<Resolved> {
+    let (manifest, manifest_digest) = descend(source, top.clone(), &settings.platform).await?;
+    let wants_config = format::needs_config(&manifest) || format::keeps_config(&manifest);
+    let config = if wants_config && manifest.config.size > 0 {
+        Some(
+            fetch_small(source, &manifest.config, MAX_MANIFEST_BYTES)
+                .await
+                .context("the manifest's config")?,
+        )
+    } else {
+        None
+    };
+    let mut plan = format::classify(&manifest, config.as_deref(), &settings.format)?;
+    narrow(&mut plan, &settings.filter);
+    Ok(Resolved {
+        top,
+        manifest,
+        manifest_digest,
+        config,
+        plan,
+    })
+}
+
+/// Drops whole-file layers the filter excludes, so they are never fetched.
+fn narrow(plan: &mut Plan, filter: &Filter) {
+    if filter.is_empty() {
+        return;
+    }
+    let mut kept = Vec::new();
+    for step in plan.steps.drain(..) {
+        match &step.action {
+            Action::WriteFile(path) if !filter.allows(path) => {
+                plan.skipped.push((
+                    step.layer,
+                    format!("'{path}' excluded by OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE"),
+                ));
+            }
+            _ => kept.push(step),
+        }
+    }
+    plan.steps = kept;
+    plan.generated.retain(|(path, _)| filter.allows(path));
+}
+
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
     if settings.require_digest && job.target.pinned_digest().is_none() {
         bail!("the reference has no digest and OCIMODEL_REQUIRE_DIGEST is set; pin it as REF@sha256:...");
     }
     let dest = Dest::open(&job.dest).await?;
+    let selection = settings.selection();
 
     // A digest reference can be checked against DEST without any network.
     if let Some(d) = job.target.pinned_digest() {
-        if let Some(marker) = complete(&dest, d, &job.target, settings) {
+        if let Some(marker) = dest.complete_for(d, &selection) {
+            tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
             return Ok(Outcome {
                 marker,
                 up_to_date: true,
@@ -77,45 +160,56 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
     let top = source.resolve().await?;
     if job.target.pinned_digest().is_none() {
         tracing::info!(uri = %job.uri, digest = %top.digest, "resolved reference to digest");
-        if let Some(marker) = complete(&dest, &top.digest, &job.target, settings) {
+        if let Some(marker) = dest.complete_for(&top.digest, &selection) {
+            tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
             return Ok(Outcome {
                 marker,
                 up_to_date: true,
             });
         }
     }
-    let (manifest, manifest_digest) = descend(&source, top.clone(), &settings.platform).await?;
-    let plan = classify(&manifest)?;
+    let resolved = resolve(&source, top, settings).await?;
+    let plan = &resolved.plan;
     for (layer, why) in &plan.skipped {
         tracing::info!(uri = %job.uri, layer = %layer.describe(), "skipping layer: {why}");
     }
-    if plan.steps.is_empty() {
-        bail!("the manifest has no layers to install");
+    if plan.steps.is_empty() && plan.generated.is_empty() {
+        if settings.filter.is_empty() {
+            bail!("the manifest has no layers to install");
+        }
+        bail!(
+            "no file matches OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE ({})",
+            settings.filter.describe().unwrap_or_default()
+        );
     }
-    check_paths(&plan)?;
+    check_paths(plan)?;
 
-    // (Signature verification of top.digest will run here, before any write.)
+    // (Signature verification of resolved.top.digest will run here, before any write.)
 
     let staging = dest.new_staging()?;
-    let result = unpack_plan(&source, &plan, &staging, settings, &job.uri).await;
-    let contents = match result {
+    let contents = match unpack_plan(&source, plan, &staging, settings, &job.uri).await {
         Ok(c) => c,
         Err(e) => {
             dest.discard(&staging);
             return Err(e);
         }
     };
-    let subpath = (plan.format == Format::Image).then(|| settings.subtree.display());
-    let marker = Marker::new(
+    let top = &resolved.top;
+    let mut marker = Marker::new(
         job.uri.clone(),
         source.pinned(&top.digest),
         top.digest.clone(),
-        (manifest_digest != top.digest).then_some(manifest_digest),
+        (resolved.manifest_digest != top.digest).then(|| resolved.manifest_digest.clone()),
         plan.format.to_string(),
-        subpath,
+        (plan.format == Format::Image).then(|| settings.subtree.display()),
         contents,
     );
-    match dest.install(&staging, marker) {
+    marker.selection = selection;
+    let config = plan
+        .keep_config
+        .then_some(resolved.config.as_deref())
+        .flatten();
+    match dest.install(&staging, marker, config) {
         Ok(marker) => Ok(Outcome {
             marker,
             up_to_date: false,
@@ -125,17 +219,6 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
             Err(e)
         }
     }
-}
-
-/// DEST's marker if it already holds `digest` with the same settings.
-fn complete(dest: &Dest, digest: &Digest, target: &Target, settings: &Settings) -> Option<Marker> {
-    // Only images use the subpath; an artifact marker has none. Try both.
-    let image_subpath = settings.subtree.display();
-    let m = dest
-        .complete_for(digest, Some(&image_subpath))
-        .or_else(|| dest.complete_for(digest, None))?;
-    tracing::info!(target = %target, dest = %dest.path().display(), digest = %digest, "already installed; nothing to do");
-    Some(m)
 }
 
 /// Follows indexes down to one image manifest for the wanted platform.
@@ -159,19 +242,29 @@ async fn descend(
     bail!("indexes nest deeper than {MAX_INDEX_DEPTH} levels; refusing (possible cycle)")
 }
 
-/// Artifact file names must be safe, distinct, and not nest inside each other.
+/// Whole-file names must be safe, distinct, and not nest inside each other.
 fn check_paths(plan: &Plan) -> Result<()> {
     let mut seen = BTreeSet::new();
-    for step in &plan.steps {
-        if let Action::WriteFile(title) = &step.action {
-            let rel = clean_path(Path::new(title))
-                .with_context(|| format!("layer {} has an unsafe file name", step.layer.digest))?;
-            if rel.is_empty() {
-                bail!("layer {} has an empty file name", step.layer.digest);
-            }
-            if !seen.insert(join(&rel)) {
-                bail!("two layers claim the same file '{}'", join(&rel));
-            }
+    let files = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::WriteFile(p) => Some((p.as_str(), s.layer.digest.to_string())),
+            _ => None,
+        })
+        .chain(
+            plan.generated
+                .iter()
+                .map(|(p, _)| (p.as_str(), "the manifest".to_string())),
+        );
+    for (title, from) in files {
+        let rel = clean_path(Path::new(title))
+            .with_context(|| format!("layer {from} has an unsafe file name"))?;
+        if rel.is_empty() {
+            bail!("layer {from} has an empty file name");
+        }
+        if !seen.insert(join(&rel)) {
+            bail!("two layers claim the same file '{}'", join(&rel));
         }
     }
     let all: Vec<&String> = seen.iter().collect();
@@ -187,13 +280,22 @@ fn check_paths(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// A relative directory from a plan as path components.
+fn components(dir: &Option<String>) -> Result<Vec<String>> {
+    match dir {
+        Some(d) => clean_path(Path::new(d))
+            .with_context(|| format!("unsafe directory '{d}' in the manifest")),
+        None => Ok(Vec::new()),
+    }
+}
+
 async fn unpack_plan(
     source: &Source,
     plan: &Plan,
     staging: &Path,
     settings: &Settings,
     uri: &str,
-) -> Result<crate::unpack::Contents> {
+) -> Result<Contents> {
     let progress = Progress::new(plan.total_bytes());
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), "pulling");
     let reporter = {
@@ -210,54 +312,76 @@ async fn unpack_plan(
         })
     };
     let result = async {
-        let mut tree = Tree::new(staging.to_path_buf());
-        match plan.format {
-            Format::Image => {
-                let total = plan.steps.len();
-                for (i, step) in plan.steps.iter().enumerate() {
-                    let Action::ApplyTar(compression) = step.action.clone() else {
-                        bail!("internal: image layer without a tar action");
-                    };
-                    let subtree = settings.subtree.clone();
-                    tree = fetch_blob(source, &step.layer, &progress, move |r| {
-                        tree.apply_tar(r, compression, &subtree)?;
-                        Ok(tree)
+        // Whole files first, several at once: they are independent blobs.
+        let root = Arc::new(staging.to_path_buf());
+        let records: Vec<_> =
+            futures_util::stream::iter(plan.steps.iter().filter_map(|step| match &step.action {
+                Action::WriteFile(path) => Some((step, path.clone())),
+                _ => None,
+            }))
+            .map(|(step, path)| {
+                let root = root.clone();
+                let progress = progress.clone();
+                async move {
+                    let rel = clean_path(Path::new(&path))?;
+                    let digest = step.layer.digest.clone();
+                    fetch_blob(source, &step.layer, &progress, move |r| {
+                        write_file(&root, &rel, r, 0o644, None, Some(&digest))
                     })
                     .await
-                    .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
+                    .with_context(|| format!("file '{path}'"))
                 }
-                if !tree.saw_subtree {
-                    bail!(
-                        "the image has nothing under {}; put the model files there or set OCIMODEL_SUBPATH",
-                        settings.subtree.display()
-                    );
-                }
-            }
-            Format::Oras => {
-                let root = Arc::new(staging.to_path_buf());
-                let records: Vec<_> = futures_util::stream::iter(plan.steps.iter().map(|step| {
-                    let root = root.clone();
-                    let progress = progress.clone();
-                    async move {
-                        let Action::WriteFile(title) = &step.action else {
-                            return Err(anyhow!("internal: artifact layer without a file action"));
-                        };
-                        let rel = clean_path(Path::new(title))?;
-                        let digest = step.layer.digest.clone();
-                        fetch_blob(source, &step.layer, &progress, move |r| {
-                            write_file(&root, &rel, r, 0o644, None, Some(&digest))
-                        })
-                        .await
-                        .with_context(|| format!("file '{title}'"))
+            })
+            .buffer_unordered(settings.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
+        for r in records {
+            tree.add_record(r);
+        }
+
+        // Tar layers in order: image layers stack, artifact layers must not clash.
+        let tars: Vec<_> = plan
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.action, Action::WriteFile(_)))
+            .collect();
+        let total = tars.len();
+        for (i, step) in tars.into_iter().enumerate() {
+            let action = step.action.clone();
+            let subtree = settings.subtree.clone();
+            tree = fetch_blob(source, &step.layer, &progress, move |r| {
+                match action {
+                    Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
+                    Action::ExtractTar {
+                        compression,
+                        into,
+                        within,
+                        content_digest,
+                    } => {
+                        let into = components(&into)?;
+                        let within = components(&within)?;
+                        let within = (!within.is_empty()).then_some(&within[..]);
+                        tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
                     }
-                }))
-                .buffer_unordered(settings.concurrency.max(1))
-                .try_collect()
-                .await?;
-                for r in records {
-                    tree.add_record(r);
+                    Action::WriteFile(_) => unreachable!("whole files are written above"),
                 }
-            }
+                Ok(tree)
+            })
+            .await
+            .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
+        }
+        if plan.format == Format::Image && !tree.saw_subtree {
+            bail!(
+                "the image has nothing under {}; put the model files there or set OCIMODEL_SUBPATH",
+                settings.subtree.display()
+            );
+        }
+        for (path, bytes) in &plan.generated {
+            let rel = clean_path(Path::new(path))?;
+            let record = write_file(staging, &rel, &mut &bytes[..], 0o644, None, None)
+                .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
+            tree.add_record(record);
         }
         tree.finish(settings.owner)
     }

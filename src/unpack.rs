@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::Compression;
+use crate::select::Filter;
 
 /// Names at the top of DEST that belong to ocimodel itself.
 pub const RESERVED_NAMES: [&str; 2] = [".ocimodel", ".ocimodel.json"];
@@ -246,15 +247,45 @@ pub struct Tree {
     this_layer: BTreeSet<String>,
     /// Whether any entry landed inside the subtree at all.
     pub saw_subtree: bool,
+    filter: Filter,
+}
+
+/// How a tar layer maps onto the tree.
+pub enum TarMode<'a> {
+    /// A container-image changeset: whiteouts apply, only `subtree` is kept.
+    Changeset(&'a Subtree),
+    /// An artifact layer: entries go `into` a directory and must lie `within`
+    /// one when given; nothing is overwritten.
+    Artifact {
+        into: &'a [String],
+        within: Option<&'a [String]>,
+    },
+}
+
+/// Hashes what passes through, when asked to.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Option<Hasher>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 impl Tree {
-    pub fn new(root: PathBuf) -> Tree {
+    pub fn new(root: PathBuf, filter: Filter) -> Tree {
         Tree {
             root,
             records: HashMap::new(),
             this_layer: BTreeSet::new(),
             saw_subtree: false,
+            filter,
         }
     }
 
@@ -266,12 +297,42 @@ impl Tree {
         self.records.insert(r.path.clone(), r);
     }
 
-    /// Applies one tar layer (possibly compressed), keeping `subtree`.
+    /// Applies one container-image layer (possibly compressed) as a
+    /// changeset, keeping `subtree`.
     pub fn apply_tar(
         &mut self,
         reader: &mut dyn Read,
         compression: Compression,
         subtree: &Subtree,
+    ) -> Result<()> {
+        self.unpack_tar(reader, compression, &TarMode::Changeset(subtree), None)
+    }
+
+    /// Extracts one artifact tar layer: entries go `into` a directory (or the
+    /// root), must lie `within` a directory when given, may not overwrite
+    /// anything, and the uncompressed stream must hash to `content_digest`.
+    pub fn extract_tar(
+        &mut self,
+        reader: &mut dyn Read,
+        compression: Compression,
+        into: &[String],
+        within: Option<&[String]>,
+        content_digest: Option<&Digest>,
+    ) -> Result<()> {
+        self.unpack_tar(
+            reader,
+            compression,
+            &TarMode::Artifact { into, within },
+            content_digest,
+        )
+    }
+
+    fn unpack_tar(
+        &mut self,
+        reader: &mut dyn Read,
+        compression: Compression,
+        mode: &TarMode<'_>,
+        content_digest: Option<&Digest>,
     ) -> Result<()> {
         let decoded: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(reader),
@@ -280,30 +341,68 @@ impl Tree {
                 Box::new(zstd::Decoder::new(reader).context("cannot start zstd decoder")?)
             }
         };
-        let mut archive = tar::Archive::new(decoded);
+        let mut hashing = HashingReader {
+            inner: decoded,
+            hasher: content_digest.map(|d| Hasher::new(d.algorithm())),
+        };
+        let mut archive = tar::Archive::new(&mut hashing);
         self.this_layer.clear();
         for entry in archive.entries().context("cannot read tar layer")? {
             let mut entry = entry.context("corrupt tar layer")?;
             let raw = entry.path().context("invalid entry name")?.into_owned();
             let comps = clean_path(&raw)?;
-            self.apply_entry(&mut entry, comps, subtree)
+            self.apply_entry(&mut entry, comps, mode)
                 .with_context(|| format!("layer entry '{}'", raw.display()))?;
         }
-        // Read to the end so compressed trailers (gzip CRC) are checked too.
+        // Read to the end so compressed trailers (gzip CRC) are checked and
+        // the whole uncompressed stream is hashed.
         io::copy(&mut archive.into_inner(), &mut io::sink()).context("corrupt compressed layer")?;
+        if let (Some(expected), Some(h)) = (content_digest, hashing.hasher.take()) {
+            let actual = h.finish();
+            if actual != *expected {
+                bail!("the unpacked tar does not match its content digest: expected {expected}, got {actual}");
+            }
+        }
         Ok(())
+    }
+
+    /// Where an entry goes, or `None` when it is not part of the model.
+    fn place(&mut self, comps: &[String], mode: &TarMode<'_>) -> Result<Option<RelPath>> {
+        match mode {
+            TarMode::Changeset(subtree) => match subtree.map(comps) {
+                Mapped::Inside(rel) => Ok(Some(rel)),
+                Mapped::Ancestor | Mapped::Outside => Ok(None),
+            },
+            TarMode::Artifact { into, within } => {
+                if let Some(w) = within {
+                    if !comps.starts_with(w) {
+                        bail!(
+                            "the entry is outside '{}', the directory this layer holds",
+                            join(w)
+                        );
+                    }
+                }
+                let mut rel = into.to_vec();
+                rel.extend_from_slice(comps);
+                Ok(Some(rel))
+            }
+        }
     }
 
     fn apply_entry(
         &mut self,
         entry: &mut tar::Entry<'_, impl Read>,
         comps: RelPath,
-        subtree: &Subtree,
+        mode: &TarMode<'_>,
     ) -> Result<()> {
         let Some(name) = comps.last().cloned() else {
             return Ok(()); // the archive root "./"
         };
-        if let Some(hidden) = name.strip_prefix(".wh.") {
+        let changeset = match mode {
+            TarMode::Changeset(subtree) => Some(*subtree),
+            TarMode::Artifact { .. } => None,
+        };
+        if let (Some(subtree), Some(hidden)) = (changeset, name.strip_prefix(".wh.")) {
             let parent = &comps[..comps.len() - 1];
             if hidden == ".wh..opq" {
                 return self.whiteout_children(parent, subtree);
@@ -315,49 +414,60 @@ impl Tree {
             target.push(hidden.to_string());
             return self.whiteout(&target, subtree);
         }
-        let rel = match subtree.map(&comps) {
-            Mapped::Inside(rel) => rel,
-            Mapped::Ancestor | Mapped::Outside => return Ok(()),
+        let Some(rel) = self.place(&comps, mode)? else {
+            return Ok(());
         };
         self.saw_subtree = true;
         let header = entry.header();
         let kind = header.entry_type();
-        let mode = header.mode().unwrap_or(0o644);
+        let perm = header.mode().unwrap_or(0o644);
         if rel.is_empty() {
             if kind.is_dir() {
                 return Ok(());
             }
             bail!(
                 "{} is not a directory in the image (it is a {:?}); set OCIMODEL_SUBPATH to the directory that holds the model",
-                subtree.display(),
+                changeset.map(Subtree::display).unwrap_or_default(),
                 kind
             );
         }
         check_not_reserved(&rel)?;
         let key = join(&rel);
+        let selected = self.filter.allows(&key);
+        let path = self.root.join(&key);
+        if changeset.is_none() && !kind.is_dir() && fs::symlink_metadata(&path).is_ok() {
+            bail!("'{key}' is written twice (two layers or entries claim it)");
+        }
         match kind {
             tar::EntryType::Directory => {
+                if !self.filter.is_empty() {
+                    return Ok(()); // with a filter, only directories of kept files exist
+                }
                 let path = prepare_parent(&self.root, &rel)?;
                 match fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => fs::set_permissions(
                         &path,
-                        fs::Permissions::from_mode(normalise_mode(mode, true)),
+                        fs::Permissions::from_mode(normalise_mode(perm, true)),
                     )?,
+                    Ok(_) if changeset.is_none() => {
+                        bail!("'{key}' is written twice (a file and a directory)")
+                    }
                     Ok(_) => {
                         remove_existing(&path)?;
                         self.forget_under(&key);
-                        make_dir(&path, mode)?;
+                        make_dir(&path, perm)?;
                     }
-                    Err(_) => make_dir(&path, mode)?,
+                    Err(_) => make_dir(&path, perm)?,
                 }
             }
+            _ if !selected => return Ok(()),
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.forget_under(&key);
                 let mtime = header
                     .mtime()
                     .ok()
                     .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-                let record = write_file(&self.root, &rel, entry, mode, mtime, None)?;
+                let record = write_file(&self.root, &rel, entry, perm, mtime, None)?;
                 self.add_record(record);
             }
             tar::EntryType::Symlink => {
@@ -365,7 +475,7 @@ impl Tree {
                     .link_name()?
                     .ok_or_else(|| anyhow!("symlink without a target"))?
                     .into_owned();
-                let target = confine_symlink(&rel, &target, subtree)?;
+                let target = confine_symlink(&rel, &target, changeset)?;
                 let path = prepare_parent(&self.root, &rel)?;
                 remove_existing(&path)?;
                 self.forget_under(&key);
@@ -377,12 +487,11 @@ impl Tree {
                     .link_name()?
                     .ok_or_else(|| anyhow!("hard link without a target"))?
                     .into_owned();
-                let target_rel = match subtree.map(&clean_path(&raw_target)?) {
-                    Mapped::Inside(t) if !t.is_empty() => t,
+                let target_rel = match self.place(&clean_path(&raw_target)?, mode) {
+                    Ok(Some(t)) if !t.is_empty() => t,
                     _ => bail!(
-                        "refusing hard link to '{}': it is outside {}",
-                        raw_target.display(),
-                        subtree.display()
+                        "refusing hard link to '{}': it is outside the model directory",
+                        raw_target.display()
                     ),
                 };
                 let target_path = prepare_parent(&self.root, &target_rel)?;
@@ -584,9 +693,16 @@ fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
 
 /// Checks a symlink target at creation: relative targets must stay inside
 /// lexically; absolute ones inside the subtree are rewritten as relative.
-fn confine_symlink(link: &[String], target: &Path, subtree: &Subtree) -> Result<PathBuf> {
+fn confine_symlink(link: &[String], target: &Path, subtree: Option<&Subtree>) -> Result<PathBuf> {
     let parent = &link[..link.len() - 1];
     if target.is_absolute() {
+        let Some(subtree) = subtree else {
+            bail!(
+                "refusing symlink '{}' -> '{}': absolute targets have no meaning in an artifact",
+                join(link),
+                target.display()
+            );
+        };
         let abs = clean_path(Path::new(target.to_string_lossy().trim_start_matches('/')))
             .with_context(|| format!("symlink '{}' -> '{}'", join(link), target.display()))?;
         return match subtree.map(&abs) {
@@ -776,7 +892,7 @@ mod tests {
         let root = dir.path().join("s");
         fs::create_dir(&root).unwrap();
         let models = Subtree::parse("/models").unwrap();
-        let mut tree = Tree::new(root.clone());
+        let mut tree = Tree::new(root.clone(), Filter::default());
         let l1 = tar_bytes(|b| {
             add_file(b, "models/keep.txt", b"keep", 0o600);
             add_file(b, "models/gone.txt", b"gone", 0o644);
@@ -888,7 +1004,7 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let mut tree = Tree::new(dir.path().to_path_buf());
+            let mut tree = Tree::new(dir.path().to_path_buf(), Filter::default());
             let result = tree
                 .apply_tar(&mut &bytes[..], Compression::None, &models)
                 .and_then(|_| tree.finish(None).map(|_| ()));
@@ -909,7 +1025,7 @@ mod tests {
         bytes.extend_from_slice(&[b'x'; 512]);
         bytes.extend_from_slice(&[0; 1024]);
         let dir = tempfile::tempdir().unwrap();
-        let mut tree = Tree::new(dir.path().join("s"));
+        let mut tree = Tree::new(dir.path().join("s"), Filter::default());
         fs::create_dir(tree.root()).unwrap();
         let err = tree
             .apply_tar(
