@@ -535,3 +535,299 @@ fn docker_model(m: &ImageManifest) -> Plan {
     }
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Document;
+
+    const SEED: &str = include_str!(concat!(
+        "../examples/mnist/blobs/sha256/",
+        "52154286252844566c1028dc579c5a157e7a012e41e683e35ded7a5410fe60aa"
+    ));
+
+    fn layer(mt: &str, annotations: &[(&str, &str)]) -> Descriptor {
+        Descriptor {
+            media_type: mt.into(),
+            digest: Digest::sha256_of(format!("{mt}{annotations:?}").as_bytes()),
+            size: 10,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            platform: None,
+            artifact_type: None,
+            data: None,
+        }
+    }
+
+    fn manifest(
+        artifact_type: Option<&str>,
+        config_mt: &str,
+        layers: Vec<Descriptor>,
+    ) -> ImageManifest {
+        ImageManifest {
+            schema_version: 2,
+            media_type: Some(crate::manifest::OCI_MANIFEST.into()),
+            artifact_type: artifact_type.map(String::from),
+            config: layer(config_mt, &[]),
+            layers,
+            subject: None,
+            annotations: Default::default(),
+        }
+    }
+
+    fn actions(p: &Plan) -> Vec<Action> {
+        p.steps.iter().map(|s| s.action.clone()).collect()
+    }
+
+    #[test]
+    fn seed_is_oras() {
+        let Document::Manifest(m) = Document::parse(SEED.as_bytes(), None).unwrap() else {
+            panic!("manifest expected")
+        };
+        let plan = classify(&m, None, &Options::default()).unwrap();
+        assert_eq!(plan.format, Format::Oras);
+        assert_eq!(
+            actions(&plan),
+            vec![Action::WriteFile("v1.nb20231206162408/mnist.onnx".into())]
+        );
+        assert_eq!(plan.total_bytes(), 421_403);
+        assert!(!plan.keep_config);
+    }
+
+    #[test]
+    fn modelpack_raw_and_tar_layers_both_generations() {
+        for (art, cfg, prefix, key) in [
+            (
+                MODELPACK_ARTIFACT,
+                MODELPACK_CONFIG,
+                "application/vnd.cncf.model",
+                MODELPACK_FILEPATH,
+            ),
+            (
+                MODELPACK_LEGACY_ARTIFACT,
+                MODELPACK_LEGACY_CONFIG,
+                "application/vnd.cnai.model",
+                MODELPACK_LEGACY_FILEPATH,
+            ),
+        ] {
+            let m = manifest(
+                Some(art),
+                cfg,
+                vec![
+                    // modelpack-client also writes a title: ModelPack must win over ORAS.
+                    layer(
+                        &format!("{prefix}.weight.v1.raw"),
+                        &[
+                            (key, "w/model.safetensors"),
+                            (ANNOTATION_TITLE, "w/model.safetensors"),
+                        ],
+                    ),
+                    layer(&format!("{prefix}.weight.config.v1.tar"), &[]),
+                    layer(&format!("{prefix}.doc.v1.tar+gzip"), &[]),
+                    layer(&format!("{prefix}.code.v1.tar+zstd"), &[]),
+                    layer(&format!("{prefix}.weight.v1.gguf"), &[(key, "m.gguf")]),
+                ],
+            );
+            let plan = classify(&m, None, &Options::default()).unwrap();
+            assert_eq!(plan.format, Format::ModelPack);
+            assert!(plan.keep_config || cfg == MODELPACK_LEGACY_CONFIG);
+            let ex = |c| Action::ExtractTar {
+                compression: c,
+                into: None,
+                within: None,
+                content_digest: None,
+            };
+            assert_eq!(
+                actions(&plan),
+                vec![
+                    Action::WriteFile("w/model.safetensors".into()),
+                    ex(Compression::None),
+                    ex(Compression::Gzip),
+                    ex(Compression::Zstd),
+                    Action::WriteFile("m.gguf".into()),
+                ]
+            );
+        }
+        let m = manifest(
+            Some(MODELPACK_ARTIFACT),
+            MODELPACK_CONFIG,
+            vec![layer("application/vnd.cncf.model.weight.v1.raw", &[])],
+        );
+        let err = classify(&m, None, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no org.cncf.model.filepath annotation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kitops_current_legacy_and_filter() {
+        let model = layer("application/vnd.kitops.modelkit.model.v1.tar+gzip", &[]);
+        let docs = layer("application/vnd.kitops.modelkit.docs.v1.tar", &[]);
+        let m = manifest(None, KITOPS_CONFIG, vec![model.clone(), docs.clone()]);
+        let current = serde_json::json!({
+            "manifestVersion": "1.0.0",
+            "model": {"path": "models/m.gguf", "digest": model.digest.to_string()},
+            "docs": [{"path": "README.md", "digest": docs.digest.to_string()}]
+        })
+        .to_string();
+        let plan = classify(&m, Some(current.as_bytes()), &Options::default()).unwrap();
+        assert_eq!(plan.format, Format::KitOps);
+        assert!(matches!(
+            &actions(&plan)[0],
+            Action::ExtractTar {
+                compression: Compression::Gzip,
+                into: None,
+                ..
+            }
+        ));
+        assert_eq!(plan.generated[0].0, "Kitfile");
+        assert!(plan.keep_config);
+
+        let legacy = serde_json::json!({"model": {"path": "models/m.gguf"}, "docs": [{"path": "README.md"}]}).to_string();
+        let plan = classify(&m, Some(legacy.as_bytes()), &Options::default()).unwrap();
+        assert!(
+            matches!(&actions(&plan)[0], Action::ExtractTar { into: Some(d), .. } if d == "models")
+        );
+        assert!(matches!(
+            &actions(&plan)[1],
+            Action::ExtractTar { into: None, .. }
+        ));
+
+        let only_docs = Options {
+            kit_filter: vec!["docs".into()],
+            ..Default::default()
+        };
+        let plan = classify(&m, Some(current.as_bytes()), &only_docs).unwrap();
+        assert_eq!(plan.steps.len(), 1);
+        assert_eq!(plan.steps[0].layer, docs);
+        assert_eq!(plan.skipped.len(), 1);
+
+        let wrong = serde_json::json!({"model": {"path": "m", "digest": docs.digest.to_string()}})
+            .to_string();
+        assert!(classify(&m, Some(wrong.as_bytes()), &Options::default()).is_err());
+    }
+
+    #[test]
+    fn docker_model_v01_names_and_v02_paths() {
+        let gguf = "application/vnd.docker.ai.gguf.v3";
+        let m = manifest(
+            None,
+            DOCKER_MODEL_CONFIG_V01,
+            vec![
+                layer(gguf, &[("n", "1")]),
+                layer(gguf, &[("n", "2")]),
+                layer("application/vnd.docker.ai.license", &[]),
+                layer("application/vnd.docker.ai.chat.template.jinja", &[]),
+                layer("application/vnd.docker.ai.unknown-thing", &[]),
+            ],
+        );
+        let plan = classify(&m, None, &Options::default()).unwrap();
+        assert_eq!(plan.format, Format::DockerModel);
+        assert_eq!(
+            actions(&plan),
+            vec![
+                Action::WriteFile("model-00001-of-00002.gguf".into()),
+                Action::WriteFile("model-00002-of-00002.gguf".into()),
+                Action::WriteFile("LICENSE".into()),
+                Action::WriteFile("template.jinja".into()),
+            ]
+        );
+        assert_eq!(plan.skipped.len(), 1);
+
+        let m = manifest(
+            None,
+            DOCKER_MODEL_CONFIG_V02,
+            vec![
+                layer(
+                    "application/vnd.docker.ai.safetensors",
+                    &[(MODELPACK_FILEPATH, "a/b.safetensors")],
+                ),
+                layer(gguf, &[]),
+            ],
+        );
+        let plan = classify(&m, None, &Options::default()).unwrap();
+        assert_eq!(
+            actions(&plan),
+            vec![Action::WriteFile("a/b.safetensors".into())]
+        );
+        assert_eq!(plan.skipped.len(), 1);
+    }
+
+    #[test]
+    fn oras_directory_layer() {
+        let d = Digest::sha256_of(b"tar");
+        let m = manifest(
+            Some("application/vnd.example"),
+            OCI_EMPTY,
+            vec![layer(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &[
+                    (ANNOTATION_TITLE, "tokenizer"),
+                    (ORAS_UNPACK, "true"),
+                    (ORAS_CONTENT_DIGEST, &d.to_string()),
+                ],
+            )],
+        );
+        let plan = classify(&m, None, &Options::default()).unwrap();
+        assert_eq!(
+            actions(&plan),
+            vec![Action::ExtractTar {
+                compression: Compression::Gzip,
+                into: None,
+                within: Some("tokenizer".into()),
+                content_digest: Some(d)
+            }]
+        );
+    }
+
+    #[test]
+    fn signatures_refused_unknown_refused_or_raw() {
+        let m = manifest(
+            Some("application/vnd.dev.sigstore.bundle.v0.3+json"),
+            OCI_EMPTY,
+            vec![layer("application/vnd.dev.sigstore.bundle.v0.3+json", &[])],
+        );
+        let err = classify(&m, None, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signature or attestation"), "{err}");
+
+        let l = layer("application/x-thing", &[]);
+        let m = manifest(
+            Some("application/vnd.acme.model.v1"),
+            OCI_EMPTY,
+            vec![l.clone()],
+        );
+        let err = classify(&m, None, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'application/vnd.acme.model.v1'")
+                && err.contains("application/x-thing")
+                && err.contains("OCIMODEL_UNKNOWN=raw"),
+            "{err}"
+        );
+        let plan = classify(
+            &m,
+            None,
+            &Options {
+                unknown_raw: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(plan.format, Format::Raw);
+        assert_eq!(
+            actions(&plan),
+            vec![Action::WriteFile(format!(
+                "blobs/sha256/{}",
+                l.digest.hex()
+            ))]
+        );
+    }
+}
