@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Debian's registry, skopeo, umoci, htpasswd, zstd, openssl; the oras Python
-# SDK), then checks formatting and lints, then runs every test.
+# SDK, modelpack-client), then checks formatting and lints, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python3 -c 'import oras' 2>/dev/null || python3 -m pip install -q 'oras>=0.2.40,<0.3'
+python3 -c 'import modelpack_client' 2>/dev/null || python3 -m pip install -q 'modelpack-client>=0.1,<0.2'
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -556,3 +556,58 @@ pub fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
     );
     out.stdout
 }
+
+impl Registry {
+    /// Builds an artifact from a spec (tests/support/make_artifact.py) and
+    /// pushes it with skopeo. Returns the manifest digest.
+    pub fn push_artifact(&self, repo_tag: &str, spec: &serde_json::Value) -> String {
+        let layout = tempfile::tempdir().unwrap();
+        let spec_file = layout.path().join("spec.json");
+        fs::write(&spec_file, serde_json::to_vec(spec).unwrap()).unwrap();
+        let out_dir = layout.path().join("layout");
+        let out = Command::new("python3")
+            .arg(repo_root().join("tests/support/make_artifact.py"))
+            .arg(&out_dir)
+            .arg(&spec_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make_artifact.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tag = spec["tag"].as_str().unwrap_or("v1");
+        self.skopeo_push(&out_dir, tag, repo_tag);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Pushes a ModelPack artifact with the independent `modelpack-client`.
+    /// `layers` are `PATH[:MEDIA_TYPE]` as its CLI takes them.
+    pub fn modelpack_push(&self, repo_tag: &str, config: &Path, layers: &[String]) -> String {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "modelpack_client", "--insecure", "push"])
+            .arg(format!("{}/{repo_tag}", self.addr))
+            .arg("--config")
+            .arg(config);
+        for l in layers {
+            cmd.arg("--layer").arg(l);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "modelpack push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["digest"].as_str().unwrap().to_string()
+    }
+
+    /// How many times the registry served blob `digest` (from its access log).
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest} HTTP");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&needle))
+            .count()
+    }
+}

@@ -1,0 +1,513 @@
+//! Every way people store models in OCI, pushed to a real registry and
+//! installed byte for byte: ModelPack (by the independent modelpack-client,
+//! and the legacy cnai form per its spec), KitOps, Docker model v0.1/v0.2,
+//! ORAS directories; signatures and unknown types refused; file filters that
+//! skip downloads; malformed artifacts that install nothing.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+fn weights(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn pull(reg: &Registry, uri: &str, dest: &Path) -> Run {
+    Ocimodel::new()
+        .insecure(reg)
+        .run(&[&format!("{}/{uri}", reg.addr), dest.to_str().unwrap()])
+}
+
+/// A small model directory, as a user would have it before `modelpack push`.
+fn model_dir(root: &Path) {
+    write(&root.join("model.safetensors"), &weights(200_000, 1));
+    write(&root.join("config.json"), b"{\"hidden\": 8}\n");
+    write(&root.join("tokenizer/vocab.txt"), b"a\nb\n");
+    write(&root.join("tokenizer/merges.txt"), b"a b\n");
+    write(&root.join("README.md"), b"# tiny\n");
+}
+
+#[test]
+fn modelpack_from_the_independent_client() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model_dir(&src);
+    let config = work.path().join("config.json");
+    write(
+        &config,
+        br#"{"descriptor":{"name":"tiny","version":"1"},"config":{"format":"safetensors"}}"#,
+    );
+    let digest = reg.modelpack_push(
+        "models/mp:v1",
+        &config,
+        &[
+            format!("{}", src.join("model.safetensors").display()),
+            format!(
+                "{}:application/vnd.cncf.model.weight.config.v1.raw",
+                src.join("config.json").display()
+            ),
+            format!(
+                "{}:application/vnd.cncf.model.weight.config.v1.raw",
+                src.join("tokenizer").display()
+            ),
+            format!(
+                "{}:application/vnd.cncf.model.doc.v1.raw",
+                src.join("README.md").display()
+            ),
+        ],
+    );
+    let dest = work.path().join("ours");
+    pull(&reg, "models/mp:v1", &dest).assert_ok();
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer/vocab.txt",
+        "tokenizer/merges.txt",
+        "README.md",
+    ] {
+        assert_eq!(
+            fs::read(dest.join(f)).unwrap(),
+            fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(model_files(&dest).len(), 5);
+    let m = marker(&dest);
+    assert_eq!(m["format"], "modelpack");
+    assert_eq!(m["digest"], digest.as_str());
+    let kept: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join(".ocimodel/config.json")).unwrap()).unwrap();
+    assert_eq!(kept["descriptor"]["name"], "tiny");
+    assert_eq!(kept["modelfs"]["diffIds"].as_array().unwrap().len(), 4);
+
+    // The independent client's own pull gives the same tree.
+    let theirs = work.path().join("theirs");
+    let out = Command::new("python3")
+        .args(["-m", "modelpack_client", "--insecure", "pull"])
+        .arg(format!("{}/models/mp:v1", reg.addr))
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&theirs), tree(&dest));
+}
+
+#[test]
+fn modelpack_legacy_cnai_with_compressed_tars() {
+    let reg = Registry::start(Auth::None);
+    let w = weights(50_000, 2);
+    let work = tempfile::tempdir().unwrap();
+    let wfile = work.path().join("w.bin");
+    write(&wfile, &w);
+    // model-spec v0.0.6 names (formats.md §3.5).
+    reg.push_artifact(
+        "models/cnai:v1",
+        &json!({
+            "artifactType": "application/vnd.cnai.model.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cnai.model.config.v1+json",
+                       "json": {"descriptor": {"name": "legacy"}, "modelfs": {"type": "layers", "diffIds": []}}},
+            "layers": [
+                {"mediaType": "application/vnd.cnai.model.weight.v1.raw", "file": wfile,
+                 "annotations": {"org.cnai.model.filepath": "weights/w.bin"}},
+                {"mediaType": "application/vnd.cnai.model.doc.v1.tar+zstd", "compress": "zstd",
+                 "tar": [{"name": "docs/README.md", "data": "legacy\n"}]},
+                {"mediaType": "application/vnd.cnai.model.code.v1.tar+gzip", "compress": "gzip",
+                 "tar": [{"name": "code", "type": "dir"}, {"name": "code/run.py", "data": "print(1)\n"}]}
+            ]
+        }),
+    );
+    let dest = work.path().join("out");
+    pull(&reg, "models/cnai:v1", &dest).assert_ok();
+    assert_eq!(fs::read(dest.join("weights/w.bin")).unwrap(), w);
+    assert_eq!(fs::read(dest.join("docs/README.md")).unwrap(), b"legacy\n");
+    assert_eq!(fs::read(dest.join("code/run.py")).unwrap(), b"print(1)\n");
+    assert_eq!(marker(&dest)["format"], "modelpack");
+}
+
+fn kitops_spec() -> serde_json::Value {
+    // kitops pkg/artifact/kitfile.go and pkg/lib/kitfile/layer.go: one tar per
+    // Kitfile entry, entries named from the context root, uid 1000, gid 0.
+    json!({
+        "config": {"mediaType": "application/vnd.kitops.modelkit.config.v1+json", "json": {
+            "manifestVersion": "1.0.0",
+            "package": {"name": "tiny", "version": "1.0.0"},
+            "model": {"name": "tiny", "path": "models/tiny.gguf", "format": "gguf", "digest": "$digest:0"},
+            "code": [{"path": "src", "digest": "$digest:1"}],
+            "datasets": [{"name": "eval", "path": "data/eval.csv", "digest": "$digest:2"}],
+            "docs": [{"path": "README.md", "digest": "$digest:3"}]
+        }},
+        "annotations": {"ml.kitops.modelkit.cli-version": "1.7.0"},
+        "layers": [
+            {"mediaType": "application/vnd.kitops.modelkit.model.v1.tar+gzip", "compress": "gzip",
+             "tar": [{"name": "models", "type": "dir"}, {"name": "models/tiny.gguf", "data": "GGUF-weights"}]},
+            {"mediaType": "application/vnd.kitops.modelkit.code.v1.tar",
+             "tar": [{"name": "src", "type": "dir"}, {"name": "src/serve.py", "data": "serve()\n"}]},
+            {"mediaType": "application/vnd.kitops.modelkit.dataset.v1.tar+gzip", "compress": "gzip",
+             "tar": [{"name": "data/eval.csv", "data": "x,y\n1,2\n"}]},
+            {"mediaType": "application/vnd.kitops.modelkit.docs.v1.tar",
+             "tar": [{"name": "README.md", "data": "# tiny kit\n"}]}
+        ]
+    })
+}
+
+#[test]
+fn kitops_modelkit_and_filter() {
+    let reg = Registry::start(Auth::None);
+    reg.push_artifact("models/kit:v1", &kitops_spec());
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("all");
+    pull(&reg, "models/kit:v1", &dest).assert_ok();
+    assert_eq!(
+        fs::read(dest.join("models/tiny.gguf")).unwrap(),
+        b"GGUF-weights"
+    );
+    assert_eq!(fs::read(dest.join("src/serve.py")).unwrap(), b"serve()\n");
+    assert_eq!(fs::read(dest.join("data/eval.csv")).unwrap(), b"x,y\n1,2\n");
+    assert_eq!(fs::read(dest.join("README.md")).unwrap(), b"# tiny kit\n");
+    let kitfile: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join("Kitfile")).unwrap()).unwrap();
+    assert_eq!(kitfile["model"]["path"], "models/tiny.gguf");
+    assert_eq!(marker(&dest)["format"], "kitops");
+
+    // Like `kit unpack --filter model,docs`: the other layers are not downloaded.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &http_get(
+            &reg.addr,
+            "/v2/models/kit/manifests/v1",
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        )
+        .body,
+    )
+    .unwrap();
+    let code_digest = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = reg.blob_gets(&code_digest);
+    let dest = work.path().join("filtered");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_KIT_FILTER", "model,docs")
+        .run(&[
+            &format!("{}/models/kit:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["Kitfile", "README.md", "models", "models/tiny.gguf"]
+    );
+    assert_eq!(
+        reg.blob_gets(&code_digest),
+        before,
+        "a filtered-out layer was downloaded"
+    );
+}
+
+#[test]
+fn docker_model_v01_and_v02() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let shard = |n: u32| {
+        let p = work.path().join(format!("s{n}"));
+        write(&p, &weights(30_000, n));
+        p
+    };
+    let (s1, s2) = (shard(1), shard(2));
+    // docker/model-runner pkg/distribution/types/config.go media types.
+    reg.push_artifact(
+        "models/dmr:v01",
+        &json!({
+            "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.1+json",
+                       "json": {"config": {"format": "gguf"}, "rootfs": {"type": "layers", "diff_ids": []}}},
+            "layers": [
+                {"mediaType": "application/vnd.docker.ai.gguf.v3", "file": s1},
+                {"mediaType": "application/vnd.docker.ai.gguf.v3", "file": s2},
+                {"mediaType": "application/vnd.docker.ai.license", "data": "MIT\n"},
+                {"mediaType": "application/vnd.docker.ai.chat.template.jinja", "data": "{{ x }}"}
+            ]
+        }),
+    );
+    let dest = work.path().join("v01");
+    pull(&reg, "models/dmr:v01", &dest).assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec![
+            "LICENSE",
+            "model-00001-of-00002.gguf",
+            "model-00002-of-00002.gguf",
+            "template.jinja"
+        ]
+    );
+    assert_eq!(
+        fs::read(dest.join("model-00002-of-00002.gguf")).unwrap(),
+        fs::read(&s2).unwrap()
+    );
+    assert_eq!(marker(&dest)["format"], "docker-model");
+
+    reg.push_artifact(
+        "models/dmr:v02",
+        &json!({
+            "config": {"mediaType": "application/vnd.docker.ai.model.config.v0.2+json",
+                       "json": {"config": {"format": "safetensors"}}},
+            "layers": [
+                {"mediaType": "application/vnd.docker.ai.safetensors", "file": s1,
+                 "annotations": {"org.cncf.model.filepath": "weights/model.safetensors"}},
+                {"mediaType": "application/vnd.docker.ai.model.file", "data": "{}",
+                 "annotations": {"org.cncf.model.filepath": "tokenizer/tokenizer.json"}}
+            ]
+        }),
+    );
+    let dest = work.path().join("v02");
+    pull(&reg, "models/dmr:v02", &dest).assert_ok();
+    assert_eq!(
+        fs::read(dest.join("weights/model.safetensors")).unwrap(),
+        fs::read(&s1).unwrap()
+    );
+    assert_eq!(
+        fs::read(dest.join("tokenizer/tokenizer.json")).unwrap(),
+        b"{}"
+    );
+}
+
+fn oras_dir_spec(title: &str, entries: serde_json::Value) -> serde_json::Value {
+    // oras-go content/file: tar+gzip of the directory, entries prefixed with its
+    // name, title + io.deis.oras.content.{digest,unpack} annotations.
+    json!({
+        "artifactType": "application/vnd.acme.model.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "compress": "gzip", "oras_dir": true,
+             "annotations": {"org.opencontainers.image.title": title}, "tar": entries},
+            {"mediaType": "application/octet-stream", "data": "weights",
+             "annotations": {"org.opencontainers.image.title": "model.bin"}}
+        ]
+    })
+}
+
+#[test]
+fn oras_directory_artifact() {
+    let reg = Registry::start(Auth::None);
+    reg.push_artifact(
+        "models/orasdir:v1",
+        &oras_dir_spec(
+            "tokenizer",
+            json!([{"name": "tokenizer", "type": "dir"}, {"name": "tokenizer/vocab.txt", "data": "v\n"},
+                   {"name": "tokenizer/sub/merges.txt", "data": "m\n"}]),
+        ),
+    );
+    let dest = tempfile::tempdir().unwrap();
+    pull(&reg, "models/orasdir:v1", dest.path()).assert_ok();
+    assert_eq!(
+        fs::read(dest.path().join("tokenizer/vocab.txt")).unwrap(),
+        b"v\n"
+    );
+    assert_eq!(
+        fs::read(dest.path().join("tokenizer/sub/merges.txt")).unwrap(),
+        b"m\n"
+    );
+    assert_eq!(fs::read(dest.path().join("model.bin")).unwrap(), b"weights");
+
+    // A directory layer whose entries leave its directory is refused.
+    reg.push_artifact(
+        "models/orasdir:bad",
+        &oras_dir_spec("tokenizer", json!([{"name": "elsewhere/x", "data": "x"}])),
+    );
+    let dest = tempfile::tempdir().unwrap();
+    pull(&reg, "models/orasdir:bad", dest.path()).assert_fails_with(&["outside 'tokenizer'"]);
+    assert!(model_files(dest.path()).is_empty());
+}
+
+#[test]
+fn signatures_and_unknown_types() {
+    let reg = Registry::start(Auth::None);
+    reg.push_artifact(
+        "models/sig:v1",
+        &json!({
+            "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+            "layers": [{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "data": "{}"}]
+        }),
+    );
+    let dest = tempfile::tempdir().unwrap();
+    pull(&reg, "models/sig:v1", dest.path())
+        .assert_fails_with(&["signature or attestation", "not a model"]);
+    assert!(model_files(dest.path()).is_empty());
+
+    let digest = reg.push_artifact(
+        "models/odd:v1",
+        &json!({
+            "artifactType": "application/vnd.acme.weights.v1",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+            "layers": [{"mediaType": "application/x-acme", "data": "payload"}]
+        }),
+    );
+    assert!(digest.starts_with("sha256:"));
+    let payload = format!("sha256:{}", sha256_hex(b"payload"));
+    let dest = tempfile::tempdir().unwrap();
+    pull(&reg, "models/odd:v1", dest.path()).assert_fails_with(&[
+        "unsupported artifact type 'application/vnd.acme.weights.v1'",
+        &format!("application/x-acme {payload}"),
+        "OCIMODEL_UNKNOWN=raw",
+    ]);
+    assert!(model_files(dest.path()).is_empty());
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_UNKNOWN", "raw")
+        .run(&[
+            &format!("{}/models/odd:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        fs::read(
+            dest.path()
+                .join(format!("blobs/sha256/{}", sha256_hex(b"payload")))
+        )
+        .unwrap(),
+        b"payload"
+    );
+}
+
+#[test]
+fn include_filter_skips_downloads() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model_dir(&src);
+    let config = work.path().join("config.json");
+    write(
+        &config,
+        br#"{"descriptor":{"name":"tiny"},"config":{"format":"safetensors"}}"#,
+    );
+    reg.modelpack_push(
+        "models/mp:v1",
+        &config,
+        &[
+            format!("{}", src.join("model.safetensors").display()),
+            format!(
+                "{}:application/vnd.cncf.model.weight.config.v1.raw",
+                src.join("config.json").display()
+            ),
+            format!(
+                "{}:application/vnd.cncf.model.doc.v1.raw",
+                src.join("README.md").display()
+            ),
+        ],
+    );
+    let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
+    let weights_digest = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
+    let dest = work.path().join("out");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_INCLUDE", "*.safetensors,config.json")
+        .run(&[
+            &format!("{}/models/mp:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["config.json", "model.safetensors"]
+    );
+    assert_eq!(
+        reg.blob_gets(&readme),
+        0,
+        "README.md was excluded, so its blob must not be fetched"
+    );
+    assert_eq!(reg.blob_gets(&weights_digest), 1);
+
+    // Changing the selection is a different install, not "already installed".
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_EXCLUDE", "*.safetensors")
+        .run(&[
+            &format!("{}/models/mp:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["README.md", "config.json"]
+    );
+
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_INCLUDE", "*.gguf")
+        .run(&[
+            &format!("{}/models/mp:v1", reg.addr),
+            work.path().join("none").to_str().unwrap(),
+        ])
+        .assert_fails_with(&["no file matches", "*.gguf"]);
+}
+
+#[test]
+fn malformed_artifacts_install_nothing() {
+    let reg = Registry::start(Auth::None);
+    let cases = [
+        (
+            "missing-filepath",
+            json!({"artifactType": "application/vnd.cncf.model.manifest.v1+json",
+                   "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", "json": {}},
+                   "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "data": "w"}]}),
+            vec!["no org.cncf.model.filepath annotation"],
+        ),
+        (
+            "two-claim-one-path",
+            json!({"artifactType": "application/vnd.acme.v1", "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+                   "layers": [{"mediaType": "application/octet-stream", "data": "a", "annotations": {"org.opencontainers.image.title": "x/m.bin"}},
+                              {"mediaType": "application/octet-stream", "data": "b", "annotations": {"org.opencontainers.image.title": "./x//m.bin"}}]}),
+            vec!["two layers claim the same file 'x/m.bin'"],
+        ),
+        (
+            "title-dotdot",
+            json!({"artifactType": "application/vnd.acme.v1", "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+                   "layers": [{"mediaType": "application/octet-stream", "data": "a", "annotations": {"org.opencontainers.image.title": "../../etc/cron.d/x"}}]}),
+            vec!["unsafe file name", "'..'"],
+        ),
+        (
+            "unknown-modelpack-layer",
+            json!({"artifactType": "application/vnd.cncf.model.manifest.v1+json",
+                   "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", "json": {}},
+                   "layers": [{"mediaType": "text/plain", "data": "w"}]}),
+            vec!["text/plain", "not a ModelPack layer type"],
+        ),
+        (
+            "tar-and-file-clash",
+            json!({"artifactType": "application/vnd.cncf.model.manifest.v1+json",
+                   "config": {"mediaType": "application/vnd.cncf.model.config.v1+json", "json": {}},
+                   "layers": [{"mediaType": "application/vnd.cncf.model.weight.v1.raw", "data": "w", "annotations": {"org.cncf.model.filepath": "m.bin"}},
+                              {"mediaType": "application/vnd.cncf.model.weight.v1.tar", "tar": [{"name": "m.bin", "data": "other"}]}]}),
+            vec!["'m.bin' is written twice"],
+        ),
+    ];
+    for (name, spec, needles) in cases {
+        reg.push_artifact(&format!("models/bad:{name}"), &spec);
+        let dest = tempfile::tempdir().unwrap();
+        let run = pull(&reg, &format!("models/bad:{name}"), dest.path());
+        run.assert_fails_with(&needles);
+        assert!(
+            model_files(dest.path()).is_empty(),
+            "{name}: {:?}",
+            model_files(dest.path())
+        );
+        assert!(!dest.path().parent().unwrap().join("etc/cron.d/x").exists());
+    }
+}
