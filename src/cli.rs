@@ -41,13 +41,17 @@ struct Cli {
 enum Command {
     /// Pull each URI and install it into its DEST (the KServe storage-initializer contract).
     Pull(PullArgs),
+    /// Unpack a model from a local layout or archive (or a registry) into DEST:
+    /// the same tree and marker as in the cluster.
+    Unpack(PullArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["pull", "help"];
+const SUBCOMMANDS: &[&str] = &["pull", "unpack", "help"];
 
 #[derive(Args, Debug)]
 struct PullArgs {
-    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, or oci-layout://DIR[:TAG|@DIGEST].
+    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, oci-layout://DIR[:TAG|@DIGEST],
+    /// oci-archive://FILE[:TAG|@DIGEST] or docker-archive://FILE[:REPO:TAG].
     #[arg(value_name = "URI DEST")]
     pairs: Vec<String>,
 
@@ -140,7 +144,7 @@ pub fn main_with_args(mut argv: Vec<String>) -> i32 {
         }
     };
     match cli.command {
-        Command::Pull(args) => run_pull(args),
+        Command::Pull(args) | Command::Unpack(args) => run_pull(args),
     }
 }
 

@@ -3,7 +3,10 @@
 //! Accepted forms:
 //! - `ocimodel://REF`, `oci://REF` and plain `REF`, where REF is
 //!   `[registry[:port]/]repo[:tag][@sha256:...]` with Docker Hub normalisation;
-//! - `oci-layout://PATH[:TAG|@DIGEST]`, an OCI image layout directory.
+//! - `oci-layout://PATH[:TAG|@DIGEST]`, an OCI image layout directory;
+//! - `oci-archive://FILE[:TAG|@DIGEST]`, the same layout in a tar file;
+//! - `docker-archive://FILE[:REPO:TAG]`, a `docker save` / `podman save`
+//!   archive (split at the first `:`, as skopeo does).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,7 +21,18 @@ pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Registry(ImageRef),
-    Layout { dir: PathBuf, selector: Selector },
+    Layout {
+        dir: PathBuf,
+        selector: Selector,
+    },
+    OciArchive {
+        file: PathBuf,
+        selector: Selector,
+    },
+    DockerArchive {
+        file: PathBuf,
+        image: Option<String>,
+    },
 }
 
 /// Which manifest of a local layout to use.
@@ -43,7 +57,7 @@ pub struct ImageRef {
 pub enum ReferenceError {
     #[error("empty model reference")]
     Empty,
-    #[error("unsupported scheme '{0}://' (use ocimodel://, oci://, oci-layout:// or a plain registry/repo:tag reference)")]
+    #[error("unsupported scheme '{0}://' (use ocimodel://, oci://, oci-layout://, oci-archive://, docker-archive:// or a plain registry/repo:tag reference)")]
     Scheme(String),
     #[error("invalid repository name '{0}' (lowercase letters, digits and . _ - separators, / between components)")]
     Repository(String),
@@ -62,7 +76,22 @@ impl Target {
             return Err(ReferenceError::Empty);
         }
         if let Some(rest) = input.strip_prefix("oci-layout://") {
-            return parse_layout(rest);
+            let (dir, selector) = parse_layout(rest)?;
+            return Ok(Target::Layout { dir, selector });
+        }
+        if let Some(rest) = input.strip_prefix("oci-archive://") {
+            let (file, selector) = parse_layout(rest)?;
+            return Ok(Target::OciArchive { file, selector });
+        }
+        if let Some(rest) = input.strip_prefix("docker-archive://") {
+            let (file, image) = match rest.split_once(':') {
+                Some((f, i)) => (f, Some(i.to_string())),
+                None => (rest, None),
+            };
+            return Ok(Target::DockerArchive {
+                file: PathBuf::from(non_empty(file)?),
+                image,
+            });
         }
         let rest = if let Some((scheme, rest)) = input.split_once("://") {
             match scheme {
@@ -82,8 +111,12 @@ impl Target {
             Target::Layout {
                 selector: Selector::Digest(d),
                 ..
+            }
+            | Target::OciArchive {
+                selector: Selector::Digest(d),
+                ..
             } => Some(d),
-            Target::Layout { .. } => None,
+            _ => None,
         }
     }
 }
@@ -93,38 +126,48 @@ impl fmt::Display for Target {
         match self {
             Target::Registry(r) => write!(f, "{r}"),
             Target::Layout { dir, selector } => {
-                write!(f, "oci-layout://{}", dir.display())?;
-                match selector {
-                    Selector::Only => Ok(()),
-                    Selector::Tag(t) => write!(f, ":{t}"),
-                    Selector::Digest(d) => write!(f, "@{d}"),
+                write!(f, "oci-layout://{}{selector}", dir.display())
+            }
+            Target::OciArchive { file, selector } => {
+                write!(f, "oci-archive://{}{selector}", file.display())
+            }
+            Target::DockerArchive { file, image } => {
+                write!(f, "docker-archive://{}", file.display())?;
+                match image {
+                    Some(i) => write!(f, ":{i}"),
+                    None => Ok(()),
                 }
             }
         }
     }
 }
 
-fn parse_layout(rest: &str) -> Result<Target, ReferenceError> {
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Only => Ok(()),
+            Selector::Tag(t) => write!(f, ":{t}"),
+            Selector::Digest(d) => write!(f, "@{d}"),
+        }
+    }
+}
+
+/// `PATH[:TAG|@DIGEST]` of a layout or OCI archive.
+fn parse_layout(rest: &str) -> Result<(PathBuf, Selector), ReferenceError> {
     if let Some((path, digest)) = rest.rsplit_once('@') {
-        return Ok(Target::Layout {
-            dir: PathBuf::from(non_empty(path)?),
-            selector: Selector::Digest(digest.parse()?),
-        });
+        return Ok((
+            PathBuf::from(non_empty(path)?),
+            Selector::Digest(digest.parse()?),
+        ));
     }
     // A tag follows the last ':' only when no '/' comes after it.
     if let Some((path, tag)) = rest.rsplit_once(':') {
         if !tag.contains('/') && !path.is_empty() {
             validate_tag(tag)?;
-            return Ok(Target::Layout {
-                dir: PathBuf::from(path),
-                selector: Selector::Tag(tag.to_string()),
-            });
+            return Ok((PathBuf::from(path), Selector::Tag(tag.to_string())));
         }
     }
-    Ok(Target::Layout {
-        dir: PathBuf::from(non_empty(rest)?),
-        selector: Selector::Only,
-    })
+    Ok((PathBuf::from(non_empty(rest)?), Selector::Only))
 }
 
 fn non_empty(s: &str) -> Result<&str, ReferenceError> {
@@ -376,5 +419,27 @@ mod tests {
         let t = Target::parse(&format!("oci-layout://./a:b/c@{D}")).unwrap();
         assert_eq!(t.pinned_digest().unwrap().to_string(), D);
         assert_eq!(t.to_string(), format!("oci-layout://./a:b/c@{D}"));
+    }
+
+    #[test]
+    fn archive_forms() {
+        assert_eq!(
+            Target::parse("oci-archive:///tmp/m.tar:v1").unwrap(),
+            Target::OciArchive {
+                file: "/tmp/m.tar".into(),
+                selector: Selector::Tag("v1".into())
+            }
+        );
+        assert_eq!(
+            Target::parse("docker-archive:///tmp/m.tar:models/car:v1").unwrap(),
+            Target::DockerArchive {
+                file: "/tmp/m.tar".into(),
+                image: Some("models/car:v1".into())
+            }
+        );
+        assert_eq!(
+            Target::parse("docker-archive://m.tar").unwrap().to_string(),
+            "docker-archive://m.tar"
+        );
     }
 }
