@@ -13,11 +13,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::CredentialSources;
 use crate::format;
+use crate::inspect;
 use crate::manifest::Platform;
 use crate::pull::{pull, ClientFactory, Job, Settings};
 use crate::reference::Target;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::select::Filter;
+use crate::source::Source;
 use crate::unpack::Subtree;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
@@ -44,28 +46,21 @@ enum Command {
     /// Unpack a model from a local layout or archive (or a registry) into DEST:
     /// the same tree and marker as in the cluster.
     Unpack(PullArgs),
+    /// Show what a reference holds: digest, platform, format, files, sizes,
+    /// annotations and referrers. Writes nothing.
+    Inspect(InspectArgs),
+    /// List the manifests that refer to a reference (signatures, SBOMs, lineage).
+    Referrers(ReferrersArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["pull", "unpack", "help"];
+const SUBCOMMANDS: &[&str] = &["pull", "unpack", "inspect", "referrers", "help"];
 
-#[derive(Args, Debug)]
-struct PullArgs {
-    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, oci-layout://DIR[:TAG|@DIGEST],
-    /// oci-archive://FILE[:TAG|@DIGEST] or docker-archive://FILE[:REPO:TAG].
-    #[arg(value_name = "URI DEST")]
-    pairs: Vec<String>,
-
-    /// Only take images' files under this directory ("/" for all).
-    #[arg(long, env = "OCIMODEL_SUBPATH", default_value = "/models")]
-    subpath: String,
-
+/// How to reach sources.
+#[derive(Args, Debug, Clone)]
+struct AccessArgs {
     /// Platform to pick from an index, os/arch[/variant] (default linux/<this machine>).
     #[arg(long, env = "OCIMODEL_PLATFORM")]
     platform: Option<String>,
-
-    /// Refuse references that are not pinned by digest.
-    #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    require_digest: bool,
 
     /// Registries (host:port) reached over plain HTTP; comma-separated.
     #[arg(
@@ -83,9 +78,17 @@ struct PullArgs {
     #[arg(long = "auth-file")]
     auth_file: Option<PathBuf>,
 
-    /// How many blobs of one model to download at once.
-    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
-    concurrency: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+/// Which files of a model to install.
+#[derive(Args, Debug, Clone)]
+struct SelectArgs {
+    /// Only take images' files under this directory ("/" for all).
+    #[arg(long, env = "OCIMODEL_SUBPATH", default_value = "/models")]
+    subpath: String,
 
     /// Only install files matching these globs (comma-separated, e.g. "*.safetensors,config.json").
     #[arg(long, env = "OCIMODEL_INCLUDE", value_delimiter = ',')]
@@ -99,9 +102,31 @@ struct PullArgs {
     #[arg(long, env = "OCIMODEL_KIT_FILTER", value_delimiter = ',')]
     kit_filter: Vec<String>,
 
-    /// What to do with artifacts of unknown type: "refuse", or "raw" to write each layer as blobs/<alg>/<hex>.
+    /// Artifacts of unknown type: "refuse", or "raw" to write each layer as blobs/<alg>/<hex>.
     #[arg(long, env = "OCIMODEL_UNKNOWN", default_value = "refuse", value_parser = ["refuse", "raw"])]
     unknown: String,
+}
+
+#[derive(Args, Debug)]
+struct PullArgs {
+    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, oci-layout://DIR[:TAG|@DIGEST],
+    /// oci-archive://FILE[:TAG|@DIGEST] or docker-archive://FILE[:REPO:TAG].
+    #[arg(value_name = "URI DEST")]
+    pairs: Vec<String>,
+
+    #[command(flatten)]
+    access: AccessArgs,
+
+    #[command(flatten)]
+    select: SelectArgs,
+
+    /// Refuse references that are not pinned by digest.
+    #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    require_digest: bool,
+
+    /// How many blobs of one model to download at once.
+    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
 
     /// Seconds between progress lines on long pulls.
     #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = 10)]
@@ -114,10 +139,39 @@ struct PullArgs {
     /// Where to write the one-line result (Kubernetes reads /dev/termination-log).
     #[arg(long, env = "OCIMODEL_TERMINATION_LOG")]
     termination_log: Option<PathBuf>,
+}
 
-    /// Log format: text or json.
-    #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The model reference (any form `pull` takes).
+    uri: String,
+
+    #[command(flatten)]
+    access: AccessArgs,
+
+    #[command(flatten)]
+    select: SelectArgs,
+
+    /// Output: text (a table for people) or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+#[derive(Args, Debug)]
+struct ReferrersArgs {
+    /// The model reference (any form `pull` takes).
+    uri: String,
+
+    #[command(flatten)]
+    access: AccessArgs,
+
+    /// Only referrers of this artifact type.
+    #[arg(long = "artifact-type")]
+    artifact_type: Option<String>,
+
+    /// Output: text (a table for people) or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -145,6 +199,8 @@ pub fn main_with_args(mut argv: Vec<String>) -> i32 {
     };
     match cli.command {
         Command::Pull(args) | Command::Unpack(args) => run_pull(args),
+        Command::Inspect(args) => run_inspect(args),
+        Command::Referrers(args) => run_referrers(args),
     }
 }
 
@@ -164,7 +220,7 @@ fn init_logging(format: &str) {
 }
 
 fn run_pull(args: PullArgs) -> i32 {
-    init_logging(&args.log_format);
+    init_logging(&args.access.log_format);
     let log = args.termination_log.clone();
     match prepare(&args) {
         Ok((jobs, settings, clients)) => execute(jobs, settings, clients, log.as_deref()),
@@ -202,31 +258,43 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
             dest: dest_path,
         });
     }
-    let platform = match &args.platform {
+    let mut settings = settings(&args.access, &args.select)?;
+    settings.require_digest = args.require_digest;
+    settings.concurrency = args.concurrency.max(1);
+    settings.owner = args.owner.as_deref().map(parse_owner).transpose()?;
+    settings.progress_every = std::time::Duration::from_secs(args.progress_interval.max(1));
+    Ok((jobs, settings, client_factory(&args.access)))
+}
+
+/// Pipeline settings from the shared flag groups (pull-only ones defaulted).
+fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
+    let platform = match &access.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let owner = args.owner.as_deref().map(parse_owner).transpose()?;
-    let settings = Settings {
-        subtree: Subtree::parse(&args.subpath)?,
+    Ok(Settings {
+        subtree: Subtree::parse(&select.subpath)?,
         platform,
-        require_digest: args.require_digest,
-        concurrency: args.concurrency.max(1),
-        owner,
-        progress_every: std::time::Duration::from_secs(args.progress_interval.max(1)),
-        filter: Filter::new(&args.include, &args.exclude),
+        require_digest: false,
+        concurrency: 4,
+        owner: None,
+        progress_every: std::time::Duration::from_secs(10),
+        filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
-            unknown_raw: args.unknown == "raw",
-            kit_filter: args
+            unknown_raw: select.unknown == "raw",
+            kit_filter: select
                 .kit_filter
                 .iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
         },
-    };
+    })
+}
 
-    let mut ca_bundles: Vec<PathBuf> = args.ca_bundle.iter().cloned().collect();
+/// A lazily built, shared registry client: local sources never need one.
+fn client_factory(access: &AccessArgs) -> ClientFactory {
+    let mut ca_bundles: Vec<PathBuf> = access.ca_bundle.iter().cloned().collect();
     if let Some(mount) = std::env::var_os("CA_BUNDLE_VOLUME_MOUNT_POINT") {
         let kserve_bundle = PathBuf::from(mount).join("cabundle.crt");
         if kserve_bundle.is_file() {
@@ -237,7 +305,7 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
         .map(|v| v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
     let options = ClientOptions {
-        insecure_registries: args
+        insecure_registries: access
             .insecure_registries
             .iter()
             .map(|s| s.trim().to_string())
@@ -247,18 +315,80 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
         ca_bundles,
         connect_timeout: None,
     };
-    let sources = CredentialSources::from_env(args.auth_file.as_deref());
-    // Built on first use, so local layouts need no credentials or TLS setup.
+    let sources = CredentialSources::from_env(access.auth_file.as_deref());
     let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());
-    let clients: ClientFactory = Arc::new(move || {
+    Arc::new(move || {
         if let Some(c) = cell.get() {
             return Ok(c.clone());
         }
         let creds = sources.load()?;
         let client = Arc::new(RegistryClient::new(creds, options.clone())?);
         Ok(cell.get_or_init(|| client).clone())
-    });
-    Ok((jobs, settings, clients))
+    })
+}
+
+/// Runs a read-only command on one source: prints its output, or one error
+/// line on stderr and exit 1.
+fn run_read_only<F, Fut>(uri: &str, access: &AccessArgs, work: F) -> i32
+where
+    F: FnOnce(Source) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    init_logging(&access.log_format);
+    let result = (|| {
+        let target = Target::parse(uri).with_context(|| uri.to_string())?;
+        let clients = client_factory(access);
+        let source = Source::new(&target, || clients())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(work(source))
+    })();
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("ocimodel: {uri}: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_inspect(args: InspectArgs) -> i32 {
+    let settings = match settings(&args.access, &args.select) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ocimodel: {e:#}");
+            return 1;
+        }
+    };
+    let json = args.format == "json";
+    run_read_only(&args.uri, &args.access, |source| async move {
+        let report = inspect::inspect(&source, &settings).await?;
+        Ok(if json {
+            format!("{}\n", serde_json::to_string_pretty(&report)?)
+        } else {
+            inspect::render(&report)
+        })
+    })
+}
+
+fn run_referrers(args: ReferrersArgs) -> i32 {
+    let json = args.format == "json";
+    let artifact_type = args.artifact_type.clone();
+    run_read_only(&args.uri, &args.access, |source| async move {
+        let top = source.resolve().await?;
+        let found = source
+            .referrers(&top.digest, artifact_type.as_deref())
+            .await?;
+        Ok(if json {
+            format!("{}\n", serde_json::to_string_pretty(&found)?)
+        } else {
+            inspect::render_referrers(&found)
+        })
+    })
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32)> {

@@ -7,13 +7,15 @@
 //! what each layer becomes: a [`format::Plan`], narrowed by [`select`])
 //! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
 //! → [`install`] (atomic swap into DEST, completion marker).
-//! [`pull`] drives one model through them; [`cli`] is the command line.
+//! [`pull`] drives one model through them; [`inspect`] reports on one
+//! without writing; [`cli`] is the command line.
 
 pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod fetch;
 pub mod format;
+pub mod inspect;
 pub mod install;
 pub mod manifest;
 pub mod pull;

@@ -84,6 +84,8 @@ pub struct Resolved {
     pub top: FetchedManifest,
     pub manifest: ImageManifest,
     pub manifest_digest: Digest,
+    /// The platform chosen from an index, if there was one.
+    pub platform: Option<String>,
     pub config: Option<bytes::Bytes>,
     pub plan: Plan,
 }
@@ -95,7 +97,8 @@ pub async fn resolve(
     top: FetchedManifest,
     settings: &Settings,
 ) -> Result<Resolved> {
-    let (manifest, manifest_digest) = descend(source, top.clone(), &settings.platform).await?;
+    let (manifest, manifest_digest, platform) =
+        descend(source, top.clone(), &settings.platform).await?;
     let wants_config = format::needs_config(&manifest) || format::keeps_config(&manifest);
     let config = if wants_config && manifest.config.size > 0 {
         Some(
@@ -112,6 +115,7 @@ pub async fn resolve(
         top,
         manifest,
         manifest_digest,
+        platform,
         config,
         plan,
     })
@@ -226,14 +230,22 @@ async fn descend(
     source: &Source,
     mut fetched: FetchedManifest,
     platform: &Platform,
-) -> Result<(ImageManifest, Digest)> {
+) -> Result<(ImageManifest, Digest, Option<String>)> {
+    let mut chosen = None;
     for _ in 0..=MAX_INDEX_DEPTH {
         match Document::parse(&fetched.bytes, fetched.content_type.as_deref())
             .with_context(|| format!("manifest {}", fetched.digest))?
         {
-            Document::Manifest(m) => return Ok((*m, fetched.digest)),
+            Document::Manifest(m) => return Ok((*m, fetched.digest, chosen)),
             Document::Index(index) => {
                 let child = select_platform(&index, platform)?;
+                chosen = Some(
+                    child
+                        .platform
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "unspecified".into()),
+                );
                 tracing::info!(index = %fetched.digest, manifest = %child.digest, platform = %child.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "unspecified".into()), "selected manifest from index");
                 fetched = source.manifest(&child.digest).await?;
             }

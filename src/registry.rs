@@ -22,12 +22,16 @@ use reqwest::StatusCode;
 
 use crate::auth::{Challenge, CredentialStore, Credentials};
 use crate::digest::Digest;
-use crate::manifest::{ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
+use crate::manifest::{
+    Descriptor, Document, ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX,
+};
 use crate::reference::ImageRef;
 
 /// A stream of blob bytes, not yet verified.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// Referrer listings longer than this many pages are refused.
+const MAX_REFERRER_PAGES: usize = 100;
 /// Token responses larger than this are refused.
 const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
 /// Error bodies are read up to this size for their message.
@@ -187,6 +191,98 @@ impl RegistryClient {
             content_type,
             digest,
         })
+    }
+
+    /// The manifests that refer to `digest` (signatures, SBOMs, lineage):
+    /// the referrers API with `Link` pagination, else the `sha256-<hex>` tag
+    /// schema. Filtered by `artifact_type` here when the registry did not.
+    pub async fn referrers(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let base = self.base_url(r);
+        let mut url = format!("{base}/referrers/{digest}");
+        if let Some(t) = artifact_type {
+            url.push_str(&format!("?artifactType={}", urlencode(t)));
+        }
+        let what = format!("referrers of {digest} in {}/{}", r.registry, r.repository);
+        let mut found = Vec::new();
+        for page in 0.. {
+            if page >= MAX_REFERRER_PAGES {
+                bail!("{what}: more than {MAX_REFERRER_PAGES} pages; refusing");
+            }
+            let resp = self
+                .send(r, |c| c.get(&url).header(ACCEPT, OCI_INDEX))
+                .await?;
+            if resp.status() == StatusCode::NOT_FOUND && page == 0 {
+                return self.referrers_by_tag(r, digest, artifact_type).await;
+            }
+            let resp = self.check_status(resp, r, &what).await?;
+            let filtered = resp
+                .headers()
+                .get_all("oci-filters-applied")
+                .iter()
+                .any(|v| {
+                    v.to_str()
+                        .unwrap_or("")
+                        .split(',')
+                        .any(|f| f.trim() == "artifactType")
+                });
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(|l| resolve_link(&url, &l));
+            let body = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+            let Document::Index(index) = Document::parse(&body, Some(OCI_INDEX))? else {
+                bail!("{what}: the registry did not answer with an image index");
+            };
+            found.extend(index.manifests.into_iter().filter(|d| {
+                filtered || artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t))
+            }));
+            match next {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The referrers tag schema: an index tagged `<alg>-<hex>` (hex cut to 64).
+    async fn referrers_by_tag(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let hex = digest.hex();
+        let tag = format!(
+            "{}-{}",
+            digest.algorithm().name(),
+            &hex[..hex.len().min(64)]
+        );
+        let url = format!("{}/manifests/{tag}", self.base_url(r));
+        let resp = self
+            .send(r, |c| c.get(&url).header(ACCEPT, OCI_INDEX))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let what = format!("referrers tag {tag} in {}/{}", r.registry, r.repository);
+        let resp = self.check_status(resp, r, &what).await?;
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+        // "If that tag doesn't yield a valid index, assume there are no referrers."
+        let Ok(Document::Index(index)) = Document::parse(&body, Some(OCI_INDEX)) else {
+            return Ok(Vec::new());
+        };
+        Ok(index
+            .manifests
+            .into_iter()
+            .filter(|d| artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t)))
+            .collect())
     }
 
     /// Opens a blob for streaming. The caller verifies size and digest.
@@ -484,6 +580,45 @@ async fn read_capped(mut resp: reqwest::Response, cap: u64, what: &str) -> Resul
     Ok(buf.freeze())
 }
 
+/// The `rel="next"` target of a `Link` header (RFC 8288).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            p.trim()
+                .replace(' ', "")
+                .eq_ignore_ascii_case("rel=\"next\"")
+                || p.trim().eq_ignore_ascii_case("rel=next")
+        });
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+/// A `Link` target relative to the URL it came from.
+fn resolve_link(current: &str, link: &str) -> String {
+    match reqwest::Url::parse(current).and_then(|base| base.join(link)) {
+        Ok(u) => u.to_string(),
+        Err(_) => link.to_string(),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `{"errors":[{"code":"…","message":"…"}]}` → [(code, message)].
 fn error_codes(body: &[u8]) -> Vec<(String, String)> {
     #[derive(serde::Deserialize)]
@@ -506,6 +641,30 @@ fn error_codes(body: &[u8]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/m/referrers/sha256:a?n=2&last=x>; rel="next""#).as_deref(),
+            Some("/v2/m/referrers/sha256:a?n=2&last=x")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/a>; rel="prev", <https://x/b>; rel="next""#).as_deref(),
+            Some("https://x/b")
+        );
+        assert_eq!(next_link(r#"<https://x/a>; rel="prev""#), None);
+        assert_eq!(
+            resolve_link(
+                "http://127.0.0.1:5000/v2/m/referrers/sha256:a",
+                "/v2/m/referrers/sha256:a?page=2"
+            ),
+            "http://127.0.0.1:5000/v2/m/referrers/sha256:a?page=2"
+        );
+        assert_eq!(
+            urlencode("application/vnd.x+json"),
+            "application%2Fvnd.x%2Bjson"
+        );
+    }
 
     #[test]
     fn parses_registry_errors() {

@@ -158,6 +158,50 @@ impl Source {
         }
     }
 
+    /// Manifests whose `subject` is `digest`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        match self {
+            Source::Registry { client, reference } => {
+                client.referrers(reference, digest, artifact_type).await
+            }
+            Source::Layout { store, label, .. } => {
+                let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
+                let Document::Index(index) = Document::parse(&bytes, None)
+                    .with_context(|| format!("invalid index.json in {label}"))?
+                else {
+                    bail!("index.json in {label} is not an image index");
+                };
+                let mut found = Vec::new();
+                for d in index.manifests {
+                    let Ok(m) = self.manifest(&d.digest).await else {
+                        continue;
+                    };
+                    if let Ok(Document::Manifest(m)) = Document::parse(&m.bytes, None) {
+                        if m.subject.as_ref().is_some_and(|s| &s.digest == digest) {
+                            let t = m
+                                .artifact_type
+                                .clone()
+                                .unwrap_or_else(|| m.config.media_type.clone());
+                            if artifact_type.is_none_or(|want| want == t) {
+                                found.push(Descriptor {
+                                    artifact_type: Some(t),
+                                    annotations: m.annotations.clone(),
+                                    ..d
+                                });
+                            }
+                        }
+                    }
+                }
+                Ok(found)
+            }
+            Source::Docker { .. } => Ok(Vec::new()),
+        }
+    }
+
     /// The source pinned to `digest`, for logs and the marker.
     pub fn pinned(&self, digest: &Digest) -> String {
         match self {
@@ -226,7 +270,11 @@ impl Store {
                 Ok(e) => e,
                 // The tar crate's message quotes raw header bytes; say what it means.
                 Err(_) if entries.is_empty() => bail!("{} is not a tar archive", file.display()),
-                Err(_) => bail!("{} is corrupt after {} entries", file.display(), entries.len()),
+                Err(_) => bail!(
+                    "{} is corrupt after {} entries",
+                    file.display(),
+                    entries.len()
+                ),
             };
             let name = clean_name(&entry.path()?.to_string_lossy());
             let kind = entry.header().entry_type();

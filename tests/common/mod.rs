@@ -602,6 +602,27 @@ impl Registry {
         v["digest"].as_str().unwrap().to_string()
     }
 
+    /// PUTs a manifest (e.g. the referrers fallback index a client maintains
+    /// when the registry has no referrers API). Returns the HTTP status.
+    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> u16 {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "PUT /v2/{repo}/manifests/{reference} HTTP/1.0\r\nHost: {}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        String::from_utf8_lossy(&raw)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// How many times the registry served blob `digest` (from its access log).
     pub fn blob_gets(&self, digest: &str) -> usize {
         let needle = format!("/blobs/{digest} HTTP");

@@ -6,7 +6,7 @@ legacy ModelPack, ORAS directories, signatures, unknown types). Layers are built
 python's tarfile/gzip and the zstd CLI; the layout is then pushed with skopeo.
 
 usage: make_artifact.py OUTDIR SPEC.json      (prints the manifest digest)
-SPEC: {"tag": "v1", "artifactType": str?, "annotations": {..}?,
+SPEC: {"tag": "v1", "artifactType": str?, "annotations": {..}?, "subject": descriptor?,
        "config": {"mediaType": str, "json": any?},          # no json: the 2-byte empty blob
        "layers": [{"mediaType": str, "annotations": {..}?,
                    "data": str | "file": path |                          # raw bytes
@@ -105,6 +105,8 @@ def main():
         manifest["artifactType"] = spec["artifactType"]
     if spec.get("annotations"):
         manifest["annotations"] = spec["annotations"]
+    if spec.get("subject"):
+        manifest["subject"] = spec["subject"]
     body = json.dumps(manifest).encode()
     mdigest = write_blob(out, body)
     with open(os.path.join(out, "oci-layout"), "w") as f:
