@@ -24,6 +24,18 @@ fn weights(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// `modelpack push --layer` arguments for files of `model_dir`, each with its
+/// ModelPack media type (none: the client's default, weight raw).
+fn layer_args(src: &Path, files: &[(&str, Option<&str>)]) -> Vec<String> {
+    files
+        .iter()
+        .map(|(f, mt)| match mt {
+            Some(mt) => format!("{}:application/vnd.cncf.model.{mt}", src.join(f).display()),
+            None => src.join(f).display().to_string(),
+        })
+        .collect()
+}
+
 fn pull(reg: &Registry, uri: &str, dest: &Path) -> Run {
     Ocimodel::new()
         .insecure(reg)
@@ -53,21 +65,15 @@ fn modelpack_from_the_independent_client() {
     let digest = reg.modelpack_push(
         "models/mp:v1",
         &config,
-        &[
-            format!("{}", src.join("model.safetensors").display()),
-            format!(
-                "{}:application/vnd.cncf.model.weight.config.v1.raw",
-                src.join("config.json").display()
-            ),
-            format!(
-                "{}:application/vnd.cncf.model.weight.config.v1.raw",
-                src.join("tokenizer").display()
-            ),
-            format!(
-                "{}:application/vnd.cncf.model.doc.v1.raw",
-                src.join("README.md").display()
-            ),
-        ],
+        &layer_args(
+            &src,
+            &[
+                ("model.safetensors", None),
+                ("config.json", Some("weight.config.v1.raw")),
+                ("tokenizer", Some("weight.config.v1.raw")),
+                ("README.md", Some("doc.v1.raw")),
+            ],
+        ),
     );
     let dest = work.path().join("ours");
     pull(&reg, "models/mp:v1", &dest).assert_ok();
@@ -400,17 +406,14 @@ fn include_filter_skips_downloads() {
     reg.modelpack_push(
         "models/mp:v1",
         &config,
-        &[
-            format!("{}", src.join("model.safetensors").display()),
-            format!(
-                "{}:application/vnd.cncf.model.weight.config.v1.raw",
-                src.join("config.json").display()
-            ),
-            format!(
-                "{}:application/vnd.cncf.model.doc.v1.raw",
-                src.join("README.md").display()
-            ),
-        ],
+        &layer_args(
+            &src,
+            &[
+                ("model.safetensors", None),
+                ("config.json", Some("weight.config.v1.raw")),
+                ("README.md", Some("doc.v1.raw")),
+            ],
+        ),
     );
     let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
     let weights_digest = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
