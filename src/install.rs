@@ -212,35 +212,27 @@ impl Dest {
         intact.then_some(m)
     }
 
-    /// A fresh, empty staging directory.
-    pub fn new_staging(&self) -> Result<PathBuf> {
+    /// A fresh, empty staging directory, removed again when the guard drops
+    /// (on errors, and when a pull is cancelled) unless it was installed.
+    pub fn new_staging(&self) -> Result<Staging> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = self
-            .book
-            .join(format!("staging-{}-{nanos}", std::process::id()));
-        fs::create_dir(&dir)
-            .with_context(|| format!("cannot create staging directory {}", dir.display()))?;
-        Ok(dir)
-    }
-
-    /// Removes a staging directory after a failure.
-    pub fn discard(&self, staging: &Path) {
-        if let Err(e) = remove_existing(staging) {
-            tracing::warn!(staging = %staging.display(), "cannot remove staging directory: {e}");
-        }
+        let dir = self.book.join(format!("staging-{}-{nanos}", std::process::id()));
+        fs::create_dir(&dir).with_context(|| format!("cannot create staging directory {}", dir.display()))?;
+        Ok(Staging { path: dir })
     }
 
     /// Moves the staged tree into DEST, keeps the model's config (if any) as
     /// `DEST/.ocimodel/config.json`, and writes the marker.
     pub fn install(
         &self,
-        staging: &Path,
+        staging: &Staging,
         mut marker: Marker,
         config: Option<&[u8]>,
     ) -> Result<Marker> {
+        let staging = staging.path();
         let mut new_entries: Vec<String> = Vec::new();
         for entry in fs::read_dir(staging)? {
             new_entries.push(entry?.file_name().to_string_lossy().into_owned());
@@ -293,8 +285,31 @@ impl Dest {
         set_mode(&tmp, false)?;
         fs::rename(&tmp, self.path.join(MARKER))?;
         fs::remove_file(&journal_path)?;
-        let _ = fs::remove_dir(staging);
         Ok(marker)
+    }
+}
+
+/// A staging directory inside DEST's bookkeeping; removed on drop.
+pub struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // An unpack thread may still be writing after a cancellation; retry briefly.
+        for _ in 0..5 {
+            match remove_existing(&self.path) {
+                Ok(()) => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        tracing::warn!(staging = %self.path.display(), "cannot remove staging directory");
     }
 }
 

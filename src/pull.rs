@@ -74,6 +74,20 @@ pub struct Outcome {
     pub marker: Marker,
     /// True when DEST already held this model and nothing was fetched.
     pub up_to_date: bool,
+    /// Bytes and blobs downloaded (layers; manifests and configs not counted).
+    pub bytes_fetched: u64,
+    pub blobs_fetched: u64,
+}
+
+impl Outcome {
+    fn up_to_date(marker: Marker) -> Outcome {
+        Outcome {
+            marker,
+            up_to_date: true,
+            bytes_fetched: 0,
+            blobs_fetched: 0,
+        }
+    }
 }
 
 /// Registry clients are built lazily, once, and shared by all jobs.
@@ -153,10 +167,7 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
     if let Some(d) = job.target.pinned_digest() {
         if let Some(marker) = dest.complete_for(d, &selection) {
             tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
-            return Ok(Outcome {
-                marker,
-                up_to_date: true,
-            });
+            return Ok(Outcome::up_to_date(marker));
         }
     }
 
@@ -166,10 +177,7 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
         tracing::info!(uri = %job.uri, digest = %top.digest, "resolved reference to digest");
         if let Some(marker) = dest.complete_for(&top.digest, &selection) {
             tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
-            return Ok(Outcome {
-                marker,
-                up_to_date: true,
-            });
+            return Ok(Outcome::up_to_date(marker));
         }
     }
     let resolved = resolve(&source, top, settings).await?;
@@ -191,13 +199,7 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
     // (Signature verification of resolved.top.digest will run here, before any write.)
 
     let staging = dest.new_staging()?;
-    let contents = match unpack_plan(&source, plan, &staging, settings, &job.uri).await {
-        Ok(c) => c,
-        Err(e) => {
-            dest.discard(&staging);
-            return Err(e);
-        }
-    };
+    let contents = unpack_plan(&source, plan, staging.path(), settings, &job.uri).await?;
     let top = &resolved.top;
     let mut marker = Marker::new(
         job.uri.clone(),
@@ -213,16 +215,13 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
         .keep_config
         .then_some(resolved.config.as_deref())
         .flatten();
-    match dest.install(&staging, marker, config) {
-        Ok(marker) => Ok(Outcome {
-            marker,
-            up_to_date: false,
-        }),
-        Err(e) => {
-            dest.discard(&staging);
-            Err(e)
-        }
-    }
+    let marker = dest.install(&staging, marker, config)?;
+    Ok(Outcome {
+        marker,
+        up_to_date: false,
+        bytes_fetched: plan.total_bytes(),
+        blobs_fetched: plan.steps.len() as u64,
+    })
 }
 
 /// Follows indexes down to one image manifest for the wanted platform.
