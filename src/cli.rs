@@ -19,6 +19,7 @@ use crate::pull::{pull, ClientFactory, Job, Settings};
 use crate::reference::Target;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::select::Filter;
+use crate::serve;
 use crate::source::Source;
 use crate::unpack::Subtree;
 
@@ -51,9 +52,43 @@ enum Command {
     Inspect(InspectArgs),
     /// List the manifests that refer to a reference (signatures, SBOMs, lineage).
     Referrers(ReferrersArgs),
+    /// Pull like `pull`, then stay alive serving /livez, /readyz, /startupz and
+    /// /metrics until SIGTERM (a Kubernetes native sidecar).
+    Sidecar(SidecarArgs),
+    /// Re-hash an installed DEST against its marker; exit 1 on any difference.
+    Check(CheckArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["pull", "unpack", "inspect", "referrers", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "pull",
+    "unpack",
+    "inspect",
+    "referrers",
+    "sidecar",
+    "check",
+    "help",
+];
+
+#[derive(Args, Debug)]
+struct SidecarArgs {
+    #[command(flatten)]
+    pull: PullArgs,
+
+    /// Address of the probe and metrics server.
+    #[arg(long, env = "OCIMODEL_LISTEN", default_value = "0.0.0.0:8099")]
+    listen: String,
+
+    /// Exit 1 on the first failed pull instead of retrying (for those who prefer a restart).
+    #[arg(long, env = "OCIMODEL_SIDECAR_EXIT_ON_FAILURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    exit_on_failure: bool,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Installed model directories.
+    #[arg(required = true)]
+    dests: Vec<PathBuf>,
+}
 
 /// How to reach sources.
 #[derive(Args, Debug, Clone)]
@@ -176,9 +211,16 @@ struct ReferrersArgs {
 
 /// Runs the command line; returns the process exit code.
 pub fn main_with_args(mut argv: Vec<String>) -> i32 {
-    // KServe's bare `URI DEST ...` form means `pull`.
+    // KServe's bare `URI DEST ...` form means `pull` (or `sidecar`, for images
+    // whose arguments KServe fixes, with OCIMODEL_MODE=sidecar).
     if argv.len() > 1 && !argv[1].starts_with('-') && !SUBCOMMANDS.contains(&argv[1].as_str()) {
-        argv.insert(1, "pull".to_string());
+        let mode = std::env::var("OCIMODEL_MODE").unwrap_or_default();
+        let command = if mode.eq_ignore_ascii_case("sidecar") {
+            "sidecar"
+        } else {
+            "pull"
+        };
+        argv.insert(1, command.to_string());
     }
     if argv.len() == 1 {
         eprintln!("{USAGE}\n(see ocimodel --help)");
@@ -201,6 +243,8 @@ pub fn main_with_args(mut argv: Vec<String>) -> i32 {
         Command::Pull(args) | Command::Unpack(args) => run_pull(args),
         Command::Inspect(args) => run_inspect(args),
         Command::Referrers(args) => run_referrers(args),
+        Command::Sidecar(args) => run_sidecar(args),
+        Command::Check(args) => run_check(args),
     }
 }
 
@@ -354,6 +398,78 @@ where
             1
         }
     }
+}
+
+fn run_sidecar(args: SidecarArgs) -> i32 {
+    init_logging(&args.pull.access.log_format);
+    let log = args.pull.termination_log.clone();
+    let fatal = move |line: &str| {
+        eprintln!("{line}");
+        write_termination(log.as_deref(), line);
+    };
+    let prepared = prepare(&args.pull).and_then(|p| Ok((p, serve::parse_listen(&args.listen)?)));
+    let ((jobs, settings, clients), listen) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            fatal(&format!("ocimodel: {e:#}"));
+            return 1;
+        }
+    };
+    let options = serve::Options {
+        listen,
+        exit_on_failure: args.exit_on_failure,
+    };
+    // Two workers: pulls overlap hashing and unpacking; idle, both park.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            fatal(&format!("ocimodel: cannot start the async runtime: {e}"));
+            return 1;
+        }
+    };
+    let code = runtime.block_on(serve::run(jobs, settings, clients, options, fatal));
+    // Unpack threads of cancelled pulls may still be winding down: don't wait.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+fn run_check(args: CheckArgs) -> i32 {
+    let mut code = 0;
+    for dest in &args.dests {
+        match crate::install::check_tree(dest) {
+            Ok((m, problems)) if problems.is_empty() => {
+                println!(
+                    "{}: ok, {} files match {} ({})",
+                    dest.display(),
+                    m.contents.files.len(),
+                    m.digest,
+                    m.source
+                );
+            }
+            Ok((m, problems)) => {
+                code = 1;
+                println!(
+                    "{}: {} difference(s) from {} ({}):",
+                    dest.display(),
+                    problems.len(),
+                    m.digest,
+                    m.source
+                );
+                for p in problems {
+                    println!("  {p}");
+                }
+            }
+            Err(e) => {
+                code = 1;
+                println!("{}: {e}", dest.display());
+            }
+        }
+    }
+    code
 }
 
 fn run_inspect(args: InspectArgs) -> i32 {

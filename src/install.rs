@@ -200,16 +200,7 @@ impl Dest {
     /// The marker when DEST already holds exactly this model: same digest and
     /// selection, and every recorded file still present with its size.
     pub fn complete_for(&self, digest: &Digest, selection: &str) -> Option<Marker> {
-        let m = self.marker()?;
-        if !m.same_install(digest, selection) {
-            return None;
-        }
-        let intact = m.contents.files.iter().all(|f| {
-            fs::symlink_metadata(self.path.join(&f.path))
-                .map(|md| md.is_file() && md.len() == f.size)
-                .unwrap_or(false)
-        });
-        intact.then_some(m)
+        installed(&self.path, Some(digest), Some(selection)).ok()
     }
 
     /// A fresh, empty staging directory, removed again when the guard drops
@@ -219,8 +210,11 @@ impl Dest {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = self.book.join(format!("staging-{}-{nanos}", std::process::id()));
-        fs::create_dir(&dir).with_context(|| format!("cannot create staging directory {}", dir.display()))?;
+        let dir = self
+            .book
+            .join(format!("staging-{}-{nanos}", std::process::id()));
+        fs::create_dir(&dir)
+            .with_context(|| format!("cannot create staging directory {}", dir.display()))?;
         Ok(Staging { path: dir })
     }
 
@@ -287,6 +281,107 @@ impl Dest {
         fs::remove_file(&journal_path)?;
         Ok(marker)
     }
+}
+
+/// Checks, without locking or writing, that `dest` holds a complete install
+/// (of `digest` and `selection` when given): the marker is there and every
+/// file it records exists with its size. The error says what is wrong.
+pub fn installed(
+    dest: &Path,
+    digest: Option<&Digest>,
+    selection: Option<&str>,
+) -> std::result::Result<Marker, String> {
+    let bytes = fs::read(dest.join(MARKER))
+        .map_err(|_| format!("{} has no completion marker", dest.display()))?;
+    let m: Marker = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a valid marker: {e}", dest.join(MARKER).display()))?;
+    if m.version != MARKER_VERSION {
+        return Err(format!(
+            "marker version {} is not {MARKER_VERSION}",
+            m.version
+        ));
+    }
+    if let Some(d) = digest {
+        if &m.digest != d {
+            return Err(format!("{} holds {}, not {d}", dest.display(), m.digest));
+        }
+    }
+    if let Some(s) = selection {
+        if m.selection != s {
+            return Err(format!(
+                "{} was installed with other settings ({})",
+                dest.display(),
+                m.selection
+            ));
+        }
+    }
+    for f in &m.contents.files {
+        match fs::symlink_metadata(dest.join(&f.path)) {
+            Ok(md) if md.is_file() && md.len() == f.size => {}
+            Ok(_) => return Err(format!("{} changed (size or type)", f.path)),
+            Err(_) => return Err(format!("{} is missing", f.path)),
+        }
+    }
+    Ok(m)
+}
+
+/// Re-hashes every file the marker records and checks every symlink; lists
+/// each difference (missing, changed, or extra files under the model's
+/// entries). Empty means the tree is exactly what was installed.
+pub fn check_tree(dest: &Path) -> std::result::Result<(Marker, Vec<String>), String> {
+    let m = installed(dest, None, None).or_else(|e| {
+        // Size checks fail fast; fall back to reading the marker for a full report.
+        let bytes = fs::read(dest.join(MARKER)).map_err(|_| e.clone())?;
+        serde_json::from_slice::<Marker>(&bytes).map_err(|_| e)
+    })?;
+    let mut problems = Vec::new();
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for f in &m.contents.files {
+        expected.insert(f.path.clone());
+        let path = dest.join(&f.path);
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_file() => match crate::unpack::hash_file(&path, f.digest.algorithm()) {
+                Ok((size, d)) if size == f.size && d == f.digest => {}
+                Ok((size, d)) => problems.push(format!(
+                    "{}: expected {} bytes {}, found {size} bytes {d}",
+                    f.path, f.size, f.digest
+                )),
+                Err(e) => problems.push(format!("{}: cannot read: {e}", f.path)),
+            },
+            Ok(_) => problems.push(format!("{}: not a regular file any more", f.path)),
+            Err(_) => problems.push(format!("{}: missing", f.path)),
+        }
+    }
+    for (link, target) in &m.contents.links {
+        expected.insert(link.clone());
+        match fs::read_link(dest.join(link)) {
+            Ok(t) if t.to_string_lossy() == target.as_str() => {}
+            Ok(t) => problems.push(format!(
+                "{link}: symlink now points to {}, not {target}",
+                t.display()
+            )),
+            Err(_) => problems.push(format!("{link}: symlink missing")),
+        }
+    }
+    // Anything else under the model's own entries was not installed.
+    let mut stack: Vec<String> = m.entries.clone();
+    while let Some(rel) = stack.pop() {
+        let path = dest.join(&rel);
+        let Ok(md) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if md.is_dir() {
+            if let Ok(rd) = fs::read_dir(&path) {
+                for e in rd.flatten() {
+                    stack.push(format!("{rel}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        } else if !expected.contains(&rel) {
+            problems.push(format!("{rel}: not part of the installed model"));
+        }
+    }
+    problems.sort();
+    Ok((m, problems))
 }
 
 /// A staging directory inside DEST's bookkeeping; removed on drop.

@@ -8,7 +8,8 @@
 //! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
 //! → [`install`] (atomic swap into DEST, completion marker).
 //! [`pull`] drives one model through them; [`inspect`] reports on one
-//! without writing; [`cli`] is the command line.
+//! without writing; [`serve`] is the sidecar (probes, metrics, signals);
+//! [`cli`] is the command line.
 
 pub mod auth;
 pub mod cli;
@@ -22,5 +23,6 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod select;
+pub mod serve;
 pub mod source;
 pub mod unpack;

@@ -300,6 +300,23 @@ fn components(dir: &Option<String>) -> Result<Vec<String>> {
     }
 }
 
+/// Streams one whole-file layer into `root/path`.
+async fn write_one(
+    source: &Source,
+    layer: crate::manifest::Descriptor,
+    path: String,
+    root: Arc<PathBuf>,
+    progress: Arc<Progress>,
+) -> Result<crate::unpack::FileRecord> {
+    let rel = clean_path(Path::new(&path))?;
+    let digest = layer.digest.clone();
+    fetch_blob(source, &layer, &progress, move |r| {
+        write_file(&root, &rel, r, 0o644, None, Some(&digest))
+    })
+    .await
+    .with_context(|| format!("file '{path}'"))
+}
+
 async fn unpack_plan(
     source: &Source,
     plan: &Plan,
@@ -325,24 +342,18 @@ async fn unpack_plan(
     let result = async {
         // Whole files first, several at once: they are independent blobs.
         let root = Arc::new(staging.to_path_buf());
-        let records: Vec<_> =
-            futures_util::stream::iter(plan.steps.iter().filter_map(|step| match &step.action {
-                Action::WriteFile(path) => Some((step, path.clone())),
+        // Owned items: a closure over borrowed ones defeats rustc's Send proof
+        // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
+        let files: Vec<(crate::manifest::Descriptor, String)> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match &step.action {
+                Action::WriteFile(path) => Some((step.layer.clone(), path.clone())),
                 _ => None,
-            }))
-            .map(|(step, path)| {
-                let root = root.clone();
-                let progress = progress.clone();
-                async move {
-                    let rel = clean_path(Path::new(&path))?;
-                    let digest = step.layer.digest.clone();
-                    fetch_blob(source, &step.layer, &progress, move |r| {
-                        write_file(&root, &rel, r, 0o644, None, Some(&digest))
-                    })
-                    .await
-                    .with_context(|| format!("file '{path}'"))
-                }
             })
+            .collect();
+        let records: Vec<_> = futures_util::stream::iter(files)
+            .map(|(layer, path)| write_one(source, layer, path, root.clone(), progress.clone()))
             .buffer_unordered(settings.concurrency.max(1))
             .try_collect()
             .await?;

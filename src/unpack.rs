@@ -672,8 +672,18 @@ fn parents_are_dirs(root: &Path, rel: &[String]) -> bool {
 }
 
 fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
+    let (size, digest) = hash_file(path, Algorithm::Sha256)?;
+    Ok(FileRecord {
+        path: key.to_string(),
+        size,
+        digest,
+    })
+}
+
+/// Size and digest of a file on disk.
+pub fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Digest)> {
     let mut f = File::open(path)?;
-    let mut h = Hasher::new(Algorithm::Sha256);
+    let mut h = Hasher::new(algorithm);
     let mut buf = vec![0u8; WRITE_BUF];
     let mut size = 0;
     loop {
@@ -684,11 +694,7 @@ fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
         h.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(FileRecord {
-        path: key.to_string(),
-        size,
-        digest: h.finish(),
-    })
+    Ok((size, h.finish()))
 }
 
 /// Checks a symlink target at creation: relative targets must stay inside

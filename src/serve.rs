@@ -1,0 +1,409 @@
+//! Sidecar mode: pull every model as the init mode does, then stay alive
+//! serving probes and metrics until SIGTERM.
+//!
+//! Endpoints, on `OCIMODEL_LISTEN` (default `0.0.0.0:8099`; KServe's model
+//! server owns 8080/8081 and queue-proxy 8012/9090/9091):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /livez` | `200 ok` while the process runs |
+//! | `GET /readyz` | `200 ready` when every model is installed and its DEST still matches its marker (marker present, same digest, every recorded file there with its size); otherwise `503` with one line per model saying why (pulling, the last error, a missing file) |
+//! | `GET /startupz` | the same as `/readyz`, for a `startupProbe` |
+//! | `GET /metrics` | Prometheus text (OpenMetrics), every name prefixed `ocimodel_` |
+//! | anything else | `404` |
+//!
+//! A failed pull is retried with capped exponential backoff (1 s doubling to
+//! 60 s) and reported on `/readyz` and in metrics; the process does not exit
+//! (no crash loop) unless `OCIMODEL_SIDECAR_EXIT_ON_FAILURE=true`. SIGTERM or
+//! SIGINT cancels running pulls (their staging directories are removed) and
+//! exits 0. As PID 1 it also reaps any orphaned children.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::pull::{pull, ClientFactory, Job, Settings};
+use crate::reference::Target;
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+type Labels = Vec<(String, String)>;
+
+/// Sidecar options beyond the pull settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub exit_on_failure: bool,
+}
+
+/// Where one model stands.
+#[derive(Clone, Debug)]
+enum Status {
+    Pulling { attempt: u32 },
+    Failed { attempt: u32, reason: String },
+    Installed { digest: String },
+}
+
+struct Model {
+    job: Job,
+    status: Mutex<Status>,
+}
+
+/// The metrics, registered once.
+struct Metrics {
+    registry: Registry,
+    bytes: Family<Labels, Counter>,
+    blobs: Family<Labels, Counter>,
+    attempts: Family<Labels, Counter>,
+    verification_failures: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram>,
+    ready: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ocimodel");
+        let build: Family<Labels, Gauge> = Family::default();
+        build
+            .get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        let bytes = Family::default();
+        registry.register(
+            "bytes_fetched",
+            "Layer bytes downloaded, by source",
+            bytes.clone(),
+        );
+        let blobs = Family::default();
+        registry.register(
+            "blobs_fetched",
+            "Layer blobs downloaded, by source",
+            blobs.clone(),
+        );
+        let attempts = Family::default();
+        registry.register(
+            "pull_attempts",
+            "Pull attempts, by model and result",
+            attempts.clone(),
+        );
+        let verification_failures = Family::default();
+        registry.register(
+            "verification_failures",
+            "Pulls refused because content did not match its digest or size",
+            verification_failures.clone(),
+        );
+        let duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.1, 2.0, 14))
+        });
+        registry.register(
+            "pull_duration_seconds",
+            "Duration of pull attempts, by result",
+            duration.clone(),
+        );
+        let ready = Family::default();
+        registry.register(
+            "model_ready",
+            "1 when the model is installed and its DEST matches its marker",
+            ready.clone(),
+        );
+        Metrics {
+            registry,
+            bytes,
+            blobs,
+            attempts,
+            verification_failures,
+            duration,
+            ready,
+        }
+    }
+}
+
+struct State {
+    models: Vec<Model>,
+    metrics: Metrics,
+}
+
+impl State {
+    /// Readiness, re-checked against the disk on every call.
+    fn readiness(&self) -> (bool, String) {
+        let mut ready = true;
+        let mut body = String::new();
+        for m in &self.models {
+            let status = m.status.lock().unwrap().clone();
+            let line = match status {
+                Status::Pulling { attempt } => {
+                    ready = false;
+                    format!("pulling (attempt {attempt})")
+                }
+                Status::Failed { attempt, reason } => {
+                    ready = false;
+                    format!("failed (attempt {attempt}, retrying): {reason}")
+                }
+                Status::Installed { digest } => {
+                    match crate::install::installed(&m.job.dest, digest.parse().ok().as_ref(), None)
+                    {
+                        Ok(_) => format!("ready {digest}"),
+                        Err(why) => {
+                            ready = false;
+                            format!("not ready: {why}")
+                        }
+                    }
+                }
+            };
+            let model_ready = line.starts_with("ready");
+            self.metrics
+                .ready
+                .get_or_create(&vec![
+                    ("model".into(), m.job.uri.clone()),
+                    ("dest".into(), m.job.dest.display().to_string()),
+                ])
+                .set(model_ready as i64);
+            let _ = writeln!(body, "{} -> {}: {line}", m.job.uri, m.job.dest.display());
+        }
+        (ready, body)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.readiness(); // refresh the ready gauges
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
+        out
+    }
+}
+
+fn source_label(target: &Target) -> String {
+    match target {
+        Target::Registry(r) => r.registry.clone(),
+        Target::Layout { .. } => "oci-layout".into(),
+        Target::OciArchive { .. } => "oci-archive".into(),
+        Target::DockerArchive { .. } => "docker-archive".into(),
+    }
+}
+
+/// Pulls one model until it is installed (or, with `exit_on_failure`,
+/// until the first failure, returned as the error line).
+async fn keep_pulling(
+    state: Arc<State>,
+    index: usize,
+    settings: Settings,
+    clients: ClientFactory,
+    exit_on_failure: bool,
+) -> Result<(), String> {
+    let model = &state.models[index];
+    let m = &state.metrics;
+    let source = vec![("source".to_string(), source_label(&model.job.target))];
+    let mut backoff = BACKOFF_START;
+    for attempt in 1.. {
+        *model.status.lock().unwrap() = Status::Pulling { attempt };
+        let started = Instant::now();
+        let result = pull(&model.job, &settings, &clients).await;
+        let secs = started.elapsed().as_secs_f64();
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        m.duration
+            .get_or_create(&vec![("result".into(), outcome.into())])
+            .observe(secs);
+        m.attempts
+            .get_or_create(&vec![
+                ("model".into(), model.job.uri.clone()),
+                ("result".into(), outcome.into()),
+            ])
+            .inc();
+        match result {
+            Ok(o) => {
+                m.bytes.get_or_create(&source).inc_by(o.bytes_fetched);
+                m.blobs.get_or_create(&source).inc_by(o.blobs_fetched);
+                tracing::info!(uri = %model.job.uri, dest = %model.job.dest.display(), digest = %o.marker.digest, "model installed; serving");
+                *model.status.lock().unwrap() = Status::Installed {
+                    digest: o.marker.digest.to_string(),
+                };
+                return Ok(());
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                if reason.contains("digest mismatch") || reason.contains("size mismatch") {
+                    m.verification_failures
+                        .get_or_create(&vec![("model".into(), model.job.uri.clone())])
+                        .inc();
+                }
+                tracing::error!(uri = %model.job.uri, attempt, "pull failed: {reason}; retrying in {}s", backoff.as_secs());
+                if exit_on_failure {
+                    return Err(format!("{}: {reason}", model.job.uri));
+                }
+                *model.status.lock().unwrap() = Status::Failed { attempt, reason };
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a static response is valid")
+    };
+    Ok(match req.uri().path() {
+        "/livez" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" | "/startupz" => {
+            let (ready, body) = state.readiness();
+            if ready {
+                text(StatusCode::OK, format!("ready\n{body}"))
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+        }
+        "/metrics" => Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(state.metrics_text())))
+            .expect("a static response is valid"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    })
+}
+
+/// Runs the sidecar; returns the exit code. The error line of a fatal
+/// failure (with `exit_on_failure`) goes to `on_fatal`.
+pub async fn run(
+    jobs: Vec<Job>,
+    settings: Settings,
+    clients: ClientFactory,
+    options: Options,
+    on_fatal: impl Fn(&str),
+) -> i32 {
+    let state = Arc::new(State {
+        models: jobs
+            .into_iter()
+            .map(|job| Model {
+                job,
+                status: Mutex::new(Status::Pulling { attempt: 0 }),
+            })
+            .collect(),
+        metrics: Metrics::new(),
+    });
+    let listener = match tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            on_fatal(&format!("ocimodel: {e:#}"));
+            return 1;
+        }
+    };
+    tracing::info!(listen = %options.listen, "serving /livez /readyz /startupz /metrics");
+    let server = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        })
+    };
+
+    let (failed_tx, mut failed_rx) =
+        tokio::sync::mpsc::channel::<String>(state.models.len().max(1));
+    let pulls: Vec<_> = (0..state.models.len())
+        .map(|i| {
+            let (state, settings, clients, failed_tx) = (
+                state.clone(),
+                settings.clone(),
+                clients.clone(),
+                failed_tx.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(line) =
+                    keep_pulling(state, i, settings, clients, options.exit_on_failure).await
+                {
+                    let _ = failed_tx.send(line).await;
+                }
+            })
+        })
+        .collect();
+    drop(failed_tx);
+
+    let (mut term, mut int, mut chld) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::child()),
+    ) {
+        (Ok(t), Ok(i), Ok(c)) => (t, i, c),
+        _ => {
+            on_fatal("ocimodel: cannot install signal handlers");
+            return 1;
+        }
+    };
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0; }
+            _ = chld.recv() => reap_children(),
+            Some(line) = failed_rx.recv() => {
+                on_fatal(&format!("ocimodel: {line}"));
+                break 1;
+            }
+        }
+    };
+    // Cancel running pulls; dropping them removes their staging directories.
+    for p in &pulls {
+        p.abort();
+    }
+    for p in pulls {
+        let _ = p.await;
+    }
+    server.abort();
+    code
+}
+
+/// As PID 1, collect exited children so none stay zombies.
+fn reap_children() {
+    loop {
+        // SAFETY: waitpid with WNOHANG only inspects our own children.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+    }
+}
+
+/// Parses `OCIMODEL_LISTEN` (`host:port` or `:port`).
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    let s = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    s.parse()
+        .with_context(|| format!("OCIMODEL_LISTEN '{s}' is not host:port"))
+}

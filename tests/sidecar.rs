@@ -1,0 +1,370 @@
+//! Sidecar mode: probes across an install, metrics, retries, SIGTERM during a
+//! slow pull, and `ocimodel check`.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Sidecar {
+    child: Child,
+    addr: String,
+    termination_log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts `ocimodel URI DEST` with OCIMODEL_MODE=sidecar (the form a
+    /// KServe-fixed argument list takes), plus `env`.
+    fn start(uri: &str, dest: &Path, env: &[(&str, &str)]) -> Sidecar {
+        let s = Sidecar::spawn(uri, dest, env);
+        s.wait_for(|| s.try_get("/livez").is_some(), "the server to listen");
+        s
+    }
+
+    fn spawn(uri: &str, dest: &Path, env: &[(&str, &str)]) -> Sidecar {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let termination_log = tmp.path().join("termination-log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimodel"));
+        cmd.args([uri, dest.to_str().unwrap()])
+            .env_clear()
+            .env("OCIMODEL_MODE", "sidecar")
+            .env("OCIMODEL_LISTEN", &addr)
+            .env("OCIMODEL_TERMINATION_LOG", &termination_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Sidecar {
+            child,
+            addr,
+            termination_log,
+            _tmp: tmp,
+        }
+    }
+
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        std::net::TcpStream::connect(&self.addr).ok()?;
+        let r = http_get(&self.addr, path, &[]);
+        Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path).expect("sidecar answers")
+    }
+
+    fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn terminate(mut self) -> (i32, Duration, String) {
+        let start = Instant::now();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            start.elapsed(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the demo layout whose model blob is a FIFO, fed by a thread in
+/// `chunks` pieces `pause` apart: a pull that takes a while.
+fn slow_layout(dir: &Path, chunks: usize, pause: Duration) -> std::thread::JoinHandle<()> {
+    copy_dir(&repo_root().join("examples/mnist"), dir);
+    let blob = dir.join("blobs/sha256").join(MNIST_SHA256);
+    fs::remove_file(&blob).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&blob)
+        .status()
+        .unwrap()
+        .success());
+    let model = fs::read(mnist_path()).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
+            return;
+        };
+        for chunk in model.chunks(model.len() / chunks + 1) {
+            if fifo.write_all(chunk).is_err() {
+                return; // the reader went away (SIGTERM test)
+            }
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn readiness_follows_the_install_and_metrics_count_it() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let writer = slow_layout(&layout, 4, Duration::from_millis(400));
+    let dest = work.path().join("models");
+    let uri = format!("oci-layout://{}", layout.display());
+    let s = Sidecar::start(&uri, &dest, &[]);
+
+    let (code, body) = s.get("/readyz");
+    assert_eq!(code, 503, "not ready while pulling: {body}");
+    assert!(body.contains("pulling"), "{body}");
+    assert_eq!(s.get("/startupz").0, 503);
+    assert_eq!(s.get("/livez").0, 200);
+    s.wait_for(|| s.get("/readyz").0 == 200, "readiness");
+    writer.join().unwrap();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(s.get("/startupz").0, 200);
+    assert_eq!(s.get("/nope").0, 404);
+
+    let (code, metrics) = s.get("/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &metrics,
+            "ocimodel_bytes_fetched_total{source=\"oci-layout\"}"
+        ),
+        Some(421403.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ocimodel_blobs_fetched_total{source=\"oci-layout\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("ocimodel_pull_attempts_total{{model=\"{uri}\",result=\"success\"}}")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ocimodel_pull_duration_seconds_count{result=\"success\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &metrics,
+            "ocimodel_pull_duration_seconds_sum{result=\"success\"}"
+        )
+        .unwrap()
+            > 1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!(
+                "ocimodel_model_ready{{model=\"{uri}\",dest=\"{}\"}}",
+                dest.display()
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metrics.contains("ocimodel_build_info{version=\""),
+        "{metrics}"
+    );
+
+    // The model disappears: not ready any more, and the body says why.
+    fs::remove_file(dest.join(MNIST_TITLE)).unwrap();
+    let (code, body) = s.get("/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("mnist.onnx is missing"), "{body}");
+    assert!(s.get("/metrics").1.contains(&format!(
+        "ocimodel_model_ready{{model=\"{uri}\",dest=\"{}\"}} 0",
+        dest.display()
+    )));
+
+    let (code, took, _) = s.terminate();
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn sigterm_during_a_slow_pull_exits_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let _writer = slow_layout(&layout, 20, Duration::from_millis(500));
+    let dest = work.path().join("models");
+    let s = Sidecar::start(&format!("oci-layout://{}", layout.display()), &dest, &[]);
+    s.wait_for(
+        || {
+            fs::read_dir(dest.join(".ocimodel"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+                })
+                .unwrap_or(false)
+        },
+        "the pull to be under way",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, took, stderr) = s.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let left: Vec<String> = fs::read_dir(dest.join(".ocimodel"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock")
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    assert!(model_files(&dest).is_empty());
+}
+
+#[test]
+fn failed_pulls_are_retried_and_reported() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
+    let uri = format!("{}/models/mnist:v1", reg.addr);
+    let s = Sidecar::start(&uri, &dest, &[("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)]);
+    s.wait_for(|| s.get("/readyz").1.contains("failed"), "a failed attempt");
+    let (code, body) = s.get("/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("not found") && body.contains("retrying"),
+        "{body}"
+    );
+    let metrics = s.get("/metrics").1;
+    assert!(
+        metric(
+            &metrics,
+            &format!("ocimodel_pull_attempts_total{{model=\"{uri}\",result=\"failure\"}}")
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    // The model shows up: the next attempt installs it, without a restart.
+    reg.oras_push_mnist("models/mnist:v1");
+    s.wait_for(|| s.get("/readyz").0 == 200, "readiness after the push");
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(s.terminate().0, 0);
+}
+
+#[test]
+fn exit_on_failure_when_asked() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!("{}/models/absent:v1", reg.addr);
+    let s = Sidecar::spawn(
+        &uri,
+        &work.path().join("m"),
+        &[
+            ("OCIMODEL_INSECURE_REGISTRIES", &reg.addr),
+            ("OCIMODEL_SIDECAR_EXIT_ON_FAILURE", "true"),
+        ],
+    );
+    let log = s.termination_log.clone();
+    let mut s = s;
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let line = fs::read_to_string(log).unwrap();
+    assert!(line.contains(&uri) && line.contains("not found"), "{line}");
+}
+
+#[test]
+fn check_rehashes_the_installed_tree() {
+    let reg = Registry::start(Auth::None);
+    let (layout, _) = modelcar_layout(false);
+    reg.skopeo_push(layout.path(), "v1", "models/car:v1");
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/car:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+
+    let check = |d: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+            .arg("check")
+            .arg(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&dest);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok, 8 files match"), "{out}");
+
+    // Same size, different bytes: only a re-hash sees it.
+    let mut cfg = fs::read(dest.join("config.json")).unwrap();
+    cfg[0] = b'[';
+    fs::write(dest.join("config.json"), &cfg).unwrap();
+    fs::write(dest.join("extra/stray.bin"), b"x").unwrap();
+    fs::remove_file(dest.join("latest")).unwrap();
+    let (code, out) = check(&dest);
+    assert_eq!(code, 1);
+    assert!(out.contains("3 difference(s)"), "{out}");
+    assert!(out.contains("config.json: expected 32 bytes"), "{out}");
+    assert!(
+        out.contains("extra/stray.bin: not part of the installed model"),
+        "{out}"
+    );
+    assert!(out.contains("latest: symlink missing"), "{out}");
+
+    let (code, out) = check(work.path());
+    assert_eq!(code, 1);
+    assert!(out.contains("has no completion marker"), "{out}");
+}
