@@ -279,7 +279,35 @@ fn run_pull(args: PullArgs) -> i32 {
 
 type Prepared = (Vec<Job>, Settings, ClientFactory);
 
+/// Signature policy variables this version cannot honour yet. Setting one
+/// asks for verification, so ignoring it would be a silent security hole:
+/// refuse instead (fail closed).
+const VERIFY_VARS: &[&str] = &[
+    "COSIGN_KEY",
+    "COSIGN_CERT_IDENTITY",
+    "COSIGN_CERT_IDENTITY_REGEXP",
+    "COSIGN_CERT_OIDC_ISSUER",
+    "NOTATION_CERT",
+];
+
+fn refuse_unsupported_verification() -> Result<()> {
+    let set: Vec<&str> = VERIFY_VARS
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+        .collect();
+    let verify = std::env::var("OCIMODEL_VERIFY").unwrap_or_default();
+    if !set.is_empty() || !(verify.is_empty() || verify.eq_ignore_ascii_case("off")) {
+        bail!(
+            "signature verification was requested ({}) but this ocimodel version cannot verify signatures yet; refusing rather than installing unverified content",
+            if set.is_empty() { format!("OCIMODEL_VERIFY={verify}") } else { set.join(", ") }
+        );
+    }
+    Ok(())
+}
+
 fn prepare(args: &PullArgs) -> Result<Prepared> {
+    refuse_unsupported_verification()?;
     if args.pairs.is_empty() || !args.pairs.len().is_multiple_of(2) {
         bail!(
             "{USAGE} (got {} argument{}; URIs and destinations must come in pairs)",
