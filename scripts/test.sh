@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Debian's registry, skopeo, umoci, htpasswd, zstd, openssl; the oras Python
-# SDK, modelpack-client), then checks formatting and lints, then runs every test.
+# (Debian's registry, skopeo, umoci, htpasswd, zstd, openssl, podman with runc;
+# the oras Python SDK, modelpack-client, kubernetes-validate), then checks formatting and lints, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils \
-            zstd:zstd openssl:openssl chroot:coreutils; do
+            zstd:zstd openssl:openssl chroot:coreutils podman:podman runc:runc catatonit:catatonit; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -18,6 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 python3 -c 'import oras' 2>/dev/null || python3 -m pip install -q 'oras>=0.2.40,<0.3'
 python3 -c 'import modelpack_client' 2>/dev/null || python3 -m pip install -q 'modelpack-client>=0.1,<0.2'
+python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || python3 -m pip install -q kubernetes-validate jsonschema pyyaml
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -95,7 +95,10 @@ impl Target {
         }
         let rest = if let Some((scheme, rest)) = input.split_once("://") {
             match scheme {
+                // `ocimodel+NAME://` routes to another ClusterStorageContainer
+                // (e.g. one with a signature policy); it reads the same way.
                 "ocimodel" | "oci" => rest,
+                s if s.starts_with("ocimodel+") && s.len() > "ocimodel+".len() => rest,
                 other => return Err(ReferenceError::Scheme(other.to_string())),
             }
         } else {
@@ -360,7 +363,7 @@ mod tests {
 
     #[test]
     fn schemes_host_port_tag_digest() {
-        for prefix in ["", "oci://", "ocimodel://"] {
+        for prefix in ["", "oci://", "ocimodel://", "ocimodel+signed://"] {
             let r = reg(&format!("{prefix}127.0.0.1:5000/models/mnist:v1@{D}"));
             assert_eq!(r.registry, "127.0.0.1:5000");
             assert_eq!(r.repository, "models/mnist");

@@ -187,11 +187,17 @@ fn plain_http_registry_without_opt_in() {
 #[test]
 fn requested_verification_fails_closed_until_supported() {
     let dest = tempfile::tempdir().unwrap();
-    let layout = format!("oci-layout://{}", repo_root().join("examples/mnist").display());
+    let layout = format!(
+        "oci-layout://{}",
+        repo_root().join("examples/mnist").display()
+    );
     Ocimodel::new()
         .env("COSIGN_KEY", "-----BEGIN PUBLIC KEY-----")
         .run(&[&layout, dest.path().to_str().unwrap()])
-        .assert_fails_with(&["signature verification was requested (COSIGN_KEY)", "refusing"]);
+        .assert_fails_with(&[
+            "signature verification was requested (COSIGN_KEY)",
+            "refusing",
+        ]);
     Ocimodel::new()
         .env("OCIMODEL_VERIFY", "required")
         .run(&[&layout, dest.path().to_str().unwrap()])

@@ -1,0 +1,89 @@
+//! Every YAML in manifests/ is valid: core objects against Kubernetes'
+//! schemas (kubernetes-validate), KServe objects against KServe's own CRDs.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+fn crd_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("KSERVE_CRDS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/kserve-crds"));
+    assert!(
+        dir.is_dir(),
+        "KServe CRDs not found at {} (set KSERVE_CRDS)",
+        dir.display()
+    );
+    dir
+}
+
+fn validate(dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/support/validate_manifests.py"))
+        .arg(dir)
+        .arg(crd_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn manifests_are_valid() {
+    let (ok, report) = validate(&repo_root().join("manifests"));
+    assert!(ok, "{report}");
+    for expected in [
+        "ClusterStorageContainer/ocimodel",
+        "ClusterStorageContainer/ocimodel-oci",
+        "InferenceService/mobilenet",
+        "InferenceService/base-and-adapter",
+        "InferenceService/private-mnist",
+        "InferenceService/signed-mnist",
+        "Pod/mnist-init",
+        "Pod/mnist-sidecar",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("ok   ") && l.ends_with(expected)),
+            "{expected} not validated:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn the_validator_catches_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["cluster-storage-container.yaml", "pod-init.yaml"] {
+        let text = fs::read_to_string(repo_root().join("manifests").join(f)).unwrap();
+        // A typo in a field name, as a user might make.
+        let text = text
+            .replace("supportsMultiModelDownload", "supportMultiModelDownload")
+            .replace("readOnlyRootFilesystem", "readOnlyRootFileSystem");
+        fs::write(dir.path().join(f), text).unwrap();
+    }
+    fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: [cluster-storage-container.yaml, pod-init.yaml]\n",
+    )
+    .unwrap();
+    let (ok, report) = validate(dir.path());
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("FAIL cluster-storage-container.yaml: ClusterStorageContainer/ocimodel"),
+        "{report}"
+    );
+    assert!(
+        report.contains("FAIL pod-init.yaml: Pod/mnist-init"),
+        "{report}"
+    );
+}
