@@ -1,0 +1,213 @@
+//! End to end in a real container runtime: build ocimodel's image from the
+//! repository's Containerfile, build the shell-less modelcar from
+//! images/mobilenet-modelcar and push it to the test registry, then run
+//! manifests/pod-init.yaml with `podman kube play`. The Pod is adapted only
+//! where it must be: image names, the registry address (a plain-HTTP registry
+//! on the host's loopback, hence hostNetwork and OCIMODEL_INSECURE_REGISTRIES),
+//! and the model server, replaced by the same scratch image running
+//! `ocimodel check /mnt/models`, which re-hashes every installed file.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+struct Podman {
+    root: tempfile::TempDir,
+    conf: std::path::PathBuf,
+}
+
+impl Podman {
+    fn new() -> Option<Podman> {
+        // SAFETY: geteuid has no preconditions.
+        let root_user = unsafe { libc::geteuid() == 0 };
+        let have = Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root_user || !have {
+            eprintln!("skipped: needs root and podman (scripts/test.sh installs podman)");
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let conf = root.path().join("containers.conf");
+        // Raising rlimits is not permitted here; lower them (podman-here.md).
+        fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\",\"nproc=4096:4096\"]\n",
+        )
+        .unwrap();
+        Some(Podman { root, conf })
+    }
+
+    fn run(&self, args: &[&str], dir: &Path) -> Output {
+        let r = self.root.path();
+        Command::new("podman")
+            .arg("--root")
+            .arg(r.join("root"))
+            .arg("--runroot")
+            .arg(r.join("run"))
+            .args([
+                "--runtime",
+                "runc",
+                "--cgroup-manager=cgroupfs",
+                "--storage-driver",
+                "vfs",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("CONTAINERS_CONF", &self.conf)
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str], dir: &Path) -> String {
+        let out = self.run(args, dir);
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let here = self.root.path().to_path_buf();
+        let _ = self.run(&["pod", "rm", "-fa"], &here);
+        let _ = self.run(&["rm", "-fa"], &here);
+    }
+}
+
+#[test]
+fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
+    let Some(podman) = Podman::new() else { return };
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+
+    // ocimodel's image, from the repository's Containerfile (prebuilt path).
+    let ctx = work.path().join("ctx");
+    let bin_dir = ctx.join("target/x86_64-unknown-linux-gnu/release");
+    fs::create_dir_all(&bin_dir).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_ocimodel"), bin_dir.join("ocimodel")).unwrap();
+    fs::copy(repo_root().join("Containerfile"), ctx.join("Containerfile")).unwrap();
+    podman.ok(
+        &[
+            "build",
+            "-q",
+            "--build-arg",
+            "BINARY_FROM=prebuilt",
+            "-t",
+            "localhost/ocimodel:e2e",
+            ".",
+        ],
+        &ctx,
+    );
+    let config = podman.ok(
+        &[
+            "image",
+            "inspect",
+            "localhost/ocimodel:e2e",
+            "--format",
+            "{{.Config.User}} {{.Config.Entrypoint}}",
+        ],
+        &ctx,
+    );
+    assert_eq!(config.trim(), "65532:0 [/ocimodel]");
+    // No shell in it: running one fails.
+    let out = podman.run(
+        &[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/sh",
+            "localhost/ocimodel:e2e",
+            "-c",
+            "true",
+        ],
+        &ctx,
+    );
+    assert!(!out.status.success(), "the image must have no shell");
+
+    // The modelcar, from images/mobilenet-modelcar, as its README says.
+    let car = work.path().join("car");
+    fs::create_dir_all(car.join("models/1")).unwrap();
+    fs::copy(
+        repo_root().join("images/mobilenet-modelcar/Containerfile"),
+        car.join("Containerfile"),
+    )
+    .unwrap();
+    fs::copy(mnist_path(), car.join("models/1/model.onnx")).unwrap();
+    assert!(Command::new("chmod")
+        .args(["-R", "u=rwX,g=u,o=rX", "models"])
+        .current_dir(&car)
+        .status()
+        .unwrap()
+        .success());
+    let car_ref = format!("{}/models/mobilenet:v1", reg.addr);
+    podman.ok(&["build", "-q", "-t", &car_ref, "."], &car);
+    podman.ok(&["push", "--tls-verify=false", &car_ref], &car);
+
+    // manifests/pod-init.yaml, adapted as the module doc says.
+    let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
+    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
+    assert!(
+        yaml.contains(server),
+        "pod-init.yaml changed; update this test"
+    );
+    let pod = yaml
+        .replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
+        .replace(
+            "registry.example.com/models/mnist:v1",
+            &format!("{}/models/mobilenet:v1", reg.addr),
+        )
+        .replace(
+            "          value: \"\"",
+            &format!("          value: \"{}\"", reg.addr),
+        )
+        .replace(
+            server,
+            "      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]",
+        )
+        .replace(
+            "spec:\n  securityContext:",
+            "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:",
+        );
+    let pod_file = work.path().join("pod.yaml");
+    fs::write(&pod_file, pod).unwrap();
+    podman.ok(&["kube", "play", pod_file.to_str().unwrap()], work.path());
+    let code = podman.ok(&["wait", "mnist-init-server"], work.path());
+    let logs = podman.run(&["logs", "mnist-init-server"], work.path());
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert_eq!(
+        code.trim(),
+        "0",
+        "the stand-in server's check failed:\n{logs}"
+    );
+    assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+    // It ran as the arbitrary UID, in group 0, read-only root.
+    let inspect = podman.ok(
+        &[
+            "inspect",
+            "mnist-init-server",
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work.path(),
+    );
+    assert_eq!(inspect.trim(), "1000930000:0 true");
+    assert!(
+        reg.log().contains("GET /v2/models/mobilenet/manifests/v1"),
+        "the init container pulled from the test registry"
+    );
+}
