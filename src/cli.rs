@@ -16,6 +16,7 @@ use crate::format;
 use crate::inspect;
 use crate::manifest::Platform;
 use crate::pull::{pull, ClientFactory, Job, Settings};
+use crate::push;
 use crate::reference::Target;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::select::Filter;
@@ -57,6 +58,9 @@ enum Command {
     Sidecar(SidecarArgs),
     /// Re-hash an installed DEST against its marker; exit 1 on any difference.
     Check(CheckArgs),
+    /// Package a model directory and push it (ModelPack, ORAS or modelcar),
+    /// or write it as an OCI layout. Prints the pushed digest.
+    Push(PushArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -66,8 +70,45 @@ const SUBCOMMANDS: &[&str] = &[
     "referrers",
     "sidecar",
     "check",
+    "push",
     "help",
 ];
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    /// The model directory.
+    dir: PathBuf,
+
+    /// Where: REPO[:TAG] in a registry, or oci-layout://DIR[:TAG]. With --oci-layout, just the tag.
+    reference: Option<String>,
+
+    /// Package as: modelpack (CNCF ModelPack), oras (one layer per file), or modelcar (an image with the files under /models).
+    #[arg(long, default_value = "modelpack", value_parser = ["modelpack", "oras", "modelcar"])]
+    format: String,
+
+    /// A manifest annotation, KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+
+    /// The artifact type (oras: default application/vnd.unknown.artifact.v1).
+    #[arg(long = "artifact-type")]
+    artifact_type: Option<String>,
+
+    /// Attach the artifact to this manifest as a referrer (lineage, signatures, SBOMs).
+    #[arg(long)]
+    subject: Option<String>,
+
+    /// Layer compression for modelcar images: none, gzip or zstd.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "zstd"])]
+    compress: String,
+
+    /// Write an OCI layout into this directory instead of pushing.
+    #[arg(long = "oci-layout")]
+    oci_layout: Option<PathBuf>,
+
+    #[command(flatten)]
+    access: AccessArgs,
+}
 
 #[derive(Args, Debug)]
 struct SidecarArgs {
@@ -245,6 +286,7 @@ pub fn main_with_args(mut argv: Vec<String>) -> i32 {
         Command::Referrers(args) => run_referrers(args),
         Command::Sidecar(args) => run_sidecar(args),
         Command::Check(args) => run_check(args),
+        Command::Push(args) => run_push(args),
     }
 }
 
@@ -498,6 +540,114 @@ fn run_check(args: CheckArgs) -> i32 {
         }
     }
     code
+}
+
+fn run_push(args: PushArgs) -> i32 {
+    init_logging(&args.access.log_format);
+    match push_main(&args) {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("ocimodel: push {}: {e:#}", args.dir.display());
+            1
+        }
+    }
+}
+
+fn push_main(args: &PushArgs) -> Result<String> {
+    let destination = match &args.oci_layout {
+        Some(dir) => push::Destination::Layout {
+            dir: dir.clone(),
+            tag: args.reference.clone(),
+        },
+        None => push::Destination::parse(args.reference.as_deref().ok_or_else(|| {
+            anyhow!("name where to push: REPO[:TAG], oci-layout://DIR[:TAG], or --oci-layout DIR")
+        })?)?,
+    };
+    let mut annotations = std::collections::BTreeMap::new();
+    for a in &args.annotations {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--annotation '{a}' is not KEY=VALUE"))?;
+        annotations.insert(k.to_string(), v.to_string());
+    }
+    let options = push::Options {
+        format: match args.format.as_str() {
+            "oras" => push::PushFormat::Oras,
+            "modelcar" => push::PushFormat::Modelcar,
+            _ => push::PushFormat::ModelPack,
+        },
+        annotations,
+        artifact_type: args.artifact_type.clone(),
+        compression: match args.compress.as_str() {
+            "gzip" => crate::manifest::Compression::Gzip,
+            "zstd" => crate::manifest::Compression::Zstd,
+            _ => crate::manifest::Compression::None,
+        },
+        platform: match &args.access.platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::host(),
+        },
+    };
+    let clients = client_factory(&args.access);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let subject = match &args.subject {
+            Some(s) => {
+                let target = Target::parse(s).with_context(|| format!("--subject {s}"))?;
+                let source = Source::new(&target, || clients())?;
+                let m = source
+                    .resolve()
+                    .await
+                    .with_context(|| format!("--subject {s}"))?;
+                let media_type =
+                    match crate::manifest::Document::parse(&m.bytes, m.content_type.as_deref())? {
+                        crate::manifest::Document::Index(i) => i
+                            .media_type
+                            .unwrap_or_else(|| crate::manifest::OCI_INDEX.into()),
+                        crate::manifest::Document::Manifest(x) => x
+                            .media_type
+                            .unwrap_or_else(|| crate::manifest::OCI_MANIFEST.into()),
+                    };
+                Some(crate::manifest::Descriptor {
+                    media_type,
+                    digest: m.digest,
+                    size: m.bytes.len() as u64,
+                    annotations: Default::default(),
+                    platform: None,
+                    artifact_type: None,
+                    data: None,
+                })
+            }
+            None => None,
+        };
+        let packed = push::pack(&args.dir, &options, subject)?;
+        match destination {
+            push::Destination::Registry(r) => {
+                let client = clients()?;
+                let uploaded = push::push(&client, &r, &packed).await?;
+                tracing::info!(reference = %r, digest = %packed.digest, uploaded, "pushed");
+                Ok(format!(
+                    "{} {}",
+                    packed.digest,
+                    r.with_digest(packed.digest.clone())
+                ))
+            }
+            push::Destination::Layout { dir, tag } => {
+                push::write_layout(&dir, tag.as_deref(), &packed)?;
+                Ok(format!(
+                    "{} oci-layout://{}{}",
+                    packed.digest,
+                    dir.display(),
+                    tag.map(|t| format!(":{t}")).unwrap_or_default()
+                ))
+            }
+        }
+    })
 }
 
 fn run_inspect(args: InspectArgs) -> i32 {

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod install;
 pub mod manifest;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod select;

@@ -27,6 +27,12 @@ use crate::manifest::{
 };
 use crate::reference::ImageRef;
 
+/// What an upload sends: a file streamed from disk, or small bytes.
+pub enum BlobBody {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
 /// A stream of blob bytes, not yet verified.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -285,6 +291,113 @@ impl RegistryClient {
             .collect())
     }
 
+    /// Whether the repository already has blob `digest` (so a push can skip it).
+    pub async fn has_blob(&self, r: &ImageRef, digest: &Digest) -> Result<bool> {
+        let url = format!("{}/blobs/{digest}", self.base_url(r));
+        let resp = self.send_as(r, "pull,push", |c| c.head(&url)).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self
+                .check_status(resp, r, &format!("blob {digest}"))
+                .await
+                .unwrap_err()),
+        }
+    }
+
+    /// Uploads a blob in one monolithic PUT, streamed from `body` (a file, or
+    /// bytes in memory for small blobs).
+    pub async fn upload_blob(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        body: &BlobBody,
+    ) -> Result<()> {
+        let what = format!("upload of blob {digest} to {}/{}", r.registry, r.repository);
+        let start = format!("{}/blobs/uploads/", self.base_url(r));
+        let resp = self
+            .send_as(r, "pull,push", |c| {
+                c.post(&start).header(reqwest::header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let resp = self.check_status(resp, r, &what).await?;
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| anyhow!("{what}: the registry gave no upload location"))?;
+        let location = resolve_link(&start, location);
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={}", urlencode(&digest.to_string()));
+        let resp = self
+            .send_as(r, "pull,push", |c| {
+                let req = c
+                    .put(&put)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(reqwest::header::CONTENT_LENGTH, size);
+                match body {
+                    BlobBody::Bytes(b) => req.body(b.clone()),
+                    BlobBody::File(path) => match std::fs::File::open(path) {
+                        Ok(f) => req.body(reqwest::Body::wrap_stream(
+                            tokio_util::io::ReaderStream::with_capacity(
+                                tokio::fs::File::from_std(f),
+                                256 * 1024,
+                            ),
+                        )),
+                        Err(_) => req, // reported below as a failed upload
+                    },
+                }
+            })
+            .await?;
+        self.check_status(resp, r, &what).await?;
+        Ok(())
+    }
+
+    /// PUTs a manifest; returns whether the registry says it processed the
+    /// manifest's `subject` (`OCI-Subject`), i.e. maintains referrers itself.
+    pub async fn put_manifest(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<bool> {
+        let url = format!("{}/manifests/{reference}", self.base_url(r));
+        let what = format!("manifest {reference} for {}/{}", r.registry, r.repository);
+        let resp = self
+            .send_as(r, "pull,push", |c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        let subject_processed = resp.headers().contains_key("oci-subject");
+        self.check_status(resp, r, &what).await?;
+        Ok(subject_processed)
+    }
+
+    /// Fetches a manifest or index by tag, or `None` when there is none.
+    pub async fn manifest_if_any(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>> {
+        let url = format!("{}/manifests/{reference}", self.base_url(r));
+        let resp = self
+            .send_as(r, "pull,push", |c| {
+                MANIFEST_ACCEPT
+                    .iter()
+                    .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        drop(resp);
+        self.manifest(r, reference).await.map(Some)
+    }
+
     /// Opens a blob for streaming. The caller verifies size and digest.
     pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
         let url = format!("{}/blobs/{digest}", self.base_url(r));
@@ -298,13 +411,25 @@ impl RegistryClient {
         })))
     }
 
-    /// Sends a request, answering one authentication challenge if needed.
+    /// Sends a pull request, answering one authentication challenge if needed.
     async fn send(
         &self,
         r: &ImageRef,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let scope = format!("repository:{}:pull", r.repository);
+        self.send_as(r, "pull", build).await
+    }
+
+    /// Sends a request needing `actions` (`pull` or `pull,push`) on the
+    /// repository. `build` may be called twice (before and after the
+    /// challenge), so it must make a fresh request each time.
+    async fn send_as(
+        &self,
+        r: &ImageRef,
+        actions: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let scope = format!("repository:{}:{actions}", r.repository);
         let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
         loop {

@@ -85,14 +85,9 @@ impl Drop for Podman {
     }
 }
 
-#[test]
-fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
-    let Some(podman) = Podman::new() else { return };
-    let reg = Registry::start(Auth::None);
-    let work = tempfile::tempdir().unwrap();
-
-    // ocimodel's image, from the repository's Containerfile (prebuilt path).
-    let ctx = work.path().join("ctx");
+/// Builds ocimodel's image from the repository's Containerfile (prebuilt path).
+fn build_ocimodel_image(podman: &Podman, work: &Path) {
+    let ctx = work.join("ctx");
     let bin_dir = ctx.join("target/x86_64-unknown-linux-gnu/release");
     fs::create_dir_all(&bin_dir).unwrap();
     fs::copy(env!("CARGO_BIN_EXE_ocimodel"), bin_dir.join("ocimodel")).unwrap();
@@ -109,6 +104,68 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
         ],
         &ctx,
     );
+}
+
+/// Runs manifests/pod-init.yaml (adapted as the module doc says) with the
+/// model at `model_ref`; returns the stand-in server's log.
+fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) -> String {
+    let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
+    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
+    assert!(
+        yaml.contains(server),
+        "pod-init.yaml changed; update this test"
+    );
+    let pod = yaml
+        .replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
+        .replace("registry.example.com/models/mnist:v1", model_ref)
+        .replace(
+            "          value: \"\"",
+            &format!("          value: \"{}\"", reg.addr),
+        )
+        .replace(
+            server,
+            "      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]",
+        )
+        .replace(
+            "spec:\n  securityContext:",
+            "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:",
+        );
+    let pod_file = work.join("pod.yaml");
+    fs::write(&pod_file, pod).unwrap();
+    podman.ok(&["kube", "play", pod_file.to_str().unwrap()], work);
+    let code = podman.ok(&["wait", "mnist-init-server"], work);
+    let logs = podman.run(&["logs", "mnist-init-server"], work);
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert_eq!(
+        code.trim(),
+        "0",
+        "the stand-in server's check failed:\n{logs}"
+    );
+    // It ran as the arbitrary UID, in group 0, read-only root.
+    let inspect = podman.ok(
+        &[
+            "inspect",
+            "mnist-init-server",
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work,
+    );
+    assert_eq!(inspect.trim(), "1000930000:0 true");
+    podman.ok(&["pod", "rm", "-f", "mnist-init"], work);
+    logs
+}
+
+#[test]
+fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
+    let Some(podman) = Podman::new() else { return };
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    build_ocimodel_image(&podman, work.path());
     let config = podman.ok(
         &[
             "image",
@@ -117,7 +174,7 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
             "--format",
             "{{.Config.User}} {{.Config.Entrypoint}}",
         ],
-        &ctx,
+        work.path(),
     );
     assert_eq!(config.trim(), "65532:0 [/ocimodel]");
     // No shell in it: running one fails.
@@ -131,7 +188,7 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
             "-c",
             "true",
         ],
-        &ctx,
+        work.path(),
     );
     assert!(!out.status.success(), "the image must have no shell");
 
@@ -154,60 +211,56 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
     podman.ok(&["build", "-q", "-t", &car_ref, "."], &car);
     podman.ok(&["push", "--tls-verify=false", &car_ref], &car);
 
-    // manifests/pod-init.yaml, adapted as the module doc says.
-    let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
-    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
-    assert!(
-        yaml.contains(server),
-        "pod-init.yaml changed; update this test"
-    );
-    let pod = yaml
-        .replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
-        .replace(
-            "registry.example.com/models/mnist:v1",
-            &format!("{}/models/mobilenet:v1", reg.addr),
-        )
-        .replace(
-            "          value: \"\"",
-            &format!("          value: \"{}\"", reg.addr),
-        )
-        .replace(
-            server,
-            "      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]",
-        )
-        .replace(
-            "spec:\n  securityContext:",
-            "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:",
-        );
-    let pod_file = work.path().join("pod.yaml");
-    fs::write(&pod_file, pod).unwrap();
-    podman.ok(&["kube", "play", pod_file.to_str().unwrap()], work.path());
-    let code = podman.ok(&["wait", "mnist-init-server"], work.path());
-    let logs = podman.run(&["logs", "mnist-init-server"], work.path());
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
-    assert_eq!(
-        code.trim(),
-        "0",
-        "the stand-in server's check failed:\n{logs}"
-    );
+    let logs = run_pod_init(&podman, &reg, &car_ref, work.path());
     assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
-    // It ran as the arbitrary UID, in group 0, read-only root.
-    let inspect = podman.ok(
-        &[
-            "inspect",
-            "mnist-init-server",
-            "--format",
-            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
-        ],
-        work.path(),
-    );
-    assert_eq!(inspect.trim(), "1000930000:0 true");
     assert!(
         reg.log().contains("GET /v2/models/mobilenet/manifests/v1"),
         "the init container pulled from the test registry"
     );
+}
+
+/// A modelcar pushed by `ocimodel push --format modelcar` (no engine, no
+/// shell): podman pulls and mounts it as an image, and it serves as the
+/// /models source of the same Pod.
+#[test]
+fn modelcar_pushed_by_ocimodel_works_under_podman() {
+    let Some(podman) = Podman::new() else { return };
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model/1");
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
+    let car_ref = format!("{}/models/pushed-car:v1", reg.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .args([
+            "push",
+            work.path().join("model").to_str().unwrap(),
+            &car_ref,
+            "--format",
+            "modelcar",
+            "--compress",
+            "gzip",
+        ])
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    podman.ok(&["pull", "-q", "--tls-verify=false", &car_ref], work.path());
+    let mount = podman.ok(&["image", "mount", &car_ref], work.path());
+    let root = Path::new(mount.trim());
+    assert_eq!(sha256_file(&root.join("models/1/model.onnx")), MNIST_SHA256);
+    assert_eq!(mode(&root.join("models/1/model.onnx")), 0o664);
+    assert_eq!(mode(&root.join("models/1")), 0o775);
+    assert!(!root.join("bin").exists(), "no shell, no base image");
+    podman.ok(&["image", "unmount", &car_ref], work.path());
+
+    build_ocimodel_image(&podman, work.path());
+    let logs = run_pod_init(&podman, &reg, &car_ref, work.path());
+    assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
 }

@@ -1,0 +1,533 @@
+//! `ocimodel push` round trips against the real registry, read back by
+//! independent clients (skopeo, the oras SDK, modelpack-client) and by
+//! ocimodel; OCI layout output; no re-uploads; referrers (the seed's
+//! `regctl artifact put` / `artifact list --filter-artifact-type` workflow).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A small model directory: weights, config, tokenizer, readme, a script.
+fn model_dir(root: &Path) {
+    fs::create_dir_all(root.join("tokenizer")).unwrap();
+    fs::copy(mnist_path(), root.join("model.onnx")).unwrap();
+    fs::write(root.join("config.json"), b"{\"layers\": 2}\n").unwrap();
+    fs::write(root.join("tokenizer/vocab.txt"), b"a\nb\n").unwrap();
+    fs::write(root.join("README.md"), b"# mnist\n").unwrap();
+    fs::write(root.join("serve.py"), b"print('hi')\n").unwrap();
+}
+
+fn files_of(dir: &Path) -> Vec<(String, String)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(_, k)| *k == 'f')
+        .map(|(p, _)| {
+            let hash = sha256_file(&dir.join(&p));
+            (p, hash)
+        })
+        .collect()
+}
+
+fn push(reg: &Registry, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .arg("push")
+        .args(args)
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.split_whitespace().next().unwrap().to_string()
+}
+
+fn manifest_of(reg: &Registry, repo: &str, reference: &str) -> serde_json::Value {
+    let r = http_get(
+        &reg.addr,
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    );
+    assert_eq!(r.status, 200);
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn pull(reg: &Registry, reference: &str, dest: &Path) {
+    Ocimodel::new()
+        .insecure(reg)
+        .run(&[&format!("{}/{reference}", reg.addr), dest.to_str().unwrap()])
+        .assert_ok();
+}
+
+#[test]
+fn modelpack_round_trip() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model");
+    model_dir(&src);
+    let digest = push(
+        &reg,
+        &[
+            src.to_str().unwrap(),
+            &format!("{}/models/mp:v1", reg.addr),
+            "--annotation",
+            "org.opencontainers.image.title=mnist",
+        ],
+    );
+    assert_eq!(reg.digest_of("models/mp", "v1"), digest);
+
+    let m = manifest_of(&reg, "models/mp", "v1");
+    assert_eq!(
+        m["artifactType"],
+        "application/vnd.cncf.model.manifest.v1+json"
+    );
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.cncf.model.config.v1+json"
+    );
+    let types: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    // Weights as one raw layer each; small files grouped per kind.
+    assert_eq!(
+        types,
+        vec![
+            "application/vnd.cncf.model.weight.v1.raw",
+            "application/vnd.cncf.model.code.v1.tar",
+            "application/vnd.cncf.model.doc.v1.tar",
+            "application/vnd.cncf.model.weight.config.v1.tar",
+        ]
+    );
+    assert_eq!(
+        m["layers"][0]["annotations"]["org.cncf.model.filepath"],
+        "model.onnx"
+    );
+    assert_eq!(
+        m["layers"][0]["digest"],
+        format!("sha256:{MNIST_SHA256}").as_str()
+    );
+
+    // The independent client validates the artifact against the spec's schemas.
+    let theirs = work.path().join("theirs");
+    let out = Command::new("python3")
+        .args(["-m", "modelpack_client", "--insecure", "pull"])
+        .arg(format!("{}/models/mp:v1", reg.addr))
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "modelpack-client rejects it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files_of(&theirs), files_of(&src));
+
+    let ours = work.path().join("ours");
+    pull(&reg, "models/mp:v1", &ours);
+    assert_eq!(files_of(&ours), files_of(&src));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(ours.join(".ocimodel/config.json")).unwrap()).unwrap();
+    assert_eq!(config["descriptor"]["name"], "mnist");
+    assert_eq!(config["config"]["format"], "onnx");
+    assert_eq!(config["modelfs"]["diffIds"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn oras_round_trip_and_no_reupload() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model");
+    model_dir(&src);
+    let target = format!("{}/models/mnist:v1", reg.addr);
+    push(
+        &reg,
+        &[
+            src.to_str().unwrap(),
+            &target,
+            "--format",
+            "oras",
+            "--artifact-type",
+            "application/vnd.model.type",
+            "--annotation",
+            "description=MNIST digits",
+            "--annotation",
+            "model_format_name=onnx",
+            "--annotation",
+            "model_format_version=1",
+        ],
+    );
+    let m = manifest_of(&reg, "models/mnist", "v1");
+    assert_eq!(m["artifactType"], "application/vnd.model.type");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    assert_eq!(m["annotations"]["description"], "MNIST digits");
+    assert_eq!(m["annotations"]["model_format_name"], "onnx");
+    assert!(m["annotations"]["org.opencontainers.image.created"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    let titles: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            "README.md",
+            "config.json",
+            "model.onnx",
+            "serve.py",
+            "tokenizer/vocab.txt"
+        ]
+    );
+
+    // The oras SDK pulls it (titles with directories included).
+    let theirs = work.path().join("theirs");
+    fs::create_dir_all(&theirs).unwrap();
+    let script = format!(
+        "import oras.client\nc = oras.client.OrasClient(hostname='{0}', insecure=True)\nc.pull(target='{0}/models/mnist:v1', outdir='{1}')\n",
+        reg.addr,
+        theirs.display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "oras pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files_of(&theirs), files_of(&src));
+    let ours = work.path().join("ours");
+    pull(&reg, "models/mnist:v1", &ours);
+    assert_eq!(files_of(&ours), files_of(&src));
+
+    // Pushing again uploads no blob: the registry has them all.
+    let uploads = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"PUT /v2/models/mnist/blobs/uploads/"))
+            .count()
+    };
+    let before = uploads(&reg.log());
+    assert_eq!(before, 6, "5 files and the empty config");
+    push(
+        &reg,
+        &[
+            src.to_str().unwrap(),
+            &format!("{}/models/mnist:v2", reg.addr),
+            "--format",
+            "oras",
+        ],
+    );
+    assert_eq!(uploads(&reg.log()), before, "nothing re-uploaded");
+}
+
+#[test]
+fn modelcar_round_trip_with_skopeo() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model");
+    model_dir(&src);
+    fs::set_permissions(
+        src.join("serve.py"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    for (tag, compress) in [("plain", "none"), ("gz", "gzip"), ("zst", "zstd")] {
+        let target = format!("{}/models/car:{tag}", reg.addr);
+        push(
+            &reg,
+            &[
+                src.to_str().unwrap(),
+                &target,
+                "--format",
+                "modelcar",
+                "--compress",
+                compress,
+                "--platform",
+                "linux/arm64",
+            ],
+        );
+        let out = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--tls-verify=false",
+                &format!("docker://{target}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["Architecture"], "arm64");
+        assert_eq!(info["Os"], "linux");
+        assert_eq!(info["Layers"].as_array().unwrap().len(), 1);
+
+        // skopeo copies it into a layout (checking every digest); unpack that and the registry copy.
+        let layout = work.path().join(format!("layout-{tag}"));
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-oci-accept-uncompressed-layers",
+            ])
+            .arg(format!("docker://{target}"))
+            .arg(format!("oci:{}:v1", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (name, uri) in [
+            (
+                "from-layout",
+                format!("oci-layout://{}:v1", layout.display()),
+            ),
+            ("from-registry", target.clone()),
+        ] {
+            let dest = work.path().join(format!("{tag}-{name}"));
+            Ocimodel::new()
+                .insecure(&reg)
+                .run(&["unpack", &uri, dest.to_str().unwrap()])
+                .assert_ok();
+            assert_eq!(files_of(&dest), files_of(&src), "{tag} {name}");
+            assert_eq!(marker(&dest)["format"], "image");
+        }
+    }
+    // Inside the image: group-0 readable modes, owner root, executables kept executable.
+    let layer_digest = manifest_of(&reg, "models/car", "plain")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = http_get(
+        &reg.addr,
+        &format!("/v2/models/car/blobs/{layer_digest}"),
+        &[],
+    )
+    .body;
+    let mut archive = tar::Archive::new(&blob[..]);
+    let mut seen = Vec::new();
+    for e in archive.entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        seen.push((
+            e.path().unwrap().display().to_string(),
+            h.mode().unwrap(),
+            h.uid().unwrap(),
+            h.gid().unwrap(),
+        ));
+    }
+    assert!(seen.contains(&("models/".into(), 0o775, 0, 0)), "{seen:?}");
+    assert!(
+        seen.contains(&("models/model.onnx".into(), 0o664, 0, 0)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("models/serve.py".into(), 0o775, 0, 0)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("models/tokenizer/".into(), 0o775, 0, 0)),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn oci_layout_output() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model");
+    model_dir(&src);
+    let layout = work.path().join("layout");
+    let reg = Registry::start(Auth::None);
+    let a = push(
+        &reg,
+        &[
+            src.to_str().unwrap(),
+            &format!("oci-layout://{}:v1", layout.display()),
+            "--format",
+            "oras",
+        ],
+    );
+    let b = push(
+        &reg,
+        &[
+            src.to_str().unwrap(),
+            "v2",
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "--format",
+            "modelcar",
+        ],
+    );
+    assert_ne!(a, b);
+    for (tag, format) in [("v1", "oras"), ("v2", "image")] {
+        let dest = work.path().join(tag);
+        Ocimodel::new()
+            .run(&[
+                "unpack",
+                &format!("oci-layout://{}:{tag}", layout.display()),
+                dest.to_str().unwrap(),
+            ])
+            .assert_ok();
+        assert_eq!(files_of(&dest), files_of(&src));
+        assert_eq!(marker(&dest)["format"], format);
+    }
+    // A valid layout for other tools too: skopeo pushes it on.
+    reg.skopeo_push(&layout, "v2", "models/from-layout:v2");
+    assert_eq!(reg.digest_of("models/from-layout", "v2"), b);
+}
+
+/// The seed 000 demo, with ocimodel alone: put a model with annotations and
+/// an artifact type, attach lineage to it, list and filter by artifact type,
+/// and get it.
+#[test]
+fn seed_demo_put_list_filter_get() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model/v1.nb20231206162408");
+    fs::create_dir_all(&model).unwrap();
+    fs::copy(mnist_path(), model.join("mnist.onnx")).unwrap();
+    let repo = format!("{}/models/mnist", reg.addr);
+    let model_digest = push(
+        &reg,
+        &[
+            work.path().join("model").to_str().unwrap(),
+            &format!("{repo}:v1"),
+            "--format",
+            "oras",
+            "--artifact-type",
+            "application/vnd.model.type",
+            "--annotation",
+            "description=MNIST digits",
+            "--annotation",
+            "model_format_name=onnx",
+            "--annotation",
+            "model_format_version=1",
+        ],
+    );
+    // Lineage: a training-data card and an evaluation report refer to the model.
+    for (name, t) in [
+        ("dataset", "application/vnd.model.dataset"),
+        ("eval", "application/vnd.model.evaluation"),
+    ] {
+        let dir = work.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("{name}.json")),
+            format!("{{\"of\": \"{model_digest}\"}}"),
+        )
+        .unwrap();
+        push(
+            &reg,
+            &[
+                dir.to_str().unwrap(),
+                &repo,
+                "--format",
+                "oras",
+                "--artifact-type",
+                t,
+                "--subject",
+                &format!("{repo}:v1"),
+            ],
+        );
+    }
+    let list = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+            .args(["referrers", "--format", "json"])
+            .args(extra)
+            .arg(format!("{repo}:v1"))
+            .env_clear()
+            .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = list(&[]);
+    assert_eq!(all.len(), 2);
+    let evals = list(&["--artifact-type", "application/vnd.model.evaluation"]);
+    assert_eq!(evals.len(), 1);
+    assert_eq!(evals[0]["artifactType"], "application/vnd.model.evaluation");
+
+    let dest = work.path().join("get");
+    pull(&reg, "models/mnist:v1", &dest);
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .args(["inspect", "--format", "json", &format!("{repo}:v1")])
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["artifactType"], "application/vnd.model.type");
+    assert_eq!(report["annotations"]["description"], "MNIST digits");
+    assert_eq!(report["referrers"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn push_errors() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+            .arg("push")
+            .args(args)
+            .env_clear()
+            .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[empty.to_str().unwrap(), &format!("{}/m:v1", reg.addr)]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("holds no files to push"), "{err}");
+    let (code, err) = run(&[
+        empty.to_str().unwrap(),
+        &format!("{}/m@sha256:{MNIST_SHA256}", reg.addr),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a digest"), "{err}");
+    let (code, err) = run(&[
+        empty.to_str().unwrap(),
+        &format!("{}/m:v1", reg.addr),
+        "--annotation",
+        "novalue",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not KEY=VALUE"), "{err}");
+}
