@@ -157,6 +157,10 @@ struct AccessArgs {
     /// Log format: text or json.
     #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text")]
     log_format: String,
+
+    /// Seconds a registry may send no bytes before the transfer is abandoned.
+    #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = 60)]
+    stall_timeout: u64,
 }
 
 /// Which files of a model to install.
@@ -428,6 +432,7 @@ fn client_factory(access: &AccessArgs) -> ClientFactory {
         insecure_all,
         ca_bundles,
         connect_timeout: None,
+        stall_timeout: Some(std::time::Duration::from_secs(access.stall_timeout.max(1))),
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());
     let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());

@@ -53,6 +53,9 @@ pub struct ClientOptions {
     /// Extra PEM bundles to trust besides the compiled-in roots.
     pub ca_bundles: Vec<PathBuf>,
     pub connect_timeout: Option<Duration>,
+    /// A read that waits longer than this for bytes fails (a stalled
+    /// registry must not hang an init container forever).
+    pub stall_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +117,7 @@ impl RegistryClient {
         let http = reqwest::Client::builder()
             .tls_certs_only(roots)
             .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(30)))
+            .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
             .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
@@ -404,9 +408,18 @@ impl RegistryClient {
         let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
         let resp = self.send(r, |c| c.get(&url)).await?;
         let resp = self.check_status(resp, r, &what).await?;
-        Ok(Box::pin(resp.bytes_stream().map(|chunk| {
+        let stall = self
+            .options
+            .stall_timeout
+            .unwrap_or(Duration::from_secs(60));
+        Ok(Box::pin(resp.bytes_stream().map(move |chunk| {
             chunk.map_err(|e| {
-                std::io::Error::other(format!("download interrupted: {}", root_cause(&e)))
+                let cause = if e.is_timeout() {
+                    format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
+                } else {
+                    root_cause(&e)
+                };
+                std::io::Error::other(format!("download interrupted: {cause}"))
             })
         })))
     }
@@ -638,6 +651,17 @@ impl RegistryClient {
     }
 
     fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
+        if e.is_timeout() && !e.is_connect() {
+            let stall = self
+                .options
+                .stall_timeout
+                .unwrap_or(Duration::from_secs(60));
+            return anyhow!(
+                "registry {} sent no data for {}s (OCIMODEL_STALL_TIMEOUT); it is overloaded or stuck",
+                r.registry,
+                stall.as_secs()
+            );
+        }
         let cause = root_cause(&e);
         let hint = if self.is_insecure(&r.registry) {
             "check the address and that the registry is running"

@@ -111,3 +111,60 @@ fn blob_redirect_to_another_host_drops_credentials() {
         "storage host must never see the registry's Authorization"
     );
 }
+
+/// A registry that sends the blob's headers and then nothing: the pull must
+/// give up after OCIMODEL_STALL_TIMEOUT with a clear line, not hang.
+#[test]
+fn a_stalled_blob_download_times_out() {
+    let blob = b"never sent".to_vec();
+    let blob_digest = format!("sha256:{}", sha256_hex(&blob));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.model.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
+        "layers": [{"mediaType": "application/octet-stream", "digest": blob_digest, "size": blob.len(),
+                    "annotations": {"org.opencontainers.image.title": "w.bin"}}]
+    })
+    .to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let blob_path = format!("/v2/m/blobs/{blob_digest}");
+    serve(listener, move |req| {
+        if req.path == "/v2/m/manifests/v1" {
+            response(
+                "200 OK",
+                &[(
+                    "Content-Type",
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+                manifest.as_bytes(),
+            )
+        } else if req.path == blob_path {
+            // Promise the bytes, then stall past the client's patience.
+            std::thread::sleep(std::time::Duration::from_secs(4));
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec()
+        } else {
+            response("404 Not Found", &[], b"")
+        }
+    });
+    let dest = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .env("OCIMODEL_STALL_TIMEOUT", "1")
+        .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()]);
+    run.assert_fails_with(&["w.bin", &addr]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.termination
+            .contains("sent no data for 1s (OCIMODEL_STALL_TIMEOUT)"),
+        "{}",
+        run.termination
+    );
+    assert!(model_files(dest.path()).is_empty());
+}
