@@ -205,7 +205,7 @@ struct PullArgs {
     require_digest: bool,
 
     /// How many blobs of one model to download at once.
-    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = 8)]
     concurrency: usize,
 
     /// Seconds between progress lines on long pulls.
@@ -394,7 +394,7 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         subtree: Subtree::parse(&select.subpath)?,
         platform,
         require_digest: false,
-        concurrency: 4,
+        concurrency: 8,
         owner: None,
         progress_every: std::time::Duration::from_secs(10),
         filter: Filter::new(&select.include, &select.exclude),
