@@ -161,6 +161,10 @@ struct AccessArgs {
     /// Seconds a registry may send no bytes before the transfer is abandoned.
     #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = 60)]
     stall_timeout: u64,
+
+    /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
+    #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = 5)]
+    retries: u32,
 }
 
 /// Which files of a model to install.
@@ -211,6 +215,10 @@ struct PullArgs {
     /// Seconds between progress lines on long pulls.
     #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = 10)]
     progress_interval: u64,
+
+    /// Give up on a model after this many seconds in all (default: no limit).
+    #[arg(long, env = "OCIMODEL_TIMEOUT")]
+    timeout: Option<u64>,
 
     /// uid:gid to own installed files (needs root).
     #[arg(long, env = "OCIMODEL_OWNER")]
@@ -381,6 +389,7 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
     settings.concurrency = args.concurrency.max(1);
     settings.owner = args.owner.as_deref().map(parse_owner).transpose()?;
     settings.progress_every = std::time::Duration::from_secs(args.progress_interval.max(1));
+    settings.deadline = args.timeout.map(std::time::Duration::from_secs);
     Ok((jobs, settings, client_factory(&args.access)))
 }
 
@@ -397,6 +406,7 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         concurrency: 8,
         owner: None,
         progress_every: std::time::Duration::from_secs(10),
+        deadline: None,
         filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
             unknown_raw: select.unknown == "raw",
@@ -433,6 +443,7 @@ fn client_factory(access: &AccessArgs) -> ClientFactory {
         ca_bundles,
         connect_timeout: None,
         stall_timeout: Some(std::time::Duration::from_secs(access.stall_timeout.max(1))),
+        retries: access.retries,
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());
     let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());

@@ -145,8 +145,29 @@ where
     let mut hasher = Hasher::new(desc.digest.algorithm());
     let mut received: u64 = 0;
     let verdict: Result<()> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| anyhow!("blob {}: {e}", desc.digest))?;
+        let mut resumes = 0;
+        loop {
+            let chunk = match stream.next().await {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                // A broken transfer resumes from the bytes already hashed
+                // and handed on; the final digest covers exactly those.
+                Some(Err(e)) if resumes < source.retries() && desc.data.is_none() => {
+                    resumes += 1;
+                    let wait = crate::registry::backoff(resumes);
+                    tracing::warn!(blob = %desc.digest, received, attempt = resumes, "{e}; resuming in {:.1}s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    match source.resume(desc, received).await {
+                        Some(Ok(s)) => {
+                            stream = s;
+                            continue;
+                        }
+                        Some(Err(e2)) => bail!("blob {}: {e}; resuming failed: {e2:#}", desc.digest),
+                        None => bail!("blob {}: {e}", desc.digest),
+                    }
+                }
+                Some(Err(e)) => bail!("blob {}: {e} (after {resumes} resumed attempts)", desc.digest),
+            };
             received += chunk.len() as u64;
             if received > desc.size {
                 bail!(

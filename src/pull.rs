@@ -40,6 +40,8 @@ pub struct Settings {
     pub progress_every: Duration,
     pub filter: Filter,
     pub format: format::Options,
+    /// Give up on a model after this long (`OCIMODEL_TIMEOUT`).
+    pub deadline: Option<Duration>,
 }
 
 impl Settings {
@@ -157,6 +159,16 @@ fn narrow(plan: &mut Plan, filter: &Filter) {
 }
 
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
+    match settings.deadline {
+        // Dropping the pull on timeout removes its staging directory.
+        Some(d) => tokio::time::timeout(d, pull_model(job, settings, clients))
+            .await
+            .map_err(|_| anyhow!("gave up after {}s (OCIMODEL_TIMEOUT)", d.as_secs()))?,
+        None => pull_model(job, settings, clients).await,
+    }
+}
+
+async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
     if settings.require_digest && job.target.pinned_digest().is_none() {
         bail!("the reference has no digest and OCIMODEL_REQUIRE_DIGEST is set; pin it as REF@sha256:...");
     }

@@ -56,6 +56,51 @@ pub struct ClientOptions {
     /// A read that waits longer than this for bytes fails (a stalled
     /// registry must not hang an init container forever).
     pub stall_timeout: Option<Duration>,
+    /// Attempts after the first for transient failures (connection errors,
+    /// 429/502/503/504, a blob cut off mid-stream).
+    pub retries: u32,
+}
+
+/// Backoff before retry `attempt` (1-based): 0.5 s doubling, capped at 30 s,
+/// with ±50 % jitter so a fleet of pods does not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 0.5_f64 * 2f64.powi(attempt.saturating_sub(1).min(6) as i32);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5 .. 1.5
+    Duration::from_secs_f64((base * jitter).min(30.0))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as "soon").
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    Some(Duration::from_secs(
+        v.trim().parse::<u64>().unwrap_or(1).min(60),
+    ))
+}
+
+/// Certificate and handshake failures will not heal by retrying.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let cause = root_cause(e).to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|w| cause.contains(w))
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +133,11 @@ pub struct FetchedManifest {
 }
 
 impl RegistryClient {
+    /// How many times a transient failure is retried.
+    pub fn retries(&self) -> u32 {
+        self.options.retries
+    }
+
     pub fn new(creds: CredentialStore, options: ClientOptions) -> Result<RegistryClient> {
         // One process-wide crypto provider; ring keeps the static build small.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -404,15 +454,54 @@ impl RegistryClient {
 
     /// Opens a blob for streaming. The caller verifies size and digest.
     pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
+        self.blob_from(r, digest, 0).await
+    }
+
+    /// Opens a blob from byte `offset` (a resumed download): asks for a
+    /// `Range`; when the registry ignores it and sends everything, the bytes
+    /// before `offset` are skipped here, so the caller always gets the rest.
+    pub async fn blob_from(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<ByteStream> {
         let url = format!("{}/blobs/{digest}", self.base_url(r));
         let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
-        let resp = self.send(r, |c| c.get(&url)).await?;
+        let resp = self
+            .send(r, |c| {
+                let req = c.get(&url);
+                if offset > 0 {
+                    req.header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                } else {
+                    req
+                }
+            })
+            .await?;
         let resp = self.check_status(resp, r, &what).await?;
+        let mut to_skip = if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+            tracing::info!(blob = %digest, "the registry ignored Range; skipping the {offset} bytes already received");
+            offset
+        } else {
+            0
+        };
         let stall = self
             .options
             .stall_timeout
             .unwrap_or(Duration::from_secs(60));
-        Ok(Box::pin(resp.bytes_stream().map(move |chunk| {
+        let stream = resp.bytes_stream().filter_map(move |chunk| {
+            let out = match chunk {
+                Ok(mut b) if to_skip > 0 => {
+                    let n = to_skip.min(b.len() as u64) as usize;
+                    to_skip -= n as u64;
+                    let _ = b.split_to(n);
+                    (!b.is_empty()).then_some(Ok(b))
+                }
+                other => Some(other),
+            };
+            futures_util::future::ready(out)
+        });
+        Ok(Box::pin(stream.map(move |chunk| {
             chunk.map_err(|e| {
                 let cause = if e.is_timeout() {
                     format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
@@ -445,12 +534,34 @@ impl RegistryClient {
         let scope = format!("repository:{}:{actions}", r.repository);
         let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
+        let mut attempt = 0;
         loop {
             let mut req = build(&self.http);
             if let Some(a) = &authorization {
                 req = req.header(AUTHORIZATION, a.clone());
             }
-            let resp = req.send().await.map_err(|e| self.transport_error(r, e))?;
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e)
+                    if attempt < self.options.retries
+                        && (e.is_connect() || e.is_timeout() || e.is_request())
+                        && !is_tls_failure(&e) =>
+                {
+                    attempt += 1;
+                    let wait = backoff(attempt);
+                    tracing::warn!(registry = %r.registry, attempt, "request failed ({}); retrying in {:.1}s", root_cause(&e), wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(self.transport_error(r, e)),
+            };
+            if is_transient(resp.status()) && attempt < self.options.retries {
+                attempt += 1;
+                let wait = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
+                tracing::warn!(registry = %r.registry, status = %resp.status(), attempt, "registry busy; retrying in {:.1}s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             if resp.status() != StatusCode::UNAUTHORIZED || answered {
                 return Ok(resp);
             }

@@ -158,6 +158,25 @@ impl Source {
         }
     }
 
+    /// Reopens blob `desc` from byte `offset` after a broken transfer, or
+    /// `None` when this source cannot (local files do not break mid-read).
+    pub async fn resume(&self, desc: &Descriptor, offset: u64) -> Option<Result<ByteStream>> {
+        match self {
+            Source::Registry { client, reference } => {
+                Some(client.blob_from(reference, &desc.digest, offset).await)
+            }
+            _ => None,
+        }
+    }
+
+    /// How many times a broken transfer may be resumed.
+    pub fn retries(&self) -> u32 {
+        match self {
+            Source::Registry { client, .. } => client.retries(),
+            _ => 0,
+        }
+    }
+
     /// Manifests whose `subject` is `digest`, optionally of one artifact type.
     pub async fn referrers(
         &self,

@@ -153,6 +153,7 @@ fn a_stalled_blob_download_times_out() {
     let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
         .env("OCIMODEL_STALL_TIMEOUT", "1")
+        .env("OCIMODEL_RETRIES", "0")
         .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()]);
     run.assert_fails_with(&["w.bin", &addr]);
     assert!(

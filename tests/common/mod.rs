@@ -406,6 +406,8 @@ impl Ocimodel {
             .env("HOME", tmp.path())
             .env("NO_PROXY", "*")
             .env("OCIMODEL_TERMINATION_LOG", &termination_log)
+            // One quick retry keeps failure tests fast; retry tests set their own.
+            .env("OCIMODEL_RETRIES", "1")
             .stdin(Stdio::null());
         Ocimodel {
             cmd,
