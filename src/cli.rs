@@ -216,6 +216,10 @@ struct PullArgs {
     #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = 10)]
     progress_interval: u64,
 
+    /// Most bytes tar layers may expand to, e.g. 500G (default: unlimited, but never over 1000:1 past 1 GiB).
+    #[arg(long, env = "OCIMODEL_MAX_EXPANDED", value_parser = parse_size)]
+    max_expanded: Option<u64>,
+
     /// Give up on a model after this many seconds in all (default: no limit).
     #[arg(long, env = "OCIMODEL_TIMEOUT")]
     timeout: Option<u64>,
@@ -390,6 +394,7 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
     settings.owner = args.owner.as_deref().map(parse_owner).transpose()?;
     settings.progress_every = std::time::Duration::from_secs(args.progress_interval.max(1));
     settings.deadline = args.timeout.map(std::time::Duration::from_secs);
+    settings.max_expanded = args.max_expanded.unwrap_or(u64::MAX);
     Ok((jobs, settings, client_factory(&args.access)))
 }
 
@@ -407,6 +412,7 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         owner: None,
         progress_every: std::time::Duration::from_secs(10),
         deadline: None,
+        max_expanded: u64::MAX,
         filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
             unknown_raw: select.unknown == "raw",
@@ -699,6 +705,28 @@ fn run_referrers(args: ReferrersArgs) -> i32 {
             inspect::render_referrers(&found)
         })
     })
+}
+
+/// `123`, `64K`, `500M`, `2G`, `1T` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("'{s}': use a number with an optional K, M, G or T")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("'{s}' is not a size"))
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32)> {

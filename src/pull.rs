@@ -28,6 +28,9 @@ use crate::select::Filter;
 use crate::source::Source;
 use crate::unpack::{clean_path, join, write_file, Contents, Subtree, Tree};
 
+/// More layers than this is not a model, it is an attack on the client.
+const MAX_LAYERS: usize = 10_000;
+
 /// Settings shared by every model of one run.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -42,6 +45,8 @@ pub struct Settings {
     pub format: format::Options,
     /// Give up on a model after this long (`OCIMODEL_TIMEOUT`).
     pub deadline: Option<Duration>,
+    /// Most bytes tar layers may expand to (`OCIMODEL_MAX_EXPANDED`).
+    pub max_expanded: u64,
 }
 
 impl Settings {
@@ -115,6 +120,12 @@ pub async fn resolve(
 ) -> Result<Resolved> {
     let (manifest, manifest_digest, platform) =
         descend(source, top.clone(), &settings.platform).await?;
+    if manifest.layers.len() > MAX_LAYERS {
+        bail!(
+            "the manifest has {} layers; ocimodel refuses more than {MAX_LAYERS}",
+            manifest.layers.len()
+        );
+    }
     let wants_config = format::needs_config(&manifest) || format::keeps_config(&manifest);
     let config = if wants_config && manifest.config.size > 0 {
         Some(
@@ -207,6 +218,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         );
     }
     check_paths(plan)?;
+    check_space(dest.path(), plan)?;
 
     // (Signature verification of resolved.top.digest will run here, before any write.)
 
@@ -263,6 +275,35 @@ async fn descend(
         }
     }
     bail!("indexes nest deeper than {MAX_INDEX_DEPTH} levels; refusing (possible cycle)")
+}
+
+/// Refuses early when DEST's filesystem cannot hold the download (the
+/// blobs' sizes: a lower bound for compressed layers, which expand).
+fn check_space(dest: &Path, plan: &Plan) -> Result<()> {
+    let need = plan.total_bytes();
+    let Some(avail) = free_space(dest) else {
+        return Ok(());
+    };
+    if need > avail {
+        bail!(
+            "not enough space in {}: the model needs at least {need} bytes ({}), the filesystem has {avail} bytes ({}) free; free space or use a bigger volume",
+            dest.display(),
+            mib(need),
+            mib(avail)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on `path`'s filesystem.
+fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; all-zero is a valid value to overwrite.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a struct statvfs to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Whole-file names must be safe, distinct, and not nest inside each other.
@@ -370,6 +411,7 @@ async fn unpack_plan(
             .try_collect()
             .await?;
         let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
+        tree.limit_expansion(settings.max_expanded);
         for r in records {
             tree.add_record(r);
         }
@@ -383,6 +425,7 @@ async fn unpack_plan(
         let total = tars.len();
         for (i, step) in tars.into_iter().enumerate() {
             let action = step.action.clone();
+            tree.set_layer_size(step.layer.size);
             let subtree = settings.subtree.clone();
             tree = fetch_blob(source, &step.layer, &progress, move |r| {
                 match action {

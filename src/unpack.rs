@@ -248,6 +248,44 @@ pub struct Tree {
     /// Whether any entry landed inside the subtree at all.
     pub saw_subtree: bool,
     filter: Filter,
+    /// Uncompressed bytes still allowed across all tar layers.
+    expansion_left: u64,
+    /// Compressed size of the layer being unpacked (bounds its ratio).
+    layer_size: u64,
+}
+
+/// Beyond this much output, a layer may expand at most `MAX_RATIO` times
+/// its compressed size (a decompression bomb otherwise).
+const RATIO_FLOOR: u64 = 1 << 30;
+const MAX_RATIO: u64 = 1000;
+
+/// Counts what a decoder produces and stops a bomb.
+struct Expansion<'a, R> {
+    inner: R,
+    produced: u64,
+    compressed: u64,
+    left: &'a mut u64,
+}
+
+impl<R: Read> Read for Expansion<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.produced += n as u64;
+        if n as u64 > *self.left {
+            return Err(io::Error::other(
+                "the layer expands beyond OCIMODEL_MAX_EXPANDED; refusing (a decompression bomb, or raise the limit)",
+            ));
+        }
+        *self.left -= n as u64;
+        if self.produced > RATIO_FLOOR && self.produced > self.compressed.saturating_mul(MAX_RATIO)
+        {
+            return Err(io::Error::other(format!(
+                "the layer expands more than {MAX_RATIO}:1 ({} bytes from {}); refusing a decompression bomb",
+                self.produced, self.compressed
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// How a tar layer maps onto the tree.
@@ -286,7 +324,19 @@ impl Tree {
             this_layer: BTreeSet::new(),
             saw_subtree: false,
             filter,
+            expansion_left: u64::MAX,
+            layer_size: u64::MAX,
         }
+    }
+
+    /// The compressed size of the next layer, for the expansion-ratio check.
+    pub fn set_layer_size(&mut self, size: u64) {
+        self.layer_size = size;
+    }
+
+    /// Caps the uncompressed bytes all tar layers may produce together.
+    pub fn limit_expansion(&mut self, max: u64) {
+        self.expansion_left = max;
     }
 
     pub fn root(&self) -> &Path {
@@ -341,8 +391,16 @@ impl Tree {
                 Box::new(zstd::Decoder::new(reader).context("cannot start zstd decoder")?)
             }
         };
-        let mut hashing = HashingReader {
+        let layer_size = self.layer_size;
+        let mut left = self.expansion_left;
+        let counted = Expansion {
             inner: decoded,
+            produced: 0,
+            compressed: layer_size,
+            left: &mut left,
+        };
+        let mut hashing = HashingReader {
+            inner: counted,
             hasher: content_digest.map(|d| Hasher::new(d.algorithm())),
         };
         let mut archive = tar::Archive::new(&mut hashing);
@@ -357,7 +415,10 @@ impl Tree {
         // Read to the end so compressed trailers (gzip CRC) are checked and
         // the whole uncompressed stream is hashed.
         io::copy(&mut archive.into_inner(), &mut io::sink()).context("corrupt compressed layer")?;
-        if let (Some(expected), Some(h)) = (content_digest, hashing.hasher.take()) {
+        let hasher = hashing.hasher.take();
+        drop(hashing);
+        self.expansion_left = left;
+        if let (Some(expected), Some(h)) = (content_digest, hasher) {
             let actual = h.finish();
             if actual != *expected {
                 bail!("the unpacked tar does not match its content digest: expected {expected}, got {actual}");
