@@ -1104,4 +1104,166 @@ mod tests {
         assert!(format!("{err:#}").contains("'..'"), "{err:#}");
         assert!(!dir.path().join("escape").exists());
     }
+
+    /// A raw old-style header for `name` with `data`, for names the tar
+    /// crate's builder refuses to write.
+    fn raw_entry(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn apply(layers: &[Vec<u8>], subtree: &str) -> (tempfile::TempDir, Result<Contents>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        fs::create_dir(&root).unwrap();
+        let subtree = Subtree::parse(subtree).unwrap();
+        let mut tree = Tree::new(root, Filter::default());
+        let mut result = Ok(());
+        for l in layers {
+            result = tree.apply_tar(&mut &l[..], Compression::None, &subtree);
+            if result.is_err() {
+                break;
+            }
+        }
+        let contents = result.and_then(|_| tree.finish(None));
+        (dir, contents)
+    }
+
+    #[test]
+    fn hostile_absolute_name() {
+        let mut layer = raw_entry("/etc/passwd", b"root");
+        layer.extend_from_slice(&[0; 1024]);
+        let (dir, result) = apply(&[layer], "/");
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(
+            err.contains("refusing absolute path '/etc/passwd'"),
+            "{err}"
+        );
+        assert!(!dir.path().join("s/etc").exists());
+    }
+
+    #[test]
+    fn long_names_are_fine() {
+        let name = format!("models/{}/weights.bin", "d".repeat(180));
+        let layer = tar_bytes(|b| add_file(b, &name, b"w", 0o644));
+        let (dir, result) = apply(&[layer], "/models");
+        result.unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("s").join(&name["models/".len()..])).unwrap(),
+            b"w"
+        );
+    }
+
+    #[test]
+    fn pax_header_with_a_huge_size_is_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"99999999999999"[..])])
+            .unwrap();
+        add_file(&mut b, "models/x", b"tiny", 0o644);
+        let layer = b.into_inner().unwrap();
+        let (dir, result) = apply(&[layer], "/models");
+        assert!(
+            result.is_err(),
+            "a PAX size far beyond the data must not be accepted"
+        );
+        // Whatever was half-written stays inside the staging tree, which the
+        // pipeline discards on error.
+        let outside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(outside, vec![std::ffi::OsString::from("s")]);
+    }
+
+    #[test]
+    fn duplicate_entries_in_an_image_layer_last_wins() {
+        let layer = tar_bytes(|b| {
+            add_file(b, "models/x", b"first", 0o644);
+            add_file(b, "models/x", b"second", 0o644);
+        });
+        let (dir, result) = apply(&[layer], "/models");
+        let c = result.unwrap();
+        assert_eq!(fs::read(dir.path().join("s/x")).unwrap(), b"second");
+        assert_eq!(c.files[0].digest, Digest::sha256_of(b"second"));
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_directory_across_layers() {
+        let l1 = tar_bytes(|b| add_file(b, "models/x", b"file", 0o644));
+        let l2 = tar_bytes(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, "models/x/", std::io::empty())
+                .unwrap();
+            add_file(b, "models/x/y", b"inside", 0o644);
+        });
+        let (dir, result) = apply(&[l1, l2], "/models");
+        let c = result.unwrap();
+        assert_eq!(fs::read(dir.path().join("s/x/y")).unwrap(), b"inside");
+        assert_eq!(
+            c.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            vec!["x/y"]
+        );
+    }
+
+    #[test]
+    fn whiteouts_cannot_reach_outside() {
+        let mut layer = raw_entry("models/../.wh.etc", b"");
+        layer.extend_from_slice(&[0; 1024]);
+        let (_dir, result) = apply(&[layer], "/models");
+        assert!(format!("{:#}", result.unwrap_err()).contains("'..'"));
+        // A whiteout of the subtree itself (or an ancestor) only clears what
+        // lower layers put in it.
+        let l1 = tar_bytes(|b| add_file(b, "models/old", b"o", 0o644));
+        let l2 = tar_bytes(|b| {
+            add_file(b, ".wh.models", b"", 0o644);
+            add_file(b, "models/new", b"n", 0o644);
+        });
+        let (dir, result) = apply(&[l1, l2], "/models");
+        result.unwrap();
+        assert!(!dir.path().join("s/old").exists());
+        assert!(dir.path().join("s/new").exists());
+    }
+
+    #[test]
+    fn entries_after_end_of_archive_are_ignored() {
+        let mut layer = tar_bytes(|b| add_file(b, "models/a", b"a", 0o644));
+        layer.extend(raw_entry("models/smuggled", b"s"));
+        layer.extend_from_slice(&[0; 1024]);
+        let (dir, result) = apply(&[layer], "/models");
+        result.unwrap();
+        assert!(dir.path().join("s/a").exists());
+        assert!(!dir.path().join("s/smuggled").exists());
+    }
+
+    #[test]
+    fn sockets_and_block_devices_are_skipped() {
+        let layer = tar_bytes(|b| {
+            for (name, kind) in [
+                ("models/blk", tar::EntryType::Block),
+                ("models/ok", tar::EntryType::Regular),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(0);
+                h.set_mode(0o644);
+                h.set_entry_type(kind);
+                b.append_data(&mut h, name, &b""[..]).unwrap();
+            }
+        });
+        let (dir, result) = apply(&[layer], "/models");
+        result.unwrap();
+        assert!(fs::symlink_metadata(dir.path().join("s/blk")).is_err());
+        assert!(dir.path().join("s/ok").exists());
+    }
 }
