@@ -169,3 +169,50 @@ fn a_stalled_blob_download_times_out() {
     );
     assert!(model_files(dest.path()).is_empty());
 }
+
+/// A registry that lies: a `Docker-Content-Digest` that is not the digest of
+/// what it serves, and a manifest that changes when asked for by digest.
+#[test]
+fn lying_registries_are_refused() {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": "application/x",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
+        "layers": [{"mediaType": "application/octet-stream", "digest": format!("sha256:{}", sha256_hex(b"x")), "size": 1,
+                    "annotations": {"org.opencontainers.image.title": "x"}}]
+    })
+    .to_string();
+    let real = format!("sha256:{}", sha256_hex(manifest.as_bytes()));
+    let other = format!("sha256:{}", sha256_hex(b"something else"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (m, lie) = (manifest.clone(), other.clone());
+    serve(listener, move |req| {
+        let ct = (
+            "Content-Type",
+            "application/vnd.oci.image.manifest.v1+json".to_string(),
+        );
+        if req.path == "/v2/m/manifests/v1" {
+            response(
+                "200 OK",
+                &[ct, ("Docker-Content-Digest", lie.clone())],
+                m.as_bytes(),
+            )
+        } else if req.path.starts_with("/v2/m/manifests/sha256:") {
+            // Whatever digest was asked for, serve something else.
+            response("200 OK", &[ct], br#"{"schemaVersion":2,"manifests":[]}"#)
+        } else {
+            response("404 Not Found", &[], b"")
+        }
+    });
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()])
+        .assert_fails_with(&["Docker-Content-Digest", &other, "does not match", &real]);
+    Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .run(&[&format!("{addr}/m@{real}"), dest.path().to_str().unwrap()])
+        .assert_fails_with(&["digest mismatch", &format!("expected {real}")]);
+    assert!(model_files(dest.path()).is_empty());
+}
