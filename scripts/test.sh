@@ -23,3 +23,9 @@ python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || python3
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# A short fuzzing smoke (about a minute) where cargo-fuzz is installed.
+if cargo fuzz --version >/dev/null 2>&1; then
+  scripts/fuzz.sh 10
+else
+  echo "fuzz smoke skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
+fi
