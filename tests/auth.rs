@@ -5,30 +5,8 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use common::*;
-
-const USER: &str = "modeler";
-const PASSWORD: &str = "s3cret-pw";
-
-/// Pushes the seed artifact to a plain registry, then serves the same
-/// storage with `auth`.
-fn registry_with(auth: Auth) -> Registry {
-    let plain = Registry::start(Auth::None);
-    plain.oras_push_mnist("models/mnist:v1");
-    Registry::start_in(plain.stop(), auth)
-}
-
-fn docker_config(user: &str, password: &str, registry: &str) -> String {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#)
-}
 
 #[test]
 fn basic_auth_from_every_credential_source() {
@@ -147,125 +125,6 @@ fn basic_auth_failures_are_specific() {
         .env("OCIMODEL_DOCKER_CONFIG_JSON", "{not json")
         .run(&[&uri, dest.to_str().unwrap()])
         .assert_fails_with(&["OCIMODEL_DOCKER_CONFIG_JSON is not a valid docker config JSON"]);
-}
-
-/// A token issuer: checks Basic credentials, records what it was asked for,
-/// and answers with an RS256 JWT for exactly the requested pull scope.
-struct TokenServer {
-    pub realm: String,
-    pub requests: Arc<Mutex<Vec<(String, String)>>>, // (service, scope)
-    pub cert: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| {
-            v.replace("%3A", ":")
-                .replace("%2F", "/")
-                .replace("%2C", ",")
-        })
-    })
-}
-
-fn sign_jwt(key: &Path, cert_der_b64: &str, repo: &str, actions: &[&str]) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [cert_der_b64]});
-    let claims = serde_json::json!({
-        "iss": "test-issuer", "sub": USER, "aud": "test-registry",
-        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{repo}"),
-        "access": [{"type": "repository", "name": repo, "actions": actions}],
-    });
-    let signing_input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(signing_input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    format!("{signing_input}.{}", b64url(&out.stdout))
-}
-
-impl TokenServer {
-    /// `grant` maps the requested repository to the one put in the token
-    /// (identity for an honest issuer).
-    fn start(grant: fn(&str) -> String) -> TokenServer {
-        let dir = tempfile::tempdir().unwrap();
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=test-issuer",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.pem",
-            ],
-            dir.path(),
-        );
-        let der = openssl(&["x509", "-outform", "DER", "-in", "cert.pem"], dir.path());
-        let cert_b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let key = dir.path().join("key.pem");
-
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let realm = format!("http://{}/token", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let expected_auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
-        );
-        serve(listener, move |req| {
-            let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-            let service = query_param(query, "service").unwrap_or_default();
-            let scope = query_param(query, "scope").unwrap_or_default();
-            seen.lock().unwrap().push((service, scope.clone()));
-            if req.authorization.as_deref() != Some(expected_auth.as_str()) {
-                return response("401 Unauthorized", &[], b"");
-            }
-            let repo = scope.split(':').nth(1).unwrap_or("");
-            let token = sign_jwt(&key, &cert_b64, &grant(repo), &["pull"]);
-            let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
-            response(
-                "200 OK",
-                &[("Content-Type", "application/json".into())],
-                body.as_bytes(),
-            )
-        });
-        TokenServer {
-            realm,
-            requests,
-            cert: dir.path().join("cert.pem"),
-            _dir: dir,
-        }
-    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ enum Fault {
     CutAndIgnoreRange { after: usize },
     /// Answer with this status instead of forwarding, `n` times.
     Status { code: u16, retry_after: Option<u64> },
-    /// Hold the response back this long before forwarding.
+    /// Hold the request back this long before forwarding it, `n` times.
     Delay(Duration),
 }
 
@@ -157,7 +157,7 @@ fn relay(
             Fault::CutAndIgnoreRange { after } if inject => {
                 *cut_after.lock().unwrap() = Some(after)
             }
-            Fault::Delay(d) if is_blob => std::thread::sleep(d),
+            Fault::Delay(d) if inject => std::thread::sleep(d),
             _ => {}
         }
         let strip_range = matches!(fault, Fault::CutAndIgnoreRange { .. });
@@ -294,7 +294,7 @@ fn not_found_is_not_retried() {
 #[test]
 fn the_overall_deadline_stops_a_slow_pull() {
     let (reg, _) = setup();
-    let proxy = Proxy::start(&reg.addr, Fault::Delay(Duration::from_secs(5)), 0);
+    let proxy = Proxy::start(&reg.addr, Fault::Delay(Duration::from_secs(5)), usize::MAX);
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
     let started = Instant::now();
@@ -313,4 +313,38 @@ fn the_overall_deadline_stops_a_slow_pull() {
         .filter(|n| n != "lock")
         .collect();
     assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+/// A token that expires mid-pull: the issuer says it lasts 300 s but signs
+/// it for 2 s, and the proxy holds the blob request for 3 s. The registry
+/// answers 401; ocimodel answers the new challenge once and completes.
+#[test]
+fn an_expired_token_is_renewed_once() {
+    let issuer = TokenServer::start_with(|repo| repo.to_string(), 2);
+    let reg = registry_with(Auth::Token {
+        realm: issuer.realm.clone(),
+        cert_pem: issuer.cert.clone(),
+    });
+    let proxy = Proxy::start(&reg.addr, Fault::Delay(Duration::from_secs(3)), 1);
+    let dest = tempfile::tempdir().unwrap();
+    pull_via(
+        &proxy,
+        dest.path(),
+        &[(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            &docker_config(USER, PASSWORD, &proxy.addr),
+        )],
+    )
+    .assert_ok();
+    assert_eq!(sha256_file(&dest.path().join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(
+        issuer.requests.lock().unwrap().len(),
+        2,
+        "one token, then one renewal after the 401"
+    );
+    assert_eq!(
+        proxy.saw("/blobs/sha256:"),
+        2,
+        "the blob request, refused, then repeated with the new token"
+    );
 }

@@ -8,7 +8,6 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use serde_json::json;
@@ -101,17 +100,7 @@ fn modelpack_from_the_independent_client() {
 
     // The independent client's own pull gives the same tree.
     let theirs = work.path().join("theirs");
-    let out = Command::new("python3")
-        .args(["-m", "modelpack_client", "--insecure", "pull"])
-        .arg(format!("{}/models/mp:v1", reg.addr))
-        .arg(&theirs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    modelpack_pull(&reg, "models/mp:v1", &theirs);
     assert_eq!(tree(&theirs), tree(&dest));
 }
 

@@ -131,3 +131,59 @@ fn invalid_utf8_in_annotations() {
         &["not valid JSON"],
     );
 }
+
+#[test]
+fn a_blob_longer_than_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = b"twelve bytes".to_vec();
+    // The descriptor claims 4 bytes (with the digest of all 12).
+    let m = manifest_with_layer(json!({"mediaType": "application/octet-stream",
+        "digest": format!("sha256:{}", sha256_hex(&blob)), "size": 4, "annotations": {"org.opencontainers.image.title": "x"}}));
+    refused(
+        &layout(dir.path(), &m, &[blob]),
+        &["more than the 4 bytes the manifest declares"],
+    );
+}
+
+/// GNU tar's sparse entries (holes) unpack to the right bytes.
+#[test]
+fn sparse_tar_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src/models");
+    fs::create_dir_all(&src).unwrap();
+    let file = fs::File::create(src.join("sparse.bin")).unwrap();
+    file.set_len(4 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_at(b"middle", 2 << 20).unwrap();
+    file.write_at(b"end", (4 << 20) - 3).unwrap();
+    let tar = dir.path().join("layer.tar");
+    let st = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-C"])
+        .arg(dir.path().join("src"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg("models")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let layer = fs::read(&tar).unwrap();
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer))]}})).unwrap();
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha256_hex(&config)), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha256_hex(&layer)), "size": layer.len()}]}))
+    .unwrap();
+    assert!(
+        layer.len() < 1 << 20,
+        "GNU tar wrote the holes as sparse maps"
+    );
+    let uri = layout(&dir.path().join("layout"), &m, &[layer, config]);
+    let dest = dir.path().join("out");
+    Ocimodel::new()
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(
+        sha256_file(&dest.join("sparse.bin")),
+        sha256_file(&src.join("sparse.bin"))
+    );
+}

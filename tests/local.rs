@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -77,23 +76,6 @@ fn tolerates_kserve_env_and_logs_json() {
     ));
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// The binary needs nothing from its root filesystem: no libc, no CA store,
 /// no /dev, no /etc. Run it in an empty chroot (as FROM scratch would).
 #[test]
@@ -150,28 +132,15 @@ fn static_binary_runs_in_an_empty_root() {
 #[test]
 fn long_pulls_log_progress() {
     let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    copy_dir(&repo_root().join("examples/mnist"), &layout);
-    let blob = layout.join("blobs/sha256").join(MNIST_SHA256);
-    fs::remove_file(&blob).unwrap();
-    let st = Command::new("mkfifo").arg(&blob).status().unwrap();
-    assert!(st.success());
-    let model = fs::read(mnist_path()).unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let mut fifo = fs::OpenOptions::new().write(true).open(&blob).unwrap();
-        for chunk in model.chunks(model.len() / 5 + 1) {
-            fifo.write_all(chunk).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(700));
-        }
-    });
+    let (uri, writer) = slow_layout(
+        &work.path().join("layout"),
+        5,
+        std::time::Duration::from_millis(700),
+    );
     let dest = work.path().join("models");
     let run = Ocimodel::new()
         .env("OCIMODEL_PROGRESS_INTERVAL", "1")
-        .run(&[
-            &format!("oci-layout://{}", layout.display()),
-            dest.to_str().unwrap(),
-        ]);
+        .run(&[&uri, dest.to_str().unwrap()]);
     writer.join().unwrap();
     run.assert_ok();
     let stderr = run.stderr();

@@ -12,11 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A tmpfs of `size` at a temp dir (unmounted on drop).
 struct Tmpfs(tempfile::TempDir);
 
@@ -202,47 +197,10 @@ fn too_many_layers_are_refused() {
     assert!(model_files(&dest).is_empty());
 }
 
-/// A layout copy whose model blob is a FIFO fed slowly by a thread.
-fn slow_layout(dir: &Path, pause: Duration) -> (String, std::thread::JoinHandle<()>) {
-    let layout = dir.join("layout");
-    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    for e in fs::read_dir(repo_root().join("examples/mnist/blobs/sha256"))
-        .unwrap()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy() != MNIST_SHA256 {
-            fs::copy(e.path(), layout.join("blobs/sha256").join(e.file_name())).unwrap();
-        }
-    }
-    for f in ["index.json", "oci-layout"] {
-        fs::copy(repo_root().join("examples/mnist").join(f), layout.join(f)).unwrap();
-    }
-    let blob = layout.join("blobs/sha256").join(MNIST_SHA256);
-    assert!(Command::new("mkfifo")
-        .arg(&blob)
-        .status()
-        .unwrap()
-        .success());
-    let model = fs::read(mnist_path()).unwrap();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
-            return;
-        };
-        for chunk in model.chunks(model.len() / 8 + 1) {
-            if fifo.write_all(chunk).is_err() {
-                return;
-            }
-            std::thread::sleep(pause);
-        }
-    });
-    (format!("oci-layout://{}", layout.display()), writer)
-}
-
 #[test]
 fn a_second_run_waits_for_the_first() {
     let work = tempfile::tempdir().unwrap();
-    let (slow, writer) = slow_layout(work.path(), Duration::from_millis(150));
+    let (slow, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(150));
     let dest = work.path().join("models");
     let first = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
         .args([&slow, dest.to_str().unwrap()])
@@ -281,7 +239,7 @@ fn sigkill_at_random_moments_then_rerun() {
     let delays = [40u64, 170, 260, 390, 520, 650, 780, 900];
     for (i, ms) in delays.iter().enumerate() {
         let work = tempfile::tempdir().unwrap();
-        let (uri, writer) = slow_layout(work.path(), Duration::from_millis(120));
+        let (uri, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(120));
         let mut child = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
             .args([&uri, dest.to_str().unwrap()])
             .env_clear()

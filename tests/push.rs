@@ -119,17 +119,7 @@ fn modelpack_round_trip() {
 
     // The independent client validates the artifact against the spec's schemas.
     let theirs = work.path().join("theirs");
-    let out = Command::new("python3")
-        .args(["-m", "modelpack_client", "--insecure", "pull"])
-        .arg(format!("{}/models/mp:v1", reg.addr))
-        .arg(&theirs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "modelpack-client rejects it: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    modelpack_pull(&reg, "models/mp:v1", &theirs);
     assert_eq!(files_of(&theirs), files_of(&src));
 
     let ours = work.path().join("ours");

@@ -101,44 +101,6 @@ impl Drop for Sidecar {
     }
 }
 
-/// A copy of the demo layout whose model blob is a FIFO, fed by a thread in
-/// `chunks` pieces `pause` apart: a pull that takes a while.
-fn slow_layout(dir: &Path, chunks: usize, pause: Duration) -> std::thread::JoinHandle<()> {
-    copy_dir(&repo_root().join("examples/mnist"), dir);
-    let blob = dir.join("blobs/sha256").join(MNIST_SHA256);
-    fs::remove_file(&blob).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&blob)
-        .status()
-        .unwrap()
-        .success());
-    let model = fs::read(mnist_path()).unwrap();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
-            return;
-        };
-        for chunk in model.chunks(model.len() / chunks + 1) {
-            if fifo.write_all(chunk).is_err() {
-                return; // the reader went away (SIGTERM test)
-            }
-            std::thread::sleep(pause);
-        }
-    })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
@@ -150,7 +112,7 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 fn readiness_follows_the_install_and_metrics_count_it() {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
-    let writer = slow_layout(&layout, 4, Duration::from_millis(400));
+    let (_, writer) = slow_layout(&layout, 4, Duration::from_millis(400));
     let dest = work.path().join("models");
     let uri = format!("oci-layout://{}", layout.display());
     let s = Sidecar::start(&uri, &dest, &[]);
@@ -238,7 +200,7 @@ fn readiness_follows_the_install_and_metrics_count_it() {
 fn sigterm_during_a_slow_pull_exits_cleanly() {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
-    let _writer = slow_layout(&layout, 20, Duration::from_millis(500));
+    let (_, _writer) = slow_layout(&layout, 20, Duration::from_millis(500));
     let dest = work.path().join("models");
     let s = Sidecar::start(&format!("oci-layout://{}", layout.display()), &dest, &[]);
     s.wait_for(

@@ -11,7 +11,10 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use sha2::Digest as _;
 
@@ -632,5 +635,225 @@ impl Registry {
             .lines()
             .filter(|l| l.contains("\"GET ") && l.contains(&needle))
             .count()
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A copy of the demo layout in `dir` whose model blob is a FIFO, fed by a
+/// thread in `chunks` pieces `pause` apart: a pull that takes a while.
+/// Returns its URI and the feeding thread (which gives up if the reader goes).
+pub fn slow_layout(
+    dir: &Path,
+    chunks: usize,
+    pause: std::time::Duration,
+) -> (String, std::thread::JoinHandle<()>) {
+    copy_dir(&repo_root().join("examples/mnist"), dir);
+    let blob = dir.join("blobs/sha256").join(MNIST_SHA256);
+    fs::remove_file(&blob).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&blob)
+        .status()
+        .unwrap()
+        .success());
+    let model = fs::read(mnist_path()).unwrap();
+    let writer = std::thread::spawn(move || {
+        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
+            return;
+        };
+        for chunk in model.chunks(model.len() / chunks + 1) {
+            if fifo.write_all(chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(pause);
+        }
+    });
+    (format!("oci-layout://{}", dir.display()), writer)
+}
+
+/// Pulls with the independent modelpack-client (which validates the
+/// artifact against the spec's schemas) into `dest`.
+pub fn modelpack_pull(reg: &Registry, repo_tag: &str, dest: &Path) {
+    let out = Command::new("python3")
+        .args(["-m", "modelpack_client", "--insecure", "pull"])
+        .arg(format!("{}/{repo_tag}", reg.addr))
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "modelpack-client pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// Credentials and a token issuer, shared by the auth and fault tests.
+
+pub const USER: &str = "modeler";
+pub const PASSWORD: &str = "s3cret-pw";
+
+/// Pushes the seed artifact to a plain registry, then serves the same
+/// storage with `auth`.
+pub fn registry_with(auth: Auth) -> Registry {
+    let plain = Registry::start(Auth::None);
+    plain.oras_push_mnist("models/mnist:v1");
+    Registry::start_in(plain.stop(), auth)
+}
+
+pub fn docker_config(user: &str, password: &str, registry: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#)
+}
+
+/// A token issuer: checks Basic credentials, records what it was asked for,
+/// and answers with an RS256 JWT for exactly the requested pull scope.
+pub struct TokenServer {
+    pub realm: String,
+    pub requests: Arc<Mutex<Vec<(String, String)>>>, // (service, scope)
+    pub cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+        })
+    })
+}
+
+pub fn sign_jwt(
+    key: &Path,
+    cert_der_b64: &str,
+    repo: &str,
+    actions: &[&str],
+    valid_secs: u64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // distribution accepts a token up to 60 s past its `exp`, so a token
+    // meant to die within the minute carries an `exp` that much earlier.
+    let exp = if valid_secs < 60 {
+        now + valid_secs - 60
+    } else {
+        now + valid_secs
+    };
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [cert_der_b64]});
+    let claims = serde_json::json!({
+        "iss": "test-issuer", "sub": USER, "aud": "test-registry",
+        "exp": exp, "nbf": exp.min(now) - 10, "iat": now, "jti": format!("{now}-{repo}"),
+        "access": [{"type": "repository", "name": repo, "actions": actions}],
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    format!("{signing_input}.{}", b64url(&out.stdout))
+}
+
+impl TokenServer {
+    /// `grant` maps the requested repository to the one put in the token
+    /// (identity for an honest issuer).
+    pub fn start(grant: fn(&str) -> String) -> TokenServer {
+        TokenServer::start_with(grant, 300)
+    }
+
+    /// Tokens that really expire after `valid_secs`, whatever `expires_in`
+    /// says (to make a registry answer 401 mid-pull).
+    pub fn start_with(grant: fn(&str) -> String, valid_secs: u64) -> TokenServer {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-issuer",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ],
+            dir.path(),
+        );
+        let der = openssl(&["x509", "-outform", "DER", "-in", "cert.pem"], dir.path());
+        let cert_b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let key = dir.path().join("key.pem");
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let expected_auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+        );
+        serve(listener, move |req| {
+            let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let service = query_param(query, "service").unwrap_or_default();
+            let scope = query_param(query, "scope").unwrap_or_default();
+            seen.lock().unwrap().push((service, scope.clone()));
+            if req.authorization.as_deref() != Some(expected_auth.as_str()) {
+                return response("401 Unauthorized", &[], b"");
+            }
+            let repo = scope.split(':').nth(1).unwrap_or("");
+            let token = sign_jwt(&key, &cert_b64, &grant(repo), &["pull"], valid_secs);
+            let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+            response(
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                body.as_bytes(),
+            )
+        });
+        TokenServer {
+            realm,
+            requests,
+            cert: dir.path().join("cert.pem"),
+            _dir: dir,
+        }
     }
 }
