@@ -416,14 +416,18 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
             unknown_raw: select.unknown == "raw",
-            kit_filter: select
-                .kit_filter
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            kit_filter: clean_list(&select.kit_filter),
         },
     })
+}
+
+/// A comma-separated setting's items, trimmed, empty ones dropped.
+fn clean_list(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// A lazily built, shared registry client: local sources never need one.
@@ -439,12 +443,7 @@ fn client_factory(access: &AccessArgs) -> ClientFactory {
         .map(|v| v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
     let options = ClientOptions {
-        insecure_registries: access
-            .insecure_registries
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        insecure_registries: clean_list(&access.insecure_registries),
         insecure_all,
         ca_bundles,
         connect_timeout: None,
@@ -622,28 +621,11 @@ fn push_main(args: &PushArgs) -> Result<String> {
             Some(s) => {
                 let target = Target::parse(s).with_context(|| format!("--subject {s}"))?;
                 let source = Source::new(&target, || clients())?;
-                let m = source
-                    .resolve()
-                    .await
-                    .with_context(|| format!("--subject {s}"))?;
-                let media_type =
-                    match crate::manifest::Document::parse(&m.bytes, m.content_type.as_deref())? {
-                        crate::manifest::Document::Index(i) => i
-                            .media_type
-                            .unwrap_or_else(|| crate::manifest::OCI_INDEX.into()),
-                        crate::manifest::Document::Manifest(x) => x
-                            .media_type
-                            .unwrap_or_else(|| crate::manifest::OCI_MANIFEST.into()),
-                    };
-                Some(crate::manifest::Descriptor {
-                    media_type,
-                    digest: m.digest,
-                    size: m.bytes.len() as u64,
-                    annotations: Default::default(),
-                    platform: None,
-                    artifact_type: None,
-                    data: None,
-                })
+                Some(
+                    push::subject_of(&source)
+                        .await
+                        .with_context(|| format!("--subject {s}"))?,
+                )
             }
             None => None,
         };

@@ -291,10 +291,7 @@ pub fn installed(
     digest: Option<&Digest>,
     selection: Option<&str>,
 ) -> std::result::Result<Marker, String> {
-    let bytes = fs::read(dest.join(MARKER))
-        .map_err(|_| format!("{} has no completion marker", dest.display()))?;
-    let m: Marker = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a valid marker: {e}", dest.join(MARKER).display()))?;
+    let m = read_marker(dest)?;
     if m.version != MARKER_VERSION {
         return Err(format!(
             "marker version {} is not {MARKER_VERSION}",
@@ -325,15 +322,21 @@ pub fn installed(
     Ok(m)
 }
 
+/// The marker of `dest`, or what is wrong with it.
+fn read_marker(dest: &Path) -> std::result::Result<Marker, String> {
+    let bytes = fs::read(dest.join(MARKER))
+        .map_err(|_| format!("{} has no completion marker", dest.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a valid marker: {e}", dest.join(MARKER).display()))
+}
+
 /// Re-hashes every file the marker records and checks every symlink; lists
 /// each difference (missing, changed, or extra files under the model's
 /// entries). Empty means the tree is exactly what was installed.
 pub fn check_tree(dest: &Path) -> std::result::Result<(Marker, Vec<String>), String> {
-    let m = installed(dest, None, None).or_else(|e| {
-        // Size checks fail fast; fall back to reading the marker for a full report.
-        let bytes = fs::read(dest.join(MARKER)).map_err(|_| e.clone())?;
-        serde_json::from_slice::<Marker>(&bytes).map_err(|_| e)
-    })?;
+    // Not `installed`: its size checks stop at the first problem, and this
+    // reports every one.
+    let m = read_marker(dest)?;
     let mut problems = Vec::new();
     let mut expected: BTreeSet<String> = BTreeSet::new();
     for f in &m.contents.files {

@@ -483,12 +483,9 @@ pub fn pack(dir: &Path, opts: &Options, subject: Option<Descriptor>) -> Result<P
     })
 }
 
-/// The descriptor `subject` of a reference (for `--subject`).
-pub async fn subject_of(client: &RegistryClient, r: &ImageRef) -> Result<Descriptor> {
-    let m = client
-        .manifest(r, &r.manifest_reference())
-        .await
-        .context("--subject")?;
+/// The descriptor of the manifest `source` names (for `--subject`).
+pub async fn subject_of(source: &crate::source::Source) -> Result<Descriptor> {
+    let m = source.resolve().await?;
     let media_type = match Document::parse(&m.bytes, m.content_type.as_deref())? {
         Document::Index(i) => i.media_type.unwrap_or_else(|| OCI_INDEX.into()),
         Document::Manifest(x) => x.media_type.unwrap_or_else(|| OCI_MANIFEST.into()),

@@ -202,15 +202,31 @@ impl RegistryClient {
     /// bytes are checked against it; a tag's digest is computed from the bytes
     /// (and must agree with `Docker-Content-Digest` when the server sends one).
     pub async fn manifest(&self, r: &ImageRef, reference: &str) -> Result<FetchedManifest> {
+        let fetched = self.fetch_manifest(r, reference, "pull", false).await?;
+        Ok(fetched.expect("a missing manifest is an error when not allowed"))
+    }
+
+    /// Fetches a manifest with `actions` scope; with `missing_ok`, a 404 is
+    /// `None` instead of an error.
+    async fn fetch_manifest(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        actions: &str,
+        missing_ok: bool,
+    ) -> Result<Option<FetchedManifest>> {
         let url = format!("{}/manifests/{reference}", self.base_url(r));
         let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
         let resp = self
-            .send(r, |c| {
+            .send_as(r, actions, |c| {
                 MANIFEST_ACCEPT
                     .iter()
                     .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
             })
             .await?;
+        if missing_ok && resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         let resp = self.check_status(resp, r, &what).await?;
         let content_type = resp
             .headers()
@@ -246,11 +262,11 @@ impl RegistryClient {
                 actual
             }
         };
-        Ok(FetchedManifest {
+        Ok(Some(FetchedManifest {
             bytes,
             content_type,
             digest,
-        })
+        }))
     }
 
     /// The manifests that refer to `digest` (signatures, SBOMs, lineage):
@@ -437,19 +453,7 @@ impl RegistryClient {
         r: &ImageRef,
         reference: &str,
     ) -> Result<Option<FetchedManifest>> {
-        let url = format!("{}/manifests/{reference}", self.base_url(r));
-        let resp = self
-            .send_as(r, "pull,push", |c| {
-                MANIFEST_ACCEPT
-                    .iter()
-                    .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
-            })
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        drop(resp);
-        self.manifest(r, reference).await.map(Some)
+        self.fetch_manifest(r, reference, "pull,push", true).await
     }
 
     /// Opens a blob for streaming. The caller verifies size and digest.
