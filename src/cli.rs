@@ -23,6 +23,7 @@ use crate::select::Filter;
 use crate::serve;
 use crate::source::Source;
 use crate::unpack::Subtree;
+use crate::verify::{self, Policy};
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_LIMIT: usize = 4000;
@@ -58,6 +59,9 @@ enum Command {
     Sidecar(SidecarArgs),
     /// Re-hash an installed DEST against its marker; exit 1 on any difference.
     Check(CheckArgs),
+    /// Check a reference's signatures against the policy and print who signed
+    /// what; writes nothing. Exit 1 when no trusted signature verifies.
+    Verify(VerifyArgs),
     /// Package a model directory and push it (ModelPack, ORAS or modelcar),
     /// or write it as an OCI layout. Prints the pushed digest.
     Push(PushArgs),
@@ -70,6 +74,7 @@ const SUBCOMMANDS: &[&str] = &[
     "referrers",
     "sidecar",
     "check",
+    "verify",
     "push",
     "help",
 ];
@@ -191,6 +196,89 @@ struct SelectArgs {
     unknown: String,
 }
 
+/// Signature policy (see README "Signatures"). Env names are cosign's and
+/// kitops-init's, so existing ClusterStorageContainers carry over.
+#[derive(Args, Debug, Clone)]
+struct PolicyArgs {
+    /// off, if-present or required (default: required when a key, identity or cert is set).
+    #[arg(long, env = "OCIMODEL_VERIFY")]
+    verify: Option<String>,
+
+    /// cosign public key(s): PEM text, a file, a directory, or comma-separated paths.
+    #[arg(long = "key", env = "COSIGN_KEY", hide_env_values = true)]
+    key: Option<String>,
+
+    /// Keyless: the certificate identity (email or URI) to accept.
+    #[arg(long = "certificate-identity", env = "COSIGN_CERT_IDENTITY")]
+    identity: Option<String>,
+
+    /// Keyless: a regular expression the certificate identity must match.
+    #[arg(
+        long = "certificate-identity-regexp",
+        env = "COSIGN_CERT_IDENTITY_REGEXP"
+    )]
+    identity_regexp: Option<String>,
+
+    /// Keyless: the OIDC issuer the certificate must name.
+    #[arg(long = "certificate-oidc-issuer", env = "COSIGN_CERT_OIDC_ISSUER")]
+    issuer: Option<String>,
+
+    /// Keyless: a regular expression the OIDC issuer must match.
+    #[arg(
+        long = "certificate-oidc-issuer-regexp",
+        env = "COSIGN_CERT_OIDC_ISSUER_REGEXP"
+    )]
+    issuer_regexp: Option<String>,
+
+    /// Keyless: a sigstore trusted_root.json (Fulcio CAs, Rekor keys): path or JSON text.
+    #[arg(
+        long = "trusted-root",
+        env = "OCIMODEL_TRUSTED_ROOT",
+        hide_env_values = true
+    )]
+    trusted_root: Option<String>,
+
+    /// Notation: trusted root or signing certificates (PEM text, file or directory).
+    #[arg(long = "notation-cert", env = "NOTATION_CERT", hide_env_values = true)]
+    notation_cert: Option<String>,
+
+    /// Notation: accepted signer subjects, "x509.subject: C=..,ST=..,O=.." separated by ';'.
+    #[arg(long = "notation-identity", env = "OCIMODEL_NOTATION_IDENTITY")]
+    notation_identity: Option<String>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Result<Policy> {
+        Policy::from_inputs(&verify::Inputs {
+            verify: self.verify.clone(),
+            key: self.key.clone(),
+            identity: self.identity.clone(),
+            identity_regexp: self.identity_regexp.clone(),
+            issuer: self.issuer.clone(),
+            issuer_regexp: self.issuer_regexp.clone(),
+            trusted_root: self.trusted_root.clone(),
+            notation_cert: self.notation_cert.clone(),
+            notation_identity: self.notation_identity.clone(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The model reference (any form `pull` takes).
+    uri: String,
+
+    #[command(flatten)]
+    access: AccessArgs,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
+
+    /// Output: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
 #[derive(Args, Debug)]
 struct PullArgs {
     /// URI DEST pairs: ocimodel://REF, oci://REF, REF, oci-layout://DIR[:TAG|@DIGEST],
@@ -203,6 +291,9 @@ struct PullArgs {
 
     #[command(flatten)]
     select: SelectArgs,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
 
     /// Refuse references that are not pinned by digest.
     #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
@@ -303,6 +394,7 @@ pub fn main_with_args(mut argv: Vec<String>) -> i32 {
         Command::Sidecar(args) => run_sidecar(args),
         Command::Check(args) => run_check(args),
         Command::Push(args) => run_push(args),
+        Command::Verify(args) => run_verify(args),
     }
 }
 
@@ -337,35 +429,7 @@ fn run_pull(args: PullArgs) -> i32 {
 
 type Prepared = (Vec<Job>, Settings, ClientFactory);
 
-/// Signature policy variables this version cannot honour yet. Setting one
-/// asks for verification, so ignoring it would be a silent security hole:
-/// refuse instead (fail closed).
-const VERIFY_VARS: &[&str] = &[
-    "COSIGN_KEY",
-    "COSIGN_CERT_IDENTITY",
-    "COSIGN_CERT_IDENTITY_REGEXP",
-    "COSIGN_CERT_OIDC_ISSUER",
-    "NOTATION_CERT",
-];
-
-fn refuse_unsupported_verification() -> Result<()> {
-    let set: Vec<&str> = VERIFY_VARS
-        .iter()
-        .copied()
-        .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
-        .collect();
-    let verify = std::env::var("OCIMODEL_VERIFY").unwrap_or_default();
-    if !set.is_empty() || !(verify.is_empty() || verify.eq_ignore_ascii_case("off")) {
-        bail!(
-            "signature verification was requested ({}) but this ocimodel version cannot verify signatures yet; refusing rather than installing unverified content",
-            if set.is_empty() { format!("OCIMODEL_VERIFY={verify}") } else { set.join(", ") }
-        );
-    }
-    Ok(())
-}
-
 fn prepare(args: &PullArgs) -> Result<Prepared> {
-    refuse_unsupported_verification()?;
     if args.pairs.is_empty() || !args.pairs.len().is_multiple_of(2) {
         bail!(
             "{USAGE} (got {} argument{}; URIs and destinations must come in pairs)",
@@ -395,6 +459,7 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
     settings.progress_every = std::time::Duration::from_secs(args.progress_interval.max(1));
     settings.deadline = args.timeout.map(std::time::Duration::from_secs);
     settings.max_expanded = args.max_expanded.unwrap_or(u64::MAX);
+    settings.verify = Arc::new(args.policy.policy()?);
     Ok((jobs, settings, client_factory(&args.access)))
 }
 
@@ -413,6 +478,7 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         progress_every: std::time::Duration::from_secs(10),
         deadline: None,
         max_expanded: u64::MAX,
+        verify: Arc::new(Policy::default()),
         filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
             unknown_raw: select.unknown == "raw",
@@ -669,6 +735,46 @@ fn run_inspect(args: InspectArgs) -> i32 {
             format!("{}\n", serde_json::to_string_pretty(&report)?)
         } else {
             inspect::render(&report)
+        })
+    })
+}
+
+fn run_verify(args: VerifyArgs) -> i32 {
+    let policy = match args.policy.policy() {
+        // `verify` always checks: nothing configured is an error, not a pass.
+        Ok(p) if p.is_off() => Err(anyhow!("nothing to verify against: set COSIGN_KEY, COSIGN_CERT_IDENTITY with COSIGN_CERT_OIDC_ISSUER and OCIMODEL_TRUSTED_ROOT, or NOTATION_CERT (or the matching flags)")),
+        other => other,
+    };
+    let policy = match policy {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ocimodel: {e:#}");
+            return 1;
+        }
+    };
+    let json = args.format == "json";
+    run_read_only(&args.uri, &args.access, |source| async move {
+        let top = source.resolve().await?;
+        let found = verify::verify(&source, &top, &policy).await?;
+        Ok(if json {
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "digest": top.digest.to_string(),
+                    "reference": source.pinned(&top.digest),
+                    "signatures": found,
+                }))?
+            )
+        } else if found.is_empty() {
+            format!(
+                "{}: not signed (allowed by OCIMODEL_VERIFY=if-present)\n",
+                top.digest
+            )
+        } else {
+            found
+                .iter()
+                .map(|s| format!("{}: verified {s}\n", source.pinned(&top.digest)))
+                .collect()
         })
     })
 }

@@ -55,6 +55,9 @@ pub struct Marker {
     #[serde(default)]
     pub selection: String,
     pub installed_at: String,
+    /// The signatures that verified before install (empty when unchecked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<crate::verify::Signature>,
     /// Top-level names in DEST that this install owns.
     pub entries: Vec<String>,
     #[serde(flatten)]
@@ -87,6 +90,7 @@ impl Marker {
             selection: String::new(),
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
+            signatures: Vec::new(),
             entries: Vec::new(),
             contents,
         }

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod der;
 pub mod digest;
 pub mod fetch;
 pub mod format;
@@ -27,3 +28,4 @@ pub mod select;
 pub mod serve;
 pub mod source;
 pub mod unpack;
+pub mod verify;

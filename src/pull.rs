@@ -4,8 +4,9 @@
 //! is narrowed to one platform manifest; the manifest is classified into a
 //! [`Plan`] and narrowed by the file filter; each layer is streamed,
 //! verified and unpacked into staging; the finished tree is installed into
-//! DEST with its marker. Signature checks will sit between resolve and
-//! fetch, before anything is written.
+//! DEST with its marker. Signature checks (see [`crate::verify`]) sit
+//! between resolve and fetch: with a policy, nothing is written to DEST
+//! before they pass.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::registry::{FetchedManifest, RegistryClient};
 use crate::select::Filter;
 use crate::source::Source;
 use crate::unpack::{clean_path, join, write_file, Contents, Subtree, Tree};
+use crate::verify::{self, Policy};
 
 /// More layers than this is not a model, it is an attack on the client.
 const MAX_LAYERS: usize = 10_000;
@@ -47,6 +49,8 @@ pub struct Settings {
     pub deadline: Option<Duration>,
     /// Most bytes tar layers may expand to (`OCIMODEL_MAX_EXPANDED`).
     pub max_expanded: u64,
+    /// Which signatures to require (shared by every model of the run).
+    pub verify: Arc<Policy>,
 }
 
 impl Settings {
@@ -183,25 +187,45 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     if settings.require_digest && job.target.pinned_digest().is_none() {
         bail!("the reference has no digest and OCIMODEL_REQUIRE_DIGEST is set; pin it as REF@sha256:...");
     }
-    let dest = Dest::open(&job.dest).await?;
     let selection = settings.selection();
+    let policy = &settings.verify;
 
-    // A digest reference can be checked against DEST without any network.
-    if let Some(d) = job.target.pinned_digest() {
-        if let Some(marker) = dest.complete_for(d, &selection) {
-            tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
-            return Ok(Outcome::up_to_date(marker));
+    // A digest reference can be checked against DEST without any network,
+    // unless signatures must be checked: then nothing, not even DEST's
+    // bookkeeping, is touched before they verify.
+    let mut opened = None;
+    if policy.is_off() {
+        let dest = Dest::open(&job.dest).await?;
+        if let Some(d) = job.target.pinned_digest() {
+            if let Some(marker) = dest.complete_for(d, &selection) {
+                tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
+                return Ok(Outcome::up_to_date(marker));
+            }
         }
+        opened = Some(dest);
     }
 
     let source = Source::new(&job.target, || clients())?;
     let top = source.resolve().await?;
     if job.target.pinned_digest().is_none() {
         tracing::info!(uri = %job.uri, digest = %top.digest, "resolved reference to digest");
-        if let Some(marker) = dest.complete_for(&top.digest, &selection) {
-            tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
-            return Ok(Outcome::up_to_date(marker));
+    }
+    let signatures = if policy.is_off() {
+        Vec::new()
+    } else {
+        let found = verify::verify(&source, &top, policy).await?;
+        for s in &found {
+            tracing::info!(uri = %job.uri, digest = %top.digest, "verified {s}");
         }
+        found
+    };
+    let dest = match opened {
+        Some(d) => d,
+        None => Dest::open(&job.dest).await?,
+    };
+    if let Some(marker) = dest.complete_for(&top.digest, &selection) {
+        tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
+        return Ok(Outcome::up_to_date(marker));
     }
     let resolved = resolve(&source, top, settings).await?;
     let plan = &resolved.plan;
@@ -220,8 +244,6 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     check_paths(plan)?;
     check_space(dest.path(), plan)?;
 
-    // (Signature verification of resolved.top.digest will run here, before any write.)
-
     let staging = dest.new_staging()?;
     let contents = unpack_plan(&source, plan, staging.path(), settings, &job.uri).await?;
     let top = &resolved.top;
@@ -235,6 +257,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         contents,
     );
     marker.selection = selection;
+    marker.signatures = signatures;
     let config = plan
         .keep_config
         .then_some(resolved.config.as_deref())

@@ -456,6 +456,15 @@ impl RegistryClient {
         self.fetch_manifest(r, reference, "pull,push", true).await
     }
 
+    /// Fetches a manifest by tag for reading, or `None` when there is none.
+    pub async fn tagged_manifest(
+        &self,
+        r: &ImageRef,
+        tag: &str,
+    ) -> Result<Option<FetchedManifest>> {
+        self.fetch_manifest(r, tag, "pull", true).await
+    }
+
     /// Opens a blob for streaming. The caller verifies size and digest.
     pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
         self.blob_from(r, digest, 0).await

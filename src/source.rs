@@ -136,6 +136,29 @@ impl Source {
         }
     }
 
+    /// The manifest tagged `tag` (e.g. a cosign `sha256-<hex>.sig`), or
+    /// `None` when nothing has that tag.
+    pub async fn tagged(&self, tag: &str) -> Result<Option<FetchedManifest>> {
+        match self {
+            Source::Registry { client, reference } => client.tagged_manifest(reference, tag).await,
+            Source::Layout { store, label, .. } => {
+                let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
+                let Document::Index(index) = Document::parse(&bytes, None)
+                    .with_context(|| format!("invalid index.json in {label}"))?
+                else {
+                    bail!("index.json in {label} is not an image index");
+                };
+                match index.manifests.iter().find(|d| {
+                    d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag)
+                }) {
+                    Some(d) => self.manifest(&d.digest).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+            Source::Docker { .. } => Ok(None),
+        }
+    }
+
     /// Opens blob `desc` as an unverified stream (see `fetch` for checks).
     pub async fn blob(&self, desc: &Descriptor) -> Result<ByteStream> {
         match self {

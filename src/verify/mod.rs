@@ -1,0 +1,452 @@
+//! Signature policy, checked after a reference is resolved to a digest and
+//! before anything is written to DEST.
+//!
+//! Forms found for a manifest digest `D` (all are looked up, any valid one
+//! from a trusted signer suffices):
+//! - cosign legacy: tag `sha256-<hex>.sig`, simple-signing layers;
+//! - the same simple-signing manifest stored as a referrer;
+//! - sigstore bundles (cosign v3) stored as referrers;
+//! - notation JWS envelopes stored as referrers.
+//!
+//! Referrers come from the referrers API or its `sha256-<hex>` tag
+//! fallback (see [`crate::registry`]); local layouts are searched too.
+//!
+//! Policy ([`Policy::from_inputs`]): `required` when any key, identity or
+//! certificate is configured, else `off`; `if-present` passes unsigned
+//! content but still rejects bad signatures; `off` with trust material set
+//! is an error, never a silent skip.
+
+pub mod cosign;
+pub mod keys;
+pub mod notation;
+pub mod sigstore;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::fetch::fetch_small;
+use crate::manifest::Document;
+use crate::registry::FetchedManifest;
+use crate::source::Source;
+
+/// Signature payloads and envelopes are small; refuse bigger ones unread.
+const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
+/// Signature manifests looked at per digest, so a flood cannot stall a pull.
+const MAX_CANDIDATES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Off,
+    IfPresent,
+    Required,
+}
+
+/// What to trust. Built once per run; shared by every model.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub mode: Mode,
+    pub keys: Vec<keys::PublicKey>,
+    pub keyless: Option<sigstore::Keyless>,
+    pub notation: Option<notation::Trust>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            mode: Mode::Off,
+            keys: Vec::new(),
+            keyless: None,
+            notation: None,
+        }
+    }
+}
+
+/// The raw settings, from env or flags (names as in kitops-init and cosign).
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// OCIMODEL_VERIFY: off | if-present | required.
+    pub verify: Option<String>,
+    /// COSIGN_KEY.
+    pub key: Option<String>,
+    /// COSIGN_CERT_IDENTITY / COSIGN_CERT_IDENTITY_REGEXP.
+    pub identity: Option<String>,
+    pub identity_regexp: Option<String>,
+    /// COSIGN_CERT_OIDC_ISSUER / COSIGN_CERT_OIDC_ISSUER_REGEXP.
+    pub issuer: Option<String>,
+    pub issuer_regexp: Option<String>,
+    /// OCIMODEL_TRUSTED_ROOT: a sigstore trusted_root.json.
+    pub trusted_root: Option<String>,
+    /// NOTATION_CERT and OCIMODEL_NOTATION_IDENTITY.
+    pub notation_cert: Option<String>,
+    pub notation_identity: Option<String>,
+}
+
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn matcher(
+    exact: Option<&str>,
+    regexp: Option<&str>,
+    name: &str,
+) -> Result<Option<sigstore::Matcher>> {
+    match (exact, regexp) {
+        (Some(_), Some(_)) => bail!("set {name} or {name}_REGEXP, not both"),
+        (Some(e), None) => Ok(Some(sigstore::Matcher::Exact(e.to_string()))),
+        (None, Some(r)) => Ok(Some(sigstore::Matcher::Regex(
+            regex::Regex::new(r)
+                .with_context(|| format!("{name}_REGEXP is not a valid regular expression"))?,
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+impl Policy {
+    pub fn from_inputs(i: &Inputs) -> Result<Policy> {
+        let mut policy = Policy::default();
+        if let Some(k) = set(&i.key) {
+            policy.keys = keys::load_keys("COSIGN_KEY", k)?;
+        }
+        let identity = matcher(
+            set(&i.identity),
+            set(&i.identity_regexp),
+            "COSIGN_CERT_IDENTITY",
+        )?;
+        let issuer = matcher(
+            set(&i.issuer),
+            set(&i.issuer_regexp),
+            "COSIGN_CERT_OIDC_ISSUER",
+        )?;
+        match (identity, issuer, set(&i.trusted_root)) {
+            (Some(identity), Some(issuer), Some(root)) => {
+                let texts = keys::load_texts("OCIMODEL_TRUSTED_ROOT", root)?;
+                let (name, text) = texts.into_iter().next().expect("load_texts returns at least one");
+                policy.keyless = Some(sigstore::Keyless {
+                    identity,
+                    issuer,
+                    root: sigstore::TrustedRoot::parse(&text, &name)?,
+                });
+            }
+            (Some(_), Some(_), None) => bail!("keyless verification needs OCIMODEL_TRUSTED_ROOT (a sigstore trusted_root.json); ocimodel makes no network calls to sigstore services"),
+            (Some(_), None, _) => bail!("COSIGN_CERT_IDENTITY needs COSIGN_CERT_OIDC_ISSUER (or its _REGEXP) too"),
+            (None, Some(_), _) => bail!("COSIGN_CERT_OIDC_ISSUER needs COSIGN_CERT_IDENTITY (or its _REGEXP) too"),
+            (None, None, Some(_)) => bail!("OCIMODEL_TRUSTED_ROOT is set but COSIGN_CERT_IDENTITY and COSIGN_CERT_OIDC_ISSUER are not; set them to say whose certificates to accept"),
+            (None, None, None) => {}
+        }
+        if let Some(c) = set(&i.notation_cert) {
+            policy.notation = Some(notation::Trust {
+                anchors: keys::load_certificates("NOTATION_CERT", c)?,
+                identities: set(&i.notation_identity)
+                    .map(notation::Trust::parse_identities)
+                    .unwrap_or_default(),
+            });
+        } else if set(&i.notation_identity).is_some() {
+            bail!("OCIMODEL_NOTATION_IDENTITY needs NOTATION_CERT (the trusted roots)");
+        }
+        let configured = policy.has_trust();
+        policy.mode = match set(&i.verify).map(str::to_ascii_lowercase).as_deref() {
+            None => {
+                if configured {
+                    Mode::Required
+                } else {
+                    Mode::Off
+                }
+            }
+            Some("off") if configured => bail!(
+                "OCIMODEL_VERIFY=off but {} is set; unset one (ocimodel does not skip verification silently)",
+                policy.trust_names().join(", ")
+            ),
+            Some("off") => Mode::Off,
+            Some("if-present") => Mode::IfPresent,
+            Some("required") => Mode::Required,
+            Some(other) => bail!("OCIMODEL_VERIFY must be off, if-present or required, not '{other}'"),
+        };
+        if policy.mode != Mode::Off && !configured {
+            bail!("OCIMODEL_VERIFY asks for signature checks but nothing to trust is set: give COSIGN_KEY, COSIGN_CERT_IDENTITY with COSIGN_CERT_OIDC_ISSUER and OCIMODEL_TRUSTED_ROOT, or NOTATION_CERT");
+        }
+        Ok(policy)
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.mode == Mode::Off
+    }
+
+    fn has_trust(&self) -> bool {
+        !self.keys.is_empty() || self.keyless.is_some() || self.notation.is_some()
+    }
+
+    fn trust_names(&self) -> Vec<&'static str> {
+        let mut n = Vec::new();
+        if !self.keys.is_empty() {
+            n.push("COSIGN_KEY");
+        }
+        if self.keyless.is_some() {
+            n.push("COSIGN_CERT_IDENTITY");
+        }
+        if self.notation.is_some() {
+            n.push("NOTATION_CERT");
+        }
+        n
+    }
+
+    fn wants_cosign(&self) -> bool {
+        !self.keys.is_empty() || self.keyless.is_some()
+    }
+}
+
+/// A signature that verified: what kind, where it was found, who signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub kind: String,
+    pub location: String,
+    pub signer: String,
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} signature by {} ({})",
+            self.kind, self.signer, self.location
+        )
+    }
+}
+
+/// Checks `top` (the manifest or index the reference resolved to) against
+/// the policy. Returns the valid signatures: empty only under `if-present`
+/// with nothing signed. Errors name every signature tried and why it failed.
+pub async fn verify(
+    source: &Source,
+    top: &FetchedManifest,
+    policy: &Policy,
+) -> Result<Vec<Signature>> {
+    let digest = &top.digest;
+    let mut found = 0usize;
+    let mut valid = Vec::new();
+    let mut problems = Vec::new();
+    let mut record = |location: String, kind: &'static str, result: Result<String>| match result {
+        Ok(signer) => valid.push(Signature {
+            kind: kind.to_string(),
+            location,
+            signer,
+        }),
+        Err(e) => problems.push(format!("{kind} {location}: {e:#}")),
+    };
+
+    if policy.wants_cosign() {
+        let tag = format!("{}-{}.sig", digest.algorithm().name(), digest.hex());
+        if let Some(sig_manifest) = source
+            .tagged(&tag)
+            .await
+            .with_context(|| format!("looking up cosign signature tag {tag}"))?
+        {
+            for (i, layer) in simple_signing_layers(&sig_manifest)?
+                .into_iter()
+                .enumerate()
+            {
+                found += 1;
+                let result = async {
+                    let payload = fetch_small(source, &layer, MAX_SIGNATURE_BYTES).await?;
+                    cosign::check_simple_signing(&layer, &payload, digest, policy)
+                }
+                .await;
+                record(format!("tag {tag} layer {i}"), "cosign", result);
+            }
+        }
+    }
+
+    let referrers = source
+        .referrers(digest, None)
+        .await
+        .with_context(|| format!("listing referrers of {digest}"))?;
+    for r in referrers.into_iter().take(MAX_CANDIDATES) {
+        let t = r.artifact_type.clone().unwrap_or_default();
+        let kind = if t.starts_with(cosign::BUNDLE_PREFIX) && policy.wants_cosign() {
+            "sigstore bundle"
+        } else if t == cosign::SIG_REFERRER && policy.wants_cosign() {
+            "cosign"
+        } else if t == notation::ARTIFACT_TYPE && policy.notation.is_some() {
+            "notation"
+        } else {
+            continue;
+        };
+        let location = format!("referrer {}", r.digest);
+        let result = async {
+            let m = source.manifest(&r.digest).await?;
+            let Document::Manifest(m) = Document::parse(&m.bytes, m.content_type.as_deref())? else {
+                bail!("not an image manifest");
+            };
+            if m.subject.as_ref().map(|s| &s.digest) != Some(digest) {
+                bail!("its subject is not {digest}");
+            }
+            match kind {
+                "cosign" => {
+                    let mut last = Err(anyhow!("no simple-signing layer"));
+                    for layer in m.layers.iter().filter(|l| l.media_type == cosign::SIMPLE_SIGNING) {
+                        let payload = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+                        last = cosign::check_simple_signing(layer, &payload, digest, policy);
+                        if last.is_ok() {
+                            break;
+                        }
+                    }
+                    last
+                }
+                "sigstore bundle" => {
+                    let [layer] = m.layers.as_slice() else {
+                        bail!("a bundle manifest must have exactly one layer, not {}", m.layers.len());
+                    };
+                    let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+                    cosign::check_bundle(&bytes, digest, policy)
+                }
+                _ => {
+                    let [layer] = m.layers.as_slice() else {
+                        bail!("a notation signature must have exactly one layer, not {}", m.layers.len());
+                    };
+                    if layer.media_type == notation::COSE {
+                        bail!("COSE envelopes are not supported; sign with `notation sign --signature-format jws`");
+                    }
+                    if layer.media_type != notation::JWS {
+                        bail!("envelope type '{}' is not {}", layer.media_type, notation::JWS);
+                    }
+                    let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+                    let trust = policy.notation.as_ref().expect("kind chosen only with notation trust");
+                    let target = notation::Target {
+                        digest,
+                        media_type: &media_type_of(top),
+                        size: top.bytes.len() as u64,
+                    };
+                    notation::check_jws(&bytes, &target, trust)
+                }
+            }
+        }
+        .await;
+        found += 1;
+        record(location, kind, result);
+    }
+
+    if !valid.is_empty() {
+        for p in &problems {
+            tracing::warn!(digest = %digest, "ignoring a signature that does not verify: {p}");
+        }
+        return Ok(valid);
+    }
+    if found == 0 {
+        if policy.mode == Mode::IfPresent {
+            tracing::warn!(digest = %digest, "no signature found; OCIMODEL_VERIFY=if-present lets it through");
+            return Ok(Vec::new());
+        }
+        bail!(
+            "signature verification failed: no signature found for {digest} (looked for {}); sign it, or set OCIMODEL_VERIFY=if-present to allow unsigned models",
+            policy.looked_for(digest)
+        );
+    }
+    bail!(
+        "signature verification failed for {digest}: no valid signature from a trusted signer ({} tried): {}",
+        found,
+        problems.join("; ")
+    )
+}
+
+impl Policy {
+    fn looked_for(&self, digest: &Digest) -> String {
+        let mut l = Vec::new();
+        if self.wants_cosign() {
+            l.push(format!(
+                "cosign tag {}-{}.sig and sigstore bundle referrers",
+                digest.algorithm().name(),
+                digest.hex()
+            ));
+        }
+        if self.notation.is_some() {
+            l.push("notation referrers".to_string());
+        }
+        l.join(", ")
+    }
+}
+
+/// The simple-signing layers of a cosign `.sig` manifest.
+fn simple_signing_layers(m: &FetchedManifest) -> Result<Vec<crate::manifest::Descriptor>> {
+    match Document::parse(&m.bytes, m.content_type.as_deref())
+        .context("the cosign signature manifest")?
+    {
+        Document::Manifest(m) => Ok(m
+            .layers
+            .into_iter()
+            .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
+            .collect()),
+        Document::Index(_) => bail!("the cosign signature tag holds an index, not a manifest"),
+    }
+}
+
+/// The manifest's media type, from its own `mediaType` field (what a
+/// signer saw), else the registry's Content-Type.
+fn media_type_of(top: &FetchedManifest) -> String {
+    serde_json::from_slice::<serde_json::Value>(&top.bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+        .or_else(|| top.content_type.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Inputs {
+        Inputs::default()
+    }
+
+    #[test]
+    fn nothing_configured_is_off() {
+        assert!(Policy::from_inputs(&inputs()).unwrap().is_off());
+    }
+
+    #[test]
+    fn asking_without_trust_is_an_error() {
+        for mode in ["required", "if-present"] {
+            let i = Inputs {
+                verify: Some(mode.into()),
+                ..inputs()
+            };
+            let err = Policy::from_inputs(&i).unwrap_err().to_string();
+            assert!(err.contains("nothing to trust"), "{err}");
+        }
+        let i = Inputs {
+            verify: Some("sometimes".into()),
+            ..inputs()
+        };
+        assert!(Policy::from_inputs(&i).is_err());
+    }
+
+    #[test]
+    fn keyless_needs_all_three_parts() {
+        let i = Inputs {
+            identity: Some("a@b".into()),
+            ..inputs()
+        };
+        assert!(Policy::from_inputs(&i)
+            .unwrap_err()
+            .to_string()
+            .contains("COSIGN_CERT_OIDC_ISSUER"));
+        let i = Inputs {
+            identity: Some("a@b".into()),
+            issuer: Some("https://issuer".into()),
+            ..inputs()
+        };
+        assert!(Policy::from_inputs(&i)
+            .unwrap_err()
+            .to_string()
+            .contains("OCIMODEL_TRUSTED_ROOT"));
+        let i = Inputs {
+            identity: Some("a@b".into()),
+            identity_regexp: Some(".*".into()),
+            ..inputs()
+        };
+        assert!(Policy::from_inputs(&i)
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+    }
+}

@@ -1,0 +1,242 @@
+//! Notary Project (notation) signatures: a referrer of artifact type
+//! `application/vnd.cncf.notary.signature` (or, legacy, that config media
+//! type) whose one layer is a JWS envelope.
+//!
+//! Sources: notaryproject/specifications signature-specification.md,
+//! signature-envelope-jws.md, trust-store-trust-policy.md.
+//!
+//! Checked, as the "strict" level does without a timestamp authority or
+//! revocation service: the envelope's critical headers and content type; the
+//! certificate chain to a NOTATION_CERT trust anchor at the current time,
+//! with the code-signing usage; the signature with the leaf's key (the
+//! algorithm must fit the key); the signature's expiry; the payload's
+//! `targetArtifact` digest, media type and size; and, when
+//! OCIMODEL_NOTATION_IDENTITY is set, the leaf's subject. COSE envelopes,
+//! the signingAuthority scheme, RFC 3161 timestamps and revocation are not
+//! supported (a signature relying on them is refused, not skipped).
+
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::Value;
+
+use super::keys::PublicKey;
+use super::sigstore::describe_chain_error;
+use crate::der;
+use crate::digest::Digest;
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";
+pub const JWS: &str = "application/jose+json";
+pub const COSE: &str = "application/cose";
+const PAYLOAD_TYPE: &str = "application/vnd.cncf.notary.payload.v1+json";
+const SCHEME: &str = "io.cncf.notary.signingScheme";
+const EXPIRY: &str = "io.cncf.notary.expiry";
+const KNOWN_CRITICAL: &[&str] = &[SCHEME, EXPIRY, "io.cncf.notary.authenticSigningTime"];
+const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+
+/// Which notation signers are trusted.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// Trust anchors (roots, or signing certificates trusted directly).
+    pub anchors: Vec<Vec<u8>>,
+    /// `x509.subject: C=.., ST=.., O=..` identities; empty means any signer
+    /// chaining to an anchor.
+    pub identities: Vec<BTreeSet<String>>,
+}
+
+impl Trust {
+    pub fn parse_identities(value: &str) -> Vec<BTreeSet<String>> {
+        value
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| dn_set(s.strip_prefix("x509.subject:").unwrap_or(s)))
+            .collect()
+    }
+}
+
+/// A distinguished name as a set of `KEY=value` parts, so order and spacing
+/// do not matter (`S` is the spec's alias of `ST`).
+fn dn_set(dn: &str) -> BTreeSet<String> {
+    dn.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => {
+                let k = k.trim();
+                let k = if k == "S" { "ST" } else { k };
+                format!("{k}={}", v.trim())
+            }
+            None => p.to_string(),
+        })
+        .collect()
+}
+
+/// The manifest a notation payload must describe.
+pub struct Target<'a> {
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub size: u64,
+}
+
+/// Checks one JWS envelope; returns the signer's subject.
+pub fn check_jws(envelope: &[u8], target: &Target, trust: &Trust) -> Result<String> {
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let env: Value = serde_json::from_slice(envelope).context("the JWS envelope is not JSON")?;
+    let field = |name: &str| {
+        env[name]
+            .as_str()
+            .ok_or_else(|| anyhow!("the JWS envelope has no '{name}'"))
+    };
+    let (protected_b64, payload_b64, signature_b64) =
+        (field("protected")?, field("payload")?, field("signature")?);
+    let protected: Value = serde_json::from_slice(
+        &b64url
+            .decode(protected_b64)
+            .context("the protected header is not base64url")?,
+    )
+    .context("the protected header is not JSON")?;
+
+    let cty = protected["cty"].as_str().unwrap_or("");
+    if cty != PAYLOAD_TYPE {
+        bail!("the envelope's content type is '{cty}', not {PAYLOAD_TYPE}");
+    }
+    let critical: Vec<&str> = protected["crit"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !critical.contains(&SCHEME) {
+        bail!("the protected header does not mark {SCHEME} critical");
+    }
+    for c in &critical {
+        if !KNOWN_CRITICAL.contains(c) {
+            bail!(
+                "the protected header has critical field '{c}', which ocimodel does not understand"
+            );
+        }
+        if protected[*c].is_null() {
+            bail!("critical field '{c}' is missing from the protected header");
+        }
+    }
+    let scheme = protected[SCHEME].as_str().unwrap_or("");
+    if scheme != "notary.x509" {
+        bail!("signing scheme '{scheme}' is not supported (only notary.x509; signingAuthority needs a timestamp authority)");
+    }
+    if let Some(expiry) = protected[EXPIRY].as_str() {
+        let at = humantime::parse_rfc3339_weak(expiry)
+            .map_err(|e| anyhow!("bad {EXPIRY} '{expiry}': {e}"))?;
+        if at < std::time::SystemTime::now() {
+            bail!("the notation signature expired at {expiry}");
+        }
+    }
+
+    let chain: Vec<Vec<u8>> = env["header"]["x5c"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| anyhow!("the envelope carries no certificate chain (x5c)"))?;
+    let cert = der::parse_certificate(leaf).context("the signing certificate")?;
+    check_chain(leaf, &chain[1..], trust)?;
+
+    let alg = protected["alg"].as_str().unwrap_or("");
+    let key = PublicKey::from_spki(cert.spki, "the notation signing certificate".into())?;
+    let signature = b64url
+        .decode(signature_b64)
+        .context("the signature is not base64url")?;
+    let signed = format!("{protected_b64}.{payload_b64}");
+    if !key.verify_jws(alg, signed.as_bytes(), &signature)? {
+        bail!("the notation signature does not verify with its certificate's key (tampered envelope or payload)");
+    }
+
+    let payload: Value = serde_json::from_slice(
+        &b64url
+            .decode(payload_b64)
+            .context("the payload is not base64url")?,
+    )
+    .context("the payload is not JSON")?;
+    let t = &payload["targetArtifact"];
+    let (digest, media_type, size) = (
+        t["digest"].as_str().unwrap_or(""),
+        t["mediaType"].as_str().unwrap_or(""),
+        t["size"].as_u64(),
+    );
+    if digest != target.digest.to_string() {
+        bail!(
+            "the signature is valid but signs {digest}, not {}",
+            target.digest
+        );
+    }
+    if media_type != target.media_type || size != Some(target.size) {
+        bail!(
+            "the signed target is {media_type} of {} bytes, but the manifest is {} of {} bytes",
+            size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            target.media_type,
+            target.size
+        );
+    }
+    if !trust.identities.is_empty() && !trust.identities.contains(&dn_set(&cert.subject)) {
+        bail!(
+            "the signer '{}' is not in OCIMODEL_NOTATION_IDENTITY",
+            cert.subject
+        );
+    }
+    Ok(cert.subject.clone())
+}
+
+/// The leaf must chain (through the envelope's other certificates) to a
+/// trust anchor now, or be an anchor itself.
+fn check_chain(leaf: &[u8], rest: &[Vec<u8>], trust: &Trust) -> Result<()> {
+    let now = UnixTime::now();
+    let ee_der = CertificateDer::from(leaf);
+    let ee = webpki::EndEntityCert::try_from(&ee_der)
+        .map_err(|e| anyhow!("the signing certificate is malformed: {e:?}"))?;
+    let anchors = trust
+        .anchors
+        .iter()
+        .map(|a| {
+            webpki::anchor_from_trusted_cert(&CertificateDer::from(a.as_slice()))
+                .map(|t| t.to_owned())
+                .map_err(|e| anyhow!("NOTATION_CERT: bad certificate: {e:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let intermediates: Vec<CertificateDer> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    match ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        now,
+        webpki::KeyUsage::required(EKU_CODE_SIGNING),
+        None,
+        None,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "{}",
+            describe_chain_error(&e, "NOTATION_CERT", now.as_secs())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_compare_as_sets() {
+        let ids = Trust::parse_identities("x509.subject: C=US, S=WA, O=example.io, CN=signer");
+        assert!(ids.contains(&dn_set("CN=signer, O=example.io, ST=WA, C=US")));
+        assert!(!ids.contains(&dn_set("C=US, ST=WA, O=evil.io, CN=signer")));
+    }
+}
