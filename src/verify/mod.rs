@@ -449,4 +449,95 @@ mod tests {
             .to_string()
             .contains("not both"));
     }
+
+    /// The format reference's worked examples (tests/fixtures/signature-examples),
+    /// verified as written and refused with one byte changed.
+    mod worked_examples {
+        use super::super::*;
+        use crate::manifest::Descriptor;
+
+        const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/signature-examples");
+        const SUBJECT: &str = "sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743";
+        const COSIGN_SIG: &str = "MEYCIQDhPHObz13JQHoOfhPgcjC2NkkgjN6rOT27o/jM3PNEjAIhALLDhrpUvheSz3JtqKJFGmgThqaAfH06K/w/gVYsdcUo";
+
+        fn read(name: &str) -> Vec<u8> {
+            std::fs::read(format!("{DIR}/{name}")).unwrap()
+        }
+
+        fn key_policy() -> Policy {
+            Policy::from_inputs(&Inputs {
+                key: Some(format!("{DIR}/cosign.pub")),
+                ..Inputs::default()
+            })
+            .unwrap()
+        }
+
+        fn layer(payload: &[u8]) -> Descriptor {
+            serde_json::from_value(serde_json::json!({
+                "mediaType": cosign::SIMPLE_SIGNING,
+                "digest": Digest::sha256_of(payload).to_string(),
+                "size": payload.len(),
+                "annotations": {"dev.cosignproject.cosign/signature": COSIGN_SIG}
+            }))
+            .unwrap()
+        }
+
+        #[test]
+        fn cosign_simple_signing() {
+            let payload = read("simplesigning.json");
+            let subject: Digest = SUBJECT.parse().unwrap();
+            let policy = key_policy();
+            let who = cosign::check_simple_signing(&layer(&payload), &payload, &subject, &policy).unwrap();
+            assert!(who.contains("ECDSA P-256"), "{who}");
+            let mut tampered = payload.clone();
+            tampered[10] ^= 1;
+            let err = cosign::check_simple_signing(&layer(&payload), &tampered, &subject, &policy).unwrap_err();
+            assert!(err.to_string().contains("does not verify"), "{err}");
+        }
+
+        #[test]
+        fn sigstore_bundle_with_key() {
+            let bundle = read("bundle.sigstore.json");
+            let subject: Digest = SUBJECT.parse().unwrap();
+            cosign::check_bundle(&bundle, &subject, &key_policy()).unwrap();
+            let other: Digest = format!("sha256:{}", "1".repeat(64)).parse().unwrap();
+            let err = cosign::check_bundle(&bundle, &other, &key_policy()).unwrap_err();
+            assert!(err.to_string().contains("signs sha256:1998"), "{err}");
+            let tampered = String::from_utf8(bundle).unwrap().replace("MEUCICBT", "MEUCICBU");
+            assert!(cosign::check_bundle(tampered.as_bytes(), &subject, &key_policy()).is_err());
+        }
+
+        #[test]
+        fn notation_jws() {
+            let envelope = read("notation.jws.json");
+            let v: serde_json::Value = serde_json::from_slice(&envelope).unwrap();
+            let cert = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                v["header"]["x5c"][0].as_str().unwrap(),
+            )
+            .unwrap();
+            // The example's self-signed signer, trusted directly.
+            let trust = notation::Trust {
+                anchors: vec![cert],
+                identities: notation::Trust::parse_identities("x509.subject: C=US, ST=WA, O=example.io, CN=signer"),
+            };
+            let subject: Digest = SUBJECT.parse().unwrap();
+            let target = notation::Target {
+                digest: &subject,
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                size: 309,
+            };
+            // The certificate is valid through 2026; past that, expiry is
+            // what must be reported.
+            let before_expiry = std::time::SystemTime::now()
+                < humantime::parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
+            match notation::check_jws(&envelope, &target, &trust) {
+                Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
+                Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
+            }
+            let wrong_size = notation::Target { size: 310, ..target };
+            let err = notation::check_jws(&envelope, &wrong_size, &trust).unwrap_err().to_string();
+            assert!(err.contains("309 bytes") || err.contains("expired"), "{err}");
+        }
+    }
 }
