@@ -185,26 +185,49 @@ fn plain_http_registry_without_opt_in() {
 }
 
 #[test]
-fn requested_verification_fails_closed_until_supported() {
-    let dest = tempfile::tempdir().unwrap();
+fn a_broken_signature_policy_fails_before_anything_is_touched() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("models");
     let layout = format!(
         "oci-layout://{}",
         repo_root().join("examples/mnist").display()
     );
-    Ocimodel::new()
-        .env("COSIGN_KEY", "-----BEGIN PUBLIC KEY-----")
-        .run(&[&layout, dest.path().to_str().unwrap()])
-        .assert_fails_with(&[
-            "signature verification was requested (COSIGN_KEY)",
-            "refusing",
-        ]);
-    Ocimodel::new()
-        .env("OCIMODEL_VERIFY", "required")
-        .run(&[&layout, dest.path().to_str().unwrap()])
-        .assert_fails_with(&["OCIMODEL_VERIFY=required"]);
-    assert!(model_files(dest.path()).is_empty());
+    let run_with = |k: &str, v: &str| {
+        Ocimodel::new()
+            .env(k, v)
+            .run(&[&layout, dest.to_str().unwrap()])
+    };
+    run_with("COSIGN_KEY", "-----BEGIN PUBLIC KEY-----").assert_fails_with(&["COSIGN_KEY", "PEM"]);
+    run_with("COSIGN_KEY", "/nonexistent/cosign.pub")
+        .assert_fails_with(&["COSIGN_KEY: cannot read /nonexistent/cosign.pub"]);
+    run_with("OCIMODEL_VERIFY", "required").assert_fails_with(&["nothing to trust"]);
+    run_with("OCIMODEL_VERIFY", "maybe").assert_fails_with(&["off, if-present or required"]);
+    run_with("COSIGN_CERT_IDENTITY", "a@example.com")
+        .assert_fails_with(&["COSIGN_CERT_IDENTITY needs COSIGN_CERT_OIDC_ISSUER"]);
+    assert!(!dest.exists());
+    // The embedded example is unsigned: a key makes that a refusal.
+    let key = work.path().join("k.key");
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    let public = String::from_utf8(openssl(
+        &["pkey", "-in", key.to_str().unwrap(), "-pubout"],
+        work.path(),
+    ))
+    .unwrap();
+    run_with("COSIGN_KEY", &public).assert_fails_with(&["no signature found for sha256:"]);
+    assert!(!dest.exists());
     Ocimodel::new()
         .env("OCIMODEL_VERIFY", "off")
-        .run(&[&layout, dest.path().to_str().unwrap()])
+        .run(&[&layout, dest.to_str().unwrap()])
         .assert_ok();
 }

@@ -121,8 +121,13 @@ impl Policy {
         )?;
         match (identity, issuer, set(&i.trusted_root)) {
             (Some(identity), Some(issuer), Some(root)) => {
-                let texts = keys::load_texts("OCIMODEL_TRUSTED_ROOT", root)?;
-                let (name, text) = texts.into_iter().next().expect("load_texts returns at least one");
+                // JSON text itself (from a ConfigMap via env), or a path.
+                let (name, text) = if root.starts_with('{') {
+                    ("OCIMODEL_TRUSTED_ROOT".to_string(), root.to_string())
+                } else {
+                    let texts = keys::load_texts("OCIMODEL_TRUSTED_ROOT", root)?;
+                    texts.into_iter().next().expect("load_texts returns at least one")
+                };
                 policy.keyless = Some(sigstore::Keyless {
                     identity,
                     issuer,
@@ -456,8 +461,12 @@ mod tests {
         use super::super::*;
         use crate::manifest::Descriptor;
 
-        const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/signature-examples");
-        const SUBJECT: &str = "sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743";
+        const DIR: &str = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/signature-examples"
+        );
+        const SUBJECT: &str =
+            "sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743";
         const COSIGN_SIG: &str = "MEYCIQDhPHObz13JQHoOfhPgcjC2NkkgjN6rOT27o/jM3PNEjAIhALLDhrpUvheSz3JtqKJFGmgThqaAfH06K/w/gVYsdcUo";
 
         fn read(name: &str) -> Vec<u8> {
@@ -487,11 +496,13 @@ mod tests {
             let payload = read("simplesigning.json");
             let subject: Digest = SUBJECT.parse().unwrap();
             let policy = key_policy();
-            let who = cosign::check_simple_signing(&layer(&payload), &payload, &subject, &policy).unwrap();
+            let who = cosign::check_simple_signing(&layer(&payload), &payload, &subject, &policy)
+                .unwrap();
             assert!(who.contains("ECDSA P-256"), "{who}");
             let mut tampered = payload.clone();
             tampered[10] ^= 1;
-            let err = cosign::check_simple_signing(&layer(&payload), &tampered, &subject, &policy).unwrap_err();
+            let err = cosign::check_simple_signing(&layer(&payload), &tampered, &subject, &policy)
+                .unwrap_err();
             assert!(err.to_string().contains("does not verify"), "{err}");
         }
 
@@ -503,7 +514,9 @@ mod tests {
             let other: Digest = format!("sha256:{}", "1".repeat(64)).parse().unwrap();
             let err = cosign::check_bundle(&bundle, &other, &key_policy()).unwrap_err();
             assert!(err.to_string().contains("signs sha256:1998"), "{err}");
-            let tampered = String::from_utf8(bundle).unwrap().replace("MEUCICBT", "MEUCICBU");
+            let tampered = String::from_utf8(bundle)
+                .unwrap()
+                .replace("MEUCICBT", "MEUCICBU");
             assert!(cosign::check_bundle(tampered.as_bytes(), &subject, &key_policy()).is_err());
         }
 
@@ -519,7 +532,9 @@ mod tests {
             // The example's self-signed signer, trusted directly.
             let trust = notation::Trust {
                 anchors: vec![cert],
-                identities: notation::Trust::parse_identities("x509.subject: C=US, ST=WA, O=example.io, CN=signer"),
+                identities: notation::Trust::parse_identities(
+                    "x509.subject: C=US, ST=WA, O=example.io, CN=signer",
+                ),
             };
             let subject: Digest = SUBJECT.parse().unwrap();
             let target = notation::Target {
@@ -535,9 +550,17 @@ mod tests {
                 Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
                 Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
             }
-            let wrong_size = notation::Target { size: 310, ..target };
-            let err = notation::check_jws(&envelope, &wrong_size, &trust).unwrap_err().to_string();
-            assert!(err.contains("309 bytes") || err.contains("expired"), "{err}");
+            let wrong_size = notation::Target {
+                size: 310,
+                ..target
+            };
+            let err = notation::check_jws(&envelope, &wrong_size, &trust)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("309 bytes") || err.contains("expired"),
+                "{err}"
+            );
         }
     }
 }
