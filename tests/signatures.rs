@@ -1166,7 +1166,13 @@ fn notation_jws_signatures() {
         0,
         NOTARY,
         "application/jose+json",
-        &notation_jws(&w, "notary-signer", &[leaf.clone()], wrong, None),
+        &notation_jws(
+            &w,
+            "notary-signer",
+            std::slice::from_ref(&leaf),
+            wrong,
+            None,
+        ),
         thumbprint.clone(),
     );
     w.ca("rogue-root", "/C=US/ST=WA/O=rogue/CN=Rogue Root");
@@ -1190,7 +1196,7 @@ fn notation_jws_signatures() {
         &notation_jws(
             &w,
             "notary-signer",
-            &[leaf.clone()],
+            std::slice::from_ref(&leaf),
             target.clone(),
             Some("2020-01-01T00:00:00Z"),
         ),
@@ -1212,7 +1218,13 @@ fn notation_jws_signatures() {
         3,
         NOTARY,
         "application/jose+json",
-        &notation_jws(&w, "notary-signer", &[leaf.clone()], target.clone(), None),
+        &notation_jws(
+            &w,
+            "notary-signer",
+            std::slice::from_ref(&leaf),
+            target.clone(),
+            None,
+        ),
         thumbprint.clone(),
     );
     let m = model.installed(&env);
