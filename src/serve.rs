@@ -234,7 +234,10 @@ async fn keep_pulling(
             }
             Err(e) => {
                 let reason = format!("{e:#}");
-                if reason.contains("digest mismatch") || reason.contains("size mismatch") {
+                if reason.contains("digest mismatch")
+                    || reason.contains("size mismatch")
+                    || reason.contains("signature verification failed")
+                {
                     m.verification_failures
                         .get_or_create(&vec![("model".into(), model.job.uri.clone())])
                         .inc();
