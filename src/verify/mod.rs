@@ -96,7 +96,7 @@ fn matcher(
         (Some(_), Some(_)) => bail!("set {name} or {name}_REGEXP, not both"),
         (Some(e), None) => Ok(Some(sigstore::Matcher::Exact(e.to_string()))),
         (None, Some(r)) => Ok(Some(sigstore::Matcher::Regex(
-            regex::Regex::new(r)
+            regex_lite::Regex::new(r)
                 .with_context(|| format!("{name}_REGEXP is not a valid regular expression"))?,
         ))),
         (None, None) => Ok(None),

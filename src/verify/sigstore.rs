@@ -43,7 +43,7 @@ pub struct Keyless {
 #[derive(Clone, Debug)]
 pub enum Matcher {
     Exact(String),
-    Regex(regex::Regex),
+    Regex(regex_lite::Regex),
 }
 
 impl Matcher {
