@@ -167,6 +167,14 @@ struct AccessArgs {
     #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = 60)]
     stall_timeout: u64,
 
+    /// Seconds a connection to a registry may take to open.
+    #[arg(
+        long = "connect-timeout",
+        env = "OCIMODEL_CONNECT_TIMEOUT",
+        default_value_t = 30
+    )]
+    connect_timeout: u64,
+
     /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
     #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = 5)]
     retries: u32,
@@ -512,7 +520,9 @@ fn client_factory(access: &AccessArgs) -> ClientFactory {
         insecure_registries: clean_list(&access.insecure_registries),
         insecure_all,
         ca_bundles,
-        connect_timeout: None,
+        connect_timeout: Some(std::time::Duration::from_secs(
+            access.connect_timeout.max(1),
+        )),
         stall_timeout: Some(std::time::Duration::from_secs(access.stall_timeout.max(1))),
         retries: access.retries,
     };

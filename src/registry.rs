@@ -43,6 +43,9 @@ const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
 /// Error bodies are read up to this size for their message.
 const MAX_ERROR_BYTES: u64 = 64 * 1024;
 
+/// How long a TCP (and TLS) connection may take to open.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
@@ -166,7 +169,7 @@ impl RegistryClient {
         }
         let http = reqwest::Client::builder()
             .tls_certs_only(roots)
-            .connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(30)))
+            .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
             .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -786,6 +789,24 @@ impl RegistryClient {
                 stall.as_secs()
             );
         }
+        if e.is_connect() && e.is_timeout() {
+            let limit = self
+                .options
+                .connect_timeout
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            return anyhow!(
+                "cannot connect to registry {} within {}s (OCIMODEL_CONNECT_TIMEOUT); check the address, network policies and firewalls",
+                r.registry,
+                limit.as_secs()
+            );
+        }
+        if is_dns_failure(&e) {
+            return anyhow!(
+                "cannot resolve registry host {}: {}; check the name and the cluster's DNS",
+                r.api_host(),
+                root_cause(&e)
+            );
+        }
         let cause = root_cause(&e);
         let hint = if self.is_insecure(&r.registry) {
             "check the address and that the registry is running"
@@ -816,6 +837,18 @@ fn bearer_header(token: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
     v.set_sensitive(true);
     v
+}
+
+/// Whether name resolution failed (hyper-util reports "dns error").
+fn is_dns_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.to_string().starts_with("dns error") {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The innermost error message: what actually went wrong on the wire.

@@ -348,3 +348,80 @@ fn an_expired_token_is_renewed_once() {
         "the blob request, refused, then repeated with the new token"
     );
 }
+
+/// A registry address that accepts no connections (a listener whose accept
+/// queue is full drops new SYNs, so connecting hangs, as behind a firewall
+/// that drops packets): the connect timeout fires and says so.
+#[test]
+fn connect_timeout_is_reported() {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: re-listening on a valid listening socket only shrinks its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let addr = listener.local_addr().unwrap().to_string();
+    // Fill the accept queue; once full, further connects hang.
+    let mut held = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300))
+    {
+        held.push(s);
+        assert!(held.len() < 64, "the accept queue never filled");
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .env("OCIMODEL_CONNECT_TIMEOUT", "1")
+        .env("OCIMODEL_RETRIES", "0")
+        .run(&[
+            &format!("{addr}/models/mnist:v1"),
+            dest.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_fails_with(&[&format!(
+        "cannot connect to registry {addr} within 1s (OCIMODEL_CONNECT_TIMEOUT)"
+    )]);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the connect timeout did not bound the attempt"
+    );
+    assert!(model_files(&dest.path().join("m")).is_empty());
+    drop(held);
+}
+
+/// A name that does not resolve: one clear line. Run in a network namespace
+/// of its own and an empty root (no resolv.conf: glibc asks 127.0.0.1:53,
+/// where nothing listens), so no query leaves loopback.
+#[test]
+fn dns_failure_is_reported() {
+    if !is_root() {
+        eprintln!("skipped: unshare and chroot need root");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_ocimodel"), root.path().join("ocimodel")).unwrap();
+    let out = std::process::Command::new("/usr/bin/unshare")
+        .args(["--net", "/usr/sbin/chroot"])
+        .arg(root.path())
+        .args([
+            "/ocimodel",
+            "ocimodel://registry.invalid/models/mnist:v1",
+            "/mnt/models",
+        ])
+        .env_clear()
+        .env("OCIMODEL_RETRIES", "0")
+        .env("OCIMODEL_TERMINATION_LOG", "/termination-log")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = std::fs::read_to_string(root.path().join("termination-log")).unwrap();
+    assert!(
+        line.contains("cannot resolve registry host registry.invalid"),
+        "{line}"
+    );
+    assert_eq!(line.trim_end().lines().count(), 1);
+    assert!(model_files(&root.path().join("mnt/models")).is_empty());
+}
