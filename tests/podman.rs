@@ -109,6 +109,18 @@ fn build_ocimodel_image(podman: &Podman, work: &Path) {
 /// Runs manifests/pod-init.yaml (adapted as the module doc says) with the
 /// model at `model_ref`; returns the stand-in server's log.
 fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) -> String {
+    run_pod_init_with_key(podman, reg, model_ref, work, None)
+}
+
+/// Like `run_pod_init`; with `key`, the init container gets COSIGN_KEY from
+/// a ConfigMap through `configMapKeyRef`, as a ClusterStorageContainer would.
+fn run_pod_init_with_key(
+    podman: &Podman,
+    reg: &Registry,
+    model_ref: &str,
+    work: &Path,
+    key: Option<&str>,
+) -> String {
     let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
     let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
     assert!(
@@ -131,8 +143,31 @@ fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) -
             "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:",
         );
     let pod_file = work.join("pod.yaml");
+    let mut play = vec!["kube".to_string(), "play".to_string()];
+    let pod = match key {
+        Some(pem) => {
+            let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+            let cm = work.join("configmap.yaml");
+            fs::write(
+                &cm,
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: model-signing-key\ndata:\n  cosign.pub: |\n{indented}"),
+            )
+            .unwrap();
+            play.extend(["--configmap".to_string(), cm.display().to_string()]);
+            let insecure = format!("          value: \"{}\"\n", reg.addr);
+            assert!(pod.contains(&insecure));
+            pod.replacen(
+                &insecure,
+                &format!("{insecure}        - name: COSIGN_KEY\n          valueFrom:\n            configMapKeyRef: {{name: model-signing-key, key: cosign.pub}}\n"),
+                1,
+            )
+        }
+        None => pod,
+    };
     fs::write(&pod_file, pod).unwrap();
-    podman.ok(&["kube", "play", pod_file.to_str().unwrap()], work);
+    play.push(pod_file.display().to_string());
+    let play: Vec<&str> = play.iter().map(String::as_str).collect();
+    podman.ok(&play, work);
     let code = podman.ok(&["wait", "mnist-init-server"], work);
     let logs = podman.run(&["logs", "mnist-init-server"], work);
     let logs = format!(
@@ -263,4 +298,94 @@ fn modelcar_pushed_by_ocimodel_works_under_podman() {
     build_ocimodel_image(&podman, work.path());
     let logs = run_pod_init(&podman, &reg, &car_ref, work.path());
     assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+}
+
+/// A signed model in a real runtime: the cosign key reaches the init
+/// container as PEM text through `configMapKeyRef` env (what a
+/// ClusterStorageContainer can do), the signature is checked, and the
+/// stand-in server finds the model.
+#[test]
+fn signed_modelcar_with_the_key_from_a_configmap() {
+    let Some(podman) = Podman::new() else { return };
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model/1");
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
+    let car_ref = format!("{}/models/signed-car:v1", reg.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .args([
+            "push",
+            work.path().join("model").to_str().unwrap(),
+            &car_ref,
+            "--format",
+            "modelcar",
+        ])
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    // A cosign legacy signature made with openssl (see tests/signatures.rs).
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "k.key",
+        ],
+        work.path(),
+    );
+    let public =
+        String::from_utf8(openssl(&["pkey", "-in", "k.key", "-pubout"], work.path())).unwrap();
+    let payload = serde_json::json!({
+        "critical": {"identity": {"docker-reference": format!("{}/models/signed-car", reg.addr)},
+                     "image": {"docker-manifest-digest": digest},
+                     "type": "cosign container image signature"},
+        "optional": null
+    })
+    .to_string();
+    fs::write(work.path().join("payload"), &payload).unwrap();
+    openssl(
+        &[
+            "dgst", "-sha256", "-sign", "k.key", "-out", "sig", "payload",
+        ],
+        work.path(),
+    );
+    let sig = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        fs::read(work.path().join("sig")).unwrap(),
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    reg.push_artifact(
+        &format!("models/signed-car:{tag}"),
+        &serde_json::json!({
+            "tag": tag,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "json": {}},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "data": payload,
+                        "annotations": {"dev.cosignproject.cosign/signature": sig}}],
+        }),
+    );
+
+    build_ocimodel_image(&podman, work.path());
+    let logs = run_pod_init_with_key(&podman, &reg, &car_ref, work.path(), Some(&public));
+    assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+    assert!(
+        reg.log()
+            .contains(&format!("GET /v2/models/signed-car/manifests/{tag}")),
+        "the init container looked up the signature"
+    );
 }
