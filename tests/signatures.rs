@@ -697,6 +697,8 @@ struct Entry {
     set: bool,
     proof: bool,
     tamper_set: bool,
+    /// Swap one hash of the inclusion path.
+    tamper_proof: bool,
     /// Record a different signature in the log body than the bundle's.
     foreign_body: bool,
 }
@@ -710,6 +712,7 @@ impl Default for Entry {
             set: true,
             proof: true,
             tamper_set: false,
+            tamper_proof: false,
             foreign_body: false,
         }
     }
@@ -859,12 +862,16 @@ impl Sigstore {
                 })
                 .collect();
             let root = mth(&leaves);
+            let mut path = audit_path(&leaves, index as usize);
+            if entry.tamper_proof {
+                path[0] = sha256(b"not a sibling");
+            }
             let note = format!("rekor.test - 1\n{size}\n{}\n", B64.encode(&root));
             let note_sig = self.w.sign("rekor", Kind::P256, note.as_bytes());
             let signed = [&self.log_id[..4], &note_sig[..]].concat();
             tlog["inclusionProof"] = json!({
                 "logIndex": index.to_string(), "rootHash": B64.encode(&root), "treeSize": size.to_string(),
-                "hashes": audit_path(&leaves, index as usize).iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+                "hashes": path.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
                 "checkpoint": {"envelope": format!("{note}\n\u{2014} rekor.test {}\n", B64.encode(signed))},
             });
         }
@@ -956,25 +963,34 @@ fn keyless_bundle_with_matching_identity_and_issuer() {
 }
 
 #[test]
-fn keyless_with_only_a_set_or_only_an_inclusion_proof() {
-    for (set, proof) in [(true, false), (false, true)] {
-        let entry = Entry {
-            set,
-            proof,
-            ..Entry::default()
-        };
-        let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
-        model.installed(&as_refs(&keyless_env(&s)));
-    }
+fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
+    // The SET alone is enough: it proves when the entry was logged.
+    let entry = Entry {
+        proof: false,
+        ..Entry::default()
+    };
+    let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
+    model.installed(&as_refs(&keyless_env(&s)));
+    // An inclusion proof alone is not: the integration time it comes with
+    // is signed by nothing, and the certificate's validity hinges on it.
     let entry = Entry {
         set: false,
-        proof: false,
         ..Entry::default()
     };
     let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
     model.refused(
         &as_refs(&keyless_env(&s)),
-        &["neither a signed entry timestamp nor an inclusion proof"],
+        &["no signed entry timestamp", "signing time is unproven"],
+    );
+    // A forged inclusion proof fails even next to a good SET.
+    let entry = Entry {
+        tamper_proof: true,
+        ..Entry::default()
+    };
+    let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
+    model.refused(
+        &as_refs(&keyless_env(&s)),
+        &["the inclusion proof does not lead to the log's root hash"],
     );
 }
 

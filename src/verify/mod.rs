@@ -266,17 +266,22 @@ pub async fn verify(
         .referrers(digest, None)
         .await
         .with_context(|| format!("listing referrers of {digest}"))?;
-    for r in referrers.into_iter().take(MAX_CANDIDATES) {
-        let t = r.artifact_type.clone().unwrap_or_default();
-        let kind = if t.starts_with(cosign::BUNDLE_PREFIX) && policy.wants_cosign() {
-            "sigstore bundle"
+    let kind_of = |t: &str| {
+        if t.starts_with(cosign::BUNDLE_PREFIX) && policy.wants_cosign() {
+            Some("sigstore bundle")
         } else if t == cosign::SIG_REFERRER && policy.wants_cosign() {
-            "cosign"
+            Some("cosign")
         } else if t == notation::ARTIFACT_TYPE && policy.notation.is_some() {
-            "notation"
+            Some("notation")
         } else {
-            continue;
-        };
+            None
+        }
+    };
+    let candidates = referrers
+        .into_iter()
+        .filter_map(|r| kind_of(r.artifact_type.as_deref().unwrap_or("")).map(|k| (k, r)))
+        .take(MAX_CANDIDATES);
+    for (kind, r) in candidates {
         let location = format!("referrer {}", r.digest);
         let result = async {
             let m = source.manifest(&r.digest).await?;

@@ -3,9 +3,9 @@
 //! Trust comes from a sigstore `trusted_root.json` (OCIMODEL_TRUSTED_ROOT):
 //! its certificate authorities anchor signing certificates, its
 //! transparency logs' keys sign log entries. A keyless signature passes when
-//! - the log entry's signed entry timestamp (SET) and/or its inclusion
-//!   proof with a signed checkpoint verify against a trusted log key
-//!   (whichever the bundle carries; at least one, every one present);
+//! - the log entry's signed entry timestamp (SET) verifies against a
+//!   trusted log key (it proves the integration time), and so does its
+//!   inclusion proof with a signed checkpoint, when the bundle carries one;
 //! - the entry's body records this very signature and certificate;
 //! - the certificate chains to a trusted CA, with the code-signing usage,
 //!   and was valid at the time the log integrated the entry;
@@ -246,10 +246,12 @@ impl TlogEntry {
         if self.integrated_time < log.valid.0 || self.integrated_time > log.valid.1 {
             bail!("the log entry's time is outside its log key's validity");
         }
-        if self.set.is_none() && self.proof.is_none() {
-            bail!("the log entry has neither a signed entry timestamp nor an inclusion proof");
-        }
-        if let Some(set) = &self.set {
+        // The SET is what proves the integration time the certificate is
+        // checked at; an inclusion proof alone leaves that time unsigned.
+        let Some(set) = &self.set else {
+            bail!("the log entry has no signed entry timestamp (inclusionPromise), so its signing time is unproven; RFC 3161 timestamps are not supported");
+        };
+        {
             // RFC 8785 canonical JSON of these four fields (keys sorted, no
             // spaces); the base64 body needs no escaping.
             let signed = format!(
