@@ -3,6 +3,7 @@
 
     python3 bench/run.py                 # full suite (about 15 minutes), writes bench/RESULTS.md
     python3 bench/run.py --quick         # small fixtures, one round: a smoke test of the harness
+    python3 bench/run.py --large         # adds 8 GiB cases (memory check; about 10 minutes more)
 
 What it does:
 - builds ocimodel (release) and starts Debian's docker-registry on 127.0.0.1 (ephemeral port,
@@ -103,7 +104,7 @@ def manifest(reg, repo, tag="v1"):
     return json.load(urllib.request.urlopen(req))
 
 
-def make_fixtures(work, quick, ocimodel, reg):
+def make_fixtures(work, quick, ocimodel, reg, large=False):
     big = 64 * MiB if quick else 1024 * MiB
     shard = big // 4
     small_n = 200 if quick else 2000
@@ -127,6 +128,12 @@ def make_fixtures(work, quick, ocimodel, reg):
         off = (off + n) % (len(data) - 64 * 1024)
     pool.unlink()
 
+    if large:
+        # 8 GiB of zeros: sparse on the fixture side ("sparse-friendly"); the
+        # registry and DEST hold real bytes. It measures memory, not speed.
+        (fx / "large").mkdir()
+        with open(fx / "large/model.bin", "wb") as f:
+            f.truncate(8 * 1024 * MiB)
     env = dict(os.environ, OCIMODEL_INSECURE_REGISTRIES=reg.addr)
     pushes = [
         ("single", "car-tar", ["--format", "modelcar"]),
@@ -137,6 +144,8 @@ def make_fixtures(work, quick, ocimodel, reg):
         ("small", "oras-small", ["--format", "oras"]),
         ("small", "car-small", ["--format", "modelcar"]),
     ]
+    if large:
+        pushes += [("large", "oras-8g", ["--format", "oras"]), ("large", "car-8g", ["--format", "modelcar"])]
     for src, repo, flags in pushes:
         print(f"  pushing {repo}", flush=True)
         sh([str(ocimodel), "push", str(fx / src), f"{reg.addr}/bench/{repo}:v1", *flags], env=env,
@@ -165,10 +174,11 @@ def tools_for(case, reg, work, ocimodel, podman):
     out = work / "out"
     tools = {}
     tools["ocimodel"] = f"{ocimodel} pull --insecure-registry {reg.addr} {ref} {out}/ocimodel"
-    if case.startswith("oras"):
+    large = case.endswith("-8g")  # memory check: ocimodel and the floors only
+    if case.startswith("oras") and not large:
         tools["oras-py"] = (f"python3 -c \"import oras.client; oras.client.OrasClient(hostname='{reg.addr}', "
                             f"insecure=True).pull(target='{ref}', outdir='{out}/oras')\" >/dev/null 2>&1")
-    if case.startswith("car"):
+    if case.startswith("car") and not large:
         tools["skopeo+tar"] = (
             f"skopeo copy -q --src-tls-verify=false --dest-oci-accept-uncompressed-layers docker://{ref} "
             f"oci:{out}/layout:v1 && mkdir -p {out}/skopeo && for b in {' '.join(d.split(':')[1] for d in blobs)}; "
@@ -222,6 +232,8 @@ def main():
     ap.add_argument("--work", default="/tmp/ocimodel-bench")
     ap.add_argument("--out", default=str(REPO / "bench/RESULTS.md"))
     ap.add_argument("--cases", default="car-tar,oras-single,oras-shards,oras-small,car-small,car-gzip,car-zstd")
+    ap.add_argument("--large", action="store_true",
+                    help="add 8 GiB cases (ORAS and modelcar; ocimodel and the floors) to check memory stays flat")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
 
@@ -239,8 +251,8 @@ def main():
     reg = Registry(work)
     try:
         print("making and pushing fixtures", flush=True)
-        sizes = make_fixtures(work, args.quick, ocimodel, reg)
-        cases = args.cases.split(",")
+        sizes = make_fixtures(work, args.quick, ocimodel, reg, args.large)
+        cases = args.cases.split(",") + (["oras-8g", "car-8g"] if args.large else [])
         results = {}  # (case, tool) -> [(wall, cpu, rss)]
         plan = {c: tools_for(c, reg, work, ocimodel, podman) for c in cases}
         for r in range(rounds + 1):
@@ -274,11 +286,13 @@ def write_report(args, results, cases, plan, sizes, rounds, podman):
         "car-small": f"modelcar image, {sizes['small_n']} files of 4-64 KiB",
         "car-gzip": f"modelcar image, one {big} MiB file, gzip layer",
         "car-zstd": f"modelcar image, one {big} MiB file, zstd layer",
+        "oras-8g": "ORAS artifact, one 8 GiB file (memory check)",
+        "car-8g": "modelcar image, one 8 GiB file, uncompressed tar layer (memory check)",
     }
     lines = [
         "# Benchmark results",
         "",
-        f"Made by `python3 bench/run.py{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d')}.",
+        f"Made by `python3 bench/run.py{' --quick' if args.quick else ''}{' --large' if args.large else ''}` on {time.strftime('%Y-%m-%d')}.",
         f"Machine: {machine()}.",
         f"{rounds} measured round(s) after one warm-up, tools interleaved round-robin, `sync` before each run. Wall and CPU",
         "(user+sys) in seconds, peak RSS in MiB, medians unless marked. Ratio: the tool's median wall",

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -148,7 +148,7 @@ pub fn remove_existing(path: &Path) -> Result<()> {
 pub fn write_file(
     root: &Path,
     rel: &[String],
-    reader: &mut dyn Read,
+    reader: &mut dyn BufRead,
     mode: u32,
     mtime: Option<SystemTime>,
     known: Option<&Digest>,
@@ -168,23 +168,25 @@ pub fn write_file(
         .with_context(|| format!("cannot create {}", path.display()))?;
     let known = known.filter(|d| d.algorithm() == Algorithm::Sha256);
     let mut hasher = known.is_none().then(|| Hasher::new(Algorithm::Sha256));
-    let mut buf = vec![0u8; WRITE_BUF];
     let mut size = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+        // Straight from the reader's buffer: no copy of our own.
+        let chunk = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(anyhow!(e))
                     .with_context(|| format!("reading content for '{}'", join(rel)))
             }
         };
+        let n = chunk.len();
         if let Some(h) = &mut hasher {
-            h.update(&buf[..n]);
+            h.update(chunk);
         }
-        file.write_all(&buf[..n])
+        file.write_all(chunk)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        reader.consume(n);
         size += n as u64;
     }
     file.set_permissions(fs::Permissions::from_mode(normalise_mode(mode, false)))
@@ -528,7 +530,8 @@ impl Tree {
                     .mtime()
                     .ok()
                     .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-                let record = write_file(&self.root, &rel, entry, perm, mtime, None)?;
+                let mut entry = io::BufReader::with_capacity(WRITE_BUF, entry);
+                let record = write_file(&self.root, &rel, &mut entry, perm, mtime, None)?;
                 self.add_record(record);
             }
             tar::EntryType::Symlink => {
