@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--cases", default="oras-single,car-tar,oras-shards")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--large", action="store_true", help="the 8 GiB fixtures instead (cases oras-8g, car-8g)")
     ap.add_argument("--work", default="/tmp/ocimodel-ab")
     args = ap.parse_args()
     work = Path(args.work)
@@ -34,7 +35,7 @@ def main():
     builds = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
     reg = run.Registry(work)
     try:
-        run.make_fixtures(work, args.quick, builds["new"], reg)
+        run.make_fixtures(work, args.quick, builds["new"], reg, args.large)
         results = {}
         for r in range(args.rounds + 1):
             for case in args.cases.split(","):

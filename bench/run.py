@@ -3,7 +3,7 @@
 
     python3 bench/run.py                 # full suite (about 15 minutes), writes bench/RESULTS.md
     python3 bench/run.py --quick         # small fixtures, one round: a smoke test of the harness
-    python3 bench/run.py --large         # adds 8 GiB cases (memory check; about 10 minutes more)
+    python3 bench/run.py --large         # 8 GiB cases only (memory check, about 8 minutes): RESULTS-large.md
 
 What it does:
 - builds ocimodel (release) and starts Debian's docker-registry on 127.0.0.1 (ephemeral port,
@@ -111,7 +111,20 @@ def make_fixtures(work, quick, ocimodel, reg, large=False):
     fx = work / "fixtures"
     if fx.exists():
         shutil.rmtree(fx)
-    (fx / "single").mkdir(parents=True)
+    fx.mkdir(parents=True)
+    env = dict(os.environ, OCIMODEL_INSECURE_REGISTRIES=reg.addr)
+    if large:
+        # 8 GiB of zeros: sparse on the fixture side ("sparse-friendly"); the
+        # registry and DEST hold real bytes. It measures memory, not speed.
+        (fx / "large").mkdir()
+        with open(fx / "large/model.bin", "wb") as f:
+            f.truncate(8 * 1024 * MiB)
+        for repo, flags in [("oras-8g", ["--format", "oras"]), ("car-8g", ["--format", "modelcar"])]:
+            print(f"  pushing {repo}", flush=True)
+            sh([str(ocimodel), "push", str(fx / "large"), f"{reg.addr}/bench/{repo}:v1", *flags], env=env,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return {"big": big, "shard": shard, "small_n": small_n}
+    (fx / "single").mkdir()
     keystream(fx / "single/model.bin", big, "single")
     (fx / "shards").mkdir()
     for i in range(4):
@@ -128,13 +141,6 @@ def make_fixtures(work, quick, ocimodel, reg, large=False):
         off = (off + n) % (len(data) - 64 * 1024)
     pool.unlink()
 
-    if large:
-        # 8 GiB of zeros: sparse on the fixture side ("sparse-friendly"); the
-        # registry and DEST hold real bytes. It measures memory, not speed.
-        (fx / "large").mkdir()
-        with open(fx / "large/model.bin", "wb") as f:
-            f.truncate(8 * 1024 * MiB)
-    env = dict(os.environ, OCIMODEL_INSECURE_REGISTRIES=reg.addr)
     pushes = [
         ("single", "car-tar", ["--format", "modelcar"]),
         ("single", "car-gzip", ["--format", "modelcar", "--compress", "gzip"]),
@@ -144,8 +150,7 @@ def make_fixtures(work, quick, ocimodel, reg, large=False):
         ("small", "oras-small", ["--format", "oras"]),
         ("small", "car-small", ["--format", "modelcar"]),
     ]
-    if large:
-        pushes += [("large", "oras-8g", ["--format", "oras"]), ("large", "car-8g", ["--format", "modelcar"])]
+
     for src, repo, flags in pushes:
         print(f"  pushing {repo}", flush=True)
         sh([str(ocimodel), "push", str(fx / src), f"{reg.addr}/bench/{repo}:v1", *flags], env=env,
@@ -229,13 +234,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small fixtures, one round (smoke test)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--work", default="/tmp/ocimodel-bench")
-    ap.add_argument("--out", default=str(REPO / "bench/RESULTS.md"))
+    ap.add_argument("--work", default=None, help="default /tmp/ocimodel-bench (-large with --large)")
+    ap.add_argument("--out", default=None, help="default bench/RESULTS.md (bench/RESULTS-large.md with --large)")
     ap.add_argument("--cases", default="car-tar,oras-single,oras-shards,oras-small,car-small,car-gzip,car-zstd")
     ap.add_argument("--large", action="store_true",
-                    help="add 8 GiB cases (ORAS and modelcar; ocimodel and the floors) to check memory stays flat")
+                    help="only the 8 GiB cases (ORAS and modelcar; ocimodel and the floors), a memory check, "
+                         "written to bench/RESULTS-large.md; run apart, as 16 GiB of blobs would crowd the "
+                         "page cache of the other cases")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
+    if args.work is None:
+        args.work = "/tmp/ocimodel-bench" + ("-large" if args.large else "")
+    if args.out is None:
+        args.out = str(REPO / ("bench/RESULTS-large.md" if args.large else "bench/RESULTS.md"))
 
     print("building ocimodel (release)", flush=True)
     sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
@@ -252,7 +263,7 @@ def main():
     try:
         print("making and pushing fixtures", flush=True)
         sizes = make_fixtures(work, args.quick, ocimodel, reg, args.large)
-        cases = args.cases.split(",") + (["oras-8g", "car-8g"] if args.large else [])
+        cases = ["oras-8g", "car-8g"] if args.large else args.cases.split(",")
         results = {}  # (case, tool) -> [(wall, cpu, rss)]
         plan = {c: tools_for(c, reg, work, ocimodel, podman) for c in cases}
         for r in range(rounds + 1):

@@ -16,14 +16,32 @@ use anyhow::{anyhow, bail, Result};
 use base64::Engine;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::digest::Hasher;
 use crate::manifest::Descriptor;
 use crate::source::Source;
 
-/// Chunks in flight between download and unpack.
-const CHANNEL_DEPTH: usize = 64;
+/// Chunks in flight between download and unpack, per blob...
+const CHANNEL_DEPTH: usize = 256;
+/// ...and bytes in flight across every blob of the process: downloaded, not
+/// yet written. It bounds memory whatever the model size, the number of
+/// blobs fetched at once or how long the disk stalls (writeback under
+/// memory pressure can pause writers for a while); it is also how far
+/// hashing may run ahead of writing.
+const IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+const PERMIT_BYTES: usize = 4096;
+const PERMITS: usize = IN_FLIGHT_BYTES / PERMIT_BYTES;
+
+fn in_flight_budget() -> Arc<Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(Semaphore::new(PERMITS)))
+        .clone()
+}
+
+/// A chunk and its share of the in-flight budget, returned when dropped.
+type Chunk = (Bytes, OwnedSemaphorePermit);
 
 /// Byte counters for progress lines and metrics.
 #[derive(Debug)]
@@ -69,15 +87,21 @@ pub fn mib(bytes: u64) -> String {
 /// The blocking side's view of a blob: `Read`/`BufRead` over the verified
 /// stream (`BufRead` lets writers take the chunks without another copy).
 pub struct BlobReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    rx: mpsc::Receiver<io::Result<Chunk>>,
     current: Bytes,
+    /// The current chunk's budget; replacing it gives the last one back.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl BufRead for BlobReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.current.is_empty() {
+            self.permit = None;
             match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
+                Some(Ok((chunk, permit))) => {
+                    self.current = chunk;
+                    self.permit = Some(permit);
+                }
                 Some(Err(e)) => return Err(e),
                 None => return Ok(&[]),
             }
@@ -143,11 +167,13 @@ where
         }
         None => source.blob(desc).await?,
     };
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    let (tx, rx) = mpsc::channel::<io::Result<Chunk>>(CHANNEL_DEPTH);
+    let budget = in_flight_budget();
     let consumer = tokio::task::spawn_blocking(move || {
         let mut reader = BlobReader {
             rx,
             current: Bytes::new(),
+            permit: None,
         };
         let out = consume(&mut reader)?;
         io::copy(&mut reader, &mut io::sink())?;
@@ -190,7 +216,13 @@ where
             }
             hasher.update(&chunk);
             progress.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if tx.send(Ok(chunk)).await.is_err() {
+            let permits = chunk.len().div_ceil(PERMIT_BYTES).clamp(1, PERMITS) as u32;
+            let permit = budget
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| anyhow!("the in-flight budget was closed"))?;
+            if tx.send(Ok((chunk, permit))).await.is_err() {
                 // The consumer stopped early; its error explains why.
                 return Ok(());
             }
