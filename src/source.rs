@@ -142,12 +142,7 @@ impl Source {
         match self {
             Source::Registry { client, reference } => client.tagged_manifest(reference, tag).await,
             Source::Layout { store, label, .. } => {
-                let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
-                let Document::Index(index) = Document::parse(&bytes, None)
-                    .with_context(|| format!("invalid index.json in {label}"))?
-                else {
-                    bail!("index.json in {label} is not an image index");
-                };
+                let index = layout_index(store, label)?;
                 match index.manifests.iter().find(|d| {
                     d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag)
                 }) {
@@ -211,12 +206,7 @@ impl Source {
                 client.referrers(reference, digest, artifact_type).await
             }
             Source::Layout { store, label, .. } => {
-                let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
-                let Document::Index(index) = Document::parse(&bytes, None)
-                    .with_context(|| format!("invalid index.json in {label}"))?
-                else {
-                    bail!("index.json in {label} is not an image index");
-                };
+                let index = layout_index(store, label)?;
                 let mut found = Vec::new();
                 for d in index.manifests {
                     let Ok(m) = self.manifest(&d.digest).await else {
@@ -439,6 +429,15 @@ impl Store {
     }
 }
 
+/// A layout's `index.json`.
+fn layout_index(store: &Store, label: &str) -> Result<crate::manifest::Index> {
+    let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
+    match Document::parse(&bytes, None).with_context(|| format!("invalid index.json in {label}"))? {
+        Document::Index(index) => Ok(index),
+        Document::Manifest(_) => bail!("index.json in {label} is not an image index"),
+    }
+}
+
 /// Picks the manifest descriptor in a layout's `index.json`.
 fn layout_select(store: &Store, selector: &Selector, label: &str) -> Result<Descriptor> {
     if !store.exists("oci-layout") {
@@ -447,12 +446,7 @@ fn layout_select(store: &Store, selector: &Selector, label: &str) -> Result<Desc
             store.path().display()
         );
     }
-    let bytes = store.read("index.json", MAX_MANIFEST_BYTES)?;
-    let Document::Index(index) =
-        Document::parse(&bytes, None).with_context(|| format!("invalid index.json in {label}"))?
-    else {
-        bail!("index.json in {label} is not an image index");
-    };
+    let index = layout_index(store, label)?;
     let name = |d: &Descriptor| d.annotations.get(ANNOTATION_REF_NAME).cloned();
     match selector {
         Selector::Digest(digest) => Ok(index

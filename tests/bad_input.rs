@@ -206,24 +206,7 @@ fn a_broken_signature_policy_fails_before_anything_is_touched() {
         .assert_fails_with(&["COSIGN_CERT_IDENTITY needs COSIGN_CERT_OIDC_ISSUER"]);
     assert!(!dest.exists());
     // The embedded example is unsigned: a key makes that a refusal.
-    let key = work.path().join("k.key");
-    openssl(
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    let public = String::from_utf8(openssl(
-        &["pkey", "-in", key.to_str().unwrap(), "-pubout"],
-        work.path(),
-    ))
-    .unwrap();
+    let public = ec_keypair(work.path(), "k");
     run_with("COSIGN_KEY", &public).assert_fails_with(&["no signature found for sha256:"]);
     assert!(!dest.exists());
     Ocimodel::new()

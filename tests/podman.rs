@@ -106,6 +106,34 @@ fn build_ocimodel_image(podman: &Podman, work: &Path) {
     );
 }
 
+/// Pushes mnist as `models/1/model.onnx` in a modelcar with `ocimodel push`;
+/// returns the digest.
+fn push_mnist_modelcar(reg: &Registry, work: &Path, car_ref: &str, flags: &[&str]) -> String {
+    let src = work.join("model/1");
+    fs::create_dir_all(&src).unwrap();
+    fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+        .args([
+            "push",
+            work.join("model").to_str().unwrap(),
+            car_ref,
+            "--format",
+            "modelcar",
+        ])
+        .args(flags)
+        .env_clear()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.split_whitespace().next().unwrap().to_string()
+}
+
 /// Runs manifests/pod-init.yaml (adapted as the module doc says) with the
 /// model at `model_ref`; returns the stand-in server's log.
 fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) -> String {
@@ -262,29 +290,8 @@ fn modelcar_pushed_by_ocimodel_works_under_podman() {
     let Some(podman) = Podman::new() else { return };
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("model/1");
-    fs::create_dir_all(&src).unwrap();
-    fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
     let car_ref = format!("{}/models/pushed-car:v1", reg.addr);
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args([
-            "push",
-            work.path().join("model").to_str().unwrap(),
-            &car_ref,
-            "--format",
-            "modelcar",
-            "--compress",
-            "gzip",
-        ])
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_mnist_modelcar(&reg, work.path(), &car_ref, &["--compress", "gzip"]);
 
     podman.ok(&["pull", "-q", "--tls-verify=false", &car_ref], work.path());
     let mount = podman.ok(&["image", "mount", &car_ref], work.path());
@@ -309,48 +316,11 @@ fn signed_modelcar_with_the_key_from_a_configmap() {
     let Some(podman) = Podman::new() else { return };
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("model/1");
-    fs::create_dir_all(&src).unwrap();
-    fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
     let car_ref = format!("{}/models/signed-car:v1", reg.addr);
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args([
-            "push",
-            work.path().join("model").to_str().unwrap(),
-            &car_ref,
-            "--format",
-            "modelcar",
-        ])
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let digest = push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
 
     // A cosign legacy signature made with openssl (see tests/signatures.rs).
-    openssl(
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "k.key",
-        ],
-        work.path(),
-    );
-    let public =
-        String::from_utf8(openssl(&["pkey", "-in", "k.key", "-pubout"], work.path())).unwrap();
+    let public = ec_keypair(work.path(), "k");
     let payload = serde_json::json!({
         "critical": {"identity": {"docker-reference": format!("{}/models/signed-car", reg.addr)},
                      "image": {"docker-manifest-digest": digest},

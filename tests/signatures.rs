@@ -263,6 +263,14 @@ impl Model {
         m
     }
 
+    /// Signs this model with key `name` (cosign legacy, one layer).
+    fn sign_by(&self, w: &Workshop, name: &str, kind: Kind) {
+        self.push_cosign(
+            &self.digest,
+            &[signed_layer(w, name, kind, &simple_payload(&self.digest))],
+        );
+    }
+
     /// Pushes a cosign legacy signature manifest for `subject` with these
     /// simple-signing layers `(payload, annotations)`.
     fn push_cosign(&self, subject: &str, layers: &[(String, serde_json::Value)]) {
@@ -375,10 +383,7 @@ fn cosign_signatures_verify_with_each_key_type() {
         ("rsa", Kind::Rsa),
     ] {
         let public = w.keypair(name, kind);
-        model.push_cosign(
-            &model.digest,
-            &[signed_layer(&w, name, kind, &simple_payload(&model.digest))],
-        );
+        model.sign_by(&w, name, kind);
         // The key as PEM text in env, as configMapKeyRef gives it.
         let m = model.installed(&[("COSIGN_KEY", &public)]);
         let sig = &m["signatures"][0];
@@ -407,15 +412,7 @@ fn one_of_several_keys_suffices() {
         pems.push_str(&pem);
     }
     // Signed by the second key only.
-    model.push_cosign(
-        &model.digest,
-        &[signed_layer(
-            &w,
-            "k1",
-            Kind::Ed25519,
-            &simple_payload(&model.digest),
-        )],
-    );
+    model.sign_by(&w, "k1", Kind::Ed25519);
     // A directory (a mounted ConfigMap), a list of paths, PEM text with three keys.
     let list = format!(
         "{},{}",
@@ -463,15 +460,7 @@ fn cosign_refusals_leave_dest_untouched() {
     );
 
     // Signed, but by another key.
-    model.push_cosign(
-        &model.digest,
-        &[signed_layer(
-            &w,
-            "other",
-            Kind::P256,
-            &simple_payload(&model.digest),
-        )],
-    );
+    model.sign_by(&w, "other", Kind::P256);
     model.refused(&env, &["does not verify with COSIGN_KEY (1 key tried)"]);
 
     // A valid signature of another image's digest.
@@ -515,15 +504,7 @@ fn a_manifest_changed_after_signing_is_refused() {
     let model = Model::push();
     let w = Workshop::new();
     let trusted = w.keypair("trusted", Kind::P256);
-    model.push_cosign(
-        &model.digest,
-        &[signed_layer(
-            &w,
-            "trusted",
-            Kind::P256,
-            &simple_payload(&model.digest),
-        )],
-    );
+    model.sign_by(&w, "trusted", Kind::P256);
     model.installed(&[("COSIGN_KEY", &trusted)]);
 
     // Someone edits the manifest (one annotation) and re-tags v1; the old
@@ -571,15 +552,7 @@ fn if_present_lets_unsigned_through_but_not_bad_signatures() {
     ];
     let m = model.installed(&env);
     assert!(m.get("signatures").is_none(), "{m}");
-    model.push_cosign(
-        &model.digest,
-        &[signed_layer(
-            &w,
-            "other",
-            Kind::P256,
-            &simple_payload(&model.digest),
-        )],
-    );
+    model.sign_by(&w, "other", Kind::P256);
     model.refused(&env, &["no valid signature", "does not verify"]);
     // Asking for checks with nothing to trust is an error too.
     model.refused(&[("OCIMODEL_VERIFY", "required")], &["nothing to trust"]);
@@ -596,15 +569,7 @@ fn a_tag_moved_during_a_pull_is_not_followed() {
     let model = Model::push();
     let w = Workshop::new();
     let trusted = w.keypair("trusted", Kind::P256);
-    model.push_cosign(
-        &model.digest,
-        &[signed_layer(
-            &w,
-            "trusted",
-            Kind::P256,
-            &simple_payload(&model.digest),
-        )],
-    );
+    model.sign_by(&w, "trusted", Kind::P256);
     let unsigned = String::from_utf8(manifest_bytes(&model.reg, &model.digest))
         .unwrap()
         .replace("LIVE", "EVIL");
@@ -1410,4 +1375,31 @@ fn keyless_legacy_signature_tag() {
         &as_refs(&env),
         &["does not verify with the signing certificate's key"],
     );
+}
+
+/// Several pairs in one call share the policy: the signed model installs,
+/// the unsigned one is refused and its DEST left alone, and the run fails.
+#[test]
+fn several_pairs_share_the_policy() {
+    let model = Model::push();
+    model.reg.oras_push_mnist("models/unsigned:v1");
+    let w = Workshop::new();
+    let trusted = w.keypair("trusted", Kind::P256);
+    model.sign_by(&w, "trusted", Kind::P256);
+    let work = tempfile::tempdir().unwrap();
+    let (signed_dest, unsigned_dest) = (work.path().join("a"), work.path().join("b"));
+    let unsigned_uri = format!("ocimodel://{}/models/unsigned:v1", model.reg.addr);
+    let run = Ocimodel::new()
+        .insecure(&model.reg)
+        .env("COSIGN_KEY", &trusted)
+        .run(&[
+            model.uri().as_str(),
+            signed_dest.to_str().unwrap(),
+            unsigned_uri.as_str(),
+            unsigned_dest.to_str().unwrap(),
+        ]);
+    run.assert_fails_with(&["1 of 2 models failed", &unsigned_uri, "no signature found"]);
+    assert_eq!(marker(&signed_dest)["signatures"][0]["kind"], "cosign");
+    assert_eq!(sha256_file(&signed_dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(!unsigned_dest.exists());
 }

@@ -547,6 +547,25 @@ pub fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8
     out
 }
 
+/// A fresh ECDSA P-256 key made by openssl in `dir` as `NAME.key`; returns
+/// the public key's PEM (what COSIGN_KEY takes).
+pub fn ec_keypair(dir: &Path, name: &str) -> String {
+    let key = format!("{name}.key");
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ],
+        dir,
+    );
+    String::from_utf8(openssl(&["pkey", "-in", &key, "-pubout"], dir)).unwrap()
+}
+
 /// Runs `openssl ARGS` in `dir`, failing the test on error; returns stdout.
 pub fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
     let out = Command::new("openssl")
