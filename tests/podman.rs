@@ -112,26 +112,10 @@ fn push_mnist_modelcar(reg: &Registry, work: &Path, car_ref: &str, flags: &[&str
     let src = work.join("model/1");
     fs::create_dir_all(&src).unwrap();
     fs::copy(mnist_path(), src.join("model.onnx")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args([
-            "push",
-            work.join("model").to_str().unwrap(),
-            car_ref,
-            "--format",
-            "modelcar",
-        ])
-        .args(flags)
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.split_whitespace().next().unwrap().to_string()
+    let dir = work.join("model");
+    let mut args = vec![dir.to_str().unwrap(), car_ref, "--format", "modelcar"];
+    args.extend_from_slice(flags);
+    reg.ocimodel_push(&args)
 }
 
 /// Runs manifests/pod-init.yaml (adapted as the module doc says) with the

@@ -32,23 +32,6 @@ fn files_of(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn push(reg: &Registry, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .arg("push")
-        .args(args)
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "push {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).unwrap();
-    line.split_whitespace().next().unwrap().to_string()
-}
-
 fn manifest_of(reg: &Registry, repo: &str, reference: &str) -> serde_json::Value {
     let r = http_get(
         &reg.addr,
@@ -72,15 +55,12 @@ fn modelpack_round_trip() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("model");
     model_dir(&src);
-    let digest = push(
-        &reg,
-        &[
-            src.to_str().unwrap(),
-            &format!("{}/models/mp:v1", reg.addr),
-            "--annotation",
-            "org.opencontainers.image.title=mnist",
-        ],
-    );
+    let digest = reg.ocimodel_push(&[
+        src.to_str().unwrap(),
+        &format!("{}/models/mp:v1", reg.addr),
+        "--annotation",
+        "org.opencontainers.image.title=mnist",
+    ]);
     assert_eq!(reg.digest_of("models/mp", "v1"), digest);
 
     let m = manifest_of(&reg, "models/mp", "v1");
@@ -139,23 +119,20 @@ fn oras_round_trip_and_no_reupload() {
     let src = work.path().join("model");
     model_dir(&src);
     let target = format!("{}/models/mnist:v1", reg.addr);
-    push(
-        &reg,
-        &[
-            src.to_str().unwrap(),
-            &target,
-            "--format",
-            "oras",
-            "--artifact-type",
-            "application/vnd.model.type",
-            "--annotation",
-            "description=MNIST digits",
-            "--annotation",
-            "model_format_name=onnx",
-            "--annotation",
-            "model_format_version=1",
-        ],
-    );
+    reg.ocimodel_push(&[
+        src.to_str().unwrap(),
+        &target,
+        "--format",
+        "oras",
+        "--artifact-type",
+        "application/vnd.model.type",
+        "--annotation",
+        "description=MNIST digits",
+        "--annotation",
+        "model_format_name=onnx",
+        "--annotation",
+        "model_format_version=1",
+    ]);
     let m = manifest_of(&reg, "models/mnist", "v1");
     assert_eq!(m["artifactType"], "application/vnd.model.type");
     assert_eq!(
@@ -220,15 +197,12 @@ fn oras_round_trip_and_no_reupload() {
     };
     let before = uploads(&reg.log());
     assert_eq!(before, 6, "5 files and the empty config");
-    push(
-        &reg,
-        &[
-            src.to_str().unwrap(),
-            &format!("{}/models/mnist:v2", reg.addr),
-            "--format",
-            "oras",
-        ],
-    );
+    reg.ocimodel_push(&[
+        src.to_str().unwrap(),
+        &format!("{}/models/mnist:v2", reg.addr),
+        "--format",
+        "oras",
+    ]);
     assert_eq!(uploads(&reg.log()), before, "nothing re-uploaded");
 }
 
@@ -245,19 +219,16 @@ fn modelcar_round_trip_with_skopeo() {
     .unwrap();
     for (tag, compress) in [("plain", "none"), ("gz", "gzip"), ("zst", "zstd")] {
         let target = format!("{}/models/car:{tag}", reg.addr);
-        push(
-            &reg,
-            &[
-                src.to_str().unwrap(),
-                &target,
-                "--format",
-                "modelcar",
-                "--compress",
-                compress,
-                "--platform",
-                "linux/arm64",
-            ],
-        );
+        reg.ocimodel_push(&[
+            src.to_str().unwrap(),
+            &target,
+            "--format",
+            "modelcar",
+            "--compress",
+            compress,
+            "--platform",
+            "linux/arm64",
+        ]);
         let out = Command::new("skopeo")
             .args([
                 "inspect",
@@ -355,26 +326,20 @@ fn oci_layout_output() {
     model_dir(&src);
     let layout = work.path().join("layout");
     let reg = Registry::start(Auth::None);
-    let a = push(
-        &reg,
-        &[
-            src.to_str().unwrap(),
-            &format!("oci-layout://{}:v1", layout.display()),
-            "--format",
-            "oras",
-        ],
-    );
-    let b = push(
-        &reg,
-        &[
-            src.to_str().unwrap(),
-            "v2",
-            "--oci-layout",
-            layout.to_str().unwrap(),
-            "--format",
-            "modelcar",
-        ],
-    );
+    let a = reg.ocimodel_push(&[
+        src.to_str().unwrap(),
+        &format!("oci-layout://{}:v1", layout.display()),
+        "--format",
+        "oras",
+    ]);
+    let b = reg.ocimodel_push(&[
+        src.to_str().unwrap(),
+        "v2",
+        "--oci-layout",
+        layout.to_str().unwrap(),
+        "--format",
+        "modelcar",
+    ]);
     assert_ne!(a, b);
     for (tag, format) in [("v1", "oras"), ("v2", "image")] {
         let dest = work.path().join(tag);
@@ -404,23 +369,20 @@ fn seed_demo_put_list_filter_get() {
     fs::create_dir_all(&model).unwrap();
     fs::copy(mnist_path(), model.join("mnist.onnx")).unwrap();
     let repo = format!("{}/models/mnist", reg.addr);
-    let model_digest = push(
-        &reg,
-        &[
-            work.path().join("model").to_str().unwrap(),
-            &format!("{repo}:v1"),
-            "--format",
-            "oras",
-            "--artifact-type",
-            "application/vnd.model.type",
-            "--annotation",
-            "description=MNIST digits",
-            "--annotation",
-            "model_format_name=onnx",
-            "--annotation",
-            "model_format_version=1",
-        ],
-    );
+    let model_digest = reg.ocimodel_push(&[
+        work.path().join("model").to_str().unwrap(),
+        &format!("{repo}:v1"),
+        "--format",
+        "oras",
+        "--artifact-type",
+        "application/vnd.model.type",
+        "--annotation",
+        "description=MNIST digits",
+        "--annotation",
+        "model_format_name=onnx",
+        "--annotation",
+        "model_format_version=1",
+    ]);
     // Lineage: a training-data card and an evaluation report refer to the model.
     for (name, t) in [
         ("dataset", "application/vnd.model.dataset"),
@@ -433,19 +395,16 @@ fn seed_demo_put_list_filter_get() {
             format!("{{\"of\": \"{model_digest}\"}}"),
         )
         .unwrap();
-        push(
-            &reg,
-            &[
-                dir.to_str().unwrap(),
-                &repo,
-                "--format",
-                "oras",
-                "--artifact-type",
-                t,
-                "--subject",
-                &format!("{repo}:v1"),
-            ],
-        );
+        reg.ocimodel_push(&[
+            dir.to_str().unwrap(),
+            &repo,
+            "--format",
+            "oras",
+            "--artifact-type",
+            t,
+            "--subject",
+            &format!("{repo}:v1"),
+        ]);
     }
     let list = |extra: &[&str]| -> Vec<serde_json::Value> {
         let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))

@@ -69,15 +69,7 @@ impl Workshop {
     fn keypair(&self, name: &str, kind: Kind) -> String {
         let key = format!("{name}.key");
         match kind {
-            Kind::P256 => self.ssl(&[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &key,
-            ]),
+            Kind::P256 => return ec_keypair(self.dir.path(), name),
             Kind::P384 => self.ssl(&[
                 "ecparam",
                 "-name",
@@ -343,6 +335,16 @@ impl Model {
     }
 }
 
+/// The model, signed (cosign legacy) by a fresh P-256 key `trusted`;
+/// returns the workshop holding the key and the public key's PEM.
+fn signed_model() -> (Model, Workshop, String) {
+    let model = Model::push();
+    let w = Workshop::new();
+    let trusted = w.keypair("trusted", Kind::P256);
+    model.sign_by(&w, "trusted", Kind::P256);
+    (model, w, trusted)
+}
+
 fn manifest_bytes(reg: &Registry, reference: &str) -> Vec<u8> {
     let resp = http_get(
         &reg.addr,
@@ -501,10 +503,7 @@ fn cosign_refusals_leave_dest_untouched() {
 
 #[test]
 fn a_manifest_changed_after_signing_is_refused() {
-    let model = Model::push();
-    let w = Workshop::new();
-    let trusted = w.keypair("trusted", Kind::P256);
-    model.sign_by(&w, "trusted", Kind::P256);
+    let (model, w, trusted) = signed_model();
     model.installed(&[("COSIGN_KEY", &trusted)]);
 
     // Someone edits the manifest (one annotation) and re-tags v1; the old
@@ -566,10 +565,7 @@ fn a_tag_moved_during_a_pull_is_not_followed() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    let model = Model::push();
-    let w = Workshop::new();
-    let trusted = w.keypair("trusted", Kind::P256);
-    model.sign_by(&w, "trusted", Kind::P256);
+    let (model, _w, trusted) = signed_model();
     let unsigned = String::from_utf8(manifest_bytes(&model.reg, &model.digest))
         .unwrap()
         .replace("LIVE", "EVIL");
@@ -1381,11 +1377,8 @@ fn keyless_legacy_signature_tag() {
 /// the unsigned one is refused and its DEST left alone, and the run fails.
 #[test]
 fn several_pairs_share_the_policy() {
-    let model = Model::push();
+    let (model, _w, trusted) = signed_model();
     model.reg.oras_push_mnist("models/unsigned:v1");
-    let w = Workshop::new();
-    let trusted = w.keypair("trusted", Kind::P256);
-    model.sign_by(&w, "trusted", Kind::P256);
     let work = tempfile::tempdir().unwrap();
     let (signed_dest, unsigned_dest) = (work.path().join("a"), work.path().join("b"));
     let unsigned_uri = format!("ocimodel://{}/models/unsigned:v1", model.reg.addr);

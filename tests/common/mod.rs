@@ -547,8 +547,8 @@ pub fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8
     out
 }
 
-/// A fresh ECDSA P-256 key made by openssl in `dir` as `NAME.key`; returns
-/// the public key's PEM (what COSIGN_KEY takes).
+/// A fresh ECDSA P-256 key made by openssl in `dir` as `NAME.key` and
+/// `NAME.pub`; returns the public key's PEM (what COSIGN_KEY takes).
 pub fn ec_keypair(dir: &Path, name: &str) -> String {
     let key = format!("{name}.key");
     openssl(
@@ -563,7 +563,9 @@ pub fn ec_keypair(dir: &Path, name: &str) -> String {
         ],
         dir,
     );
-    String::from_utf8(openssl(&["pkey", "-in", &key, "-pubout"], dir)).unwrap()
+    let public = format!("{name}.pub");
+    openssl(&["pkey", "-in", &key, "-pubout", "-out", &public], dir);
+    fs::read_to_string(dir.join(public)).unwrap()
 }
 
 /// Runs `openssl ARGS` in `dir`, failing the test on error; returns stdout.
@@ -582,6 +584,25 @@ pub fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
 }
 
 impl Registry {
+    /// Runs `ocimodel push ARGS` against this registry; returns the digest
+    /// it prints.
+    pub fn ocimodel_push(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
+            .arg("push")
+            .args(args)
+            .env_clear()
+            .env("OCIMODEL_INSECURE_REGISTRIES", &self.addr)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        line.split_whitespace().next().unwrap().to_string()
+    }
+
     /// Builds an artifact from a spec (tests/support/make_artifact.py) and
     /// pushes it with skopeo. Returns the manifest digest.
     pub fn push_artifact(&self, repo_tag: &str, spec: &serde_json::Value) -> String {
