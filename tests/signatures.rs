@@ -1064,6 +1064,17 @@ fn key_based_bundle_referrer() {
         .starts_with("referrer sha256:"));
 }
 
+/// Attaches a notation JWS envelope to the model as referrer `n`.
+fn attach_notation(model: &Model, n: usize, envelope: &str, thumbprint: &serde_json::Value) {
+    model.attach(
+        n,
+        NOTARY,
+        "application/jose+json",
+        envelope,
+        thumbprint.clone(),
+    );
+}
+
 /// Raw `r||s` (JWS) from a DER ECDSA signature, each half `n` bytes.
 fn der_to_raw(der: &[u8], n: usize) -> Vec<u8> {
     let mut i = 2;
@@ -1139,10 +1150,9 @@ fn notation_jws_signatures() {
     // A signature of the wrong size, one from an untrusted root, an expired
     // one: each refused, with every reason in the line.
     let wrong = json!({"mediaType": OCI_MANIFEST, "digest": model.digest, "size": model.size + 1});
-    model.attach(
+    attach_notation(
+        &model,
         0,
-        NOTARY,
-        "application/jose+json",
         &notation_jws(
             &w,
             "notary-signer",
@@ -1150,7 +1160,7 @@ fn notation_jws_signatures() {
             wrong,
             None,
         ),
-        thumbprint.clone(),
+        &thumbprint,
     );
     w.ca("rogue-root", "/C=US/ST=WA/O=rogue/CN=Rogue Root");
     let rogue = w.leaf(
@@ -1159,17 +1169,15 @@ fn notation_jws_signatures() {
         "/C=US/ST=WA/O=rogue/CN=signer",
         "",
     );
-    model.attach(
+    attach_notation(
+        &model,
         1,
-        NOTARY,
-        "application/jose+json",
         &notation_jws(&w, "rogue-signer", &[rogue], target.clone(), None),
-        thumbprint.clone(),
+        &thumbprint,
     );
-    model.attach(
+    attach_notation(
+        &model,
         2,
-        NOTARY,
-        "application/jose+json",
         &notation_jws(
             &w,
             "notary-signer",
@@ -1177,7 +1185,7 @@ fn notation_jws_signatures() {
             target.clone(),
             Some("2020-01-01T00:00:00Z"),
         ),
-        thumbprint.clone(),
+        &thumbprint,
     );
     model.refused(
         &env,
@@ -1191,10 +1199,9 @@ fn notation_jws_signatures() {
     );
 
     // A good one among them.
-    model.attach(
+    attach_notation(
+        &model,
         3,
-        NOTARY,
-        "application/jose+json",
         &notation_jws(
             &w,
             "notary-signer",
@@ -1202,7 +1209,7 @@ fn notation_jws_signatures() {
             target.clone(),
             None,
         ),
-        thumbprint.clone(),
+        &thumbprint,
     );
     let m = model.installed(&env);
     assert_eq!(m["signatures"][0]["kind"], "notation");
