@@ -285,8 +285,8 @@ impl Model {
         );
     }
 
-    /// Pushes a referrer of `self` with one layer, and lists it in the
-    /// referrers fallback index. Returns the referrer's digest.
+    /// Pushes a referrer of `self` with one layer holding `data`, and lists
+    /// it in the referrers fallback index. Returns the referrer's digest.
     fn attach(
         &self,
         n: usize,
@@ -295,6 +295,20 @@ impl Model {
         data: &str,
         annotations: serde_json::Value,
     ) -> String {
+        self.attach_raw(n, artifact_type, layer_type, data.as_bytes(), annotations)
+    }
+
+    /// `attach` for binary layer content (COSE envelopes).
+    fn attach_raw(
+        &self,
+        n: usize,
+        artifact_type: &str,
+        layer_type: &str,
+        data: &[u8],
+        annotations: serde_json::Value,
+    ) -> String {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), data).unwrap();
         let tag = format!("referrer-{n}");
         let digest = self.reg.push_artifact(
             &format!("models/mnist:{tag}"),
@@ -302,7 +316,7 @@ impl Model {
                 "tag": tag,
                 "artifactType": artifact_type,
                 "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
-                "layers": [{"mediaType": layer_type, "data": data}],
+                "layers": [{"mediaType": layer_type, "file": file.path()}],
                 "subject": {"mediaType": OCI_MANIFEST, "digest": self.digest, "size": self.size},
                 "annotations": annotations,
             }),
@@ -1064,6 +1078,74 @@ fn key_based_bundle_referrer() {
         .starts_with("referrer sha256:"));
 }
 
+/// CBOR (RFC 8949) head: major type and length/value.
+fn cbor_head(major: u8, n: u64) -> Vec<u8> {
+    let m = major << 5;
+    match n {
+        0..=23 => vec![m | n as u8],
+        24..=0xff => vec![m | 24, n as u8],
+        0x100..=0xffff => [vec![m | 25], (n as u16).to_be_bytes().to_vec()].concat(),
+        _ => [vec![m | 26], (n as u32).to_be_bytes().to_vec()].concat(),
+    }
+}
+
+fn cbor_bytes(b: &[u8]) -> Vec<u8> {
+    [cbor_head(2, b.len() as u64), b.to_vec()].concat()
+}
+
+fn cbor_text(t: &str) -> Vec<u8> {
+    [cbor_head(3, t.len() as u64), t.as_bytes().to_vec()].concat()
+}
+
+/// A notation COSE_Sign1 envelope (signature-envelope-cose.md): tag 18,
+/// `[protected, {33: x5chain}, payload, r||s]`, signed over
+/// `["Signature1", protected, h'', payload]`.
+fn notation_cose(
+    w: &Workshop,
+    name: &str,
+    chain: &[Vec<u8>],
+    target: serde_json::Value,
+) -> Vec<u8> {
+    let scheme = "io.cncf.notary.signingScheme";
+    let mut protected = cbor_head(5, 5);
+    protected.extend([0x01, 0x26]); // alg: -7 (ES256)
+    protected.extend([&[0x02][..], &cbor_head(4, 1), &cbor_text(scheme)].concat()); // crit
+    protected.extend(
+        [
+            &[0x03][..],
+            &cbor_text("application/vnd.cncf.notary.payload.v1+json"),
+        ]
+        .concat(),
+    );
+    protected.extend([cbor_text(scheme), cbor_text("notary.x509")].concat());
+    protected.extend(cbor_text("io.cncf.notary.signingTime"));
+    protected.extend([&[0xc1][..], &cbor_head(0, now())].concat()); // tag 1: epoch seconds
+    let payload = json!({"targetArtifact": target}).to_string().into_bytes();
+    let to_sign = [
+        vec![0x84],
+        cbor_text("Signature1"),
+        cbor_bytes(&protected),
+        vec![0x40],
+        cbor_bytes(&payload),
+    ]
+    .concat();
+    let sig = der_to_raw(&w.sign(name, Kind::P256, &to_sign), 32);
+    let mut unprotected = cbor_head(5, 1);
+    unprotected.extend([0x18, 33]); // label 33: x5chain
+    unprotected.extend(cbor_head(4, chain.len() as u64));
+    for c in chain {
+        unprotected.extend(cbor_bytes(c));
+    }
+    [
+        vec![0xd2, 0x84], // tag 18, array of 4
+        cbor_bytes(&protected),
+        unprotected,
+        cbor_bytes(&payload),
+        cbor_bytes(&sig),
+    ]
+    .concat()
+}
+
 /// Attaches a notation JWS envelope to the model as referrer `n`.
 fn attach_notation(model: &Model, n: usize, envelope: &str, thumbprint: &serde_json::Value) {
     model.attach(
@@ -1234,6 +1316,38 @@ fn notation_jws_signatures() {
             ),
         ],
         &["is not in OCIMODEL_NOTATION_IDENTITY"],
+    );
+    // A COSE envelope, alone (the JWS ones removed from the referrers index).
+    let cose_model = Model::push();
+    let cose_target =
+        json!({"mediaType": OCI_MANIFEST, "digest": cose_model.digest, "size": cose_model.size});
+    let envelope = notation_cose(
+        &w,
+        "notary-signer",
+        std::slice::from_ref(&leaf),
+        cose_target,
+    );
+    cose_model.attach_raw(0, NOTARY, "application/cose", &envelope, thumbprint.clone());
+    let m = cose_model.installed(&env);
+    assert_eq!(m["signatures"][0]["kind"], "notation");
+    // A forged COSE signature, alone on another model, is refused.
+    let forged_model = Model::push();
+    let forged_target = json!({"mediaType": OCI_MANIFEST, "digest": forged_model.digest, "size": forged_model.size});
+    let mut forged = notation_cose(
+        &w,
+        "notary-signer",
+        std::slice::from_ref(&leaf),
+        forged_target,
+    );
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    forged_model.attach_raw(0, NOTARY, "application/cose", &forged, thumbprint.clone());
+    forged_model.refused(
+        &env,
+        &[
+            "notation referrer",
+            "does not verify with its certificate's key",
+        ],
     );
     // The root as a mounted file works the same.
     model.installed(&[("NOTATION_CERT", w.path("notary-root.pem").to_str().unwrap())]);

@@ -1,6 +1,6 @@
 //! The signature parsers never panic on hostile input: DER certificates and
-//! keys, PEM, sigstore bundles (key and keyless paths), notation JWS
-//! envelopes, trusted roots, and inclusion proofs. The first byte picks one.
+//! keys, PEM, sigstore bundles (key and keyless paths), notation JWS and
+//! COSE envelopes, trusted roots, and inclusion proofs. The first byte picks one.
 #![no_main]
 use std::sync::OnceLock;
 
@@ -26,7 +26,7 @@ fn policy() -> &'static Policy {
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
     let subject: Digest = SUBJECT.parse().unwrap();
-    match which % 7 {
+    match which % 8 {
         0 => {
             if let Ok(c) = der::parse_certificate(rest) {
                 let _ = c.alt_names();
@@ -57,12 +57,24 @@ fuzz_target!(|data: &[u8]| {
             };
             let _ = notation::check_jws(rest, &target, &trust);
         }
+        7 => {
+            let trust = notation::Trust {
+                anchors: Vec::new(),
+                identities: Vec::new(),
+            };
+            let target = notation::Target {
+                digest: &subject,
+                media_type: "application/vnd.oci.image.manifest.v1+json",
+                size: 309,
+            };
+            let _ = notation::check_cose(rest, &target, &trust);
+        }
         5 => {
             if let Ok(s) = std::str::from_utf8(rest) {
                 let _ = sigstore::TrustedRoot::parse(s, "fuzz");
             }
         }
-        _ => {
+        6 => {
             // An inclusion path: index, size, then 32-byte hashes.
             if rest.len() >= 16 {
                 let index = u64::from_le_bytes(rest[..8].try_into().unwrap());
@@ -71,5 +83,6 @@ fuzz_target!(|data: &[u8]| {
                 let _ = sigstore::root_from_proof(index, size, [0; 32], &path);
             }
         }
+        _ => unreachable!(),
     }
 });

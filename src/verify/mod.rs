@@ -6,7 +6,7 @@
 //! - cosign legacy: tag `sha256-<hex>.sig`, simple-signing layers;
 //! - the same simple-signing manifest stored as a referrer;
 //! - sigstore bundles (cosign v3) stored as referrers;
-//! - notation JWS envelopes stored as referrers.
+//! - notation JWS and COSE envelopes stored as referrers.
 //!
 //! Referrers come from the referrers API or its `sha256-<hex>` tag
 //! fallback (see [`crate::registry`]); local layouts are searched too.
@@ -16,6 +16,7 @@
 //! content but still rejects bad signatures; `off` with trust material set
 //! is an error, never a silent skip.
 
+pub mod cbor;
 pub mod cosign;
 pub mod keys;
 pub mod notation;
@@ -285,7 +286,8 @@ pub async fn verify(
         let location = format!("referrer {}", r.digest);
         let result = async {
             let m = source.manifest(&r.digest).await?;
-            let Document::Manifest(m) = Document::parse(&m.bytes, m.content_type.as_deref())? else {
+            let Document::Manifest(m) = Document::parse(&m.bytes, m.content_type.as_deref())?
+            else {
                 bail!("not an image manifest");
             };
             if m.subject.as_ref().map(|s| &s.digest) != Some(digest) {
@@ -294,7 +296,11 @@ pub async fn verify(
             match kind {
                 "cosign" => {
                     let mut last = Err(anyhow!("no simple-signing layer"));
-                    for layer in m.layers.iter().filter(|l| l.media_type == cosign::SIMPLE_SIGNING) {
+                    for layer in m
+                        .layers
+                        .iter()
+                        .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
+                    {
                         let payload = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
                         last = cosign::check_simple_signing(layer, &payload, digest, policy);
                         if last.is_ok() {
@@ -305,29 +311,41 @@ pub async fn verify(
                 }
                 "sigstore bundle" => {
                     let [layer] = m.layers.as_slice() else {
-                        bail!("a bundle manifest must have exactly one layer, not {}", m.layers.len());
+                        bail!(
+                            "a bundle manifest must have exactly one layer, not {}",
+                            m.layers.len()
+                        );
                     };
                     let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
                     cosign::check_bundle(&bytes, digest, policy)
                 }
                 _ => {
                     let [layer] = m.layers.as_slice() else {
-                        bail!("a notation signature must have exactly one layer, not {}", m.layers.len());
+                        bail!(
+                            "a notation signature must have exactly one layer, not {}",
+                            m.layers.len()
+                        );
                     };
-                    if layer.media_type == notation::COSE {
-                        bail!("COSE envelopes are not supported; sign with `notation sign --signature-format jws`");
-                    }
-                    if layer.media_type != notation::JWS {
-                        bail!("envelope type '{}' is not {}", layer.media_type, notation::JWS);
-                    }
+                    let check = match layer.media_type.as_str() {
+                        notation::JWS => notation::check_jws,
+                        notation::COSE => notation::check_cose,
+                        other => bail!(
+                            "envelope type '{other}' is neither {} nor {}",
+                            notation::JWS,
+                            notation::COSE
+                        ),
+                    };
                     let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
-                    let trust = policy.notation.as_ref().expect("kind chosen only with notation trust");
+                    let trust = policy
+                        .notation
+                        .as_ref()
+                        .expect("kind chosen only with notation trust");
                     let target = notation::Target {
                         digest,
                         media_type: &media_type_of(top),
                         size: top.bytes.len() as u64,
                     };
-                    notation::check_jws(&bytes, &target, trust)
+                    check(&bytes, &target, trust)
                 }
             }
         }
@@ -555,6 +573,16 @@ mod tests {
                 Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
                 Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
             }
+            // The same signature as a COSE_Sign1 envelope (formats.md 8.6).
+            let cose = read("notation.cose");
+            match notation::check_cose(&cose, &target, &trust) {
+                Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
+                Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
+            }
+            let mut tampered = cose.clone();
+            let at = tampered.len() - 70; // inside the payload
+            tampered[at] ^= 1;
+            assert!(notation::check_cose(&tampered, &target, &trust).is_err());
             let wrong_size = notation::Target {
                 size: 310,
                 ..target

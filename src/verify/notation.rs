@@ -1,9 +1,10 @@
 //! Notary Project (notation) signatures: a referrer of artifact type
 //! `application/vnd.cncf.notary.signature` (or, legacy, that config media
-//! type) whose one layer is a JWS envelope.
+//! type) whose one layer is a JWS or COSE envelope.
 //!
 //! Sources: notaryproject/specifications signature-specification.md,
-//! signature-envelope-jws.md, trust-store-trust-policy.md.
+//! signature-envelope-jws.md, signature-envelope-cose.md,
+//! trust-store-trust-policy.md.
 //!
 //! Checked, as the "strict" level does without a timestamp authority or
 //! revocation service: the envelope's critical headers and content type; the
@@ -11,8 +12,8 @@
 //! with the code-signing usage; the signature with the leaf's key (the
 //! algorithm must fit the key); the signature's expiry; the payload's
 //! `targetArtifact` digest, media type and size; and, when
-//! OCIMODEL_NOTATION_IDENTITY is set, the leaf's subject. COSE envelopes,
-//! the signingAuthority scheme, RFC 3161 timestamps and revocation are not
+//! OCIMODEL_NOTATION_IDENTITY is set, the leaf's subject. The
+//! signingAuthority scheme, RFC 3161 timestamps and revocation are not
 //! supported (a signature relying on them is refused, not skipped).
 
 use std::collections::BTreeSet;
@@ -22,6 +23,7 @@ use base64::Engine;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::Value;
 
+use super::cbor;
 use super::keys::PublicKey;
 use super::sigstore::describe_chain_error;
 use crate::der;
@@ -81,8 +83,33 @@ pub struct Target<'a> {
     pub size: u64,
 }
 
-/// Checks one JWS envelope; returns the signer's subject.
+/// What either envelope format says, in one shape.
+struct Envelope {
+    /// JOSE name of the algorithm (`ES256`, `PS384`, ...).
+    alg: String,
+    content_type: String,
+    critical: Vec<String>,
+    /// Critical header names the protected header lacks.
+    missing: Vec<String>,
+    scheme: String,
+    expiry: Option<(std::time::SystemTime, String)>,
+    chain: Vec<Vec<u8>>,
+    signed: Vec<u8>,
+    signature: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Checks one JWS envelope (`application/jose+json`); returns the signer's subject.
 pub fn check_jws(envelope: &[u8], target: &Target, trust: &Trust) -> Result<String> {
+    check_envelope(parse_jws(envelope)?, target, trust)
+}
+
+/// Checks one COSE_Sign1 envelope (`application/cose`); returns the signer's subject.
+pub fn check_cose(envelope: &[u8], target: &Target, trust: &Trust) -> Result<String> {
+    check_envelope(parse_cose(envelope)?, target, trust)
+}
+
+fn parse_jws(envelope: &[u8]) -> Result<Envelope> {
     let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let env: Value = serde_json::from_slice(envelope).context("the JWS envelope is not JSON")?;
     let field = |name: &str| {
@@ -98,71 +125,188 @@ pub fn check_jws(envelope: &[u8], target: &Target, trust: &Trust) -> Result<Stri
             .context("the protected header is not base64url")?,
     )
     .context("the protected header is not JSON")?;
-
-    let cty = protected["cty"].as_str().unwrap_or("");
-    if cty != PAYLOAD_TYPE {
-        bail!("the envelope's content type is '{cty}', not {PAYLOAD_TYPE}");
-    }
-    let critical: Vec<&str> = protected["crit"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if !critical.contains(&SCHEME) {
-        bail!("the protected header does not mark {SCHEME} critical");
-    }
-    for c in &critical {
-        if !KNOWN_CRITICAL.contains(c) {
-            bail!(
-                "the protected header has critical field '{c}', which ocimodel does not understand"
-            );
-        }
-        if protected[*c].is_null() {
-            bail!("critical field '{c}' is missing from the protected header");
-        }
-    }
-    let scheme = protected[SCHEME].as_str().unwrap_or("");
-    if scheme != "notary.x509" {
-        bail!("signing scheme '{scheme}' is not supported (only notary.x509; signingAuthority needs a timestamp authority)");
-    }
-    if let Some(expiry) = protected[EXPIRY].as_str() {
-        let at = humantime::parse_rfc3339_weak(expiry)
-            .map_err(|e| anyhow!("bad {EXPIRY} '{expiry}': {e}"))?;
-        if at < std::time::SystemTime::now() {
-            bail!("the notation signature expired at {expiry}");
-        }
-    }
-
-    let chain: Vec<Vec<u8>> = env["header"]["x5c"]
+    let critical: Vec<String> = protected["crit"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
-                .filter_map(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default();
-    let leaf = chain
-        .first()
-        .ok_or_else(|| anyhow!("the envelope carries no certificate chain (x5c)"))?;
-    let cert = der::parse_certificate(leaf).context("the signing certificate")?;
-    check_chain(leaf, &chain[1..], trust)?;
+    let expiry = match protected[EXPIRY].as_str() {
+        Some(e) => Some((
+            humantime::parse_rfc3339_weak(e).map_err(|err| anyhow!("bad {EXPIRY} '{e}': {err}"))?,
+            e.to_string(),
+        )),
+        None => None,
+    };
+    Ok(Envelope {
+        alg: protected["alg"].as_str().unwrap_or("").to_string(),
+        content_type: protected["cty"].as_str().unwrap_or("").to_string(),
+        missing: critical
+            .iter()
+            .filter(|c| protected[c.as_str()].is_null())
+            .cloned()
+            .collect(),
+        critical,
+        scheme: protected[SCHEME].as_str().unwrap_or("").to_string(),
+        expiry,
+        chain: env["header"]["x5c"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        signed: format!("{protected_b64}.{payload_b64}").into_bytes(),
+        signature: b64url
+            .decode(signature_b64)
+            .context("the signature is not base64url")?,
+        payload: b64url
+            .decode(payload_b64)
+            .context("the payload is not base64url")?,
+    })
+}
 
-    let alg = protected["alg"].as_str().unwrap_or("");
+/// COSE_Sign1 (RFC 9052) as signature-envelope-cose.md profiles it:
+/// `[protected, unprotected, payload, signature]`, tag 18.
+fn parse_cose(envelope: &[u8]) -> Result<Envelope> {
+    use cbor::Value as C;
+    let top = cbor::decode(envelope).context("the COSE envelope is not CBOR")?;
+    let top = match top {
+        C::Tag(18, inner) => *inner,
+        other => other,
+    };
+    let C::Array(parts) = top else {
+        bail!("the COSE envelope is not a COSE_Sign1 array");
+    };
+    let [C::Bytes(protected_bytes), unprotected, C::Bytes(payload), C::Bytes(signature)] =
+        parts.as_slice()
+    else {
+        bail!("the COSE envelope is not [protected, unprotected, payload, signature]");
+    };
+    let protected = cbor::decode(protected_bytes).context("the protected header is not CBOR")?;
+    let text = |v: Option<&C>| match v {
+        Some(C::Text(t)) => t.to_string(),
+        _ => String::new(),
+    };
+    let alg = match protected.get(&C::Uint(1)).and_then(C::int) {
+        Some(-7) => "ES256",
+        Some(-35) => "ES384",
+        Some(-37) => "PS256",
+        Some(-38) => "PS384",
+        Some(-39) => "PS512",
+        Some(other) => bail!("COSE algorithm {other} is not supported"),
+        None => bail!("the protected header names no algorithm"),
+    };
+    let critical: Vec<String> = match protected.get(&C::Uint(2)) {
+        Some(C::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                C::Text(t) => t.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let expiry = match protected.get(&C::Text(EXPIRY)) {
+        Some(C::Tag(1, t)) => {
+            let secs = t
+                .int()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| anyhow!("bad {EXPIRY}"))?;
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            Some((at, humantime::format_rfc3339_seconds(at).to_string()))
+        }
+        Some(_) => bail!("bad {EXPIRY}: not an epoch time (tag 1)"),
+        None => None,
+    };
+    let chain = match unprotected.get(&C::Uint(33)) {
+        Some(C::Array(certs)) => certs
+            .iter()
+            .filter_map(|c| match c {
+                C::Bytes(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect(),
+        Some(C::Bytes(one)) => vec![one.to_vec()],
+        _ => Vec::new(),
+    };
+    // Sig_structure = ["Signature1", protected, external_aad = h'', payload].
+    let mut signed = vec![0x84];
+    signed.extend(cbor::head(3, 10));
+    signed.extend_from_slice(b"Signature1");
+    signed.extend(cbor::head(2, protected_bytes.len()));
+    signed.extend_from_slice(protected_bytes);
+    signed.push(0x40);
+    signed.extend(cbor::head(2, payload.len()));
+    signed.extend_from_slice(payload);
+    Ok(Envelope {
+        alg: alg.to_string(),
+        content_type: text(protected.get(&C::Uint(3))),
+        missing: critical
+            .iter()
+            .filter(|c| protected.get(&C::Text(c.as_str())).is_none())
+            .cloned()
+            .collect(),
+        critical,
+        scheme: text(protected.get(&C::Text(SCHEME))),
+        expiry,
+        chain,
+        signed,
+        signature: signature.to_vec(),
+        payload: payload.to_vec(),
+    })
+}
+
+/// The checks both envelope formats share.
+fn check_envelope(e: Envelope, target: &Target, trust: &Trust) -> Result<String> {
+    if e.content_type != PAYLOAD_TYPE {
+        bail!(
+            "the envelope's content type is '{}', not {PAYLOAD_TYPE}",
+            e.content_type
+        );
+    }
+    if !e.critical.iter().any(|c| c == SCHEME) {
+        bail!("the protected header does not mark {SCHEME} critical");
+    }
+    if let Some(c) = e
+        .critical
+        .iter()
+        .find(|c| !KNOWN_CRITICAL.contains(&c.as_str()))
+    {
+        bail!("the protected header has critical field '{c}', which ocimodel does not understand");
+    }
+    if let Some(c) = e.missing.first() {
+        bail!("critical field '{c}' is missing from the protected header");
+    }
+    if e.scheme != "notary.x509" {
+        bail!(
+            "signing scheme '{}' is not supported (only notary.x509; signingAuthority needs a timestamp authority)",
+            e.scheme
+        );
+    }
+    if let Some((at, text)) = &e.expiry {
+        if *at < std::time::SystemTime::now() {
+            bail!("the notation signature expired at {text}");
+        }
+    }
+
+    let leaf = e
+        .chain
+        .first()
+        .ok_or_else(|| anyhow!("the envelope carries no certificate chain"))?;
+    let cert = der::parse_certificate(leaf).context("the signing certificate")?;
+    check_chain(leaf, &e.chain[1..], trust)?;
     let key = PublicKey::from_spki(cert.spki, "the notation signing certificate".into())?;
-    let signature = b64url
-        .decode(signature_b64)
-        .context("the signature is not base64url")?;
-    let signed = format!("{protected_b64}.{payload_b64}");
-    if !key.verify_jws(alg, signed.as_bytes(), &signature)? {
+    if !key.verify_jws(&e.alg, &e.signed, &e.signature)? {
         bail!("the notation signature does not verify with its certificate's key (tampered envelope or payload)");
     }
 
-    let payload: Value = serde_json::from_slice(
-        &b64url
-            .decode(payload_b64)
-            .context("the payload is not base64url")?,
-    )
-    .context("the payload is not JSON")?;
+    let payload: Value = serde_json::from_slice(&e.payload).context("the payload is not JSON")?;
     let t = &payload["targetArtifact"];
     let (digest, media_type, size) = (
         t["digest"].as_str().unwrap_or(""),
