@@ -3,7 +3,8 @@
 //!
 //! Modules, in the order data flows through them:
 //! [`reference`] → [`source`] ([`registry`] with [`auth`], or an OCI layout)
-//! → [`manifest`] (index → platform manifest) → [`format`] (which format,
+//! → [`verify`] (signatures of the resolved digest, with [`der`], before
+//! anything is written) → [`manifest`] (index → platform manifest) → [`format`] (which format,
 //! what each layer becomes: a [`format::Plan`], narrowed by [`select`])
 //! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
 //! → [`install`] (atomic swap into DEST, completion marker).
