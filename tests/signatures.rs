@@ -884,6 +884,19 @@ fn keyless_case(entry: &Entry, signer: &str, issuer: &str, ca: Option<&str>) -> 
     (model, s)
 }
 
+/// `keyless_case`, then a pull that must be refused naming `needles`.
+fn keyless_refused(
+    entry: &Entry,
+    signer: &str,
+    issuer: &str,
+    ca: Option<&str>,
+    needles: &[&str],
+) -> Model {
+    let (model, s) = keyless_case(entry, signer, issuer, ca);
+    model.refused(&as_refs(&keyless_env(&s)), needles);
+    model
+}
+
 fn keyless_env(s: &Sigstore) -> Vec<(&'static str, String)> {
     vec![
         ("COSIGN_CERT_IDENTITY", IDENTITY.to_string()),
@@ -952,9 +965,11 @@ fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
         set: false,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &entry,
+        IDENTITY,
+        ISSUER,
+        None,
         &["no signed entry timestamp", "signing time is unproven"],
     );
     // A forged inclusion proof fails even next to a good SET.
@@ -962,9 +977,11 @@ fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
         tamper_proof: true,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &entry,
+        IDENTITY,
+        ISSUER,
+        None,
         &["the inclusion proof does not lead to the log's root hash"],
     );
 }
@@ -972,9 +989,11 @@ fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
 #[test]
 fn keyless_refusals() {
     // Identity mismatch.
-    let (model, s) = keyless_case(&Entry::default(), "mallory@example.com", ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &Entry::default(),
+        "mallory@example.com",
+        ISSUER,
+        None,
         &[
             "certificate identity mismatch",
             "mallory@example.com",
@@ -983,14 +1002,11 @@ fn keyless_refusals() {
     );
 
     // Issuer mismatch.
-    let (model, s) = keyless_case(
+    keyless_refused(
         &Entry::default(),
         IDENTITY,
         "https://evil.example.com",
         None,
-    );
-    model.refused(
-        &as_refs(&keyless_env(&s)),
         &["OIDC issuer mismatch", "https://evil.example.com"],
     );
 
@@ -1000,16 +1016,20 @@ fn keyless_refusals() {
         integrated_time: now() + 3 * 86400,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&late, IDENTITY, ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &late,
+        IDENTITY,
+        ISSUER,
+        None,
         &["the signing certificate had expired at"],
     );
 
     // Issued by a CA the trusted root does not name.
-    let (model, s) = keyless_case(&Entry::default(), IDENTITY, ISSUER, Some("rogue"));
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &Entry::default(),
+        IDENTITY,
+        ISSUER,
+        Some("rogue"),
         &["does not chain to a CA in OCIMODEL_TRUSTED_ROOT (untrusted)"],
     );
 
@@ -1019,9 +1039,11 @@ fn keyless_refusals() {
         proof: false,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&forged, IDENTITY, ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    keyless_refused(
+        &forged,
+        IDENTITY,
+        ISSUER,
+        None,
         &["signed entry timestamp does not verify"],
     );
 
@@ -1030,9 +1052,11 @@ fn keyless_refusals() {
         foreign_body: true,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&foreign, IDENTITY, ISSUER, None);
-    model.refused(
-        &as_refs(&keyless_env(&s)),
+    let model = keyless_refused(
+        &foreign,
+        IDENTITY,
+        ISSUER,
+        None,
         &["the log entry records a different signature"],
     );
 

@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         3 => {
             let _ = cosign::check_bundle(rest, &subject, policy());
         }
-        4 => {
+        4 | 7 => {
             let trust = notation::Trust {
                 anchors: Vec::new(),
                 identities: Vec::new(),
@@ -55,19 +55,12 @@ fuzz_target!(|data: &[u8]| {
                 media_type: "application/vnd.oci.image.manifest.v1+json",
                 size: 309,
             };
-            let _ = notation::check_jws(rest, &target, &trust);
-        }
-        7 => {
-            let trust = notation::Trust {
-                anchors: Vec::new(),
-                identities: Vec::new(),
+            let check = if which % 8 == 4 {
+                notation::check_jws
+            } else {
+                notation::check_cose
             };
-            let target = notation::Target {
-                digest: &subject,
-                media_type: "application/vnd.oci.image.manifest.v1+json",
-                size: 309,
-            };
-            let _ = notation::check_cose(rest, &target, &trust);
+            let _ = check(rest, &target, &trust);
         }
         5 => {
             if let Ok(s) = std::str::from_utf8(rest) {

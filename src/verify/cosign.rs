@@ -30,6 +30,11 @@ const SIMPLE_SIGNING_TYPE: &str = "cosign container image signature";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
 const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
+/// Where cosign keeps the legacy signatures of `digest`: tag `sha256-<hex>.sig`.
+pub fn signature_tag(digest: &Digest) -> String {
+    format!("{}-{}.sig", digest.algorithm().name(), digest.hex())
+}
+
 /// Checks one simple-signing layer whose payload was fetched (and checked
 /// against the layer digest). Returns who signed.
 pub fn check_simple_signing(

@@ -200,6 +200,20 @@ impl Policy {
     fn wants_cosign(&self) -> bool {
         !self.keys.is_empty() || self.keyless.is_some()
     }
+
+    fn looked_for(&self, digest: &Digest) -> String {
+        let mut l = Vec::new();
+        if self.wants_cosign() {
+            l.push(format!(
+                "cosign tag {} and sigstore bundle referrers",
+                cosign::signature_tag(digest)
+            ));
+        }
+        if self.notation.is_some() {
+            l.push("notation referrers".to_string());
+        }
+        l.join(", ")
+    }
 }
 
 /// A signature that verified: what kind, where it was found, who signed.
@@ -242,7 +256,7 @@ pub async fn verify(
     };
 
     if policy.wants_cosign() {
-        let tag = format!("{}-{}.sig", digest.algorithm().name(), digest.hex());
+        let tag = cosign::signature_tag(digest);
         if let Some(sig_manifest) = source
             .tagged(&tag)
             .await
@@ -375,23 +389,6 @@ pub async fn verify(
         found,
         problems.join("; ")
     )
-}
-
-impl Policy {
-    fn looked_for(&self, digest: &Digest) -> String {
-        let mut l = Vec::new();
-        if self.wants_cosign() {
-            l.push(format!(
-                "cosign tag {}-{}.sig and sigstore bundle referrers",
-                digest.algorithm().name(),
-                digest.hex()
-            ));
-        }
-        if self.notation.is_some() {
-            l.push("notation referrers".to_string());
-        }
-        l.join(", ")
-    }
 }
 
 /// The simple-signing layers of a cosign `.sig` manifest.
@@ -569,16 +566,14 @@ mod tests {
             // what must be reported.
             let before_expiry = std::time::SystemTime::now()
                 < humantime::parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
-            match notation::check_jws(&envelope, &target, &trust) {
+            let signed_by_the_example = |result: Result<String>| match result {
                 Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
                 Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
-            }
+            };
+            signed_by_the_example(notation::check_jws(&envelope, &target, &trust));
             // The same signature as a COSE_Sign1 envelope (formats.md 8.6).
             let cose = read("notation.cose");
-            match notation::check_cose(&cose, &target, &trust) {
-                Ok(who) => assert_eq!(who, "C=US, ST=WA, O=example.io, CN=signer"),
-                Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
-            }
+            signed_by_the_example(notation::check_cose(&cose, &target, &trust));
             let mut tampered = cose.clone();
             let at = tampered.len() - 70; // inside the payload
             tampered[at] ^= 1;
