@@ -160,12 +160,16 @@ struct AccessArgs {
     auth_file: Option<PathBuf>,
 
     /// Log format: text or json.
-    #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "OCIMODEL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 
     /// Seconds a registry may send no bytes before the transfer is abandoned.
     #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = 60)]
     stall_timeout: u64,
+
+    /// Bytes per second a transfer must average over each stall window (e.g. 1K); a trickling registry fails.
+    #[arg(long = "min-rate", env = "OCIMODEL_MIN_RATE", default_value = "1K", value_parser = parse_size)]
+    min_rate: u64,
 
     /// Seconds a connection to a registry may take to open.
     #[arg(
@@ -319,6 +323,14 @@ struct PullArgs {
     #[arg(long, env = "OCIMODEL_MAX_EXPANDED", value_parser = parse_size)]
     max_expanded: Option<u64>,
 
+    /// Most files, links and directories one model may have.
+    #[arg(long, env = "OCIMODEL_MAX_FILES", default_value_t = 100_000)]
+    max_files: u64,
+
+    /// Seconds to wait for another ocimodel holding the same DEST's lock.
+    #[arg(long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = 1800)]
+    lock_timeout: u64,
+
     /// Give up on a model after this many seconds in all (default: no limit).
     #[arg(long, env = "OCIMODEL_TIMEOUT")]
     timeout: Option<u64>,
@@ -367,6 +379,12 @@ struct ReferrersArgs {
 
 /// Runs the command line; returns the process exit code.
 pub fn main_with_args(mut argv: Vec<String>) -> i32 {
+    if let Err(e) = crate::config::check_env(std::env::vars_os()) {
+        let line = crate::text::for_output(&format!("ocimodel: {e:#}"));
+        eprintln!("{line}");
+        write_termination(None, &line);
+        return 1;
+    }
     // KServe's bare `URI DEST ...` form means `pull` (or `sidecar`, for images
     // whose arguments KServe fixes, with OCIMODEL_MODE=sidecar).
     if argv.len() > 1 && !argv[1].starts_with('-') && !SUBCOMMANDS.contains(&argv[1].as_str()) {
@@ -428,7 +446,7 @@ fn run_pull(args: PullArgs) -> i32 {
         Ok((jobs, settings, clients)) => execute(jobs, settings, clients, log.as_deref()),
         Err(e) => {
             let msg = format!("ocimodel: {e:#}");
-            eprintln!("{msg}");
+            eprintln!("{}", crate::text::for_output(&msg));
             write_termination(log.as_deref(), &msg);
             1
         }
@@ -446,13 +464,20 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
         );
     }
     let mut jobs = Vec::new();
-    let mut dests = std::collections::HashSet::new();
+    let mut dests = std::collections::HashMap::new();
     for pair in args.pairs.chunks(2) {
         let (uri, dest) = (&pair[0], &pair[1]);
         let target = Target::parse(uri).with_context(|| uri.to_string())?;
         let dest_path = PathBuf::from(dest);
-        if !dests.insert(dest_path.clone()) {
-            bail!("destination {dest} is given twice; each model needs its own directory");
+        // Two names for one directory (a symlink, `d/.`) would let the
+        // second model silently replace the first.
+        if let Some(first) = dests.insert(resolve_dest(&dest_path), dest.clone()) {
+            if &first == dest {
+                bail!("destination {dest} is given twice; each model needs its own directory");
+            }
+            bail!(
+                "destinations {first} and {dest} are the same directory; each model needs its own"
+            );
         }
         jobs.push(Job {
             uri: uri.clone(),
@@ -467,6 +492,8 @@ fn prepare(args: &PullArgs) -> Result<Prepared> {
     settings.progress_every = std::time::Duration::from_secs(args.progress_interval.max(1));
     settings.deadline = args.timeout.map(std::time::Duration::from_secs);
     settings.max_expanded = args.max_expanded.unwrap_or(u64::MAX);
+    settings.max_files = args.max_files;
+    settings.lock_timeout = std::time::Duration::from_secs(args.lock_timeout);
     settings.verify = Arc::new(args.policy.policy()?);
     Ok((jobs, settings, client_factory(&args.access)))
 }
@@ -486,6 +513,8 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
         progress_every: std::time::Duration::from_secs(10),
         deadline: None,
         max_expanded: u64::MAX,
+        max_files: 100_000,
+        lock_timeout: std::time::Duration::from_secs(1800),
         verify: Arc::new(Policy::default()),
         filter: Filter::new(&select.include, &select.exclude),
         format: format::Options {
@@ -493,6 +522,36 @@ fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
             kit_filter: clean_list(&select.kit_filter),
         },
     })
+}
+
+/// Where a DEST really is: symlinks followed (dangling ones too, since
+/// `mkdir -p` would create their target), then made absolute.
+fn resolve_dest(path: &Path) -> PathBuf {
+    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(target) => p = p.parent().map(|d| d.join(&target)).unwrap_or(target),
+            Err(_) => break,
+        }
+    }
+    // Canonicalise the longest existing prefix; keep the rest as written.
+    let mut rest = Vec::new();
+    let mut head = p.clone();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&head) {
+            return rest
+                .iter()
+                .rev()
+                .fold(c, |acc: PathBuf, part| acc.join(part));
+        }
+        match (head.file_name().map(|n| n.to_os_string()), head.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                head = parent.to_path_buf();
+            }
+            _ => return p,
+        }
+    }
 }
 
 /// A comma-separated setting's items, trimmed, empty ones dropped.
@@ -524,6 +583,7 @@ fn client_factory(access: &AccessArgs) -> ClientFactory {
             access.connect_timeout.max(1),
         )),
         stall_timeout: Some(std::time::Duration::from_secs(access.stall_timeout.max(1))),
+        min_rate: access.min_rate,
         retries: access.retries,
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());
@@ -561,7 +621,10 @@ where
             0
         }
         Err(e) => {
-            eprintln!("ocimodel: {uri}: {e:#}");
+            eprintln!(
+                "{}",
+                crate::text::for_output(&format!("ocimodel: {uri}: {e:#}"))
+            );
             1
         }
     }
@@ -571,7 +634,7 @@ fn run_sidecar(args: SidecarArgs) -> i32 {
     init_logging(&args.pull.access.log_format);
     let log = args.pull.termination_log.clone();
     let fatal = move |line: &str| {
-        eprintln!("{line}");
+        eprintln!("{}", crate::text::for_output(line));
         write_termination(log.as_deref(), line);
     };
     let prepared = prepare(&args.pull).and_then(|p| Ok((p, serve::parse_listen(&args.listen)?)));
@@ -647,7 +710,10 @@ fn run_push(args: PushArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("ocimodel: push {}: {e:#}", args.dir.display());
+            eprintln!(
+                "{}",
+                crate::text::for_output(&format!("ocimodel: push {}: {e:#}", args.dir.display()))
+            );
             1
         }
     }
@@ -734,7 +800,7 @@ fn run_inspect(args: InspectArgs) -> i32 {
     let settings = match settings(&args.access, &args.select) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ocimodel: {e:#}");
+            eprintln!("{}", crate::text::for_output(&format!("ocimodel: {e:#}")));
             return 1;
         }
     };
@@ -758,7 +824,7 @@ fn run_verify(args: VerifyArgs) -> i32 {
     let policy = match policy {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ocimodel: {e:#}");
+            eprintln!("{}", crate::text::for_output(&format!("ocimodel: {e:#}")));
             return 1;
         }
     };
@@ -847,7 +913,7 @@ fn execute(jobs: Vec<Job>, settings: Settings, clients: ClientFactory, log: Opti
         Ok(r) => r,
         Err(e) => {
             let msg = format!("ocimodel: cannot start the async runtime: {e}");
-            eprintln!("{msg}");
+            eprintln!("{}", crate::text::for_output(&msg));
             write_termination(log, &msg);
             return 1;
         }
@@ -886,7 +952,7 @@ fn execute(jobs: Vec<Job>, settings: Settings, clients: ClientFactory, log: Opti
                 ));
             }
             Err(e) => {
-                let line = format!("{}: {e:#}", job.uri);
+                let line = crate::text::for_output(&format!("{}: {e:#}", job.uri));
                 tracing::error!("{line}");
                 failed.push(line);
             }
@@ -925,7 +991,9 @@ fn write_termination(path: Option<&Path>, line: &str) {
             default
         }
     };
-    let mut line = line.replace('\n', " ");
+    // One line, no control characters, no passwords (KServe copies it into
+    // the InferenceService status).
+    let mut line = crate::text::for_output(&line.replace('\n', " "));
     if line.len() > TERMINATION_LIMIT {
         let mut cut = TERMINATION_LIMIT - 3;
         while !line.is_char_boundary(cut) {
@@ -945,5 +1013,41 @@ fn write_termination(path: Option<&Path>, line: &str) {
             "ocimodel: cannot write termination log {}: {e}",
             path.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every env name a flag reads is in `config::SETTINGS`, and every
+    /// setting there is read somewhere, so the unknown-variable check can
+    /// neither refuse a real setting nor accept a dead one.
+    #[test]
+    fn flag_env_names_match_the_settings_list() {
+        fn walk(cmd: &clap::Command, names: &mut std::collections::BTreeSet<String>) {
+            for a in cmd.get_arguments() {
+                if let Some(env) = a.get_env() {
+                    names.insert(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, names);
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        walk(&Cli::command(), &mut names);
+        // Read outside clap: before parsing (MODE), by the log filter (LOG).
+        names.insert("OCIMODEL_MODE".into());
+        names.insert("OCIMODEL_LOG".into());
+        // Read by the credential sources (auth.rs).
+        names.insert("OCIMODEL_DOCKER_CONFIG_JSON".into());
+        let ours: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| n.starts_with("OCIMODEL_"))
+            .collect();
+        assert_eq!(ours, crate::config::SETTINGS);
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +26,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::unpack::{normalise_mode, remove_existing, Contents, RESERVED_NAMES};
+use crate::dirfd::Dir;
+use crate::unpack::{group_zero, shared_mode, Contents, RESERVED_NAMES};
 
 pub const MARKER: &str = ".ocimodel.json";
 pub const BOOKKEEPING: &str = ".ocimodel";
@@ -102,43 +103,82 @@ struct Journal {
     entries: Vec<String>,
 }
 
-/// An opened, locked destination directory.
+/// Caps on bookkeeping files read back from DEST (a co-tenant may plant
+/// anything there: `/dev/zero`, a FIFO, a huge file).
+pub const MARKER_CAP: u64 = 64 << 20;
+const JOURNAL_CAP: u64 = 4 << 20;
+
+/// An opened, locked destination directory. Every change to DEST goes
+/// through the descriptors held here (see [`crate::dirfd`]), so a symlink or
+/// rename planted by anyone else who can write DEST never redirects a write.
 pub struct Dest {
     path: PathBuf,
-    book: PathBuf,
+    dir: Dir,
+    book: Dir,
     _lock: fs::File,
 }
 
 impl Dest {
     /// Creates DEST (`mkdir -p`) and its bookkeeping directory, takes the
-    /// lock (waiting for another run to finish), and recovers from a run that
-    /// died mid-install.
-    pub async fn open(path: &Path) -> Result<Dest> {
+    /// lock (waiting at most `lock_wait` for another run to finish), and
+    /// recovers from a run that died mid-install.
+    pub async fn open(path: &Path, lock_wait: Duration) -> Result<Dest> {
         create_dirs(path)
             .with_context(|| format!("cannot create destination {}", path.display()))?;
-        if !fs::metadata(path)?.is_dir() {
-            bail!("destination {} is not a directory", path.display());
+        let dir = Dir::open(path)
+            .with_context(|| format!("destination {} is not a directory", path.display()))?;
+        let cannot_write = || {
+            format!(
+                "cannot write to destination {} (read-only or not permitted?)",
+                path.display()
+            )
+        };
+        let created = dir.mkdir(BOOKKEEPING, 0o700).with_context(cannot_write)?;
+        let book = dir
+            .open_dir(BOOKKEEPING)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => anyhow::anyhow!(
+                    "{} is not a directory (a symlink or a file was put there); remove it",
+                    path.join(BOOKKEEPING).display()
+                ),
+                _ => anyhow::Error::new(e).context(cannot_write()),
+            })?;
+        if created {
+            // Other UIDs in group 0 stage their installs here too.
+            book.chmod(shared_mode(0o755, true))
+                .with_context(cannot_write)?;
         }
-        let book = path.join(BOOKKEEPING);
-        match fs::create_dir(&book) {
-            Ok(()) => set_mode(&book, true)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot write to destination {} (read-only or not permitted?)",
-                        path.display()
-                    )
-                })
+        if book.metadata()?.dev() != dir.metadata()?.dev() {
+            bail!(
+                "{} is on another filesystem than the destination; remove it",
+                book.path().display()
+            );
+        }
+        let (lock, lock_created) = match book.open_lock("lock", 0o600) {
+            // A symlink or special file planted in place of the lock: drop
+            // the name and make a real one.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::Other => {
+                tracing::warn!(dest = %path.display(), "replacing a bad lock file: {e}");
+                book.remove_tree("lock")?;
+                book.open_lock("lock", 0o600)
             }
+            other => other,
         }
-        let lock_path = book.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "{} is a symlink; remove it",
+                book.path().join("lock").display()
+            ),
+            _ => anyhow::Error::new(e).context(format!(
+                "cannot open lock file {}",
+                book.path().join("lock").display()
+            )),
+        })?;
+        if lock_created && group_zero() {
+            // Readable by group 0 only: whoever can open it can hold it.
+            lock.set_permissions(fs::Permissions::from_mode(0o660))?;
+        }
+        let started = std::time::Instant::now();
         let mut waited = false;
         loop {
             // SAFETY: flock on a descriptor we own; no memory is involved.
@@ -148,7 +188,17 @@ impl Dest {
             }
             let err = io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("cannot lock {}", lock_path.display()));
+                return Err(err).with_context(|| {
+                    format!("cannot lock {}", book.path().join("lock").display())
+                });
+            }
+            if started.elapsed() >= lock_wait {
+                bail!(
+                    "destination {} has been locked by another ocimodel for {}s (OCIMODEL_LOCK_TIMEOUT); if no other pull is running there, find the process holding {}",
+                    path.display(),
+                    lock_wait.as_secs(),
+                    book.path().join("lock").display()
+                );
             }
             if !waited {
                 tracing::info!(dest = %path.display(), "another ocimodel is installing into this destination; waiting for it");
@@ -158,6 +208,7 @@ impl Dest {
         }
         let dest = Dest {
             path: path.to_path_buf(),
+            dir,
             book,
             _lock: lock,
         };
@@ -169,36 +220,62 @@ impl Dest {
         &self.path
     }
 
-    /// Finishes what a killed run left: entries listed in the journal, and
-    /// every staging directory.
+    /// Finishes what a killed run left: entries listed in the journal (those
+    /// the journal's writer owns), and every staging directory.
     fn recover(&self) -> Result<()> {
-        let journal_path = self.book.join("journal.json");
-        if let Ok(bytes) = fs::read(&journal_path) {
+        let journal = match self.book.read_small("journal.json", JOURNAL_CAP) {
+            Ok(j) => j,
+            Err(e) => {
+                // Not ours (a symlink, a FIFO, a huge file): drop the name.
+                tracing::warn!(dest = %self.path.display(), "ignoring a bad journal: {e}");
+                self.book.remove_tree("journal.json")?;
+                None
+            }
+        };
+        if let Some(bytes) = journal {
+            let writer = self.book.stat("journal.json")?.map(|st| st.st_uid);
             let journal: Journal = serde_json::from_slice(&bytes).unwrap_or_default();
             tracing::warn!(dest = %self.path.display(), "an earlier install was interrupted; removing its partial entries");
-            let _ = fs::remove_file(self.path.join(MARKER));
+            self.dir.remove_file(MARKER)?;
             for name in &journal.entries {
-                if is_plain_name(name) {
-                    remove_existing(&self.path.join(name))?;
+                if is_plain_name(name) && self.owned_by(name, writer)? {
+                    self.dir.remove_tree(name).with_context(|| {
+                        format!("cannot remove {}", self.path.join(name).display())
+                    })?;
                 }
             }
-            fs::remove_file(&journal_path)?;
+            self.book.remove_file("journal.json")?;
         }
-        for entry in fs::read_dir(&self.book)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for name in self.book.names()? {
             if name.starts_with("staging-") || name == "marker.tmp" {
-                remove_existing(&entry.path())?;
+                self.book.remove_tree(&name).with_context(|| {
+                    format!("cannot remove {}", self.book.path().join(&name).display())
+                })?;
             }
         }
         Ok(())
     }
 
+    /// Whether top-level entry `name` belongs to `writer` (the owner of the
+    /// marker or journal that lists it), or is gone. A list written by one
+    /// UID never makes ocimodel delete what another UID owns.
+    fn owned_by(&self, name: &str, writer: Option<u32>) -> Result<bool> {
+        match self.dir.stat(name)? {
+            None => Ok(true),
+            Some(st) if Some(st.st_uid) == writer => Ok(true),
+            Some(_) => {
+                tracing::warn!(dest = %self.path.display(), entry = name, "the bookkeeping lists an entry another user owns; leaving it");
+                Ok(false)
+            }
+        }
+    }
+
     /// The marker, if DEST holds a complete install.
     pub fn marker(&self) -> Option<Marker> {
-        let bytes = fs::read(self.path.join(MARKER)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let bytes = self.dir.read_small(MARKER, MARKER_CAP).ok()??;
+        let m: Marker = serde_json::from_slice(&bytes).ok()?;
+        m.check_paths().ok()?;
+        Some(m)
     }
 
     /// The marker when DEST already holds exactly this model: same digest and
@@ -207,19 +284,43 @@ impl Dest {
         installed(&self.path, Some(digest), Some(selection)).ok()
     }
 
-    /// A fresh, empty staging directory, removed again when the guard drops
-    /// (on errors, and when a pull is cancelled) unless it was installed.
+    /// A fresh, empty staging directory, private to this process (0700)
+    /// until its entries move into DEST, and reached through its descriptor;
+    /// removed again when the guard drops (on errors, and when a pull is
+    /// cancelled) unless it was installed.
     pub fn new_staging(&self) -> Result<Staging> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = self
-            .book
-            .join(format!("staging-{}-{nanos}", std::process::id()));
-        fs::create_dir(&dir)
-            .with_context(|| format!("cannot create staging directory {}", dir.display()))?;
-        Ok(Staging { path: dir })
+        let name = format!("staging-{}-{nanos}", std::process::id());
+        let cannot = || {
+            format!(
+                "cannot create staging directory {}",
+                self.book.path().join(&name).display()
+            )
+        };
+        if !self.book.mkdir(&name, 0o700).with_context(cannot)? {
+            bail!("{} exists already", self.book.path().join(&name).display());
+        }
+        let dir = self.book.open_dir(&name).with_context(cannot)?;
+        dir.chmod(0o700).with_context(cannot)?;
+        let pinned = match dir.pinned_path() {
+            Ok(p) => p,
+            Err(e) => {
+                // No /proc (a bare chroot): the staging directory is still
+                // private (0700), but a writer of .ocimodel could swap its
+                // name while we work; say so.
+                tracing::warn!("{e}; unpacking through the staging directory's path instead");
+                self.book.path().join(&name)
+            }
+        };
+        Ok(Staging {
+            book: self.book.try_clone()?,
+            name,
+            dir,
+            pinned,
+        })
     }
 
     /// Moves the staged tree into DEST, keeps the model's config (if any) as
@@ -229,61 +330,103 @@ impl Dest {
         staging: &Staging,
         mut marker: Marker,
         config: Option<&[u8]>,
+        owner: Option<(u32, u32)>,
     ) -> Result<Marker> {
-        let staging = staging.path();
-        let mut new_entries: Vec<String> = Vec::new();
-        for entry in fs::read_dir(staging)? {
-            new_entries.push(entry?.file_name().to_string_lossy().into_owned());
+        let new_entries = staging.dir.names()?;
+        let writer = self.dir.stat(MARKER)?.map(|st| st.st_uid);
+        let mut old = BTreeSet::new();
+        for name in self.marker().map(|m| m.entries).unwrap_or_default() {
+            if is_plain_name(&name) && self.owned_by(&name, writer)? {
+                old.insert(name);
+            }
         }
-        new_entries.sort();
-        let old: BTreeSet<String> = self
-            .marker()
-            .map(|m| m.entries.into_iter().collect())
-            .unwrap_or_default();
         // Refuse to clobber files this tool did not put there.
         for name in &new_entries {
-            if !old.contains(name) && fs::symlink_metadata(self.path.join(name)).is_ok() {
+            if !old.contains(name) && self.dir.stat(name)?.is_some() {
                 bail!(
                     "{} already exists and was not installed by ocimodel; remove it or use an empty destination",
                     self.path.join(name).display()
                 );
             }
         }
-        let _ = fs::remove_file(self.path.join(MARKER));
+        self.dir.remove_file(MARKER)?;
         let touched: BTreeSet<String> = old.iter().chain(new_entries.iter()).cloned().collect();
         let journal = Journal {
             entries: touched.into_iter().collect(),
         };
-        let journal_path = self.book.join("journal.json");
-        fs::write(&journal_path, serde_json::to_vec(&journal)?)?;
+        self.write_bookkeeping("journal.json", &serde_json::to_vec(&journal)?, owner)?;
         for name in &old {
-            if is_plain_name(name) {
-                remove_existing(&self.path.join(name))?;
-            }
+            self.dir
+                .remove_tree(name)
+                .with_context(|| format!("cannot remove {}", self.path.join(name).display()))?;
         }
         for name in &new_entries {
-            fs::rename(staging.join(name), self.path.join(name))
+            staging
+                .dir
+                .rename(name, &self.dir, name)
                 .with_context(|| format!("cannot move {} into {}", name, self.path.display()))?;
         }
         marker.entries = new_entries;
-        let config_path = self.book.join("config.json");
         match config {
-            Some(bytes) => {
-                fs::write(&config_path, bytes)?;
-                set_mode(&config_path, false)?;
-            }
-            None => remove_existing(&config_path)?,
+            Some(bytes) => self.write_bookkeeping("config.json", bytes, owner)?,
+            None => self.book.remove_tree("config.json")?,
         }
-        let tmp = self.book.join("marker.tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&marker)?)?;
-            f.write_all(b"\n")?;
-        }
-        set_mode(&tmp, false)?;
-        fs::rename(&tmp, self.path.join(MARKER))?;
-        fs::remove_file(&journal_path)?;
+        let mut text = serde_json::to_vec_pretty(&marker)?;
+        text.push(b'\n');
+        self.write_bookkeeping("marker.tmp", &text, owner)?;
+        self.book
+            .rename("marker.tmp", &self.dir, MARKER)
+            .context("cannot write the completion marker")?;
+        self.book.remove_file("journal.json")?;
         Ok(marker)
+    }
+
+    /// Writes bookkeeping file `name` afresh (never through what is there).
+    /// Mode 0644: another UID replaces it by rename (DEST's write bit is
+    /// enough), but nobody edits a list that directs deletions in place.
+    fn write_bookkeeping(&self, name: &str, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
+        let path = self.book.path().join(name);
+        let mut f = self
+            .book
+            .create_new(name, 0o644)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .with_context(|| format!("cannot chown {} to {uid}:{gid}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Marker {
+    /// Every path a marker names must stay inside DEST: it is read back from
+    /// a directory others can write.
+    pub fn check_paths(&self) -> std::result::Result<(), String> {
+        let inside = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('/')
+                && crate::unpack::clean_path(Path::new(p)).is_ok_and(|c| c.join("/") == p)
+        };
+        for p in self
+            .contents
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(self.contents.links.keys().map(String::as_str))
+        {
+            if !inside(p) {
+                return Err(format!("the marker names a path outside the model: {p:?}"));
+            }
+        }
+        if let Some(e) = self.entries.iter().find(|e| !is_plain_name(e)) {
+            return Err(format!(
+                "the marker names an entry that is not a plain name: {e:?}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -326,12 +469,22 @@ pub fn installed(
     Ok(m)
 }
 
-/// The marker of `dest`, or what is wrong with it.
+/// The marker of `dest`, or what is wrong with it: read with a cap, from a
+/// regular file only, and only when every path in it stays inside DEST.
 fn read_marker(dest: &Path) -> std::result::Result<Marker, String> {
-    let bytes = fs::read(dest.join(MARKER))
-        .map_err(|_| format!("{} has no completion marker", dest.display()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a valid marker: {e}", dest.join(MARKER).display()))
+    let path = dest.join(MARKER);
+    let bytes = match crate::dirfd::read_small_file(&path, MARKER_CAP, false) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("{} has no completion marker", dest.display()))
+        }
+        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+    };
+    let m: Marker = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a valid marker: {e}", path.display()))?;
+    m.check_paths()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(m)
 }
 
 /// Re-hashes every file the marker records and checks every symlink; lists
@@ -393,12 +546,17 @@ pub fn check_tree(dest: &Path) -> std::result::Result<(Marker, Vec<String>), Str
 
 /// A staging directory inside DEST's bookkeeping; removed on drop.
 pub struct Staging {
-    path: PathBuf,
+    book: Dir,
+    name: String,
+    dir: Dir,
+    /// `/proc/self/fd/N` of `dir`: unpack writes below it by path, and no
+    /// rename of `.ocimodel` or of the staging directory can redirect that.
+    pinned: PathBuf,
 }
 
 impl Staging {
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.pinned
     }
 }
 
@@ -406,12 +564,12 @@ impl Drop for Staging {
     fn drop(&mut self) {
         // An unpack thread may still be writing after a cancellation; retry briefly.
         for _ in 0..5 {
-            match remove_existing(&self.path) {
+            match self.book.remove_tree(&self.name) {
                 Ok(()) => return,
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        tracing::warn!(staging = %self.path.display(), "cannot remove staging directory");
+        tracing::warn!(staging = %self.book.path().join(&self.name).display(), "cannot remove staging directory");
     }
 }
 
@@ -423,26 +581,23 @@ fn is_plain_name(name: &str) -> bool {
         && !RESERVED_NAMES.contains(&name)
 }
 
-fn set_mode(path: &Path, dir: bool) -> Result<()> {
-    fs::set_permissions(
-        path,
-        fs::Permissions::from_mode(normalise_mode(if dir { 0o755 } else { 0o644 }, dir)),
-    )
-    .with_context(|| format!("cannot set mode on {}", path.display()))
-}
-
-/// `mkdir -p`, giving directories we create group-0 friendly modes.
+/// `mkdir -p`. Only DEST itself, when this call creates it, gets the
+/// shared mode; ancestors are left to the umask (never chmodded).
 fn create_dirs(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
-            create_dirs(parent)?;
+            fs::create_dir_all(parent)?;
         }
     }
     match fs::create_dir(path) {
-        Ok(()) => set_mode(path, true),
+        Ok(()) => {
+            let d = Dir::open(path)?;
+            d.chmod(shared_mode(0o755, true))?;
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e.into()),
     }

@@ -14,8 +14,10 @@
 
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod der;
 pub mod digest;
+pub mod dirfd;
 pub mod fetch;
 pub mod format;
 pub mod inspect;
@@ -25,8 +27,10 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod rfc3339;
 pub mod select;
 pub mod serve;
 pub mod source;
+pub mod text;
 pub mod unpack;
 pub mod verify;

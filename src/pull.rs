@@ -49,6 +49,10 @@ pub struct Settings {
     pub deadline: Option<Duration>,
     /// Most bytes tar layers may expand to (`OCIMODEL_MAX_EXPANDED`).
     pub max_expanded: u64,
+    /// Most entries one model may have (`OCIMODEL_MAX_FILES`).
+    pub max_files: u64,
+    /// Longest wait for another run's lock on DEST (`OCIMODEL_LOCK_TIMEOUT`).
+    pub lock_timeout: Duration,
     /// Which signatures to require (shared by every model of the run).
     pub verify: Arc<Policy>,
 }
@@ -195,7 +199,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     // bookkeeping, is touched before they verify.
     let mut opened = None;
     if policy.is_off() {
-        let dest = Dest::open(&job.dest).await?;
+        let dest = Dest::open(&job.dest, settings.lock_timeout).await?;
         if let Some(d) = job.target.pinned_digest() {
             if let Some(marker) = dest.complete_for(d, &selection) {
                 tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
@@ -221,7 +225,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     };
     let dest = match opened {
         Some(d) => d,
-        None => Dest::open(&job.dest).await?,
+        None => Dest::open(&job.dest, settings.lock_timeout).await?,
     };
     if let Some(marker) = dest.complete_for(&top.digest, &selection) {
         tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
@@ -262,7 +266,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         .keep_config
         .then_some(resolved.config.as_deref())
         .flatten();
-    let marker = dest.install(&staging, marker, config)?;
+    let marker = dest.install(&staging, marker, config, settings.owner)?;
     Ok(Outcome {
         marker,
         up_to_date: false,
@@ -435,6 +439,7 @@ async fn unpack_plan(
             .await?;
         let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
         tree.limit_expansion(settings.max_expanded);
+        tree.limit_entries(settings.max_files);
         for r in records {
             tree.add_record(r);
         }

@@ -38,6 +38,10 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 
 /// Referrer listings longer than this many pages are refused.
 const MAX_REFERRER_PAGES: usize = 100;
+/// Referrer descriptors and page bytes kept across all pages: a registry
+/// listing endless pages must not grow memory with them.
+const MAX_REFERRERS: usize = 10_000;
+const MAX_REFERRER_BYTES: u64 = 16 << 20;
 /// Token responses larger than this are refused.
 const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
 /// Error bodies are read up to this size for their message.
@@ -59,6 +63,10 @@ pub struct ClientOptions {
     /// A read that waits longer than this for bytes fails (a stalled
     /// registry must not hang an init container forever).
     pub stall_timeout: Option<Duration>,
+    /// Bytes per second a body must average over each stall window
+    /// (`OCIMODEL_MIN_RATE`): a trickle of a byte a second never stalls a
+    /// read, and must not hold a pull for days.
+    pub min_rate: u64,
     /// Attempts after the first for transient failures (connection errors,
     /// 429/502/503/504, a blob cut off mid-stream).
     pub retries: u32,
@@ -241,7 +249,7 @@ impl RegistryClient {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &what, self.throughput()).await?;
         let digest = match reference.parse::<Digest>() {
             Ok(expected) => {
                 let actual = Digest::of(expected.algorithm(), &bytes);
@@ -288,6 +296,7 @@ impl RegistryClient {
         }
         let what = format!("referrers of {digest} in {}/{}", r.registry, r.repository);
         let mut found = Vec::new();
+        let mut bytes = 0u64;
         for page in 0.. {
             if page >= MAX_REFERRER_PAGES {
                 bail!("{what}: more than {MAX_REFERRER_PAGES} pages; refusing");
@@ -315,15 +324,35 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_link)
                 .map(|l| resolve_link(&url, &l));
-            let body = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+            let body = read_capped(resp, MAX_MANIFEST_BYTES, &what, self.throughput()).await?;
+            bytes += body.len() as u64;
+            if bytes > MAX_REFERRER_BYTES {
+                bail!("{what}: the listing is over {MAX_REFERRER_BYTES} bytes across {} pages; refusing", page + 1);
+            }
             let Document::Index(index) = Document::parse(&body, Some(OCI_INDEX))? else {
                 bail!("{what}: the registry did not answer with an image index");
             };
             found.extend(index.manifests.into_iter().filter(|d| {
                 filtered || artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t))
             }));
+            if found.len() > MAX_REFERRERS {
+                bail!("{what}: more than {MAX_REFERRERS} referrers; refusing");
+            }
             match next {
-                Some(n) => url = n,
+                Some(n) => {
+                    // Pages come from the registry itself, never another host.
+                    let same = match (reqwest::Url::parse(&n), reqwest::Url::parse(&url)) {
+                        (Ok(a), Ok(b)) => same_origin(&a, &b),
+                        _ => false,
+                    };
+                    if !same {
+                        bail!(
+                            "{what}: the next page is on another host or scheme ({}); refusing",
+                            crate::text::escape_controls(&n)
+                        );
+                    }
+                    url = n
+                }
                 None => break,
             }
         }
@@ -352,7 +381,7 @@ impl RegistryClient {
         }
         let what = format!("referrers tag {tag} in {}/{}", r.registry, r.repository);
         let resp = self.check_status(resp, r, &what).await?;
-        let body = read_capped(resp, MAX_MANIFEST_BYTES, &what).await?;
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, &what, self.throughput()).await?;
         // "If that tag doesn't yield a valid index, assume there are no referrers."
         let Ok(Document::Index(index)) = Document::parse(&body, Some(OCI_INDEX)) else {
             return Ok(Vec::new());
@@ -401,6 +430,7 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| anyhow!("{what}: the registry gave no upload location"))?;
         let location = resolve_link(&start, location);
+        self.no_downgrade(r, &location, "upload location")?;
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{sep}digest={}", urlencode(&digest.to_string()));
         let resp = self
@@ -505,28 +535,49 @@ impl RegistryClient {
             .options
             .stall_timeout
             .unwrap_or(Duration::from_secs(60));
+        let mut rate = self.throughput();
         let stream = resp.bytes_stream().filter_map(move |chunk| {
             let out = match chunk {
-                Ok(mut b) if to_skip > 0 => {
-                    let n = to_skip.min(b.len() as u64) as usize;
-                    to_skip -= n as u64;
-                    let _ = b.split_to(n);
-                    (!b.is_empty()).then_some(Ok(b))
+                Err(e) => {
+                    let cause = if e.is_timeout() {
+                        format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
+                    } else {
+                        root_cause(&e)
+                    };
+                    Some(Err(std::io::Error::other(format!(
+                        "download interrupted: {cause}"
+                    ))))
                 }
-                other => Some(other),
+                Ok(mut b) => match rate.observe(b.len()) {
+                    Err(e) => Some(Err(std::io::Error::other(format!(
+                        "download interrupted: {e}"
+                    )))),
+                    Ok(()) if to_skip > 0 => {
+                        let n = to_skip.min(b.len() as u64) as usize;
+                        to_skip -= n as u64;
+                        let _ = b.split_to(n);
+                        (!b.is_empty()).then_some(Ok(b))
+                    }
+                    Ok(()) => Some(Ok(b)),
+                },
             };
             futures_util::future::ready(out)
         });
-        Ok(Box::pin(stream.map(move |chunk| {
-            chunk.map_err(|e| {
-                let cause = if e.is_timeout() {
-                    format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
-                } else {
-                    root_cause(&e)
-                };
-                std::io::Error::other(format!("download interrupted: {cause}"))
-            })
-        })))
+        Ok(Box::pin(stream))
+    }
+
+    /// Refuses a URL the registry named (`what`) that would move an https
+    /// registry's traffic to plain http.
+    fn no_downgrade(&self, r: &ImageRef, url: &str, what: &str) -> Result<()> {
+        let plain = reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http");
+        if plain && !self.is_insecure(&r.registry) {
+            bail!(
+                "registry {} (https) names a plain-http {what} ({}); refusing",
+                r.registry,
+                crate::text::escape_controls(url)
+            );
+        }
+        Ok(())
     }
 
     /// Sends a pull request, answering one authentication challenge if needed.
@@ -551,12 +602,19 @@ impl RegistryClient {
         let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
         let mut attempt = 0;
+        let origin = reqwest::Url::parse(&self.base_url(r))
+            .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
         loop {
-            let mut req = build(&self.http);
-            if let Some(a) = &authorization {
-                req = req.header(AUTHORIZATION, a.clone());
+            let mut req = build(&self.http)
+                .build()
+                .map_err(|e| anyhow!("registry {}: cannot build a request: {e}", r.registry))?;
+            // Credentials go to the registry's own origin only: a `Link` or
+            // upload `Location` naming another host (or plain http) gets none.
+            let ours = same_origin(req.url(), &origin);
+            if let (Some(a), true) = (&authorization, ours) {
+                req.headers_mut().insert(AUTHORIZATION, a.clone());
             }
-            let resp = match req.send().await {
+            let resp = match self.http.execute(req).await {
                 Ok(resp) => resp,
                 Err(e)
                     if attempt < self.options.retries
@@ -580,6 +638,16 @@ impl RegistryClient {
             }
             if resp.status() != StatusCode::UNAUTHORIZED || answered {
                 return Ok(resp);
+            }
+            if !ours || !same_origin(resp.url(), &origin) {
+                // A redirect target (object storage, a CDN) or a host a
+                // registry named asks for credentials: never answer with the
+                // registry's (its realm would get them).
+                let host = resp.url().host_str().unwrap_or("?").to_string();
+                bail!(
+                    "{host}, where registry {} sent this request, asks for authentication; ocimodel sends the registry's credentials only to the registry itself",
+                    r.registry
+                );
             }
             answered = true;
             let challenge = resp
@@ -641,10 +709,17 @@ impl RegistryClient {
             .insert(r.registry.clone(), HostAuth::Bearer);
         let mut url = reqwest::Url::parse(&realm).map_err(|e| {
             anyhow!(
-                "registry {} sent an invalid token realm '{realm}': {e}",
-                r.registry
+                "registry {} sent an invalid token realm '{}': {e}",
+                r.registry,
+                crate::text::escape_controls(&realm)
             )
         })?;
+        if url.scheme() == "http" && !self.is_insecure(&r.registry) {
+            bail!(
+                "registry {} (https) names a plain-http token realm {url}; refusing to send credentials in clear (list the registry in OCIMODEL_INSECURE_REGISTRIES only if it really is plain http)",
+                r.registry
+            );
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = &service {
@@ -679,7 +754,7 @@ impl RegistryClient {
                 r.registry
             );
         }
-        let body = read_capped(resp, MAX_TOKEN_BYTES, "token response").await?;
+        let body = read_capped(resp, MAX_TOKEN_BYTES, "token response", self.throughput()).await?;
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,
@@ -730,7 +805,7 @@ impl RegistryClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let body = read_capped(resp, MAX_ERROR_BYTES, "error body")
+        let body = read_capped(resp, MAX_ERROR_BYTES, "error body", self.throughput())
             .await
             .unwrap_or_default();
         let codes = error_codes(&body);
@@ -775,6 +850,15 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => anyhow!("{what} not found on the registry{detail}"),
             s => anyhow!("registry {} answered {s} for {what}{detail}", r.registry),
         })
+    }
+
+    fn throughput(&self) -> Throughput {
+        Throughput::new(
+            self.options
+                .stall_timeout
+                .unwrap_or(Duration::from_secs(60)),
+            self.options.min_rate,
+        )
     }
 
     fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
@@ -866,7 +950,12 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Reads a whole response body, refusing more than `cap` bytes.
-async fn read_capped(mut resp: reqwest::Response, cap: u64, what: &str) -> Result<Bytes> {
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: u64,
+    what: &str,
+    mut rate: Throughput,
+) -> Result<Bytes> {
     if let Some(len) = resp.content_length() {
         if len > cap {
             bail!("{what} is {len} bytes, over the {cap}-byte limit");
@@ -881,9 +970,54 @@ async fn read_capped(mut resp: reqwest::Response, cap: u64, what: &str) -> Resul
         if buf.len() as u64 + chunk.len() as u64 > cap {
             bail!("{what} exceeds the {cap}-byte limit");
         }
+        rate.observe(chunk.len())
+            .map_err(|e| anyhow!("reading {what}: {e}"))?;
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// The minimum-throughput rule: over every window of the stall timeout, at
+/// least `min_rate` bytes per second on average.
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    window: Duration,
+    min_rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Throughput {
+    pub fn new(window: Duration, min_rate: u64) -> Throughput {
+        Throughput {
+            window,
+            min_rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes just received; an error when the window that just
+    /// closed fell below the rate.
+    pub fn observe(&mut self, n: usize) -> std::result::Result<(), String> {
+        self.bytes += n as u64;
+        let elapsed = self.started.elapsed();
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let floor = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        if self.bytes < floor {
+            return Err(format!(
+                "only {} bytes arrived in {:.0}s, under OCIMODEL_MIN_RATE ({} bytes/s); the registry is trickling",
+                self.bytes,
+                elapsed.as_secs_f64(),
+                self.min_rate
+            ));
+        }
+        self.started = Instant::now();
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// The `rel="next"` target of a `Link` header (RFC 8288).
@@ -939,9 +1073,23 @@ fn error_codes(body: &[u8]) -> Vec<(String, String)> {
         #[serde(default)]
         message: String,
     }
+    // Registry text reaches logs and the termination message: no controls.
+    let clean = crate::text::escape_controls;
     serde_json::from_slice::<Errors>(body)
-        .map(|e| e.errors.into_iter().map(|i| (i.code, i.message)).collect())
+        .map(|e| {
+            e.errors
+                .into_iter()
+                .map(|i| (clean(&i.code), clean(&i.message)))
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// Same scheme, host and port (default ports filled in).
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 #[cfg(test)]

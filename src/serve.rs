@@ -17,6 +17,12 @@
 //! (no crash loop) unless `OCIMODEL_SIDECAR_EXIT_ON_FAILURE=true`. SIGTERM or
 //! SIGINT cancels running pulls (their staging directories are removed) and
 //! exits 0. As PID 1 it also reaps any orphaned children.
+//!
+//! The port needs no authentication, so it is bounded: at most
+//! `MAX_CONNECTIONS` at once (more wait in the backlog), headers within
+//! `HEADER_TIMEOUT`, each connection closed after one request and within
+//! `CONNECTION_TIMEOUT`; accept errors back off; the soft file-descriptor
+//! limit is raised to the hard one at start.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -39,6 +45,9 @@ use crate::pull::{pull, ClientFactory, Job, Settings};
 use crate::reference::Target;
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
+const MAX_CONNECTIONS: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 type Labels = Vec<(String, String)>;
@@ -233,7 +242,7 @@ async fn keep_pulling(
                 return Ok(());
             }
             Err(e) => {
-                let reason = format!("{e:#}");
+                let reason = crate::text::for_output(&format!("{e:#}"));
                 if reason.contains("digest mismatch")
                     || reason.contains("size mismatch")
                     || reason.contains("signature verification failed")
@@ -269,7 +278,11 @@ async fn handle(
     Ok(match req.uri().path() {
         "/livez" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" | "/startupz" => {
-            let (ready, body) = state.readiness();
+            // Off the async workers: it reads the marker and stats every file.
+            let st = state.clone();
+            let (ready, body) = tokio::task::spawn_blocking(move || st.readiness())
+                .await
+                .unwrap_or_else(|_| (false, "readiness check failed\n".into()));
             if ready {
                 text(StatusCode::OK, format!("ready\n{body}"))
             } else {
@@ -285,6 +298,21 @@ async fn handle(
             .expect("a static response is valid"),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     })
+}
+
+/// Soft `RLIMIT_NOFILE` up to the hard limit (runtimes leave 1024 soft).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid out-pointer; failures are harmless.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Runs the sidecar; returns the exit code. The error line of a fatal
@@ -306,6 +334,7 @@ pub async fn run(
             .collect(),
         metrics: Metrics::new(),
     });
+    raise_fd_limit();
     let listener = match tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))
@@ -320,16 +349,32 @@ pub async fn run(
     let server = {
         let state = state.clone();
         tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                // A slot first: past the cap, new connections wait in the
+                // kernel's backlog until a slow one times out.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("probe server: cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(false)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                    drop(slot);
                 });
             }
         })

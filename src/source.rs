@@ -374,17 +374,11 @@ impl Store {
     pub fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>> {
         match self {
             Store::Dir(d) => {
+                // Regular files only, capped while reading: a device or a
+                // FIFO (whose length says 0) must not hang or flood us.
                 let path = d.join(name);
-                let len = std::fs::metadata(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?
-                    .len();
-                if len > cap {
-                    bail!(
-                        "{} is {len} bytes, over the {cap}-byte limit",
-                        path.display()
-                    );
-                }
-                Ok(std::fs::read(path)?)
+                crate::dirfd::read_small_file(&path, cap, true)
+                    .with_context(|| format!("cannot read {}", path.display()))
             }
             Store::Tar { file, .. } => {
                 let (offset, size) = self.locate(name)?;

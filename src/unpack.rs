@@ -87,6 +87,41 @@ pub fn normalise_mode(mode: u32, dir: bool) -> u32 {
     (user << 6) | (user << 3) | other
 }
 
+/// Whether what we create belongs to group 0 (OpenShift runs arbitrary
+/// UIDs with GID 0; so does root). Only then is `g=u` a grant to the
+/// cluster's own UIDs; elsewhere (a laptop, a shared server) the umask says
+/// who may read, as for any other tool.
+pub fn group_zero() -> bool {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() == 0 }
+}
+
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // Read, not set: umask(2) would change it for every thread for a moment.
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
+}
+
+/// The mode a finished file or directory gets: [`normalise_mode`] for
+/// group 0, else that with the umask applied.
+pub fn shared_mode(mode: u32, dir: bool) -> u32 {
+    let m = normalise_mode(mode, dir);
+    if group_zero() {
+        m
+    } else {
+        m & !umask()
+    }
+}
+
 fn check_not_reserved(rel: &[String]) -> Result<()> {
     if let Some(first) = rel.first() {
         if RESERVED_NAMES.contains(&first.as_str()) {
@@ -117,17 +152,21 @@ pub fn prepare_parent(root: &Path, rel: &[String]) -> Result<PathBuf> {
                 join(rel),
                 join(&rel[..=i])
             ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&cur, 0o755)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&cur)?,
             Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", cur.display())),
         }
     }
     Ok(root.join(rel.join("/")))
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<()> {
-    fs::create_dir(path).with_context(|| format!("cannot create directory {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(normalise_mode(mode, true)))
-        .with_context(|| format!("cannot set mode on {}", path.display()))
+/// Staging directories stay 0700 while they are filled, so nobody else can
+/// reach inside to swap a component; [`Tree::finish`] gives the final modes.
+fn make_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create directory {}", path.display()))
 }
 
 /// Removes whatever is at `path` (file, symlink or whole directory) without
@@ -189,7 +228,7 @@ pub fn write_file(
         reader.consume(n);
         size += n as u64;
     }
-    file.set_permissions(fs::Permissions::from_mode(normalise_mode(mode, false)))
+    file.set_permissions(fs::Permissions::from_mode(shared_mode(mode, false)))
         .with_context(|| format!("cannot set mode on {}", path.display()))?;
     if let Some(t) = mtime {
         let _ = file.set_modified(t);
@@ -244,7 +283,11 @@ impl Subtree {
 /// A staging tree being built from layers.
 pub struct Tree {
     root: PathBuf,
-    records: HashMap<String, FileRecord>,
+    records: BTreeMap<String, FileRecord>,
+    /// Modes directory entries asked for, applied by `finish`.
+    dir_modes: HashMap<String, u32>,
+    /// Entries still allowed (`OCIMODEL_MAX_FILES`).
+    entries_left: u64,
     /// Paths written by the layer being applied (whiteouts spare them).
     this_layer: BTreeSet<String>,
     /// Whether any entry landed inside the subtree at all.
@@ -322,7 +365,9 @@ impl Tree {
     pub fn new(root: PathBuf, filter: Filter) -> Tree {
         Tree {
             root,
-            records: HashMap::new(),
+            records: BTreeMap::new(),
+            dir_modes: HashMap::new(),
+            entries_left: u64::MAX,
             this_layer: BTreeSet::new(),
             saw_subtree: false,
             filter,
@@ -334,6 +379,11 @@ impl Tree {
     /// The compressed size of the next layer, for the expansion-ratio check.
     pub fn set_layer_size(&mut self, size: u64) {
         self.layer_size = size;
+    }
+
+    /// Caps the files, links and directories all layers may create together.
+    pub fn limit_entries(&mut self, max: u64) {
+        self.entries_left = max;
     }
 
     /// Caps the uncompressed bytes all tar layers may produce together.
@@ -495,6 +545,10 @@ impl Tree {
             );
         }
         check_not_reserved(&rel)?;
+        if self.entries_left == 0 {
+            bail!("the model has more entries than OCIMODEL_MAX_FILES allows; refusing (raise the limit if it is genuine)");
+        }
+        self.entries_left -= 1;
         let key = join(&rel);
         let selected = self.filter.allows(&key);
         let path = self.root.join(&key);
@@ -508,20 +562,18 @@ impl Tree {
                 }
                 let path = prepare_parent(&self.root, &rel)?;
                 match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => fs::set_permissions(
-                        &path,
-                        fs::Permissions::from_mode(normalise_mode(perm, true)),
-                    )?,
+                    Ok(m) if m.is_dir() => {}
                     Ok(_) if changeset.is_none() => {
                         bail!("'{key}' is written twice (a file and a directory)")
                     }
                     Ok(_) => {
                         remove_existing(&path)?;
                         self.forget_under(&key);
-                        make_dir(&path, perm)?;
+                        make_dir(&path)?;
                     }
-                    Err(_) => make_dir(&path, perm)?,
+                    Err(_) => make_dir(&path)?,
                 }
+                self.dir_modes.insert(key.clone(), perm);
             }
             _ if !selected => return Ok(()),
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -591,11 +643,22 @@ impl Tree {
         Ok(())
     }
 
-    /// Forgets file records at or below `key` (they were replaced).
+    /// Forgets file records at or below `key` (they were replaced): one
+    /// range of the sorted map, not a pass over every record.
     fn forget_under(&mut self, key: &str) {
+        self.records.remove(key);
+        self.dir_modes.remove(key);
         let prefix = format!("{key}/");
-        self.records
-            .retain(|k, _| k != key && !k.starts_with(&prefix));
+        let below: Vec<String> = self
+            .records
+            .range(prefix.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in below {
+            self.records.remove(&k);
+        }
     }
 
     fn whiteout(&mut self, target: &[String], subtree: &Subtree) -> Result<()> {
@@ -671,10 +734,8 @@ impl Tree {
     pub fn finish(mut self, owner: Option<(u32, u32)>) -> Result<Contents> {
         let mut contents = Contents::default();
         let root = self.root.clone();
-        fs::set_permissions(
-            &root,
-            fs::Permissions::from_mode(normalise_mode(0o755, true)),
-        )?;
+        // The staging root itself stays 0700 (it is removed once its entries
+        // move into DEST), so the chmods below, by path, stay out of reach.
         let mut queue: VecDeque<RelPath> = VecDeque::from([Vec::new()]);
         while let Some(dir) = queue.pop_front() {
             let mut names: Vec<String> = Vec::new();
@@ -708,6 +769,9 @@ impl Tree {
                         .links
                         .insert(key, target.to_string_lossy().into_owned());
                 } else if meta.is_dir() {
+                    let perm = self.dir_modes.get(&key).copied().unwrap_or(0o755);
+                    fs::set_permissions(&path, fs::Permissions::from_mode(shared_mode(perm, true)))
+                        .with_context(|| format!("cannot set mode on {key}"))?;
                     queue.push_back(rel);
                 } else if meta.is_file() {
                     let record = match self.records.remove(&key) {

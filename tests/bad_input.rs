@@ -214,3 +214,51 @@ fn a_broken_signature_policy_fails_before_anything_is_touched() {
         .run(&[&layout, dest.to_str().unwrap()])
         .assert_ok();
 }
+
+/// F12: registry text with newlines, CR or ESC can neither forge a log line
+/// nor reach the termination message raw.
+#[test]
+fn registry_text_cannot_forge_log_lines() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let forged =
+        "nope\n2026-12-01T00:00:00.000000Z  INFO model installed uri=forged\r\u{1b}[2Jgone";
+    let body = serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": forged}]})
+        .to_string();
+    serve(listener, move |_| {
+        response(
+            "404 Not Found",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+        )
+    });
+    let dest = tempfile::tempdir().unwrap();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .run(&[
+            &format!("{addr}/m:v1"),
+            dest.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_fails_with(&["nope\\u{a}2026-12-01", "uri=forged\\u{d}\\u{1b}[2Jgone"]);
+    for out in [run.stderr(), run.termination.clone()] {
+        assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("2026-12-01T00:00:00")),
+            "a forged line: {out}"
+        );
+    }
+}
+
+/// F16: a password in the URI never reaches the termination message
+/// (KServe copies it into the InferenceService status) or stderr.
+#[test]
+fn passwords_in_uris_are_redacted() {
+    let dest = tempfile::tempdir().unwrap();
+    let run = Ocimodel::new().run(&[
+        "ocimodel://alice:Sup3rS3cret@127.0.0.1:9/m:v1",
+        dest.path().join("m").to_str().unwrap(),
+    ]);
+    run.assert_fails_with(&["ocimodel://***@127.0.0.1:9/m:v1"]);
+    assert!(!run.stderr().contains("Sup3rS3cret"), "{}", run.stderr());
+    assert!(!run.termination.contains("Sup3rS3cret"));
+}

@@ -742,19 +742,34 @@ impl Sigstore {
     }
 
     fn trusted_root(&self) -> PathBuf {
-        let ca_der = self
-            .w
-            .ssl(&["x509", "-in", "fulcio.pem", "-outform", "DER"]);
+        self.trusted_root_with(&[("fulcio", "2020-01-01T00:00:00Z", None)])
+    }
+
+    /// A trusted root whose CAs are `(name, validFor start, validFor end)`.
+    fn trusted_root_with(&self, cas: &[(&str, &str, Option<&str>)]) -> PathBuf {
+        let cas: Vec<serde_json::Value> = cas
+            .iter()
+            .map(|(name, start, end)| {
+                let der = self
+                    .w
+                    .ssl(&["x509", "-in", &format!("{name}.pem"), "-outform", "DER"]);
+                let mut valid = json!({"start": start});
+                if let Some(end) = end {
+                    valid["end"] = json!(end);
+                }
+                json!({"subject": {"organization": "sigstore.test", "commonName": name},
+                       "uri": "https://fulcio.test",
+                       "certChain": {"certificates": [{"rawBytes": B64.encode(der)}]},
+                       "validFor": valid})
+            })
+            .collect();
         let root = json!({
             "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
             "tlogs": [{"baseUrl": "https://rekor.test", "hashAlgorithm": "SHA2_256",
                        "publicKey": {"rawBytes": B64.encode(self.w.spki_der("rekor")), "keyDetails": "PKIX_ECDSA_P256_SHA_256",
                                      "validFor": {"start": "2020-01-01T00:00:00Z"}},
                        "logId": {"keyId": B64.encode(&self.log_id)}}],
-            "certificateAuthorities": [{"subject": {"organization": "sigstore.test", "commonName": "test-fulcio-root"},
-                                        "uri": "https://fulcio.test",
-                                        "certChain": {"certificates": [{"rawBytes": B64.encode(ca_der)}]},
-                                        "validFor": {"start": "2020-01-01T00:00:00Z"}}],
+            "certificateAuthorities": cas,
             "ctlogs": [], "timestampAuthorities": []
         });
         let path = self.w.path("trusted_root.json");
@@ -951,14 +966,20 @@ fn keyless_bundle_with_matching_identity_and_issuer() {
 }
 
 #[test]
-fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
-    // The SET alone is enough: it proves when the entry was logged.
+fn keyless_bundles_need_a_set_and_an_inclusion_proof() {
+    // A v0.3 bundle must carry an inclusion proof (the bundle format
+    // requires one from v0.2 on); the SET alone is refused.
     let entry = Entry {
         proof: false,
         ..Entry::default()
     };
-    let (model, s) = keyless_case(&entry, IDENTITY, ISSUER, None);
-    model.installed(&as_refs(&keyless_env(&s)));
+    keyless_refused(
+        &entry,
+        IDENTITY,
+        ISSUER,
+        None,
+        &["the bundle (v0.3) has no inclusion proof"],
+    );
     // An inclusion proof alone is not: the integration time it comes with
     // is signed by nothing, and the certificate's validity hinges on it.
     let entry = Entry {
@@ -984,6 +1005,55 @@ fn keyless_needs_a_set_and_checks_any_inclusion_proof() {
         None,
         &["the inclusion proof does not lead to the log's root hash"],
     );
+}
+
+/// The keyless fail-open: a certificate must chain to a CA whose validFor
+/// window covers the signing time; when no CA qualifies, nothing vouches
+/// for the certificate, whoever it names.
+#[test]
+fn keyless_refused_unless_a_ca_valid_at_signing_time_anchors_the_chain() {
+    let (model, s) = keyless_case(&Entry::default(), IDENTITY, ISSUER, None);
+    let with_root = |root: PathBuf| {
+        vec![
+            ("COSIGN_CERT_IDENTITY", IDENTITY.to_string()),
+            ("COSIGN_CERT_OIDC_ISSUER", ISSUER.to_string()),
+            ("OCIMODEL_TRUSTED_ROOT", root.display().to_string()),
+        ]
+    };
+    let expired_window = "no certificate authority in OCIMODEL_TRUSTED_ROOT was valid at";
+    // The signer's own CA, its window closed before the signing time.
+    let env = with_root(s.trusted_root_with(&[(
+        "fulcio",
+        "2020-01-01T00:00:00Z",
+        Some("2021-01-01T00:00:00Z"),
+    )]));
+    model.refused(&as_refs(&env), &[expired_window]);
+    // Only an unrelated CA, whose window also ended.
+    s.w.ca("unrelated", "/O=elsewhere/CN=unrelated-root");
+    let env = with_root(s.trusted_root_with(&[(
+        "unrelated",
+        "2020-01-01T00:00:00Z",
+        Some("2021-01-01T00:00:00Z"),
+    )]));
+    model.refused(&as_refs(&env), &[expired_window]);
+    // An unrelated CA that is current: no chain.
+    let env = with_root(s.trusted_root_with(&[("unrelated", "2020-01-01T00:00:00Z", None)]));
+    model.refused(
+        &as_refs(&env),
+        &["does not chain to a CA in OCIMODEL_TRUSTED_ROOT"],
+    );
+    // A CA under the signer's CA's very name, with another key.
+    s.w.ca("impostor", "/O=sigstore.test/CN=test-fulcio-root");
+    let env = with_root(s.trusted_root_with(&[("impostor", "2020-01-01T00:00:00Z", None)]));
+    model.refused(
+        &as_refs(&env),
+        &["names a CA in OCIMODEL_TRUSTED_ROOT as its issuer but was not signed by that CA's key"],
+    );
+    // A root listing no CA at all is refused as a setting.
+    let env = with_root(s.trusted_root_with(&[]));
+    model.refused(&as_refs(&env), &["has no certificate authorities"]);
+    // And the right CA, current, still passes.
+    model.installed(&as_refs(&keyless_env(&s)));
 }
 
 #[test]
@@ -1036,7 +1106,6 @@ fn keyless_refusals() {
     // A forged signed entry timestamp.
     let forged = Entry {
         tamper_set: true,
-        proof: false,
         ..Entry::default()
     };
     keyless_refused(

@@ -131,3 +131,44 @@ fn private_ca_bundles() {
         .run(&[&uri, dest.to_str().unwrap()])
         .assert_fails_with(&["cannot read CA bundle", "missing.pem"]);
 }
+
+/// F7: an https registry that names a plain-http token realm gets no
+/// credentials sent in clear; the realm's server sees no request at all.
+#[test]
+fn https_registry_with_a_plain_http_realm_gets_no_credentials() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let realm = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let realm_addr = realm.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+    let seen = hits.clone();
+    serve(realm, move |_| {
+        *seen.lock().unwrap() += 1;
+        response("200 OK", &[], br#"{"token":"x"}"#)
+    });
+    let reg = Registry::start_tls_with(
+        tempfile::tempdir().unwrap(),
+        Auth::Token {
+            realm: format!("http://{realm_addr}/token"),
+            cert_pem: certs.path().join("ca.pem"),
+        },
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            docker_config(USER, PASSWORD, &reg.addr),
+        )
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            dest.path().join("m").to_str().unwrap(),
+        ])
+        .assert_fails_with(&[
+            "names a plain-http token realm",
+            "refusing to send credentials in clear",
+        ]);
+    assert_eq!(*hits.lock().unwrap(), 0, "the http realm was contacted");
+}

@@ -97,42 +97,94 @@ fn check_simple_signing_claim(payload: &[u8], subject: &Digest) -> Result<()> {
     Ok(())
 }
 
-/// Checks a sigstore bundle (a referrer's single layer).
+/// Checks a sigstore bundle (a referrer's single layer) for image `subject`.
 pub fn check_bundle(bytes: &[u8], subject: &Digest, policy: &Policy) -> Result<String> {
+    let verified = verify_bundle(bytes, None, policy)?;
+    let Signed::Statement(payload) = &verified.signed else {
+        bail!("the bundle holds a message signature, not a DSSE envelope; that is not how cosign signs images");
+    };
+    check_statement(payload, subject)?;
+    Ok(verified.signer)
+}
+
+/// What a verified bundle's signature covers.
+#[derive(Debug)]
+pub enum Signed {
+    /// A DSSE envelope's payload (an in-toto statement), still to be read.
+    Statement(Vec<u8>),
+    /// A message signature over the artifact the caller gave.
+    Artifact,
+}
+
+/// A bundle whose signature, log entry and certificate checked out.
+#[derive(Debug)]
+pub struct VerifiedBundle {
+    pub signer: String,
+    pub signed: Signed,
+}
+
+/// Checks a sigstore bundle's signature against the policy's keys or
+/// keyless trust: for a DSSE envelope, over its PAE; for a message
+/// signature, over `artifact` (refused without one). What the payload says
+/// is the caller's to check.
+pub fn verify_bundle(
+    bytes: &[u8],
+    artifact: Option<&[u8]>,
+    policy: &Policy,
+) -> Result<VerifiedBundle> {
     let bundle: Value = serde_json::from_slice(bytes).context("the bundle is not JSON")?;
     let media_type = bundle["mediaType"].as_str().unwrap_or("");
-    if !media_type.starts_with(BUNDLE_PREFIX) {
-        bail!("not a sigstore bundle (mediaType '{media_type}')");
-    }
-    let envelope = &bundle["dsseEnvelope"];
-    if envelope.is_null() {
-        bail!("the bundle holds a message signature, not a DSSE envelope; that is not how cosign signs images");
-    }
-    let payload_type = envelope["payloadType"].as_str().unwrap_or("");
-    if payload_type != IN_TOTO {
-        bail!("the DSSE payload type is '{payload_type}', not {IN_TOTO}");
-    }
-    let payload = b64_field(&envelope["payload"], "dsseEnvelope.payload")?;
-    // DSSE v1 pre-authentication encoding (envelope.proto).
-    let mut pae = format!(
-        "DSSEv1 {} {payload_type} {} ",
-        payload_type.len(),
-        payload.len()
-    )
-    .into_bytes();
-    pae.extend_from_slice(&payload);
-    let signatures: Vec<Vec<u8>> = envelope["signatures"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["sig"].as_str())
-                .filter_map(|s| B64.decode(s).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    if signatures.is_empty() {
-        bail!("the DSSE envelope has no signatures");
-    }
+    let version = bundle_version(media_type)
+        .ok_or_else(|| anyhow!("not a sigstore bundle (mediaType '{media_type}')"))?;
+    let (signed_bytes, logged, signatures, signed) = if !bundle["dsseEnvelope"].is_null() {
+        let envelope = &bundle["dsseEnvelope"];
+        let payload_type = envelope["payloadType"].as_str().unwrap_or("");
+        if payload_type != IN_TOTO {
+            bail!("the DSSE payload type is '{payload_type}', not {IN_TOTO}");
+        }
+        let payload = b64_field(&envelope["payload"], "dsseEnvelope.payload")?;
+        let signatures: Vec<Vec<u8>> = envelope["signatures"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["sig"].as_str())
+                    .filter_map(|s| B64.decode(s).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if signatures.is_empty() {
+            bail!("the DSSE envelope has no signatures");
+        }
+        (
+            dsse_pae(payload_type, &payload),
+            payload.clone(),
+            signatures,
+            Signed::Statement(payload),
+        )
+    } else if !bundle["messageSignature"].is_null() {
+        let Some(artifact) = artifact else {
+            bail!("the bundle holds a message signature, which needs the signed artifact");
+        };
+        let m = &bundle["messageSignature"];
+        let want = b64_field(
+            &m["messageDigest"]["digest"],
+            "messageSignature.messageDigest",
+        )?;
+        if m["messageDigest"]["algorithm"].as_str() != Some("SHA2_256")
+            || want.as_slice() != Sha256::digest(artifact).as_slice()
+        {
+            bail!("the bundle's message digest is not the artifact's SHA-256");
+        }
+        let sig = b64_field(&m["signature"], "messageSignature.signature")?;
+        (
+            artifact.to_vec(),
+            artifact.to_vec(),
+            vec![sig],
+            Signed::Artifact,
+        )
+    } else {
+        bail!("the bundle holds neither a DSSE envelope nor a message signature");
+    };
     let material = &bundle["verificationMaterial"];
     let mut certs = Vec::new();
     if let Some(raw) = material["certificate"]["rawBytes"].as_str() {
@@ -151,26 +203,49 @@ pub fn check_bundle(bytes: &[u8], subject: &Digest, policy: &Policy) -> Result<S
     let leaf = certs.first().cloned();
     let chain = certs.get(1..).unwrap_or_default().to_vec();
     let mut errors = Vec::new();
-    let mut signer = None;
     for sig in &signatures {
         let result = match &leaf {
-            Some(leaf) if policy.keyless.is_some() => bundle_tlog_entry(material)
-                .and_then(|entry| keyless_check(leaf, &chain, &entry, &pae, &payload, sig, policy)),
-            _ => key_check(policy, &pae, sig),
+            Some(leaf) if policy.keyless.is_some() => bundle_tlog_entry(material, version)
+                .and_then(|entry| {
+                    keyless_check(leaf, &chain, &entry, &signed_bytes, &logged, sig, policy)
+                }),
+            _ => key_check(policy, &signed_bytes, sig),
         };
         match result {
-            Ok(s) => {
-                signer = Some(s);
-                break;
-            }
+            Ok(signer) => return Ok(VerifiedBundle { signer, signed }),
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    let Some(signer) = signer else {
-        bail!("{}", errors.join("; "));
+    bail!("{}", errors.join("; "))
+}
+
+/// DSSE v1 pre-authentication encoding (envelope.proto).
+pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(payload);
+    pae
+}
+
+/// The bundle format's (major, minor) version from its media type:
+/// `application/vnd.dev.sigstore.bundle+json;version=0.1` (0.1, 0.2) or
+/// `application/vnd.dev.sigstore.bundle.v0.3+json` (0.3 on).
+fn bundle_version(media_type: &str) -> Option<(u32, u32)> {
+    let v = if let Some(v) =
+        media_type.strip_prefix("application/vnd.dev.sigstore.bundle+json;version=")
+    {
+        v
+    } else {
+        media_type
+            .strip_prefix("application/vnd.dev.sigstore.bundle.v")?
+            .strip_suffix("+json")?
     };
-    check_statement(&payload, subject)?;
-    Ok(signer)
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The in-toto statement must name this manifest and be a signature.
@@ -266,8 +341,10 @@ fn legacy_tlog_entry(annotation: &str) -> Result<TlogEntry> {
     })
 }
 
-/// A bundle's first transparency-log entry.
-fn bundle_tlog_entry(material: &Value) -> Result<TlogEntry> {
+/// A bundle's first transparency-log entry. From bundle v0.2 on the format
+/// requires an inclusion proof beside the SET (as sigstore-go and
+/// sigstore-js enforce); a newer bundle without one is refused.
+fn bundle_tlog_entry(material: &Value, version: (u32, u32)) -> Result<TlogEntry> {
     let e = &material["tlogEntries"][0];
     if e.is_null() {
         bail!("the bundle has no transparency-log entry; a keyless signature cannot be checked without one");
@@ -278,6 +355,13 @@ fn bundle_tlog_entry(material: &Value) -> Result<TlogEntry> {
     };
     let p = &e["inclusionProof"];
     let proof = if p.is_null() {
+        if version >= (0, 2) {
+            bail!(
+                "the bundle (v{}.{}) has no inclusion proof; from v0.2 on a sigstore bundle must carry one, and a signed entry timestamp alone is not accepted",
+                version.0,
+                version.1
+            );
+        }
         None
     } else {
         Some(InclusionProof {

@@ -136,7 +136,7 @@ fn parse_jws(envelope: &[u8]) -> Result<Envelope> {
         .unwrap_or_default();
     let expiry = match protected[EXPIRY].as_str() {
         Some(e) => Some((
-            humantime::parse_rfc3339_weak(e).map_err(|err| anyhow!("bad {EXPIRY} '{e}': {err}"))?,
+            crate::rfc3339::parse(e).map_err(|err| anyhow!("bad {EXPIRY}: {err}"))?,
             e.to_string(),
         )),
         None => None,

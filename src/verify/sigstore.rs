@@ -145,8 +145,7 @@ fn window(v: &Option<ValidFor>) -> Result<(u64, u64)> {
     let at = |s: &Option<String>, default: u64| -> Result<u64> {
         match s {
             None => Ok(default),
-            Some(s) => Ok(humantime::parse_rfc3339_weak(s)
-                .map_err(|e| anyhow!("bad time '{s}': {e}"))?
+            Some(s) => Ok(crate::rfc3339::parse(s)?
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0)),
@@ -299,12 +298,31 @@ impl TlogEntry {
                             .any(|s| same_sig(&s["signature"]) && same_cert(&s["verifier"]))
                     })
             }
+            // intoto v0.0.2: the envelope's signatures base64 once more.
+            "intoto" => {
+                let content = &spec["content"];
+                content["payloadHash"]["value"].as_str() == Some(want_hash.as_str())
+                    && content["envelope"]["signatures"]
+                        .as_array()
+                        .is_some_and(|sigs| {
+                            sigs.iter().any(|s| {
+                                let inner = s["sig"]
+                                    .as_str()
+                                    .and_then(|b| B64.decode(b).ok())
+                                    .and_then(|b| String::from_utf8(b).ok());
+                                same_sig(&serde_json::Value::from(inner.unwrap_or_default()))
+                                    && same_cert(&s["publicKey"])
+                            })
+                        })
+            }
             "hashedrekord" => {
                 spec["data"]["hash"]["value"].as_str() == Some(want_hash.as_str())
                     && same_sig(&spec["signature"]["content"])
                     && same_cert(&spec["signature"]["publicKey"]["content"])
             }
-            other => bail!("log entries of kind '{other}' are not supported (dsse, hashedrekord)"),
+            other => bail!(
+                "log entries of kind '{other}' are not supported (dsse, intoto, hashedrekord)"
+            ),
         };
         if !ok {
             bail!("the log entry records a different signature, certificate or payload");
@@ -411,11 +429,23 @@ pub fn check_certificate(
     let ee = webpki::EndEntityCert::try_from(&ee_der)
         .map_err(|e| anyhow!("the signing certificate is malformed: {e:?}"))?;
     let at = UnixTime::since_unix_epoch(Duration::from_secs(time));
-    let mut last = None;
-    for ca in &keyless.root.cas {
-        if time < ca.valid.0 || time > ca.valid.1 {
-            continue;
-        }
+    // Only CAs whose validFor window covers the signing time may anchor the
+    // chain; when none does, nothing vouches for the certificate: refuse.
+    let current: Vec<&Authority> = keyless
+        .root
+        .cas
+        .iter()
+        .filter(|ca| ca.valid.0 <= time && time <= ca.valid.1)
+        .collect();
+    if current.is_empty() {
+        bail!(
+            "no certificate authority in OCIMODEL_TRUSTED_ROOT was valid at {} (the time the log recorded the signature), so the signing certificate cannot be trusted",
+            rfc3339(time)
+        );
+    }
+    let mut last = webpki::Error::UnknownIssuer;
+    let mut chained = false;
+    for ca in current {
         let root_der = CertificateDer::from(ca.root.as_slice());
         let anchor = webpki::anchor_from_trusted_cert(&root_der)
             .map_err(|e| anyhow!("OCIMODEL_TRUSTED_ROOT: bad CA certificate: {e:?}"))?;
@@ -435,16 +465,16 @@ pub fn check_certificate(
             None,
         ) {
             Ok(_) => {
-                last = None;
+                chained = true;
                 break;
             }
-            Err(e) => last = Some(e),
+            Err(e) => last = e,
         }
     }
-    if let Some(e) = last {
+    if !chained {
         bail!(
             "{}",
-            describe_chain_error(&e, "OCIMODEL_TRUSTED_ROOT", time)
+            describe_chain_error(&last, "OCIMODEL_TRUSTED_ROOT", time)
         );
     }
     let names = cert.alt_names()?;
@@ -482,7 +512,7 @@ fn oidc_issuer(cert: &der::Certificate) -> Result<String> {
 
 /// A webpki chain error in words.
 pub fn describe_chain_error(e: &webpki::Error, trust: &str, time: u64) -> String {
-    let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(time));
+    let when = rfc3339(time);
     match e {
         webpki::Error::CertExpired { .. } => {
             format!("the signing certificate had expired at {when}")
@@ -493,11 +523,18 @@ pub fn describe_chain_error(e: &webpki::Error, trust: &str, time: u64) -> String
         webpki::Error::UnknownIssuer => {
             format!("the signing certificate does not chain to a CA in {trust} (untrusted)")
         }
+        webpki::Error::InvalidSignatureForPublicKey => format!(
+            "the signing certificate names a CA in {trust} as its issuer but was not signed by that CA's key (another CA under the same name)"
+        ),
         webpki::Error::RequiredEkuNotFoundContext(_) => {
             "the signing certificate lacks the code-signing extended key usage".into()
         }
         other => format!("the signing certificate is not trusted: {other:?}"),
     }
+}
+
+fn rfc3339(time: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(time)).to_string()
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -136,6 +136,11 @@ impl Registry {
         Registry::start_with(dir, Auth::None, Some((cert, key)))
     }
 
+    /// Serves HTTPS with this certificate and key, and `auth`.
+    pub fn start_tls_with(dir: tempfile::TempDir, auth: Auth, cert: &Path, key: &Path) -> Registry {
+        Registry::start_with(dir, auth, Some((cert, key)))
+    }
+
     fn start_with(dir: tempfile::TempDir, auth: Auth, tls: Option<(&Path, &Path)>) -> Registry {
         let tls_yaml = match tls {
             Some((cert, key)) => format!(
@@ -421,6 +426,15 @@ impl Ocimodel {
 
     pub fn insecure(mut self, reg: &Registry) -> Ocimodel {
         self.cmd.env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr);
+        self
+    }
+
+    /// Runs as `uid:gid` with no supplementary groups (the test runs as
+    /// root); the termination log's directory is opened up for it.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Ocimodel {
+        use std::os::unix::process::CommandExt;
+        fs::set_permissions(self._tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        self.cmd.uid(uid).gid(gid);
         self
     }
 

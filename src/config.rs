@@ -1,0 +1,141 @@
+//! Every `OCIMODEL_*` setting ocimodel reads, in one place (the README's
+//! Configuration table lists the same names). A variable with our prefix
+//! that is not one of them is an error, not a silent no-op: a misspelled
+//! `OCIMODEL_VERFY=required` must not turn verification off.
+
+use std::ffi::OsString;
+
+use anyhow::{bail, Result};
+
+const PREFIX: &str = "OCIMODEL_";
+
+/// Every `OCIMODEL_*` variable, sorted.
+pub const SETTINGS: &[&str] = &[
+    "OCIMODEL_CA_BUNDLE",
+    "OCIMODEL_CONCURRENCY",
+    "OCIMODEL_CONNECT_TIMEOUT",
+    "OCIMODEL_DOCKER_CONFIG_JSON",
+    "OCIMODEL_EXCLUDE",
+    "OCIMODEL_INCLUDE",
+    "OCIMODEL_INSECURE_REGISTRIES",
+    "OCIMODEL_KIT_FILTER",
+    "OCIMODEL_LISTEN",
+    "OCIMODEL_LOCK_TIMEOUT",
+    "OCIMODEL_LOG",
+    "OCIMODEL_LOG_FORMAT",
+    "OCIMODEL_MAX_EXPANDED",
+    "OCIMODEL_MAX_FILES",
+    "OCIMODEL_MIN_RATE",
+    "OCIMODEL_MODE",
+    "OCIMODEL_NOTATION_IDENTITY",
+    "OCIMODEL_OWNER",
+    "OCIMODEL_PLATFORM",
+    "OCIMODEL_PROGRESS_INTERVAL",
+    "OCIMODEL_REQUIRE_DIGEST",
+    "OCIMODEL_RETRIES",
+    "OCIMODEL_SIDECAR_EXIT_ON_FAILURE",
+    "OCIMODEL_STALL_TIMEOUT",
+    "OCIMODEL_SUBPATH",
+    "OCIMODEL_TERMINATION_LOG",
+    "OCIMODEL_TIMEOUT",
+    "OCIMODEL_TRUSTED_ROOT",
+    "OCIMODEL_UNKNOWN",
+    "OCIMODEL_VERIFY",
+];
+
+/// Refuses any `OCIMODEL_*` variable that is not a setting, naming the
+/// closest one; and values of the settings clap does not parse itself.
+pub fn check_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<()> {
+    for (name, value) in vars {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        if !SETTINGS.contains(&name) {
+            bail!(
+                "unknown setting {name}; did you mean {}? (every setting is listed in the README's Configuration table)",
+                closest(name)
+            );
+        }
+        let value = value.to_string_lossy();
+        if name == "OCIMODEL_MODE" && !["", "pull", "sidecar"].contains(&value.trim()) {
+            bail!("OCIMODEL_MODE must be pull or sidecar, not '{value}'");
+        }
+        if name == "OCIMODEL_LOG" {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(value.as_ref()) {
+                bail!("OCIMODEL_LOG is not a log filter (info, debug, warn, ...): '{value}': {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The known setting nearest to `name` by edit distance.
+fn closest(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .min_by_key(|s| edit_distance(name, s))
+        .expect("SETTINGS is not empty")
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn typos_name_the_closest_setting() {
+        let e = check_env(env(&[("OCIMODEL_VERFY", "required")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("unknown setting OCIMODEL_VERFY; did you mean OCIMODEL_VERIFY?"),
+            "{e}"
+        );
+        let e = check_env(env(&[("OCIMODEL_CONCURENCY", "4")])).unwrap_err();
+        assert!(
+            e.to_string().contains("did you mean OCIMODEL_CONCURRENCY?"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn known_and_foreign_names_pass() {
+        check_env(env(&[
+            ("OCIMODEL_VERIFY", "required"),
+            ("OCIMODEL_MODE", "sidecar"),
+            ("COSIGN_KEY", "x"),
+            ("OCIMODELX", "not ours"),
+        ]))
+        .unwrap();
+        let e = check_env(env(&[("OCIMODEL_MODE", "sidecars")])).unwrap_err();
+        assert!(e.to_string().contains("pull or sidecar"), "{e}");
+    }
+
+    #[test]
+    fn settings_are_sorted_and_unique() {
+        let mut sorted = SETTINGS.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, SETTINGS);
+    }
+}
