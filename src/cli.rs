@@ -107,6 +107,11 @@ struct PushArgs {
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "zstd"])]
     compress: String,
 
+    /// Publish what symlinks point to even when that is outside DIR (by
+    /// default only links inside DIR, or inside a Hugging Face cache repo, are followed).
+    #[arg(long = "follow-symlinks")]
+    follow_symlinks: bool,
+
     /// Write an OCI layout into this directory instead of pushing.
     #[arg(long = "oci-layout")]
     oci_layout: Option<PathBuf>,
@@ -753,6 +758,7 @@ fn push_main(args: &PushArgs) -> Result<String> {
             Some(p) => Platform::parse(p)?,
             None => Platform::host(),
         },
+        follow_symlinks: args.follow_symlinks,
     };
     let clients = client_factory(&args.access);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -51,6 +51,8 @@ pub struct Options {
     /// Layer compression for modelcar images.
     pub compression: Compression,
     pub platform: Platform,
+    /// Publish what symlinks point to even outside DIR (`--follow-symlinks`).
+    pub follow_symlinks: bool,
 }
 
 /// One blob of a packed model and where its bytes are.
@@ -75,7 +77,25 @@ struct File {
     mode: u32,
 }
 
-fn walk(dir: &Path) -> Result<Vec<File>> {
+/// Where symlinks in DIR may lead: DIR itself, or for a Hugging Face cache
+/// snapshot (`models--org--name/snapshots/REV`, all symlinks into
+/// `../../blobs`) the cached repository around it.
+fn link_root(dir: &Path) -> Result<PathBuf> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let parent = dir.parent();
+    if parent
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "snapshots")
+    {
+        if let Some(repo) = parent.and_then(Path::parent) {
+            return Ok(repo.to_path_buf());
+        }
+    }
+    Ok(dir)
+}
+
+fn walk(dir: &Path, follow_outside: bool) -> Result<Vec<File>> {
+    let root = link_root(dir)?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -83,7 +103,20 @@ fn walk(dir: &Path) -> Result<Vec<File>> {
             let e = e?;
             let path = e.path();
             // Follow symlinks (a Hugging Face cache snapshot is all symlinks):
-            // the content is what gets published.
+            // the content is what gets published; but only inside the model,
+            // unless asked (a link to /etc/shadow must not be published).
+            if !follow_outside && e.file_type()?.is_symlink() {
+                let target = fs::canonicalize(&path)
+                    .with_context(|| format!("cannot follow the symlink {}", path.display()))?;
+                if !target.starts_with(&root) {
+                    bail!(
+                        "{} is a symlink to {}, outside {}; refusing to publish it (pass --follow-symlinks if that is intended)",
+                        path.display(),
+                        target.display(),
+                        root.display()
+                    );
+                }
+            }
             let meta =
                 fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let rel = path
@@ -338,7 +371,7 @@ fn now_rfc3339() -> String {
 
 /// Packs `dir` as `opts` says, with `subject` (already resolved) if given.
 pub fn pack(dir: &Path, opts: &Options, subject: Option<Descriptor>) -> Result<Packed> {
-    let files = walk(dir)?;
+    let files = walk(dir, opts.follow_symlinks)?;
     let work = tempfile::tempdir().context("cannot create a temporary directory for tar layers")?;
     let mut layers: Vec<Blob> = Vec::new();
     let mut annotations = opts.annotations.clone();

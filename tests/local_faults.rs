@@ -284,3 +284,23 @@ fn sigkill_at_random_moments_then_rerun() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// F4: the entries one model may create are capped (OCIMODEL_MAX_FILES), so
+/// a small layer of countless empty files cannot tie up a pull or bloat the
+/// marker; at the cap, the same model installs.
+#[test]
+fn too_many_entries_are_refused() {
+    let (layout, _) = modelcar_layout_with(&[]);
+    let uri = format!("oci-layout://{}:v1", layout.path().display());
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("capped");
+    Ocimodel::new()
+        .env("OCIMODEL_MAX_FILES", "5")
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_fails_with(&["more entries than OCIMODEL_MAX_FILES allows"]);
+    assert!(model_files(&dest).is_empty());
+    let dest = work.path().join("default");
+    Ocimodel::new()
+        .run(&[&uri, dest.to_str().unwrap()])
+        .assert_ok();
+}

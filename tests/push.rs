@@ -480,3 +480,55 @@ fn push_errors() {
     assert_eq!(code, Some(1));
     assert!(err.contains("not KEY=VALUE"), "{err}");
 }
+
+/// F13: symlinks are followed only inside DIR (or inside a Hugging Face
+/// cache repository around a snapshot); one leading elsewhere is refused
+/// unless `--follow-symlinks` says so.
+#[test]
+fn symlinks_leaving_the_model_directory_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let secret = work.path().join("shadow");
+    fs::write(&secret, b"root:*:20228:0:99999:7:::").unwrap();
+    let model = work.path().join("model");
+    fs::create_dir(&model).unwrap();
+    fs::write(model.join("weights.bin"), b"weights").unwrap();
+    std::os::unix::fs::symlink(&secret, model.join("README.md")).unwrap();
+    let push = |dir: &Path, extra: &[&str]| {
+        let layout = work.path().join(format!("layout-{}", extra.len()));
+        let mut args = vec![
+            "push".to_string(),
+            dir.display().to_string(),
+            "v1".into(),
+            "--oci-layout".into(),
+            layout.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        (Ocimodel::new().run(&args), layout)
+    };
+    let (run, layout) = push(&model, &[]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("README.md is a symlink to")
+            && run
+                .stderr()
+                .contains("refusing to publish it (pass --follow-symlinks"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!layout.exists());
+    let (run, _) = push(&model, &["--follow-symlinks"]);
+    run.assert_ok();
+
+    // A Hugging Face cache snapshot: every file a link into ../../blobs.
+    let repo = work.path().join("hub/models--org--name");
+    fs::create_dir_all(repo.join("blobs")).unwrap();
+    fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+    fs::write(repo.join("blobs/0a1b"), b"weights").unwrap();
+    std::os::unix::fs::symlink(
+        "../../blobs/0a1b",
+        repo.join("snapshots/abc123/model.safetensors"),
+    )
+    .unwrap();
+    let (run, _) = push(&repo.join("snapshots/abc123"), &[]);
+    run.assert_ok();
+}

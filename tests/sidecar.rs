@@ -330,3 +330,53 @@ fn check_rehashes_the_installed_tree() {
     assert_eq!(code, 1);
     assert!(out.contains("has no completion marker"), "{out}");
 }
+
+/// F5: the probe port is open to the cluster, so it is bounded. Connections
+/// that never finish their headers (slowloris) are closed within the header
+/// timeout, more than the connection cap wait rather than pile up, and
+/// /livez keeps answering throughout.
+#[test]
+fn the_probe_port_sheds_slow_and_idle_connections() {
+    use std::io::{Read, Write};
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let uri = format!(
+        "oci-layout://{}",
+        repo_root().join("examples/mnist").display()
+    );
+    let s = Sidecar::start(&uri, &dest, &[]);
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        c.write_all(b"GET /livez HTTP/1.1\r\nX-Slow: ").unwrap();
+        slow.push(c);
+    }
+    let started = Instant::now();
+    // Past the cap, /livez still answers once the slow ones are shed.
+    let (status, body) = s.get("/livez");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "/livez took {:?}",
+        started.elapsed()
+    );
+    // Every slow connection is closed by the server, not held forever.
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // a 408 or similar, then the close
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a slow connection was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
