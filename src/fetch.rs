@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::digest::Hasher;
+use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
 use crate::source::Source;
 
@@ -208,11 +209,11 @@ where
             };
             received += chunk.len() as u64;
             if received > desc.size {
-                bail!(
+                return Err(IntegrityError(format!(
                     "blob {}: the source sent more than the {} bytes the manifest declares",
-                    desc.digest,
-                    desc.size
-                );
+                    desc.digest, desc.size
+                ))
+                .into());
             }
             hasher.update(&chunk);
             progress.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -228,19 +229,19 @@ where
             }
         }
         if received != desc.size {
-            bail!(
+            return Err(IntegrityError(format!(
                 "blob {}: size mismatch: the manifest declares {} bytes, the source sent {received}",
-                desc.digest,
-                desc.size
-            );
+                desc.digest, desc.size
+            ))
+            .into());
         }
         let actual = hasher.clone().finish();
         if actual != desc.digest {
-            bail!(
+            return Err(IntegrityError(format!(
                 "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
-                desc.digest,
-                desc.digest
-            );
+                desc.digest, desc.digest
+            ))
+            .into());
         }
         Ok(())
     }

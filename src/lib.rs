@@ -18,6 +18,7 @@ pub mod config;
 pub mod der;
 pub mod digest;
 pub mod dirfd;
+pub mod error;
 pub mod fetch;
 pub mod format;
 pub mod inspect;

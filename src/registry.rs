@@ -97,19 +97,6 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 }
 
 /// Certificate and handshake failures will not heal by retrying.
-fn is_tls_failure(e: &reqwest::Error) -> bool {
-    let cause = root_cause(e).to_ascii_lowercase();
-    [
-        "certificate",
-        "tls",
-        "handshake",
-        "corrupt message",
-        "invalidcontenttype",
-    ]
-    .iter()
-    .any(|w| cause.contains(w))
-}
-
 fn is_transient(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
@@ -176,6 +163,7 @@ impl RegistryClient {
             roots.extend(certs);
         }
         let http = reqwest::Client::builder()
+            .dns_resolver(Resolver)
             .tls_certs_only(roots)
             .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
@@ -254,7 +242,7 @@ impl RegistryClient {
             Ok(expected) => {
                 let actual = Digest::of(expected.algorithm(), &bytes);
                 if actual != expected {
-                    bail!("{what}: digest mismatch: expected {expected}, got {actual}; the registry served different content");
+                    return Err(crate::error::IntegrityError(format!("{what}: digest mismatch: expected {expected}, got {actual}; the registry served different content")).into());
                 }
                 expected
             }
@@ -619,7 +607,7 @@ impl RegistryClient {
                 Err(e)
                     if attempt < self.options.retries
                         && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && !is_tls_failure(&e) =>
+                        && !crate::error::is_tls_failure(&e) =>
                 {
                     attempt += 1;
                     let wait = backoff(attempt);
@@ -884,11 +872,11 @@ impl RegistryClient {
                 limit.as_secs()
             );
         }
-        if is_dns_failure(&e) {
+        if let Some(dns) = crate::error::dns_failure(&e) {
             return anyhow!(
                 "cannot resolve registry host {}: {}; check the name and the cluster's DNS",
                 r.api_host(),
-                root_cause(&e)
+                dns.source
             );
         }
         let cause = root_cause(&e);
@@ -924,15 +912,24 @@ fn bearer_header(token: &str) -> HeaderValue {
 }
 
 /// Whether name resolution failed (hyper-util reports "dns error").
-fn is_dns_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.to_string().starts_with("dns error") {
-            return true;
-        }
-        cur = c.source();
+/// The system resolver (getaddrinfo, as reqwest's default), with failures
+/// as [`crate::error::DnsError`] so they are told apart by type.
+struct Resolver;
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(|addrs| addrs.collect::<Vec<_>>());
+            match found {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(source) => Err(Box::new(crate::error::DnsError { host, source })
+                    as Box<dyn std::error::Error + Send + Sync>),
+            }
+        })
     }
-    false
 }
 
 /// The innermost error message: what actually went wrong on the wire.

@@ -243,10 +243,7 @@ async fn keep_pulling(
             }
             Err(e) => {
                 let reason = crate::text::for_output(&format!("{e:#}"));
-                if reason.contains("digest mismatch")
-                    || reason.contains("size mismatch")
-                    || reason.contains("signature verification failed")
-                {
+                if crate::error::is_verification_failure(&e) {
                     m.verification_failures
                         .get_or_create(&vec![("model".into(), model.job.uri.clone())])
                         .inc();

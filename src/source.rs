@@ -116,7 +116,7 @@ impl Source {
                     .with_context(|| format!("manifest {digest} in {label}"))?;
                 let actual = Digest::of(digest.algorithm(), &bytes);
                 if actual != *digest {
-                    bail!("manifest {digest} in {label}: digest mismatch: expected {digest}, got {actual}");
+                    return Err(crate::error::IntegrityError(format!("manifest {digest} in {label}: digest mismatch: expected {digest}, got {actual}")).into());
                 }
                 Ok(FetchedManifest {
                     bytes: Bytes::from(bytes),

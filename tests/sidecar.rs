@@ -380,3 +380,27 @@ fn the_probe_port_sheds_slow_and_idle_connections() {
     }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A corrupted blob counts as a verification failure (found by the error's
+/// type, not its wording); a missing model does not.
+#[test]
+fn corrupted_content_counts_as_a_verification_failure() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    copy_dir(&repo_root().join("examples/mnist"), &layout);
+    let blob = layout.join("blobs/sha256").join(MNIST_SHA256);
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let uri = format!("oci-layout://{}", layout.display());
+    let s = Sidecar::start(&uri, &work.path().join("m"), &[]);
+    s.wait_for(|| s.get("/readyz").1.contains("failed"), "a failed attempt");
+    let metrics = s.get("/metrics").1;
+    let counted = metric(
+        &metrics,
+        &format!("ocimodel_verification_failures_total{{model=\"{uri}\"}}"),
+    );
+    assert!(counted.unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert!(s.get("/readyz").1.contains("digest mismatch"));
+    assert_eq!(s.terminate().0, 0);
+}

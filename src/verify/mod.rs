@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::error::SignatureError;
 use crate::fetch::fetch_small;
 use crate::manifest::Document;
 use crate::registry::FetchedManifest;
@@ -379,16 +380,18 @@ pub async fn verify(
             tracing::warn!(digest = %digest, "no signature found; OCIMODEL_VERIFY=if-present lets it through");
             return Ok(Vec::new());
         }
-        bail!(
+        return Err(SignatureError(format!(
             "signature verification failed: no signature found for {digest} (looked for {}); sign it, or set OCIMODEL_VERIFY=if-present to allow unsigned models",
             policy.looked_for(digest)
-        );
+        ))
+        .into());
     }
-    bail!(
+    Err(SignatureError(format!(
         "signature verification failed for {digest}: no valid signature from a trusted signer ({} tried): {}",
         found,
         problems.join("; ")
-    )
+    ))
+    .into())
 }
 
 /// The simple-signing layers of a cosign `.sig` manifest.
