@@ -1,0 +1,348 @@
+//! A small distribution-spec v1.1 client: manifests and blobs, with anonymous,
+//! Basic and Bearer-token authentication.
+//!
+//! Why not `oci-client`: its client panics without a system CA store (fatal in
+//! `FROM scratch`), cannot take our own HTTP client, has no docker-config
+//! handling, hashes blobs twice, and leaves retries and resume to the caller.
+//! The protocol we need is a handful of GETs; owning it keeps every byte,
+//! header and error message under our control.
+//!
+//! Files: [`transport`] (sending, retries, origin rules, throughput),
+//! [`auth`] (challenges and tokens), [`errors`] (status codes in words),
+//! [`referrers`], [`push`]; pulls of manifests and blobs are here.
+
+mod auth;
+mod errors;
+mod push;
+mod referrers;
+mod transport;
+
+use auth::{HostAuth, Token};
+use referrers::resolve_link;
+pub use transport::{backoff, root_cause, Throughput};
+use transport::{read_capped, same_origin, urlencode, Resolver};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+
+use crate::auth::{Challenge, CredentialStore, Credentials};
+use crate::digest::Digest;
+use crate::manifest::{
+    Descriptor, Document, ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX,
+};
+use crate::reference::ImageRef;
+
+/// What a request needs on the repository: the token scope it asks for,
+/// and the words a refusal is explained with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Pull,
+    Push,
+}
+
+impl Scope {
+    /// The `actions` of a `repository:NAME:ACTIONS` token scope.
+    fn actions(self) -> &'static str {
+        match self {
+            Scope::Pull => "pull",
+            Scope::Push => "pull,push",
+        }
+    }
+
+    /// The verb for messages: "pull" or "push".
+    fn verb(self) -> &'static str {
+        match self {
+            Scope::Pull => "pull",
+            Scope::Push => "push",
+        }
+    }
+}
+
+/// What an upload sends: a file streamed from disk, or small bytes.
+pub enum BlobBody {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
+/// A stream of blob bytes, not yet verified.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// How long a TCP (and TLS) connection may take to open.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// `host[:port]` entries served over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Every registry over plain HTTP (`KSERVE_OCI_INSECURE_REGISTRY=true`).
+    pub insecure_all: bool,
+    /// Extra PEM bundles to trust besides the compiled-in roots.
+    pub ca_bundles: Vec<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+    /// A read that waits longer than this for bytes fails (a stalled
+    /// registry must not hang an init container forever).
+    pub stall_timeout: Option<Duration>,
+    /// Bytes per second a body must average over each stall window
+    /// (`OCIMODEL_MIN_RATE`): a trickle of a byte a second never stalls a
+    /// read, and must not hold a pull for days.
+    pub min_rate: u64,
+    /// Attempts after the first for transient failures (connection errors,
+    /// 429/502/503/504, a blob cut off mid-stream).
+    pub retries: u32,
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    creds: CredentialStore,
+    options: ClientOptions,
+    /// What each registry asked for, so later requests authenticate up front.
+    host_auth: Mutex<HashMap<String, HostAuth>>,
+    /// Bearer tokens per (registry, scope).
+    tokens: Mutex<HashMap<(String, String), Token>>,
+}
+
+/// A manifest's bytes, exactly as served, and their digest.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub content_type: Option<String>,
+    pub digest: Digest,
+}
+
+impl RegistryClient {
+    /// How many times a transient failure is retried.
+    pub fn retries(&self) -> u32 {
+        self.options.retries
+    }
+
+    pub fn new(creds: CredentialStore, options: ClientOptions) -> Result<RegistryClient> {
+        // One process-wide crypto provider; ring keeps the static build small.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots: Vec<reqwest::Certificate> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|c| reqwest::Certificate::from_der(c.as_ref()).ok())
+            .collect();
+        // The system store, when the image has one; absent in FROM scratch.
+        let system = std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        if let Ok(pem) = std::fs::read(&system) {
+            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
+                roots.extend(certs);
+            }
+        }
+        for bundle in &options.ca_bundles {
+            let pem = std::fs::read(bundle)
+                .with_context(|| format!("cannot read CA bundle {}", bundle.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("CA bundle {} is not valid PEM", bundle.display()))?;
+            if certs.is_empty() {
+                bail!("CA bundle {} holds no certificates", bundle.display());
+            }
+            roots.extend(certs);
+        }
+        let http = reqwest::Client::builder()
+            .dns_resolver(Resolver)
+            .tls_certs_only(roots)
+            .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+            .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
+            .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(RegistryClient {
+            http,
+            creds,
+            options,
+            host_auth: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn is_insecure(&self, registry: &str) -> bool {
+        self.options.insecure_all
+            || self
+                .options
+                .insecure_registries
+                .iter()
+                .any(|h| h.trim() == registry)
+    }
+
+    fn base_url(&self, r: &ImageRef) -> String {
+        let scheme = if self.is_insecure(&r.registry) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}/v2/{}", r.api_host(), r.repository)
+    }
+
+    /// Fetches a manifest by tag or digest. When `reference` is a digest the
+    /// bytes are checked against it; a tag's digest is computed from the bytes
+    /// (and must agree with `Docker-Content-Digest` when the server sends one).
+    pub async fn manifest(&self, r: &ImageRef, reference: &str) -> Result<FetchedManifest> {
+        let fetched = self
+            .fetch_manifest(r, reference, Scope::Pull, false)
+            .await?;
+        Ok(fetched.expect("a missing manifest is an error when not allowed"))
+    }
+
+    /// Fetches a manifest with `scope`; with `missing_ok`, a 404 is
+    /// `None` instead of an error.
+    async fn fetch_manifest(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        scope: Scope,
+        missing_ok: bool,
+    ) -> Result<Option<FetchedManifest>> {
+        let url = format!("{}/manifests/{reference}", self.base_url(r));
+        let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
+        let resp = self
+            .send_as(r, scope, |c| {
+                MANIFEST_ACCEPT
+                    .iter()
+                    .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
+            })
+            .await?;
+        if missing_ok && resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.check_status(resp, r, &what, scope).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = read_capped(resp, MAX_MANIFEST_BYTES, &what, self.throughput()).await?;
+        let digest = match reference.parse::<Digest>() {
+            Ok(expected) => {
+                let actual = Digest::of(expected.algorithm(), &bytes);
+                if actual != expected {
+                    return Err(crate::error::IntegrityError(format!("{what}: digest mismatch: expected {expected}, got {actual}; the registry served different content")).into());
+                }
+                expected
+            }
+            Err(_) => {
+                let alg = header_digest
+                    .as_deref()
+                    .and_then(|h| h.parse::<Digest>().ok())
+                    .map(|d| d.algorithm())
+                    .unwrap_or(crate::digest::Algorithm::Sha256);
+                let actual = Digest::of(alg, &bytes);
+                if let Some(h) = &header_digest {
+                    if h.parse::<Digest>().ok().as_ref() != Some(&actual) {
+                        bail!("{what}: the registry's Docker-Content-Digest {h} does not match the manifest it served ({actual})");
+                    }
+                }
+                actual
+            }
+        };
+        Ok(Some(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        }))
+    }
+
+    /// Fetches a manifest or index by tag, or `None` when there is none.
+    pub async fn manifest_if_any(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>> {
+        self.fetch_manifest(r, reference, Scope::Push, true).await
+    }
+
+    /// Fetches a manifest by tag for reading, or `None` when there is none.
+    pub async fn tagged_manifest(
+        &self,
+        r: &ImageRef,
+        tag: &str,
+    ) -> Result<Option<FetchedManifest>> {
+        self.fetch_manifest(r, tag, Scope::Pull, true).await
+    }
+
+    /// Opens a blob for streaming. The caller verifies size and digest.
+    pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
+        self.blob_from(r, digest, 0).await
+    }
+
+    /// Opens a blob from byte `offset` (a resumed download): asks for a
+    /// `Range`; when the registry ignores it and sends everything, the bytes
+    /// before `offset` are skipped here, so the caller always gets the rest.
+    pub async fn blob_from(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<ByteStream> {
+        let url = format!("{}/blobs/{digest}", self.base_url(r));
+        let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
+        let resp = self
+            .send(r, |c| {
+                let req = c.get(&url);
+                if offset > 0 {
+                    req.header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                } else {
+                    req
+                }
+            })
+            .await?;
+        let resp = self.check_status(resp, r, &what, Scope::Pull).await?;
+        let mut to_skip = if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+            tracing::info!(blob = %digest, "the registry ignored Range; skipping the {offset} bytes already received");
+            offset
+        } else {
+            0
+        };
+        let stall = self
+            .options
+            .stall_timeout
+            .unwrap_or(Duration::from_secs(60));
+        let mut rate = self.throughput();
+        let stream = resp.bytes_stream().filter_map(move |chunk| {
+            let out = match chunk {
+                Err(e) => {
+                    let cause = if e.is_timeout() {
+                        format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
+                    } else {
+                        root_cause(&e)
+                    };
+                    Some(Err(std::io::Error::other(format!(
+                        "download interrupted: {cause}"
+                    ))))
+                }
+                Ok(mut b) => match rate.observe(b.len()) {
+                    Err(e) => Some(Err(std::io::Error::other(format!(
+                        "download interrupted: {e}"
+                    )))),
+                    Ok(()) if to_skip > 0 => {
+                        let n = to_skip.min(b.len() as u64) as usize;
+                        to_skip -= n as u64;
+                        let _ = b.split_to(n);
+                        (!b.is_empty()).then_some(Ok(b))
+                    }
+                    Ok(()) => Some(Ok(b)),
+                },
+            };
+            futures_util::future::ready(out)
+        });
+        Ok(Box::pin(stream))
+    }
+}

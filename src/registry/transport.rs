@@ -1,0 +1,308 @@
+//! Sending requests: retries with backoff, credentials only to the
+//! registry's own origin, the minimum-throughput rule, our resolver (DNS
+//! failures typed), and transport errors in words.
+
+use super::*;
+
+/// Backoff before retry `attempt` (1-based): 0.5 s doubling, capped at 30 s,
+/// with ±50 % jitter so a fleet of pods does not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 0.5_f64 * 2f64.powi(attempt.saturating_sub(1).min(6) as i32);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5 .. 1.5
+    Duration::from_secs_f64((base * jitter).min(30.0))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as "soon").
+pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    Some(Duration::from_secs(
+        v.trim().parse::<u64>().unwrap_or(1).min(60),
+    ))
+}
+
+/// Certificate and handshake failures will not heal by retrying.
+pub(super) fn is_transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+impl RegistryClient {
+    /// Refuses a URL the registry named (`what`) that would move an https
+    /// registry's traffic to plain http.
+    pub(super) fn no_downgrade(&self, r: &ImageRef, url: &str, what: &str) -> Result<()> {
+        let plain = reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http");
+        if plain && !self.is_insecure(&r.registry) {
+            bail!(
+                "registry {} (https) names a plain-http {what} ({}); refusing",
+                r.registry,
+                crate::text::escape_controls(url)
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a pull request, answering one authentication challenge if needed.
+    pub(super) async fn send(
+        &self,
+        r: &ImageRef,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        self.send_as(r, Scope::Pull, build).await
+    }
+
+    /// Sends a request needing `scope` on the
+    /// repository. `build` may be called twice (before and after the
+    /// challenge), so it must make a fresh request each time.
+    pub(super) async fn send_as(
+        &self,
+        r: &ImageRef,
+        scope_kind: Scope,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let scope = format!("repository:{}:{}", r.repository, scope_kind.actions());
+        let mut authorization = self.cached_authorization(r, &scope);
+        let mut answered = false;
+        let mut attempt = 0;
+        let origin = reqwest::Url::parse(&self.base_url(r))
+            .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
+        loop {
+            let mut req = build(&self.http)
+                .build()
+                .map_err(|e| anyhow!("registry {}: cannot build a request: {e}", r.registry))?;
+            // Credentials go to the registry's own origin only: a `Link` or
+            // upload `Location` naming another host (or plain http) gets none.
+            let ours = same_origin(req.url(), &origin);
+            if let (Some(a), true) = (&authorization, ours) {
+                req.headers_mut().insert(AUTHORIZATION, a.clone());
+            }
+            let resp = match self.http.execute(req).await {
+                Ok(resp) => resp,
+                Err(e)
+                    if attempt < self.options.retries
+                        && (e.is_connect() || e.is_timeout() || e.is_request())
+                        && !crate::error::is_tls_failure(&e) =>
+                {
+                    attempt += 1;
+                    let wait = backoff(attempt);
+                    tracing::warn!(registry = %r.registry, attempt, "request failed ({}); retrying in {:.1}s", root_cause(&e), wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(self.transport_error(r, e)),
+            };
+            if is_transient(resp.status()) && attempt < self.options.retries {
+                attempt += 1;
+                let wait = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
+                tracing::warn!(registry = %r.registry, status = %resp.status(), attempt, "registry busy; retrying in {:.1}s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if resp.status() != StatusCode::UNAUTHORIZED || answered {
+                return Ok(resp);
+            }
+            if !ours || !same_origin(resp.url(), &origin) {
+                // A redirect target (object storage, a CDN) or a host a
+                // registry named asks for credentials: never answer with the
+                // registry's (its realm would get them).
+                let host = resp.url().host_str().unwrap_or("?").to_string();
+                bail!(
+                    "{host}, where registry {} sent this request, asks for authentication; ocimodel sends the registry's credentials only to the registry itself",
+                    r.registry
+                );
+            }
+            answered = true;
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            let Some(challenge) = challenge else {
+                return Ok(resp);
+            };
+            authorization = Some(self.answer(r, &scope, &challenge).await?);
+        }
+    }
+
+    pub(super) fn throughput(&self) -> Throughput {
+        Throughput::new(
+            self.options
+                .stall_timeout
+                .unwrap_or(Duration::from_secs(60)),
+            self.options.min_rate,
+        )
+    }
+
+    pub(super) fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
+        if e.is_timeout() && !e.is_connect() {
+            let stall = self
+                .options
+                .stall_timeout
+                .unwrap_or(Duration::from_secs(60));
+            return anyhow!(
+                "registry {} sent no data for {}s (OCIMODEL_STALL_TIMEOUT); it is overloaded or stuck",
+                r.registry,
+                stall.as_secs()
+            );
+        }
+        if e.is_connect() && e.is_timeout() {
+            let limit = self
+                .options
+                .connect_timeout
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            return anyhow!(
+                "cannot connect to registry {} within {}s (OCIMODEL_CONNECT_TIMEOUT); check the address, network policies and firewalls",
+                r.registry,
+                limit.as_secs()
+            );
+        }
+        if let Some(dns) = crate::error::dns_failure(&e) {
+            return anyhow!(
+                "cannot resolve registry host {}: {}; check the name and the cluster's DNS",
+                r.api_host(),
+                dns.source
+            );
+        }
+        let cause = root_cause(&e);
+        let hint = if self.is_insecure(&r.registry) {
+            "check the address and that the registry is running"
+        } else {
+            "check the address, the CA bundle (OCIMODEL_CA_BUNDLE), or list a plain-HTTP registry in OCIMODEL_INSECURE_REGISTRIES"
+        };
+        anyhow!(
+            "cannot reach registry {} ({}): {cause}; {hint}",
+            r.registry,
+            self.base_url(r)
+        )
+    }
+}
+
+/// Whether name resolution failed (hyper-util reports "dns error").
+/// The system resolver (getaddrinfo, as reqwest's default), with failures
+/// as [`crate::error::DnsError`] so they are told apart by type.
+pub(super) struct Resolver;
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(|addrs| addrs.collect::<Vec<_>>());
+            match found {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(source) => Err(Box::new(crate::error::DnsError { host, source })
+                    as Box<dyn std::error::Error + Send + Sync>),
+            }
+        })
+    }
+}
+
+/// The innermost error message: what actually went wrong on the wire.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    let mut msg = cur.to_string();
+    while let Some(next) = cur.source() {
+        let m = next.to_string();
+        if !m.is_empty() {
+            msg = m;
+        }
+        cur = next;
+    }
+    msg
+}
+
+/// Reads a whole response body, refusing more than `cap` bytes.
+pub(super) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: u64,
+    what: &str,
+    mut rate: Throughput,
+) -> Result<Bytes> {
+    if let Some(len) = resp.content_length() {
+        if len > cap {
+            bail!("{what} is {len} bytes, over the {cap}-byte limit");
+        }
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| anyhow!("reading {what}: {}", root_cause(&e)))?
+    {
+        if buf.len() as u64 + chunk.len() as u64 > cap {
+            bail!("{what} exceeds the {cap}-byte limit");
+        }
+        rate.observe(chunk.len())
+            .map_err(|e| anyhow!("reading {what}: {e}"))?;
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The minimum-throughput rule: over every window of the stall timeout, at
+/// least `min_rate` bytes per second on average.
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    window: Duration,
+    min_rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Throughput {
+    pub fn new(window: Duration, min_rate: u64) -> Throughput {
+        Throughput {
+            window,
+            min_rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes just received; an error when the window that just
+    /// closed fell below the rate.
+    pub fn observe(&mut self, n: usize) -> std::result::Result<(), String> {
+        self.bytes += n as u64;
+        let elapsed = self.started.elapsed();
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let floor = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        if self.bytes < floor {
+            return Err(format!(
+                "only {} bytes arrived in {:.0}s, under OCIMODEL_MIN_RATE ({} bytes/s); the registry is trickling",
+                self.bytes,
+                elapsed.as_secs_f64(),
+                self.min_rate
+            ));
+        }
+        self.started = Instant::now();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+pub(super) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Same scheme, host and port (default ports filled in).
+pub(super) fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
