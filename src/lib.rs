@@ -3,7 +3,7 @@
 //!
 //! Modules, in the order data flows through them:
 //! [`reference`] → [`source`] ([`registry`] with [`auth`], or an OCI layout)
-//! → [`verify`] (signatures of the resolved digest, with [`der`], before
+//! → [`verify`] (signatures of the resolved digest, before
 //! anything is written) → [`manifest`] (index → platform manifest) → [`format`] (which format,
 //! what each layer becomes: a [`format::Plan`], narrowed by [`select`])
 //! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
@@ -15,7 +15,6 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod der;
 pub mod digest;
 pub mod dirfd;
 pub mod error;

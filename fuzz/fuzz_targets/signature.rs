@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use ocimodel::der;
+use ocimodel::verify::der;
 use ocimodel::digest::Digest;
 use ocimodel::verify::{cosign, keys, notation, sigstore, Inputs, Policy};
 

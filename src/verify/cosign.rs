@@ -10,9 +10,9 @@ use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+use super::der;
 use super::sigstore::{self, Expect, InclusionProof, TlogEntry};
 use super::Policy;
-use crate::der;
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
 
-use crate::der;
+use super::der;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {

@@ -18,6 +18,7 @@
 
 pub mod cbor;
 pub mod cosign;
+pub mod der;
 pub mod keys;
 pub mod notation;
 pub mod sigstore;

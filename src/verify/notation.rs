@@ -24,9 +24,9 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::Value;
 
 use super::cbor;
+use super::der;
 use super::keys::PublicKey;
 use super::sigstore::describe_chain_error;
-use crate::der;
 use crate::digest::Digest;
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";

@@ -23,8 +23,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::der;
 use super::keys::PublicKey;
-use crate::der;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), as webpki wants it.
