@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::fetch::mib;
 use crate::format::{artifact_type, Action};
 use crate::manifest::Descriptor;
-use crate::pull::{resolve, Settings};
+use crate::plan::plan;
+use crate::pull::Settings;
 use crate::source::Source;
 
 /// Everything `inspect` reports.
@@ -67,8 +68,8 @@ pub struct SkippedRow {
 
 pub async fn inspect(source: &Source, settings: &Settings) -> Result<Report> {
     let top = source.resolve().await?;
-    let resolved = resolve(source, top, settings).await?;
-    let plan = &resolved.plan;
+    let planned = plan(source, top, settings).await?;
+    let plan = &planned.plan;
     let mut files = Vec::new();
     let mut archives = Vec::new();
     for step in &plan.steps {
@@ -97,17 +98,17 @@ pub async fn inspect(source: &Source, settings: &Settings) -> Result<Report> {
             }),
         }
     }
-    let referrers = source.referrers(&resolved.top.digest, None).await?;
+    let referrers = source.referrers(&planned.top.digest, None).await?;
     Ok(Report {
-        reference: source.pinned(&resolved.top.digest),
-        digest: resolved.top.digest.to_string(),
-        manifest_digest: (resolved.manifest_digest != resolved.top.digest)
-            .then(|| resolved.manifest_digest.to_string()),
-        platform: resolved.platform.clone(),
-        artifact_type: artifact_type(&resolved.manifest).to_string(),
+        reference: source.pinned(&planned.top.digest),
+        digest: planned.top.digest.to_string(),
+        manifest_digest: (planned.manifest_digest != planned.top.digest)
+            .then(|| planned.manifest_digest.to_string()),
+        platform: planned.platform.clone(),
+        artifact_type: artifact_type(&planned.manifest).to_string(),
         format: plan.format.to_string(),
         total_size: plan.total_bytes(),
-        annotations: resolved.manifest.annotations.clone(),
+        annotations: planned.manifest.annotations.clone(),
         files,
         archives,
         generated: plan.generated.iter().map(|(p, _)| p.clone()).collect(),

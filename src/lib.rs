@@ -23,6 +23,7 @@ pub mod format;
 pub mod inspect;
 pub mod install;
 pub mod manifest;
+pub mod plan;
 pub mod pull;
 pub mod push;
 pub mod reference;

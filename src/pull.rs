@@ -1,14 +1,14 @@
-//! The pipeline for one model: resolve → (verify) → fetch → unpack → install.
+//! The pipeline for one model: resolve → (verify) → plan → fetch → unpack →
+//! install.
 //!
-//! Data flows one way. The reference is resolved to a digest once; an index
-//! is narrowed to one platform manifest; the manifest is classified into a
-//! [`Plan`] and narrowed by the file filter; each layer is streamed,
+//! Data flows one way. The reference is resolved to a digest once; then
+//! [`crate::plan`] narrows an index to one platform manifest, classifies it
+//! into a [`Plan`] and narrows that by the file filter; each layer is streamed,
 //! verified and unpacked into staging; the finished tree is installed into
 //! DEST with its marker. Signature checks (see [`crate::verify`]) sit
 //! between resolve and fetch: with a policy, nothing is written to DEST
 //! before they pass.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,22 +16,17 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::digest::Digest;
-use crate::fetch::{fetch_blob, fetch_small, mib, Progress};
+use crate::fetch::{fetch_blob, mib, Progress};
 use crate::format::{self, Action, Format, Plan};
 use crate::install::{Dest, Marker};
-use crate::manifest::{
-    select_platform, Document, ImageManifest, Platform, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES,
-};
+use crate::manifest::Platform;
+use crate::plan::{check_paths, plan};
 use crate::reference::Target;
-use crate::registry::{FetchedManifest, RegistryClient};
+use crate::registry::RegistryClient;
 use crate::select::Filter;
 use crate::source::Source;
-use crate::unpack::{clean_path, join, write_file, Contents, Subtree, Tree};
+use crate::unpack::{clean_path, write_file, Contents, Subtree, Tree};
 use crate::verify::{self, Policy};
-
-/// More layers than this is not a model, it is an attack on the client.
-const MAX_LAYERS: usize = 10_000;
 
 /// Settings shared by every model of one run.
 #[derive(Clone, Debug)]
@@ -108,75 +103,6 @@ impl Outcome {
 /// Registry clients are built lazily, once, and shared by all jobs.
 pub type ClientFactory = Arc<dyn Fn() -> Result<Arc<RegistryClient>> + Send + Sync>;
 
-/// A resolved model: the manifest to install and how.
-pub struct Resolved {
-    pub top: FetchedManifest,
-    pub manifest: ImageManifest,
-    pub manifest_digest: Digest,
-    /// The platform chosen from an index, if there was one.
-    pub platform: Option<String>,
-    pub config: Option<bytes::Bytes>,
-    pub plan: Plan,
-}
-
-/// Resolves, descends to one manifest, fetches the config when needed,
-/// classifies and filters. Shared by `pull` and `inspect`.
-pub async fn resolve(
-    source: &Source,
-    top: FetchedManifest,
-    settings: &Settings,
-) -> Result<Resolved> {
-    let (manifest, manifest_digest, platform) =
-        descend(source, top.clone(), &settings.platform).await?;
-    if manifest.layers.len() > MAX_LAYERS {
-        bail!(
-            "the manifest has {} layers; ocimodel refuses more than {MAX_LAYERS}",
-            manifest.layers.len()
-        );
-    }
-    let wants_config = format::needs_config(&manifest) || format::keeps_config(&manifest);
-    let config = if wants_config && manifest.config.size > 0 {
-        Some(
-            fetch_small(source, &manifest.config, MAX_MANIFEST_BYTES)
-                .await
-                .context("the manifest's config")?,
-        )
-    } else {
-        None
-    };
-    let mut plan = format::classify(&manifest, config.as_deref(), &settings.format)?;
-    narrow(&mut plan, &settings.filter);
-    Ok(Resolved {
-        top,
-        manifest,
-        manifest_digest,
-        platform,
-        config,
-        plan,
-    })
-}
-
-/// Drops whole-file layers the filter excludes, so they are never fetched.
-fn narrow(plan: &mut Plan, filter: &Filter) {
-    if filter.is_empty() {
-        return;
-    }
-    let mut kept = Vec::new();
-    for step in plan.steps.drain(..) {
-        match &step.action {
-            Action::WriteFile(path) if !filter.allows(path) => {
-                plan.skipped.push((
-                    step.layer,
-                    format!("'{path}' excluded by OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE"),
-                ));
-            }
-            _ => kept.push(step),
-        }
-    }
-    plan.steps = kept;
-    plan.generated.retain(|(path, _)| filter.allows(path));
-}
-
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
     match settings.deadline {
         // Dropping the pull on timeout removes its staging directory.
@@ -231,8 +157,8 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
         return Ok(Outcome::up_to_date(marker));
     }
-    let resolved = resolve(&source, top, settings).await?;
-    let plan = &resolved.plan;
+    let planned = plan(&source, top, settings).await?;
+    let plan = &planned.plan;
     for (layer, why) in &plan.skipped {
         tracing::info!(uri = %job.uri, layer = %layer.describe(), "skipping layer: {why}");
     }
@@ -250,12 +176,12 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
 
     let staging = dest.new_staging()?;
     let contents = unpack_plan(&source, plan, staging.path(), settings, &job.uri).await?;
-    let top = &resolved.top;
+    let top = &planned.top;
     let mut marker = Marker::new(
         job.uri.clone(),
         source.pinned(&top.digest),
         top.digest.clone(),
-        (resolved.manifest_digest != top.digest).then(|| resolved.manifest_digest.clone()),
+        (planned.manifest_digest != top.digest).then(|| planned.manifest_digest.clone()),
         plan.format.to_string(),
         (plan.format == Format::Image).then(|| settings.subtree.display()),
         contents,
@@ -264,7 +190,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     marker.signatures = signatures;
     let config = plan
         .keep_config
-        .then_some(resolved.config.as_deref())
+        .then_some(planned.config.as_deref())
         .flatten();
     let marker = dest.install(&staging, marker, config, settings.owner)?;
     Ok(Outcome {
@@ -273,35 +199,6 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         bytes_fetched: plan.total_bytes(),
         blobs_fetched: plan.steps.len() as u64,
     })
-}
-
-/// Follows indexes down to one image manifest for the wanted platform.
-async fn descend(
-    source: &Source,
-    mut fetched: FetchedManifest,
-    platform: &Platform,
-) -> Result<(ImageManifest, Digest, Option<String>)> {
-    let mut chosen = None;
-    for _ in 0..=MAX_INDEX_DEPTH {
-        match Document::parse(&fetched.bytes, fetched.content_type.as_deref())
-            .with_context(|| format!("manifest {}", fetched.digest))?
-        {
-            Document::Manifest(m) => return Ok((*m, fetched.digest, chosen)),
-            Document::Index(index) => {
-                let child = select_platform(&index, platform)?;
-                chosen = Some(
-                    child
-                        .platform
-                        .as_ref()
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| "unspecified".into()),
-                );
-                tracing::info!(index = %fetched.digest, manifest = %child.digest, platform = %child.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "unspecified".into()), "selected manifest from index");
-                fetched = source.manifest(&child.digest).await?;
-            }
-        }
-    }
-    bail!("indexes nest deeper than {MAX_INDEX_DEPTH} levels; refusing (possible cycle)")
 }
 
 /// Refuses early when DEST's filesystem cannot hold the download (the
@@ -331,44 +228,6 @@ fn free_space(path: &Path) -> Option<u64> {
     // SAFETY: a valid NUL-terminated path and a struct statvfs to fill.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// Whole-file names must be safe, distinct, and not nest inside each other.
-fn check_paths(plan: &Plan) -> Result<()> {
-    let mut seen = BTreeSet::new();
-    let files = plan
-        .steps
-        .iter()
-        .filter_map(|s| match &s.action {
-            Action::WriteFile(p) => Some((p.as_str(), s.layer.digest.to_string())),
-            _ => None,
-        })
-        .chain(
-            plan.generated
-                .iter()
-                .map(|(p, _)| (p.as_str(), "the manifest".to_string())),
-        );
-    for (title, from) in files {
-        let rel = clean_path(Path::new(title))
-            .with_context(|| format!("layer {from} has an unsafe file name"))?;
-        if rel.is_empty() {
-            bail!("layer {from} has an empty file name");
-        }
-        if !seen.insert(join(&rel)) {
-            bail!("two layers claim the same file '{}'", join(&rel));
-        }
-    }
-    let all: Vec<&String> = seen.iter().collect();
-    for pair in all.windows(2) {
-        if pair[1].starts_with(&format!("{}/", pair[0])) {
-            bail!(
-                "layer file '{}' would have to be both a file and the directory of '{}'",
-                pair[0],
-                pair[1]
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A relative directory from a plan as path components.
