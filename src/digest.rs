@@ -162,6 +162,31 @@ impl Hasher {
     }
 }
 
+/// Size and digest of everything `r` yields (one loop for every caller:
+/// installed files, archive members, files to push).
+pub fn hash_reader(
+    mut r: impl std::io::Read,
+    algorithm: Algorithm,
+) -> std::io::Result<(u64, Digest)> {
+    let mut h = Hasher::new(algorithm);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, h.finish()))
+}
+
+/// Size and digest of a file on disk.
+pub fn hash_file(path: &std::path::Path, algorithm: Algorithm) -> std::io::Result<(u64, Digest)> {
+    hash_reader(std::fs::File::open(path)?, algorithm)
+}
+
 fn to_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -500,7 +500,7 @@ pub fn check_tree(dest: &Path) -> std::result::Result<(Marker, Vec<String>), Str
         expected.insert(f.path.clone());
         let path = dest.join(&f.path);
         match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_file() => match crate::unpack::hash_file(&path, f.digest.algorithm()) {
+            Ok(md) if md.is_file() => match crate::digest::hash_file(&path, f.digest.algorithm()) {
                 Ok((size, d)) if size == f.size && d == f.digest => {}
                 Ok((size, d)) => problems.push(format!(
                     "{}: expected {} bytes {}, found {size} bytes {d}",

@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::digest::hash_file;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::format::{MODELPACK_ARTIFACT, MODELPACK_CONFIG, MODELPACK_FILEPATH};
 use crate::manifest::{
@@ -28,7 +29,6 @@ use crate::manifest::{
 };
 use crate::reference::{ImageRef, Selector, Target};
 use crate::registry::{BlobBody, RegistryClient};
-use crate::unpack::hash_file;
 
 /// Files at least this big get a layer of their own in a ModelPack; smaller
 /// non-weight files are grouped into one tar layer per kind.

@@ -214,16 +214,8 @@ impl Store {
         let (offset, size) = self.locate(name)?;
         let mut f = std::fs::File::open(file)?;
         f.seek(SeekFrom::Start(offset))?;
-        let mut h = crate::digest::Hasher::new(crate::digest::Algorithm::Sha256);
-        let mut r = f.take(size);
-        let mut buf = vec![0u8; LOCAL_READ_BUF];
-        loop {
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(h.finish())
+        let (_, digest) =
+            crate::digest::hash_reader(f.take(size), crate::digest::Algorithm::Sha256)?;
+        Ok(digest)
     }
 }

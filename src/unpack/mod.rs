@@ -17,10 +17,10 @@
 //! their own layer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -29,6 +29,16 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::Compression;
 use crate::select::Filter;
+
+mod links;
+mod paths;
+
+use links::{check_link_inside, confine_symlink};
+use paths::{check_not_reserved, make_dir};
+pub use paths::{
+    clean_path, group_zero, join, normalise_mode, prepare_parent, remove_existing, shared_mode,
+    write_file, RelPath,
+};
 
 /// Names at the top of DEST that belong to ocimodel itself.
 pub const RESERVED_NAMES: [&str; 2] = [".ocimodel", ".ocimodel.json"];
@@ -50,200 +60,6 @@ pub struct Contents {
     /// Symlinks: path → target, as written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub links: BTreeMap<String, String>,
-}
-
-/// A relative path inside the tree, as clean components.
-pub type RelPath = Vec<String>;
-
-pub fn join(rel: &[String]) -> String {
-    rel.join("/")
-}
-
-/// Cleans a name from a layer or annotation: drops `.` and empty parts,
-/// refuses absolute paths, `..`, and non-UTF-8.
-pub fn clean_path(raw: &Path) -> Result<RelPath> {
-    let mut out = Vec::new();
-    for c in raw.components() {
-        match c {
-            Component::Normal(s) => out.push(
-                s.to_str()
-                    .ok_or_else(|| anyhow!("entry name {raw:?} is not UTF-8"))?
-                    .to_string(),
-            ),
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                bail!("refusing absolute path '{}'", raw.display())
-            }
-            Component::ParentDir => bail!("refusing path '{}': it contains '..'", raw.display()),
-        }
-    }
-    Ok(out)
-}
-
-/// `u=rw(x),g=u,o=r(x)` for files, `u=rwx,g=u,o=rx` for directories.
-pub fn normalise_mode(mode: u32, dir: bool) -> u32 {
-    let user = ((mode >> 6) & 0o7) | if dir { 0o7 } else { 0o6 };
-    let other = 0o4 | (user & 0o1);
-    (user << 6) | (user << 3) | other
-}
-
-/// Whether what we create belongs to group 0 (OpenShift runs arbitrary
-/// UIDs with GID 0; so does root). Only then is `g=u` a grant to the
-/// cluster's own UIDs; elsewhere (a laptop, a shared server) the umask says
-/// who may read, as for any other tool.
-pub fn group_zero() -> bool {
-    // SAFETY: getegid cannot fail.
-    unsafe { libc::getegid() == 0 }
-}
-
-fn umask() -> u32 {
-    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    // Read, not set: umask(2) would change it for every thread for a moment.
-    *UMASK.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Umask:"))
-                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            })
-            .unwrap_or(0o022)
-    })
-}
-
-/// The mode a finished file or directory gets: [`normalise_mode`] for
-/// group 0, else that with the umask applied.
-pub fn shared_mode(mode: u32, dir: bool) -> u32 {
-    let m = normalise_mode(mode, dir);
-    if group_zero() {
-        m
-    } else {
-        m & !umask()
-    }
-}
-
-fn check_not_reserved(rel: &[String]) -> Result<()> {
-    if let Some(first) = rel.first() {
-        if RESERVED_NAMES.contains(&first.as_str()) {
-            bail!(
-                "refusing to write '{}': the name is reserved for ocimodel's bookkeeping",
-                join(rel)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Makes sure every parent of `rel` is a real directory under `root`
-/// (creating missing ones), never a symlink. Returns the full path of `rel`.
-pub fn prepare_parent(root: &Path, rel: &[String]) -> Result<PathBuf> {
-    let mut cur = root.to_path_buf();
-    for (i, part) in rel[..rel.len().saturating_sub(1)].iter().enumerate() {
-        cur.push(part);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => bail!(
-                "refusing to write '{}' through the symlink '{}'",
-                join(rel),
-                join(&rel[..=i])
-            ),
-            Ok(_) => bail!(
-                "cannot write '{}': '{}' is a file, not a directory",
-                join(rel),
-                join(&rel[..=i])
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&cur)?,
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", cur.display())),
-        }
-    }
-    Ok(root.join(rel.join("/")))
-}
-
-/// Staging directories stay 0700 while they are filled, so nobody else can
-/// reach inside to swap a component; [`Tree::finish`] gives the final modes.
-fn make_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("cannot create directory {}", path.display()))
-}
-
-/// Removes whatever is at `path` (file, symlink or whole directory) without
-/// following symlinks; nothing there is fine.
-pub fn remove_existing(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-    .with_context(|| format!("cannot remove {}", path.display()))
-}
-
-/// Writes `reader` to `rel` under `root`. When `known` is the sha256 the
-/// caller is already verifying for these exact bytes, the file is not hashed
-/// a second time.
-pub fn write_file(
-    root: &Path,
-    rel: &[String],
-    reader: &mut dyn BufRead,
-    mode: u32,
-    mtime: Option<SystemTime>,
-    known: Option<&Digest>,
-) -> Result<FileRecord> {
-    check_not_reserved(rel)?;
-    if rel.is_empty() {
-        bail!("refusing to write a file with an empty name");
-    }
-    let path = prepare_parent(root, rel)?;
-    remove_existing(&path)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let known = known.filter(|d| d.algorithm() == Algorithm::Sha256);
-    let mut hasher = known.is_none().then(|| Hasher::new(Algorithm::Sha256));
-    let mut size = 0u64;
-    loop {
-        // Straight from the reader's buffer: no copy of our own.
-        let chunk = match reader.fill_buf() {
-            Ok([]) => break,
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(anyhow!(e))
-                    .with_context(|| format!("reading content for '{}'", join(rel)))
-            }
-        };
-        let n = chunk.len();
-        if let Some(h) = &mut hasher {
-            h.update(chunk);
-        }
-        file.write_all(chunk)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        reader.consume(n);
-        size += n as u64;
-    }
-    file.set_permissions(fs::Permissions::from_mode(shared_mode(mode, false)))
-        .with_context(|| format!("cannot set mode on {}", path.display()))?;
-    if let Some(t) = mtime {
-        let _ = file.set_modified(t);
-    }
-    let digest = match hasher {
-        Some(h) => h.finish(),
-        None => known
-            .cloned()
-            .expect("known digest present when not hashing"),
-    };
-    Ok(FileRecord {
-        path: join(rel),
-        size,
-        digest,
-    })
 }
 
 /// Which part of an image becomes the model (`/models` by default).
@@ -800,7 +616,7 @@ fn parents_are_dirs(root: &Path, rel: &[String]) -> bool {
 }
 
 fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
-    let (size, digest) = hash_file(path, Algorithm::Sha256)?;
+    let (size, digest) = crate::digest::hash_file(path, Algorithm::Sha256)?;
     Ok(FileRecord {
         path: key.to_string(),
         size,
@@ -808,144 +624,9 @@ fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
     })
 }
 
-/// Size and digest of a file on disk.
-pub fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Digest)> {
-    let mut f = File::open(path)?;
-    let mut h = Hasher::new(algorithm);
-    let mut buf = vec![0u8; WRITE_BUF];
-    let mut size = 0;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, h.finish()))
-}
-
-/// Checks a symlink target at creation: relative targets must stay inside
-/// lexically; absolute ones inside the subtree are rewritten as relative.
-fn confine_symlink(link: &[String], target: &Path, subtree: Option<&Subtree>) -> Result<PathBuf> {
-    let parent = &link[..link.len() - 1];
-    if target.is_absolute() {
-        let Some(subtree) = subtree else {
-            bail!(
-                "refusing symlink '{}' -> '{}': absolute targets have no meaning in an artifact",
-                join(link),
-                target.display()
-            );
-        };
-        let abs = clean_path(Path::new(target.to_string_lossy().trim_start_matches('/')))
-            .with_context(|| format!("symlink '{}' -> '{}'", join(link), target.display()))?;
-        return match subtree.map(&abs) {
-            Mapped::Inside(t) => Ok(relative_path(parent, &t)),
-            _ => bail!(
-                "refusing symlink '{}' -> '{}': the target is outside {}",
-                join(link),
-                target.display(),
-                subtree.display()
-            ),
-        };
-    }
-    let mut stack: Vec<&str> = parent.iter().map(String::as_str).collect();
-    for c in target.components() {
-        match c {
-            Component::Normal(s) => stack.push(
-                s.to_str()
-                    .ok_or_else(|| anyhow!("symlink target is not UTF-8"))?,
-            ),
-            Component::ParentDir if stack.pop().is_none() => {
-                bail!(
-                    "refusing symlink '{}' -> '{}': it points outside the model directory",
-                    join(link),
-                    target.display()
-                );
-            }
-            _ => {}
-        }
-    }
-    Ok(target.to_path_buf())
-}
-
-/// `from_dir` → `to` as a relative path (`../../x/y`).
-fn relative_path(from_dir: &[String], to: &[String]) -> PathBuf {
-    let common = from_dir.iter().zip(to).take_while(|(a, b)| a == b).count();
-    let mut p = PathBuf::new();
-    for _ in common..from_dir.len() {
-        p.push("..");
-    }
-    for c in &to[common..] {
-        p.push(c);
-    }
-    if p.as_os_str().is_empty() {
-        p.push(".");
-    }
-    p
-}
-
-/// Resolves the symlink at `link` inside `root`, following chains, and fails
-/// if resolution ever leaves `root` or loops.
-fn check_link_inside(root: &Path, link: &[String]) -> Result<()> {
-    let mut stack: Vec<String> = link[..link.len() - 1].to_vec();
-    let first = fs::read_link(root.join(join(link)))?;
-    let mut pending: VecDeque<String> = VecDeque::new();
-    let mut hops = 0;
-    let push_target = |pending: &mut VecDeque<String>, t: &Path| -> Result<()> {
-        if t.is_absolute() {
-            bail!(
-                "refusing symlink '{}': it resolves through an absolute target '{}'",
-                join(link),
-                t.display()
-            );
-        }
-        let parts: Vec<String> = t
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-                Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
-        for p in parts.into_iter().rev() {
-            pending.push_front(p);
-        }
-        Ok(())
-    };
-    push_target(&mut pending, &first)?;
-    while let Some(part) = pending.pop_front() {
-        if part == ".." {
-            if stack.pop().is_none() {
-                bail!(
-                    "refusing symlink '{}': following it leaves the model directory",
-                    join(link)
-                );
-            }
-            continue;
-        }
-        stack.push(part);
-        let path = root.join(join(&stack));
-        if let Ok(m) = fs::symlink_metadata(&path) {
-            if m.file_type().is_symlink() {
-                hops += 1;
-                if hops > MAX_SYMLINK_HOPS {
-                    bail!(
-                        "refusing symlink '{}': it is part of a symlink loop",
-                        join(link)
-                    );
-                }
-                let t = fs::read_link(&path)?;
-                stack.pop();
-                push_target(&mut pending, &t)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::links::relative_path;
     use super::*;
 
     #[test]
