@@ -4,10 +4,24 @@
 //! `OCIMODEL_VERFY=required` must not turn verification off.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
 const PREFIX: &str = "OCIMODEL_";
+
+// Defaults, written once: clap shows them in --help, `Settings::default`
+// and the registry client start from them, the README's table lists them.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8099";
+pub const DEFAULT_SUBPATH: &str = "/models";
+pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const DEFAULT_PROGRESS_INTERVAL: u64 = 10;
+pub const DEFAULT_STALL_TIMEOUT: u64 = 60;
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
+pub const DEFAULT_RETRIES: u32 = 5;
+pub const DEFAULT_MIN_RATE: &str = "1K";
+pub const DEFAULT_MAX_FILES: u64 = 100_000;
+pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
@@ -42,6 +56,27 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_UNKNOWN",
     "OCIMODEL_VERIFY",
 ];
+
+/// What KServe tells storage initializers through its own variables.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KserveOverrides {
+    /// `KSERVE_OCI_INSECURE_REGISTRY=true`: every registry over plain HTTP.
+    pub insecure_all: bool,
+    /// `CA_BUNDLE_VOLUME_MOUNT_POINT/cabundle.crt`, when mounted.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl KserveOverrides {
+    pub fn from_env() -> KserveOverrides {
+        KserveOverrides {
+            insecure_all: std::env::var("KSERVE_OCI_INSECURE_REGISTRY")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("true")),
+            ca_bundle: std::env::var_os("CA_BUNDLE_VOLUME_MOUNT_POINT")
+                .map(|mount| PathBuf::from(mount).join("cabundle.crt"))
+                .filter(|bundle| bundle.is_file()),
+        }
+    }
+}
 
 /// Refuses any `OCIMODEL_*` variable that is not a setting, naming the
 /// closest one; and values of the settings clap does not parse itself.

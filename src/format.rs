@@ -1,5 +1,5 @@
 //! Which model format a manifest is, and what each layer becomes: the
-//! decision table of `shared/reference/formats.md` §7, as code.
+//! decision table of `docs/formats.md` §7, as code.
 //!
 //! | format | detected by | layers become |
 //! |---|---|---|

@@ -1,3 +1,3 @@
-fn main() {
-    std::process::exit(ocimodel::cli::main_with_args(std::env::args().collect()));
+fn main() -> std::process::ExitCode {
+    ocimodel::cli::main_with_args(std::env::args().collect())
 }

@@ -52,6 +52,27 @@ pub struct Settings {
     pub verify: Arc<Policy>,
 }
 
+impl Default for Settings {
+    /// The defaults of every setting (see [`crate::config`]); no policy.
+    fn default() -> Settings {
+        Settings {
+            subtree: Subtree::parse(crate::config::DEFAULT_SUBPATH).expect("a valid default"),
+            platform: Platform::host(),
+            require_digest: false,
+            concurrency: crate::config::DEFAULT_CONCURRENCY,
+            owner: None,
+            progress_every: Duration::from_secs(crate::config::DEFAULT_PROGRESS_INTERVAL),
+            filter: Filter::default(),
+            format: format::Options::default(),
+            deadline: None,
+            max_expanded: u64::MAX,
+            max_files: crate::config::DEFAULT_MAX_FILES,
+            lock_timeout: Duration::from_secs(crate::config::DEFAULT_LOCK_TIMEOUT),
+            verify: Arc::new(Policy::default()),
+        }
+    }
+}
+
 impl Settings {
     /// Everything besides the digest that shapes the installed tree; a
     /// marker only counts as "this install" when it matches.

@@ -64,7 +64,47 @@ pub struct Options {
 enum Status {
     Pulling { attempt: u32 },
     Failed { attempt: u32, reason: String },
-    Installed { digest: String },
+    Installed { digest: crate::digest::Digest },
+}
+
+/// One model's readiness, as `/readyz` reports it: computed from its status
+/// and the disk, with no side effects.
+enum Readiness {
+    Ready(crate::digest::Digest),
+    NotReady(String),
+}
+
+impl Readiness {
+    fn of(m: &Model) -> Readiness {
+        let status = m.status.lock().unwrap().clone();
+        match status {
+            Status::Pulling { attempt } => {
+                Readiness::NotReady(format!("pulling (attempt {attempt})"))
+            }
+            Status::Failed { attempt, reason } => {
+                Readiness::NotReady(format!("failed (attempt {attempt}, retrying): {reason}"))
+            }
+            Status::Installed { digest } => {
+                match crate::install::installed(&m.job.dest, Some(&digest), None) {
+                    Ok(_) => Readiness::Ready(digest),
+                    Err(why) => Readiness::NotReady(format!("not ready: {why}")),
+                }
+            }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self, Readiness::Ready(_))
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Ready(d) => write!(f, "ready {d}"),
+            Readiness::NotReady(why) => f.write_str(why),
+        }
+    }
 }
 
 struct Model {
@@ -147,47 +187,31 @@ struct State {
 }
 
 impl State {
-    /// Readiness, re-checked against the disk on every call.
-    fn readiness(&self) -> (bool, String) {
-        let mut ready = true;
+    /// Every model's readiness, re-checked against the disk on every call.
+    fn readiness(&self) -> Vec<Readiness> {
+        self.models.iter().map(Readiness::of).collect()
+    }
+
+    /// `/readyz`'s answer: all ready, and one line per model.
+    fn readiness_report(&self) -> (bool, String) {
+        let all = self.readiness();
         let mut body = String::new();
-        for m in &self.models {
-            let status = m.status.lock().unwrap().clone();
-            let line = match status {
-                Status::Pulling { attempt } => {
-                    ready = false;
-                    format!("pulling (attempt {attempt})")
-                }
-                Status::Failed { attempt, reason } => {
-                    ready = false;
-                    format!("failed (attempt {attempt}, retrying): {reason}")
-                }
-                Status::Installed { digest } => {
-                    match crate::install::installed(&m.job.dest, digest.parse().ok().as_ref(), None)
-                    {
-                        Ok(_) => format!("ready {digest}"),
-                        Err(why) => {
-                            ready = false;
-                            format!("not ready: {why}")
-                        }
-                    }
-                }
-            };
-            let model_ready = line.starts_with("ready");
+        for (m, r) in self.models.iter().zip(&all) {
+            let _ = writeln!(body, "{} -> {}: {r}", m.job.uri, m.job.dest.display());
+        }
+        (all.iter().all(Readiness::is_ready), body)
+    }
+
+    fn metrics_text(&self) -> String {
+        for (m, r) in self.models.iter().zip(self.readiness()) {
             self.metrics
                 .ready
                 .get_or_create(&vec![
                     ("model".into(), m.job.uri.clone()),
                     ("dest".into(), m.job.dest.display().to_string()),
                 ])
-                .set(model_ready as i64);
-            let _ = writeln!(body, "{} -> {}: {line}", m.job.uri, m.job.dest.display());
+                .set(r.is_ready() as i64);
         }
-        (ready, body)
-    }
-
-    fn metrics_text(&self) -> String {
-        self.readiness(); // refresh the ready gauges
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
         out
@@ -237,7 +261,7 @@ async fn keep_pulling(
                 m.blobs.get_or_create(&source).inc_by(o.blobs_fetched);
                 tracing::info!(uri = %model.job.uri, dest = %model.job.dest.display(), digest = %o.marker.digest, "model installed; serving");
                 *model.status.lock().unwrap() = Status::Installed {
-                    digest: o.marker.digest.to_string(),
+                    digest: o.marker.digest.clone(),
                 };
                 return Ok(());
             }
@@ -277,7 +301,7 @@ async fn handle(
         "/readyz" | "/startupz" => {
             // Off the async workers: it reads the marker and stats every file.
             let st = state.clone();
-            let (ready, body) = tokio::task::spawn_blocking(move || st.readiness())
+            let (ready, body) = tokio::task::spawn_blocking(move || st.readiness_report())
                 .await
                 .unwrap_or_else(|_| (false, "readiness check failed\n".into()));
             if ready {
@@ -286,13 +310,20 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         }
-        "/metrics" => Response::builder()
-            .header(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .body(Full::new(Bytes::from(state.metrics_text())))
-            .expect("a static response is valid"),
+        "/metrics" => {
+            // The ready gauges read the disk too: off the async workers.
+            let st = state.clone();
+            let body = tokio::task::spawn_blocking(move || st.metrics_text())
+                .await
+                .unwrap_or_default();
+            Response::builder()
+                .header(
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .body(Full::new(Bytes::from(body)))
+                .expect("a static response is valid")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     })
 }
@@ -312,15 +343,14 @@ fn raise_fd_limit() {
     }
 }
 
-/// Runs the sidecar; returns the exit code. The error line of a fatal
-/// failure (with `exit_on_failure`) goes to `on_fatal`.
+/// Runs the sidecar until SIGTERM (`Ok`), or until a pull fails with
+/// `exit_on_failure` set (that failure).
 pub async fn run(
     jobs: Vec<Job>,
     settings: Settings,
     clients: ClientFactory,
     options: Options,
-    on_fatal: impl Fn(&str),
-) -> i32 {
+) -> Result<()> {
     let state = Arc::new(State {
         models: jobs
             .into_iter()
@@ -332,16 +362,9 @@ pub async fn run(
         metrics: Metrics::new(),
     });
     raise_fd_limit();
-    let listener = match tokio::net::TcpListener::bind(options.listen)
+    let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            on_fatal(&format!("ocimodel: {e:#}"));
-            return 1;
-        }
-    };
+        .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))?;
     tracing::info!(listen = %options.listen, "serving /livez /readyz /startupz /metrics");
     let server = {
         let state = state.clone();
@@ -404,20 +427,14 @@ pub async fn run(
         signal(SignalKind::child()),
     ) {
         (Ok(t), Ok(i), Ok(c)) => (t, i, c),
-        _ => {
-            on_fatal("ocimodel: cannot install signal handlers");
-            return 1;
-        }
+        _ => anyhow::bail!("cannot install signal handlers"),
     };
-    let code = loop {
+    let outcome = loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break 0; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break 0; }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break Ok(()); }
             _ = chld.recv() => reap_children(),
-            Some(line) = failed_rx.recv() => {
-                on_fatal(&format!("ocimodel: {line}"));
-                break 1;
-            }
+            Some(line) = failed_rx.recv() => break Err(anyhow::anyhow!("{line}")),
         }
     };
     // Cancel running pulls; dropping them removes their staging directories.
@@ -428,7 +445,7 @@ pub async fn run(
         let _ = p.await;
     }
     server.abort();
-    code
+    outcome
 }
 
 /// As PID 1, collect exited children so none stay zombies.
@@ -451,4 +468,47 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     };
     s.parse()
         .with_context(|| format!("OCIMODEL_LISTEN '{s}' is not host:port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Target;
+
+    fn model(dest: &std::path::Path, status: Status) -> Model {
+        let uri = format!("oci-layout://{}", dest.display());
+        Model {
+            job: Job {
+                target: Target::parse(&uri).unwrap(),
+                uri,
+                dest: dest.to_path_buf(),
+            },
+            status: Mutex::new(status),
+        }
+    }
+
+    #[test]
+    fn readiness_follows_status_and_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest: crate::digest::Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let pulling = Readiness::of(&model(dir.path(), Status::Pulling { attempt: 2 }));
+        assert!(!pulling.is_ready());
+        assert_eq!(pulling.to_string(), "pulling (attempt 2)");
+        let failed = Readiness::of(&model(
+            dir.path(),
+            Status::Failed {
+                attempt: 1,
+                reason: "boom".into(),
+            },
+        ));
+        assert_eq!(failed.to_string(), "failed (attempt 1, retrying): boom");
+        // Installed, but the marker is gone from disk: not ready.
+        let gone = Readiness::of(&model(dir.path(), Status::Installed { digest }));
+        assert!(!gone.is_ready());
+        assert!(gone.to_string().starts_with("not ready: "), "{gone}");
+        assert!(
+            gone.to_string().contains("has no completion marker"),
+            "{gone}"
+        );
+    }
 }

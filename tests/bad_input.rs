@@ -201,7 +201,11 @@ fn a_broken_signature_policy_fails_before_anything_is_touched() {
     run_with("COSIGN_KEY", "/nonexistent/cosign.pub")
         .assert_fails_with(&["COSIGN_KEY: cannot read /nonexistent/cosign.pub"]);
     run_with("OCIMODEL_VERIFY", "required").assert_fails_with(&["nothing to trust"]);
-    run_with("OCIMODEL_VERIFY", "maybe").assert_fails_with(&["off, if-present or required"]);
+    run_with("OCIMODEL_VERIFY", "maybe").assert_fails_with(&[
+        "invalid value 'maybe'",
+        "possible values: off, if-present, required",
+        "(from OCIMODEL_VERIFY)",
+    ]);
     run_with("COSIGN_CERT_IDENTITY", "a@example.com")
         .assert_fails_with(&["COSIGN_CERT_IDENTITY needs COSIGN_CERT_OIDC_ISSUER"]);
     assert!(!dest.exists());
@@ -261,4 +265,41 @@ fn passwords_in_uris_are_redacted() {
     run.assert_fails_with(&["ocimodel://***@127.0.0.1:9/m:v1"]);
     assert!(!run.stderr().contains("Sup3rS3cret"), "{}", run.stderr());
     assert!(!run.termination.contains("Sup3rS3cret"));
+}
+
+/// Every choice is typed: a misspelled value is an error naming the
+/// choices (and the variable it came from), not a quiet fallback.
+#[test]
+fn misspelled_choices_are_errors() {
+    let dest = tempfile::tempdir().unwrap();
+    let layout = format!(
+        "oci-layout://{}",
+        repo_root().join("examples/mnist").display()
+    );
+    let m = dest.path().join("m");
+    Ocimodel::new()
+        .env("OCIMODEL_LOG_FORMAT", "jsn")
+        .run(&[&layout, m.to_str().unwrap()])
+        .assert_fails_with(&[
+            "invalid value 'jsn'",
+            "possible values: text, json",
+            "(from OCIMODEL_LOG_FORMAT)",
+        ]);
+    Ocimodel::new()
+        .env("OCIMODEL_UNKNOWN", "rawr")
+        .run(&[&layout, m.to_str().unwrap()])
+        .assert_fails_with(&["possible values: refuse, raw"]);
+    Ocimodel::new()
+        .env("OCIMODEL_VERFY", "required")
+        .run(&[&layout, m.to_str().unwrap()])
+        .assert_fails_with(&["unknown setting OCIMODEL_VERFY; did you mean OCIMODEL_VERIFY?"]);
+    let run = Ocimodel::new().run(&["push", "--format", "orass", "/tmp", "x"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr()
+            .contains("possible values: modelpack, oras, modelcar"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!m.exists());
 }

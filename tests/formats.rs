@@ -111,7 +111,7 @@ fn modelpack_legacy_cnai_with_compressed_tars() {
     let work = tempfile::tempdir().unwrap();
     let wfile = work.path().join("w.bin");
     write(&wfile, &w);
-    // model-spec v0.0.6 names (formats.md §3.5).
+    // model-spec v0.0.6 names (modelpack/model-spec, docs/spec.md).
     reg.push_artifact(
         "models/cnai:v1",
         &json!({

@@ -427,7 +427,7 @@ mod tests {
         let d: Digest = "sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743"
             .parse()
             .unwrap();
-        // The worked example of formats.md 8.3, byte for byte.
+        // The worked example of docs/formats.md §8.3, byte for byte.
         let payload = br#"{"critical":{"identity":{"docker-reference":"registry.example.com/models/llama"},"image":{"docker-manifest-digest":"sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743"},"type":"cosign container image signature"},"optional":null}"#;
         assert_eq!(payload.len(), 249);
         check_simple_signing_claim(payload, &d).unwrap();
@@ -446,7 +446,7 @@ mod tests {
         let d: Digest = "sha256:1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743"
             .parse()
             .unwrap();
-        // formats.md 8.4's statement, 213 bytes.
+        // docs/formats.md §8.4's statement, 213 bytes.
         let st = br#"{"_type":"https://in-toto.io/Statement/v1","subject":[{"digest":{"sha256":"1998cf6ed2fb4d60eb2224b3713867d92d383aa71bf159d36114169b8f932743"}}],"predicateType":"https://sigstore.dev/cosign/sign/v1","predicate":{}}"#;
         assert_eq!(st.len(), 213);
         check_statement(st, &d).unwrap();

@@ -69,8 +69,8 @@ impl Default for Policy {
 /// The raw settings, from env or flags (names as in kitops-init and cosign).
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
-    /// OCIMODEL_VERIFY: off | if-present | required.
-    pub verify: Option<String>,
+    /// OCIMODEL_VERIFY.
+    pub verify: Option<Mode>,
     /// COSIGN_KEY.
     pub key: Option<String>,
     /// COSIGN_CERT_IDENTITY / COSIGN_CERT_IDENTITY_REGEXP.
@@ -154,22 +154,14 @@ impl Policy {
             bail!("OCIMODEL_NOTATION_IDENTITY needs NOTATION_CERT (the trusted roots)");
         }
         let configured = policy.has_trust();
-        policy.mode = match set(&i.verify).map(str::to_ascii_lowercase).as_deref() {
-            None => {
-                if configured {
-                    Mode::Required
-                } else {
-                    Mode::Off
-                }
-            }
-            Some("off") if configured => bail!(
+        policy.mode = match i.verify {
+            None if configured => Mode::Required,
+            None => Mode::Off,
+            Some(Mode::Off) if configured => bail!(
                 "OCIMODEL_VERIFY=off but {} is set; unset one (ocimodel does not skip verification silently)",
                 policy.trust_names().join(", ")
             ),
-            Some("off") => Mode::Off,
-            Some("if-present") => Mode::IfPresent,
-            Some("required") => Mode::Required,
-            Some(other) => bail!("OCIMODEL_VERIFY must be off, if-present or required, not '{other}'"),
+            Some(mode) => mode,
         };
         if policy.mode != Mode::Off && !configured {
             bail!("OCIMODEL_VERIFY asks for signature checks but nothing to trust is set: give COSIGN_KEY, COSIGN_CERT_IDENTITY with COSIGN_CERT_OIDC_ISSUER and OCIMODEL_TRUSTED_ROOT, or NOTATION_CERT");
@@ -218,10 +210,31 @@ impl Policy {
     }
 }
 
+/// The signature forms ocimodel reads (as recorded in markers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignatureKind {
+    #[serde(rename = "cosign")]
+    Cosign,
+    #[serde(rename = "sigstore bundle")]
+    SigstoreBundle,
+    #[serde(rename = "notation")]
+    Notation,
+}
+
+impl std::fmt::Display for SignatureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignatureKind::Cosign => "cosign",
+            SignatureKind::SigstoreBundle => "sigstore bundle",
+            SignatureKind::Notation => "notation",
+        })
+    }
+}
+
 /// A signature that verified: what kind, where it was found, who signed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
-    pub kind: String,
+    pub kind: SignatureKind,
     pub location: String,
     pub signer: String,
 }
@@ -248,9 +261,9 @@ pub async fn verify(
     let mut found = 0usize;
     let mut valid = Vec::new();
     let mut problems = Vec::new();
-    let mut record = |location: String, kind: &'static str, result: Result<String>| match result {
+    let mut record = |location: String, kind: SignatureKind, result: Result<String>| match result {
         Ok(signer) => valid.push(Signature {
-            kind: kind.to_string(),
+            kind,
             location,
             signer,
         }),
@@ -274,7 +287,11 @@ pub async fn verify(
                     cosign::check_simple_signing(&layer, &payload, digest, policy)
                 }
                 .await;
-                record(format!("tag {tag} layer {i}"), "cosign", result);
+                record(
+                    format!("tag {tag} layer {i}"),
+                    SignatureKind::Cosign,
+                    result,
+                );
             }
         }
     }
@@ -285,11 +302,11 @@ pub async fn verify(
         .with_context(|| format!("listing referrers of {digest}"))?;
     let kind_of = |t: &str| {
         if t.starts_with(cosign::BUNDLE_PREFIX) && policy.wants_cosign() {
-            Some("sigstore bundle")
+            Some(SignatureKind::SigstoreBundle)
         } else if t == cosign::SIG_REFERRER && policy.wants_cosign() {
-            Some("cosign")
+            Some(SignatureKind::Cosign)
         } else if t == notation::ARTIFACT_TYPE && policy.notation.is_some() {
-            Some("notation")
+            Some(SignatureKind::Notation)
         } else {
             None
         }
@@ -299,75 +316,9 @@ pub async fn verify(
         .filter_map(|r| kind_of(r.artifact_type.as_deref().unwrap_or("")).map(|k| (k, r)))
         .take(MAX_CANDIDATES);
     for (kind, r) in candidates {
-        let location = format!("referrer {}", r.digest);
-        let result = async {
-            let m = source.manifest(&r.digest).await?;
-            let Document::Manifest(m) = Document::parse(&m.bytes, m.content_type.as_deref())?
-            else {
-                bail!("not an image manifest");
-            };
-            if m.subject.as_ref().map(|s| &s.digest) != Some(digest) {
-                bail!("its subject is not {digest}");
-            }
-            match kind {
-                "cosign" => {
-                    let mut last = Err(anyhow!("no simple-signing layer"));
-                    for layer in m
-                        .layers
-                        .iter()
-                        .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
-                    {
-                        let payload = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
-                        last = cosign::check_simple_signing(layer, &payload, digest, policy);
-                        if last.is_ok() {
-                            break;
-                        }
-                    }
-                    last
-                }
-                "sigstore bundle" => {
-                    let [layer] = m.layers.as_slice() else {
-                        bail!(
-                            "a bundle manifest must have exactly one layer, not {}",
-                            m.layers.len()
-                        );
-                    };
-                    let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
-                    cosign::check_bundle(&bytes, digest, policy)
-                }
-                _ => {
-                    let [layer] = m.layers.as_slice() else {
-                        bail!(
-                            "a notation signature must have exactly one layer, not {}",
-                            m.layers.len()
-                        );
-                    };
-                    let check = match layer.media_type.as_str() {
-                        notation::JWS => notation::check_jws,
-                        notation::COSE => notation::check_cose,
-                        other => bail!(
-                            "envelope type '{other}' is neither {} nor {}",
-                            notation::JWS,
-                            notation::COSE
-                        ),
-                    };
-                    let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
-                    let trust = policy
-                        .notation
-                        .as_ref()
-                        .expect("kind chosen only with notation trust");
-                    let target = notation::Target {
-                        digest,
-                        media_type: &media_type_of(top),
-                        size: top.bytes.len() as u64,
-                    };
-                    check(&bytes, &target, trust)
-                }
-            }
-        }
-        .await;
+        let result = check_referrer(source, top, &r, kind, policy).await;
         found += 1;
-        record(location, kind, result);
+        record(format!("referrer {}", r.digest), kind, result);
     }
 
     if !valid.is_empty() {
@@ -393,6 +344,80 @@ pub async fn verify(
         problems.join("; ")
     ))
     .into())
+}
+
+/// Checks one signature referrer of `top` of the given kind; returns who
+/// signed.
+async fn check_referrer(
+    source: &Source,
+    top: &FetchedManifest,
+    r: &crate::manifest::Descriptor,
+    kind: SignatureKind,
+    policy: &Policy,
+) -> Result<String> {
+    let digest = &top.digest;
+    let m = source.manifest(&r.digest).await?;
+    let Document::Manifest(m) = Document::parse(&m.bytes, m.content_type.as_deref())? else {
+        bail!("not an image manifest");
+    };
+    if m.subject.as_ref().map(|s| &s.digest) != Some(digest) {
+        bail!("its subject is not {digest}");
+    }
+    match kind {
+        SignatureKind::Cosign => {
+            let mut last = Err(anyhow!("no simple-signing layer"));
+            for layer in m
+                .layers
+                .iter()
+                .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
+            {
+                let payload = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+                last = cosign::check_simple_signing(layer, &payload, digest, policy);
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last
+        }
+        SignatureKind::SigstoreBundle => {
+            let [layer] = m.layers.as_slice() else {
+                bail!(
+                    "a bundle manifest must have exactly one layer, not {}",
+                    m.layers.len()
+                );
+            };
+            let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+            cosign::check_bundle(&bytes, digest, policy)
+        }
+        _ => {
+            let [layer] = m.layers.as_slice() else {
+                bail!(
+                    "a notation signature must have exactly one layer, not {}",
+                    m.layers.len()
+                );
+            };
+            let check = match layer.media_type.as_str() {
+                notation::JWS => notation::check_jws,
+                notation::COSE => notation::check_cose,
+                other => bail!(
+                    "envelope type '{other}' is neither {} nor {}",
+                    notation::JWS,
+                    notation::COSE
+                ),
+            };
+            let bytes = fetch_small(source, layer, MAX_SIGNATURE_BYTES).await?;
+            let trust = policy
+                .notation
+                .as_ref()
+                .expect("kind chosen only with notation trust");
+            let target = notation::Target {
+                digest,
+                media_type: &media_type_of(top),
+                size: top.bytes.len() as u64,
+            };
+            check(&bytes, &target, trust)
+        }
+    }
 }
 
 /// The simple-signing layers of a cosign `.sig` manifest.
@@ -434,19 +459,14 @@ mod tests {
 
     #[test]
     fn asking_without_trust_is_an_error() {
-        for mode in ["required", "if-present"] {
+        for mode in [Mode::Required, Mode::IfPresent] {
             let i = Inputs {
-                verify: Some(mode.into()),
+                verify: Some(mode),
                 ..inputs()
             };
             let err = Policy::from_inputs(&i).unwrap_err().to_string();
             assert!(err.contains("nothing to trust"), "{err}");
         }
-        let i = Inputs {
-            verify: Some("sometimes".into()),
-            ..inputs()
-        };
-        assert!(Policy::from_inputs(&i).is_err());
     }
 
     #[test]
@@ -479,7 +499,7 @@ mod tests {
             .contains("not both"));
     }
 
-    /// The format reference's worked examples (tests/fixtures/signature-examples),
+    /// The worked examples of docs/formats.md §8 (tests/fixtures/signature-examples),
     /// verified as written and refused with one byte changed.
     mod worked_examples {
         use super::super::*;
@@ -575,7 +595,7 @@ mod tests {
                 Err(e) => assert!(!before_expiry && e.to_string().contains("expired"), "{e}"),
             };
             signed_by_the_example(notation::check_jws(&envelope, &target, &trust));
-            // The same signature as a COSE_Sign1 envelope (formats.md 8.6).
+            // The same signature as a COSE_Sign1 envelope (docs/formats.md §8.6).
             let cose = read("notation.cose");
             signed_by_the_example(notation::check_cose(&cose, &target, &trust));
             let mut tampered = cose.clone();

@@ -1,0 +1,610 @@
+//! The command line, typed: every flag group, every choice a `ValueEnum`
+//! (so `--log-format jsn` is an error naming the choices), and the
+//! conversions into the pipeline's [`Settings`] (built once) and registry
+//! client options. Env names and defaults come from [`config`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::CredentialSources;
+use crate::config;
+use crate::format;
+use crate::manifest::{Compression, Platform};
+use crate::pull::{ClientFactory, Job, Settings};
+use crate::push;
+use crate::reference::Target;
+use crate::registry::{ClientOptions, RegistryClient};
+use crate::select::Filter;
+use crate::unpack::Subtree;
+use crate::verify::{self, Policy};
+
+use super::USAGE;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ocimodel",
+    version,
+    about = "Pull ML models from OCI registries and layouts onto disk, verified by digest",
+    after_help = "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models"
+)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+
+    /// Where to write the one-line result (Kubernetes reads /dev/termination-log).
+    #[arg(long, env = "OCIMODEL_TERMINATION_LOG", global = true)]
+    pub(super) termination_log: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Pull each URI and install it into its DEST (the KServe storage-initializer contract).
+    Pull(PullArgs),
+    /// Unpack a model from a local layout or archive (or a registry) into DEST:
+    /// the same tree and marker as in the cluster.
+    Unpack(PullArgs),
+    /// Show what a reference holds: digest, platform, format, files, sizes,
+    /// annotations and referrers. Writes nothing.
+    Inspect(InspectArgs),
+    /// List the manifests that refer to a reference (signatures, SBOMs, lineage).
+    Referrers(ReferrersArgs),
+    /// Pull like `pull`, then stay alive serving /livez, /readyz, /startupz and
+    /// /metrics until SIGTERM (a Kubernetes native sidecar).
+    Sidecar(SidecarArgs),
+    /// Re-hash an installed DEST against its marker; exit 1 on any difference.
+    Check(CheckArgs),
+    /// Check a reference's signatures against the policy and print who signed
+    /// what; writes nothing. Exit 1 when no trusted signature verifies.
+    Verify(VerifyArgs),
+    /// Package a model directory and push it (ModelPack, ORAS or modelcar),
+    /// or write it as an OCI layout. Prints the pushed digest.
+    Push(PushArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PushArgs {
+    /// The model directory.
+    pub(super) dir: PathBuf,
+
+    /// Where: REPO[:TAG] in a registry, or oci-layout://DIR[:TAG]. With --oci-layout, just the tag.
+    pub(super) reference: Option<String>,
+
+    /// Package as: modelpack (CNCF ModelPack), oras (one layer per file), or modelcar (an image with the files under /models).
+    #[arg(long, value_enum, default_value_t = PushFormat::Modelpack)]
+    pub(super) format: PushFormat,
+
+    /// A manifest annotation, KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub(super) annotations: Vec<String>,
+
+    /// The artifact type (oras: default application/vnd.unknown.artifact.v1).
+    #[arg(long = "artifact-type")]
+    pub(super) artifact_type: Option<String>,
+
+    /// Attach the artifact to this manifest as a referrer (lineage, signatures, SBOMs).
+    #[arg(long)]
+    pub(super) subject: Option<String>,
+
+    /// Layer compression for modelcar images: none, gzip or zstd.
+    #[arg(long, value_enum, default_value_t = Compress::None)]
+    pub(super) compress: Compress,
+
+    /// Publish what symlinks point to even when that is outside DIR (by
+    /// default only links inside DIR, or inside a Hugging Face cache repo, are followed).
+    #[arg(long = "follow-symlinks")]
+    pub(super) follow_symlinks: bool,
+
+    /// Write an OCI layout into this directory instead of pushing.
+    #[arg(long = "oci-layout")]
+    pub(super) oci_layout: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct SidecarArgs {
+    #[command(flatten)]
+    pub(super) pull: PullArgs,
+
+    /// Address of the probe and metrics server.
+    #[arg(long, env = "OCIMODEL_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    pub(super) listen: String,
+
+    /// Exit 1 on the first failed pull instead of retrying (for those who prefer a restart).
+    #[arg(long, env = "OCIMODEL_SIDECAR_EXIT_ON_FAILURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub(super) exit_on_failure: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CheckArgs {
+    /// Installed model directories.
+    #[arg(required = true)]
+    pub(super) dests: Vec<PathBuf>,
+}
+
+/// How to reach sources.
+#[derive(Args, Debug, Clone)]
+pub(super) struct AccessArgs {
+    /// Platform to pick from an index, os/arch[/variant] (default linux/<this machine>).
+    #[arg(long, env = "OCIMODEL_PLATFORM")]
+    pub(super) platform: Option<String>,
+
+    /// Registries (host:port) reached over plain HTTP; comma-separated.
+    #[arg(
+        long = "insecure-registry",
+        env = "OCIMODEL_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub(super) insecure_registries: Vec<String>,
+
+    /// Extra PEM CA bundle to trust (in addition to the built-in roots).
+    #[arg(long = "ca-bundle", env = "OCIMODEL_CA_BUNDLE")]
+    pub(super) ca_bundle: Option<PathBuf>,
+
+    /// A docker config / containers auth.json with registry credentials.
+    #[arg(long = "auth-file")]
+    pub(super) auth_file: Option<PathBuf>,
+
+    /// Log format: text or json.
+    #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(super) log_format: LogFormat,
+
+    /// Seconds a registry may send no bytes before the transfer is abandoned.
+    #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = config::DEFAULT_STALL_TIMEOUT)]
+    pub(super) stall_timeout: u64,
+
+    /// Bytes per second a transfer must average over each stall window (e.g. 1K); a trickling registry fails.
+    #[arg(long = "min-rate", env = "OCIMODEL_MIN_RATE", default_value = config::DEFAULT_MIN_RATE, value_parser = parse_size)]
+    pub(super) min_rate: u64,
+
+    /// Seconds a connection to a registry may take to open.
+    #[arg(
+        long = "connect-timeout",
+        env = "OCIMODEL_CONNECT_TIMEOUT",
+        default_value_t = config::DEFAULT_CONNECT_TIMEOUT
+    )]
+    pub(super) connect_timeout: u64,
+
+    /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
+    #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES)]
+    pub(super) retries: u32,
+}
+
+/// Which files of a model to install.
+#[derive(Args, Debug, Clone)]
+pub(super) struct SelectArgs {
+    /// Only take images' files under this directory ("/" for all).
+    #[arg(long, env = "OCIMODEL_SUBPATH", default_value = config::DEFAULT_SUBPATH)]
+    pub(super) subpath: String,
+
+    /// Only install files matching these globs (comma-separated, e.g. "*.safetensors,config.json").
+    #[arg(long, env = "OCIMODEL_INCLUDE", value_delimiter = ',')]
+    pub(super) include: Vec<String>,
+
+    /// Never install files matching these globs (comma-separated).
+    #[arg(long, env = "OCIMODEL_EXCLUDE", value_delimiter = ',')]
+    pub(super) exclude: Vec<String>,
+
+    /// KitOps layers to install: model, datasets, code, docs, prompts (comma-separated; default all).
+    #[arg(long, env = "OCIMODEL_KIT_FILTER", value_delimiter = ',')]
+    pub(super) kit_filter: Vec<String>,
+
+    /// Artifacts of unknown type: "refuse", or "raw" to write each layer as blobs/<alg>/<hex>.
+    #[arg(long, env = "OCIMODEL_UNKNOWN", value_enum, default_value_t = Unknown::Refuse)]
+    pub(super) unknown: Unknown,
+}
+
+/// Signature policy (see README "Signatures"). Env names are cosign's and
+/// kitops-init's, so existing ClusterStorageContainers carry over.
+#[derive(Args, Debug, Clone)]
+pub(super) struct PolicyArgs {
+    /// off, if-present or required (default: required when a key, identity or cert is set).
+    #[arg(long, env = "OCIMODEL_VERIFY", value_enum)]
+    pub(super) verify: Option<VerifyMode>,
+
+    /// cosign public key(s): PEM text, a file, a directory, or comma-separated paths.
+    #[arg(long = "key", env = "COSIGN_KEY", hide_env_values = true)]
+    pub(super) key: Option<String>,
+
+    /// Keyless: the certificate identity (email or URI) to accept.
+    #[arg(long = "certificate-identity", env = "COSIGN_CERT_IDENTITY")]
+    pub(super) identity: Option<String>,
+
+    /// Keyless: a regular expression the certificate identity must match.
+    #[arg(
+        long = "certificate-identity-regexp",
+        env = "COSIGN_CERT_IDENTITY_REGEXP"
+    )]
+    pub(super) identity_regexp: Option<String>,
+
+    /// Keyless: the OIDC issuer the certificate must name.
+    #[arg(long = "certificate-oidc-issuer", env = "COSIGN_CERT_OIDC_ISSUER")]
+    pub(super) issuer: Option<String>,
+
+    /// Keyless: a regular expression the OIDC issuer must match.
+    #[arg(
+        long = "certificate-oidc-issuer-regexp",
+        env = "COSIGN_CERT_OIDC_ISSUER_REGEXP"
+    )]
+    pub(super) issuer_regexp: Option<String>,
+
+    /// Keyless: a sigstore trusted_root.json (Fulcio CAs, Rekor keys): path or JSON text.
+    #[arg(
+        long = "trusted-root",
+        env = "OCIMODEL_TRUSTED_ROOT",
+        hide_env_values = true
+    )]
+    pub(super) trusted_root: Option<String>,
+
+    /// Notation: trusted root or signing certificates (PEM text, file or directory).
+    #[arg(long = "notation-cert", env = "NOTATION_CERT", hide_env_values = true)]
+    pub(super) notation_cert: Option<String>,
+
+    /// Notation: accepted signer subjects, "x509.subject: C=..,ST=..,O=.." separated by ';'.
+    #[arg(long = "notation-identity", env = "OCIMODEL_NOTATION_IDENTITY")]
+    pub(super) notation_identity: Option<String>,
+}
+
+impl PolicyArgs {
+    pub(super) fn policy(&self) -> Result<Policy> {
+        Policy::from_inputs(&verify::Inputs {
+            verify: self.verify.map(Into::into),
+            key: self.key.clone(),
+            identity: self.identity.clone(),
+            identity_regexp: self.identity_regexp.clone(),
+            issuer: self.issuer.clone(),
+            issuer_regexp: self.issuer_regexp.clone(),
+            trusted_root: self.trusted_root.clone(),
+            notation_cert: self.notation_cert.clone(),
+            notation_identity: self.notation_identity.clone(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct VerifyArgs {
+    /// The model reference (any form `pull` takes).
+    pub(super) uri: String,
+
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+
+    #[command(flatten)]
+    pub(super) policy: PolicyArgs,
+
+    /// Output: text or json.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(super) format: Output,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PullArgs {
+    /// URI DEST pairs: ocimodel://REF, oci://REF, REF, oci-layout://DIR[:TAG|@DIGEST],
+    /// oci-archive://FILE[:TAG|@DIGEST] or docker-archive://FILE[:REPO:TAG].
+    #[arg(value_name = "URI DEST")]
+    pub(super) pairs: Vec<String>,
+
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+
+    #[command(flatten)]
+    pub(super) select: SelectArgs,
+
+    #[command(flatten)]
+    pub(super) policy: PolicyArgs,
+
+    /// Refuse references that are not pinned by digest.
+    #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub(super) require_digest: bool,
+
+    /// How many blobs of one model to download at once.
+    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
+    pub(super) concurrency: usize,
+
+    /// Seconds between progress lines on long pulls.
+    #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = config::DEFAULT_PROGRESS_INTERVAL)]
+    pub(super) progress_interval: u64,
+
+    /// Most bytes tar layers may expand to, e.g. 500G (default: unlimited, but never over 1000:1 past 1 GiB).
+    #[arg(long, env = "OCIMODEL_MAX_EXPANDED", value_parser = parse_size)]
+    pub(super) max_expanded: Option<u64>,
+
+    /// Most files, links and directories one model may have.
+    #[arg(long, env = "OCIMODEL_MAX_FILES", default_value_t = config::DEFAULT_MAX_FILES)]
+    pub(super) max_files: u64,
+
+    /// Seconds to wait for another ocimodel holding the same DEST's lock.
+    #[arg(long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = config::DEFAULT_LOCK_TIMEOUT)]
+    pub(super) lock_timeout: u64,
+
+    /// Give up on a model after this many seconds in all (default: no limit).
+    #[arg(long, env = "OCIMODEL_TIMEOUT")]
+    pub(super) timeout: Option<u64>,
+
+    /// uid:gid to own installed files (needs root).
+    #[arg(long, env = "OCIMODEL_OWNER")]
+    pub(super) owner: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct InspectArgs {
+    /// The model reference (any form `pull` takes).
+    pub(super) uri: String,
+
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+
+    #[command(flatten)]
+    pub(super) select: SelectArgs,
+
+    /// Output: text (a table for people) or json.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(super) format: Output,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ReferrersArgs {
+    /// The model reference (any form `pull` takes).
+    pub(super) uri: String,
+
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+
+    /// Only referrers of this artifact type.
+    #[arg(long = "artifact-type")]
+    pub(super) artifact_type: Option<String>,
+
+    /// Output: text (a table for people) or json.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(super) format: Output,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What a read-only command prints: a table for people, or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Output {
+    Text,
+    Json,
+}
+
+/// What to do with an artifact of unknown type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Unknown {
+    Refuse,
+    Raw,
+}
+
+/// `OCIMODEL_VERIFY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum VerifyMode {
+    Off,
+    IfPresent,
+    Required,
+}
+
+impl From<VerifyMode> for verify::Mode {
+    fn from(m: VerifyMode) -> verify::Mode {
+        match m {
+            VerifyMode::Off => verify::Mode::Off,
+            VerifyMode::IfPresent => verify::Mode::IfPresent,
+            VerifyMode::Required => verify::Mode::Required,
+        }
+    }
+}
+
+/// How `push` packages a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum PushFormat {
+    /// CNCF ModelPack.
+    Modelpack,
+    /// One layer per file, as `oras push` writes them.
+    Oras,
+    /// An image with the files under /models.
+    Modelcar,
+}
+
+impl From<PushFormat> for push::PushFormat {
+    fn from(f: PushFormat) -> push::PushFormat {
+        match f {
+            PushFormat::Modelpack => push::PushFormat::ModelPack,
+            PushFormat::Oras => push::PushFormat::Oras,
+            PushFormat::Modelcar => push::PushFormat::Modelcar,
+        }
+    }
+}
+
+/// Layer compression for modelcar images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Compress {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl From<Compress> for Compression {
+    fn from(c: Compress) -> Compression {
+        match c {
+            Compress::None => Compression::None,
+            Compress::Gzip => Compression::Gzip,
+            Compress::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+/// A pull's jobs, settings and client factory.
+pub(super) type Prepared = (Vec<Job>, Settings, ClientFactory);
+
+pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
+    if args.pairs.is_empty() || !args.pairs.len().is_multiple_of(2) {
+        bail!(
+            "{USAGE} (got {} argument{}; URIs and destinations must come in pairs)",
+            args.pairs.len(),
+            if args.pairs.len() == 1 { "" } else { "s" }
+        );
+    }
+    let mut jobs = Vec::new();
+    let mut dests = std::collections::HashMap::new();
+    for pair in args.pairs.chunks(2) {
+        let (uri, dest) = (&pair[0], &pair[1]);
+        let target = Target::parse(uri).with_context(|| uri.to_string())?;
+        let dest_path = PathBuf::from(dest);
+        // Two names for one directory (a symlink, `d/.`) would let the
+        // second model silently replace the first.
+        if let Some(first) = dests.insert(resolve_dest(&dest_path), dest.clone()) {
+            if &first == dest {
+                bail!("destination {dest} is given twice; each model needs its own directory");
+            }
+            bail!(
+                "destinations {first} and {dest} are the same directory; each model needs its own"
+            );
+        }
+        jobs.push(Job {
+            uri: uri.clone(),
+            target,
+            dest: dest_path,
+        });
+    }
+    let settings = Settings {
+        require_digest: args.require_digest,
+        concurrency: args.concurrency.max(1),
+        owner: args.owner.as_deref().map(parse_owner).transpose()?,
+        progress_every: Duration::from_secs(args.progress_interval.max(1)),
+        deadline: args.timeout.map(Duration::from_secs),
+        max_expanded: args.max_expanded.unwrap_or(u64::MAX),
+        max_files: args.max_files,
+        lock_timeout: Duration::from_secs(args.lock_timeout),
+        verify: Arc::new(args.policy.policy()?),
+        ..settings(&args.access, &args.select)?
+    };
+    Ok((jobs, settings, client_factory(&args.access)))
+}
+
+/// Pipeline settings from the shared flag groups; the pull-only ones keep
+/// their defaults (`Settings::default`, from [`config`]).
+pub(super) fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Settings> {
+    let platform = match &access.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    Ok(Settings {
+        subtree: Subtree::parse(&select.subpath)?,
+        platform,
+        filter: Filter::new(&select.include, &select.exclude),
+        format: format::Options {
+            unknown_raw: select.unknown == Unknown::Raw,
+            kit_filter: clean_list(&select.kit_filter),
+        },
+        ..Settings::default()
+    })
+}
+
+/// Where a DEST really is: symlinks followed (dangling ones too, since
+/// `mkdir -p` would create their target), then made absolute.
+fn resolve_dest(path: &Path) -> PathBuf {
+    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(target) => p = p.parent().map(|d| d.join(&target)).unwrap_or(target),
+            Err(_) => break,
+        }
+    }
+    // Canonicalise the longest existing prefix; keep the rest as written.
+    let mut rest = Vec::new();
+    let mut head = p.clone();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&head) {
+            return rest
+                .iter()
+                .rev()
+                .fold(c, |acc: PathBuf, part| acc.join(part));
+        }
+        match (head.file_name().map(|n| n.to_os_string()), head.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                head = parent.to_path_buf();
+            }
+            _ => return p,
+        }
+    }
+}
+
+/// A comma-separated setting's items, trimmed, empty ones dropped.
+fn clean_list(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A lazily built, shared registry client: local sources never need one.
+pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
+    let mut ca_bundles: Vec<PathBuf> = access.ca_bundle.iter().cloned().collect();
+    let kserve = config::KserveOverrides::from_env();
+    ca_bundles.extend(kserve.ca_bundle);
+    let insecure_all = kserve.insecure_all;
+    let options = ClientOptions {
+        insecure_registries: clean_list(&access.insecure_registries),
+        insecure_all,
+        ca_bundles,
+        connect_timeout: Some(Duration::from_secs(access.connect_timeout.max(1))),
+        stall_timeout: Some(Duration::from_secs(access.stall_timeout.max(1))),
+        min_rate: access.min_rate,
+        retries: access.retries,
+    };
+    let sources = CredentialSources::from_env(access.auth_file.as_deref());
+    let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());
+    Arc::new(move || {
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
+        }
+        let creds = sources.load()?;
+        let client = Arc::new(RegistryClient::new(creds, options.clone())?);
+        Ok(cell.get_or_init(|| client).clone())
+    })
+}
+
+/// `123`, `64K`, `500M`, `2G`, `1T` (powers of 1024).
+pub(super) fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("'{s}': use a number with an optional K, M, G or T")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("'{s}' is not a size"))
+}
+
+pub(super) fn parse_owner(s: &str) -> Result<(u32, u32)> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("OCIMODEL_OWNER must be uid:gid, got '{s}'"))?;
+    Ok((
+        u.parse()
+            .map_err(|_| anyhow!("OCIMODEL_OWNER: bad uid '{u}'"))?,
+        g.parse()
+            .map_err(|_| anyhow!("OCIMODEL_OWNER: bad gid '{g}'"))?,
+    ))
+}
