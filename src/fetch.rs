@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::digest::Hasher;
 use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
+use crate::registry::ByteStream;
 use crate::source::Source;
 
 /// Chunks in flight between download and unpack, per blob...
@@ -145,6 +146,86 @@ pub async fn fetch_small(source: &Source, desc: &Descriptor, cap: u64) -> Result
     Ok(Bytes::from(bytes))
 }
 
+/// Streams the blob into the channel, resuming a broken transfer from the
+/// bytes already hashed, within the in-flight budget; then checks the size
+/// and digest of exactly what was handed on.
+async fn pump(
+    source: &Source,
+    desc: &Descriptor,
+    mut stream: ByteStream,
+    tx: &mpsc::Sender<io::Result<Chunk>>,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    let budget = in_flight_budget();
+    let mut hasher = Hasher::new(desc.digest.algorithm());
+    let mut received: u64 = 0;
+    let mut resumes = 0;
+    loop {
+        let chunk = match stream.next().await {
+            None => break,
+            Some(Ok(chunk)) => chunk,
+            // A broken transfer resumes from the bytes already hashed
+            // and handed on; the final digest covers exactly those.
+            Some(Err(e)) if resumes < source.retries() && desc.data.is_none() => {
+                resumes += 1;
+                let wait = crate::registry::backoff(resumes);
+                tracing::warn!(blob = %desc.digest, received, attempt = resumes, "{e}; resuming in {:.1}s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                match source.resume(desc, received).await {
+                    Some(Ok(s)) => {
+                        stream = s;
+                        continue;
+                    }
+                    Some(Err(e2)) => bail!("blob {}: {e}; resuming failed: {e2:#}", desc.digest),
+                    None => bail!("blob {}: {e}", desc.digest),
+                }
+            }
+            Some(Err(e)) => bail!(
+                "blob {}: {e} (after {resumes} resumed attempts)",
+                desc.digest
+            ),
+        };
+        received += chunk.len() as u64;
+        if received > desc.size {
+            return Err(IntegrityError(format!(
+                "blob {}: the source sent more than the {} bytes the manifest declares",
+                desc.digest, desc.size
+            ))
+            .into());
+        }
+        hasher.update(&chunk);
+        progress
+            .fetched
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let permits = chunk.len().div_ceil(PERMIT_BYTES).clamp(1, PERMITS) as u32;
+        let permit = budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| anyhow!("the in-flight budget was closed"))?;
+        if tx.send(Ok((chunk, permit))).await.is_err() {
+            // The consumer stopped early; its error explains why.
+            return Ok(());
+        }
+    }
+    if received != desc.size {
+        return Err(IntegrityError(format!(
+            "blob {}: size mismatch: the manifest declares {} bytes, the source sent {received}",
+            desc.digest, desc.size
+        ))
+        .into());
+    }
+    let actual = hasher.clone().finish();
+    if actual != desc.digest {
+        return Err(IntegrityError(format!(
+            "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
+            desc.digest, desc.digest
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Streams blob `desc` from `source` into `consume` on a blocking thread.
 /// Whatever `consume` leaves unread is drained, so the whole blob is always
 /// hashed. Fails if the size or digest differ from `desc`, naming both.
@@ -158,7 +239,7 @@ where
     F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let mut stream = match &desc.data {
+    let stream = match &desc.data {
         // Small blobs may be embedded in the descriptor itself.
         Some(data) => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -169,7 +250,6 @@ where
         None => source.blob(desc).await?,
     };
     let (tx, rx) = mpsc::channel::<io::Result<Chunk>>(CHANNEL_DEPTH);
-    let budget = in_flight_budget();
     let consumer = tokio::task::spawn_blocking(move || {
         let mut reader = BlobReader {
             rx,
@@ -181,71 +261,7 @@ where
         Ok::<T, anyhow::Error>(out)
     });
 
-    let mut hasher = Hasher::new(desc.digest.algorithm());
-    let mut received: u64 = 0;
-    let verdict: Result<()> = async {
-        let mut resumes = 0;
-        loop {
-            let chunk = match stream.next().await {
-                None => break,
-                Some(Ok(chunk)) => chunk,
-                // A broken transfer resumes from the bytes already hashed
-                // and handed on; the final digest covers exactly those.
-                Some(Err(e)) if resumes < source.retries() && desc.data.is_none() => {
-                    resumes += 1;
-                    let wait = crate::registry::backoff(resumes);
-                    tracing::warn!(blob = %desc.digest, received, attempt = resumes, "{e}; resuming in {:.1}s", wait.as_secs_f64());
-                    tokio::time::sleep(wait).await;
-                    match source.resume(desc, received).await {
-                        Some(Ok(s)) => {
-                            stream = s;
-                            continue;
-                        }
-                        Some(Err(e2)) => bail!("blob {}: {e}; resuming failed: {e2:#}", desc.digest),
-                        None => bail!("blob {}: {e}", desc.digest),
-                    }
-                }
-                Some(Err(e)) => bail!("blob {}: {e} (after {resumes} resumed attempts)", desc.digest),
-            };
-            received += chunk.len() as u64;
-            if received > desc.size {
-                return Err(IntegrityError(format!(
-                    "blob {}: the source sent more than the {} bytes the manifest declares",
-                    desc.digest, desc.size
-                ))
-                .into());
-            }
-            hasher.update(&chunk);
-            progress.fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let permits = chunk.len().div_ceil(PERMIT_BYTES).clamp(1, PERMITS) as u32;
-            let permit = budget
-                .clone()
-                .acquire_many_owned(permits)
-                .await
-                .map_err(|_| anyhow!("the in-flight budget was closed"))?;
-            if tx.send(Ok((chunk, permit))).await.is_err() {
-                // The consumer stopped early; its error explains why.
-                return Ok(());
-            }
-        }
-        if received != desc.size {
-            return Err(IntegrityError(format!(
-                "blob {}: size mismatch: the manifest declares {} bytes, the source sent {received}",
-                desc.digest, desc.size
-            ))
-            .into());
-        }
-        let actual = hasher.clone().finish();
-        if actual != desc.digest {
-            return Err(IntegrityError(format!(
-                "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
-                desc.digest, desc.digest
-            ))
-            .into());
-        }
-        Ok(())
-    }
-    .await;
+    let verdict = pump(source, desc, stream, &tx, progress).await;
     if let Err(e) = &verdict {
         // Make sure the consumer fails rather than sees a clean end of file.
         let _ = tx

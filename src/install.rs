@@ -31,7 +31,7 @@ use crate::unpack::{group_zero, shared_mode, Contents, RESERVED_NAMES};
 
 pub const MARKER: &str = ".ocimodel.json";
 pub const BOOKKEEPING: &str = ".ocimodel";
-const MARKER_VERSION: u32 = 1;
+pub const MARKER_VERSION: u32 = 1;
 
 /// The completion marker, `DEST/.ocimodel.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,37 +65,9 @@ pub struct Marker {
     pub contents: Contents,
 }
 
-impl Marker {
-    /// What must match for an existing install to count as this one.
-    pub fn same_install(&self, digest: &Digest, selection: &str) -> bool {
-        self.version == MARKER_VERSION && &self.digest == digest && self.selection == selection
-    }
-
-    pub fn new(
-        source: String,
-        reference: String,
-        digest: Digest,
-        manifest_digest: Option<Digest>,
-        format: String,
-        subpath: Option<String>,
-        contents: Contents,
-    ) -> Marker {
-        Marker {
-            version: MARKER_VERSION,
-            source,
-            reference,
-            digest,
-            manifest_digest,
-            format,
-            subpath,
-            selection: String::new(),
-            installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
-            signatures: Vec::new(),
-            entries: Vec::new(),
-            contents,
-        }
-    }
+/// Now, as markers record it.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -127,85 +99,8 @@ impl Dest {
             .with_context(|| format!("cannot create destination {}", path.display()))?;
         let dir = Dir::open(path)
             .with_context(|| format!("destination {} is not a directory", path.display()))?;
-        let cannot_write = || {
-            format!(
-                "cannot write to destination {} (read-only or not permitted?)",
-                path.display()
-            )
-        };
-        let created = dir.mkdir(BOOKKEEPING, 0o700).with_context(cannot_write)?;
-        let book = dir
-            .open_dir(BOOKKEEPING)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => anyhow::anyhow!(
-                    "{} is not a directory (a symlink or a file was put there); remove it",
-                    path.join(BOOKKEEPING).display()
-                ),
-                _ => anyhow::Error::new(e).context(cannot_write()),
-            })?;
-        if created {
-            // Other UIDs in group 0 stage their installs here too.
-            book.chmod(shared_mode(0o755, true))
-                .with_context(cannot_write)?;
-        }
-        if book.metadata()?.dev() != dir.metadata()?.dev() {
-            bail!(
-                "{} is on another filesystem than the destination; remove it",
-                book.path().display()
-            );
-        }
-        let (lock, lock_created) = match book.open_lock("lock", 0o600) {
-            // A symlink or special file planted in place of the lock: drop
-            // the name and make a real one.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::Other => {
-                tracing::warn!(dest = %path.display(), "replacing a bad lock file: {e}");
-                book.remove_tree("lock")?;
-                book.open_lock("lock", 0o600)
-            }
-            other => other,
-        }
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => anyhow::anyhow!(
-                "{} is a symlink; remove it",
-                book.path().join("lock").display()
-            ),
-            _ => anyhow::Error::new(e).context(format!(
-                "cannot open lock file {}",
-                book.path().join("lock").display()
-            )),
-        })?;
-        if lock_created && group_zero() {
-            // Readable by group 0 only: whoever can open it can hold it.
-            lock.set_permissions(fs::Permissions::from_mode(0o660))?;
-        }
-        let started = std::time::Instant::now();
-        let mut waited = false;
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| {
-                    format!("cannot lock {}", book.path().join("lock").display())
-                });
-            }
-            if started.elapsed() >= lock_wait {
-                bail!(
-                    "destination {} has been locked by another ocimodel for {}s (OCIMODEL_LOCK_TIMEOUT); if no other pull is running there, find the process holding {}",
-                    path.display(),
-                    lock_wait.as_secs(),
-                    book.path().join("lock").display()
-                );
-            }
-            if !waited {
-                tracing::info!(dest = %path.display(), "another ocimodel is installing into this destination; waiting for it");
-                waited = true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let book = open_bookkeeping(&dir, path)?;
+        let lock = take_lock(&book, path, lock_wait).await?;
         let dest = Dest {
             path: path.to_path_buf(),
             dir,
@@ -399,6 +294,96 @@ impl Dest {
         }
         Ok(())
     }
+}
+
+/// Creates (0700, then `g=u` for group 0) or opens `DEST/.ocimodel`,
+/// refusing a symlink, a file, or a directory on another filesystem.
+fn open_bookkeeping(dir: &Dir, path: &Path) -> Result<Dir> {
+    let cannot_write = || {
+        format!(
+            "cannot write to destination {} (read-only or not permitted?)",
+            path.display()
+        )
+    };
+    let created = dir.mkdir(BOOKKEEPING, 0o700).with_context(cannot_write)?;
+    let book = dir
+        .open_dir(BOOKKEEPING)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => anyhow::anyhow!(
+                "{} is not a directory (a symlink or a file was put there); remove it",
+                path.join(BOOKKEEPING).display()
+            ),
+            _ => anyhow::Error::new(e).context(cannot_write()),
+        })?;
+    if created {
+        // Other UIDs in group 0 stage their installs here too.
+        book.chmod(shared_mode(0o755, true))
+            .with_context(cannot_write)?;
+    }
+    if book.metadata()?.dev() != dir.metadata()?.dev() {
+        bail!(
+            "{} is on another filesystem than the destination; remove it",
+            book.path().display()
+        );
+    }
+    Ok(book)
+}
+
+/// Opens (0660 for group 0) and takes the lock, waiting at most
+/// `lock_wait` for another run; a planted symlink or FIFO is replaced.
+async fn take_lock(book: &Dir, path: &Path, lock_wait: Duration) -> Result<fs::File> {
+    let (lock, lock_created) = match book.open_lock("lock", 0o600) {
+        // A symlink or special file planted in place of the lock: drop
+        // the name and make a real one.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::Other => {
+            tracing::warn!(dest = %path.display(), "replacing a bad lock file: {e}");
+            book.remove_tree("lock")?;
+            book.open_lock("lock", 0o600)
+        }
+        other => other,
+    }
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => anyhow::anyhow!(
+            "{} is a symlink; remove it",
+            book.path().join("lock").display()
+        ),
+        _ => anyhow::Error::new(e).context(format!(
+            "cannot open lock file {}",
+            book.path().join("lock").display()
+        )),
+    })?;
+    if lock_created && group_zero() {
+        // Readable by group 0 only: whoever can open it can hold it.
+        lock.set_permissions(fs::Permissions::from_mode(0o660))?;
+    }
+    let started = std::time::Instant::now();
+    let mut waited = false;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err)
+                .with_context(|| format!("cannot lock {}", book.path().join("lock").display()));
+        }
+        if started.elapsed() >= lock_wait {
+            bail!(
+                "destination {} has been locked by another ocimodel for {}s (OCIMODEL_LOCK_TIMEOUT); if no other pull is running there, find the process holding {}",
+                path.display(),
+                lock_wait.as_secs(),
+                book.path().join("lock").display()
+            );
+        }
+        if !waited {
+            tracing::info!(dest = %path.display(), "another ocimodel is installing into this destination; waiting for it");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(lock)
 }
 
 impl Marker {

@@ -16,11 +16,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::digest::Digest;
 use crate::fetch::{fetch_blob, mib, Progress};
 use crate::format::{self, Action, Format, Plan};
-use crate::install::{Dest, Marker};
+use crate::install::{Dest, Marker, MARKER_VERSION};
 use crate::manifest::Platform;
-use crate::plan::{check_paths, plan};
+use crate::plan::{check_paths, plan, Planned};
 use crate::reference::Target;
 use crate::registry::RegistryClient;
 use crate::select::Filter;
@@ -148,8 +149,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     if policy.is_off() {
         let dest = Dest::open(&job.dest, settings.lock_timeout).await?;
         if let Some(d) = job.target.pinned_digest() {
-            if let Some(marker) = dest.complete_for(d, &selection) {
-                tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %d, "already installed; nothing to do");
+            if let Some(marker) = up_to_date(&dest, job, d, &selection) {
                 return Ok(Outcome::up_to_date(marker));
             }
         }
@@ -174,41 +174,73 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         Some(d) => d,
         None => Dest::open(&job.dest, settings.lock_timeout).await?,
     };
-    if let Some(marker) = dest.complete_for(&top.digest, &selection) {
-        tracing::info!(uri = %job.uri, dest = %dest.path().display(), "already installed; nothing to do");
+    if let Some(marker) = up_to_date(&dest, job, &top.digest, &selection) {
         return Ok(Outcome::up_to_date(marker));
     }
     let planned = plan(&source, top, settings).await?;
-    let plan = &planned.plan;
-    for (layer, why) in &plan.skipped {
+    for (layer, why) in &planned.plan.skipped {
         tracing::info!(uri = %job.uri, layer = %layer.describe(), "skipping layer: {why}");
     }
-    if plan.steps.is_empty() && plan.generated.is_empty() {
-        if settings.filter.is_empty() {
-            bail!("the manifest has no layers to install");
-        }
-        bail!(
-            "no file matches OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE ({})",
-            settings.filter.describe().unwrap_or_default()
-        );
-    }
-    check_paths(plan)?;
-    check_space(dest.path(), plan)?;
+    refuse_empty(&planned.plan, settings)?;
+    check_paths(&planned.plan)?;
+    check_space(dest.path(), &planned.plan)?;
+    install_planned(
+        job, settings, &source, &dest, planned, selection, signatures,
+    )
+    .await
+}
 
+/// The marker when DEST already holds `digest` with these settings.
+fn up_to_date(dest: &Dest, job: &Job, digest: &Digest, selection: &str) -> Option<Marker> {
+    let marker = dest.complete_for(digest, selection)?;
+    tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %digest, "already installed; nothing to do");
+    Some(marker)
+}
+
+/// A plan with nothing to install is an error that says why.
+fn refuse_empty(plan: &Plan, settings: &Settings) -> Result<()> {
+    if !plan.steps.is_empty() || !plan.generated.is_empty() {
+        return Ok(());
+    }
+    if settings.filter.is_empty() {
+        bail!("the manifest has no layers to install");
+    }
+    bail!(
+        "no file matches OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE ({})",
+        settings.filter.describe().unwrap_or_default()
+    )
+}
+
+/// Fetches and unpacks the plan into staging, then installs it with its
+/// marker.
+async fn install_planned(
+    job: &Job,
+    settings: &Settings,
+    source: &Source,
+    dest: &Dest,
+    planned: Planned,
+    selection: String,
+    signatures: Vec<verify::Signature>,
+) -> Result<Outcome> {
+    let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let contents = unpack_plan(&source, plan, staging.path(), settings, &job.uri).await?;
+    let contents = unpack_plan(source, plan, staging.path(), settings, &job.uri).await?;
     let top = &planned.top;
-    let mut marker = Marker::new(
-        job.uri.clone(),
-        source.pinned(&top.digest),
-        top.digest.clone(),
-        (planned.manifest_digest != top.digest).then(|| planned.manifest_digest.clone()),
-        plan.format.to_string(),
-        (plan.format == Format::Image).then(|| settings.subtree.display()),
+    let marker = Marker {
+        version: MARKER_VERSION,
+        source: job.uri.clone(),
+        reference: source.pinned(&top.digest),
+        digest: top.digest.clone(),
+        manifest_digest: (planned.manifest_digest != top.digest)
+            .then(|| planned.manifest_digest.clone()),
+        format: plan.format.to_string(),
+        subpath: (plan.format == Format::Image).then(|| settings.subtree.display()),
+        selection,
+        installed_at: crate::install::now_rfc3339(),
+        signatures,
+        entries: Vec::new(),
         contents,
-    );
-    marker.selection = selection;
-    marker.signatures = signatures;
+    };
     let config = plan
         .keep_config
         .then_some(planned.config.as_deref())
@@ -277,6 +309,74 @@ async fn write_one(
     .with_context(|| format!("file '{path}'"))
 }
 
+/// Whole-file layers, several at once: they are independent blobs.
+async fn write_whole_files(
+    source: &Source,
+    plan: &Plan,
+    staging: &Path,
+    settings: &Settings,
+    progress: &Arc<Progress>,
+) -> Result<Vec<crate::unpack::FileRecord>> {
+    let root = Arc::new(staging.to_path_buf());
+    // Owned items: a closure over borrowed ones defeats rustc's Send proof
+    // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
+    let files: Vec<(crate::manifest::Descriptor, String)> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match &step.action {
+            Action::WriteFile(path) => Some((step.layer.clone(), path.clone())),
+            _ => None,
+        })
+        .collect();
+    futures_util::stream::iter(files)
+        .map(|(layer, path)| write_one(source, layer, path, root.clone(), progress.clone()))
+        .buffer_unordered(settings.concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Tar layers in order: image layers stack, artifact layers must not clash.
+async fn apply_tar_layers(
+    source: &Source,
+    plan: &Plan,
+    mut tree: Tree,
+    settings: &Settings,
+    progress: &Arc<Progress>,
+) -> Result<Tree> {
+    let tars: Vec<_> = plan
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.action, Action::WriteFile(_)))
+        .collect();
+    let total = tars.len();
+    for (i, step) in tars.into_iter().enumerate() {
+        let action = step.action.clone();
+        tree.set_layer_size(step.layer.size);
+        let subtree = settings.subtree.clone();
+        tree = fetch_blob(source, &step.layer, progress, move |r| {
+            match action {
+                Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
+                Action::ExtractTar {
+                    compression,
+                    into,
+                    within,
+                    content_digest,
+                } => {
+                    let into = components(&into)?;
+                    let within = components(&within)?;
+                    let within = (!within.is_empty()).then_some(&within[..]);
+                    tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
+                }
+                Action::WriteFile(_) => unreachable!("whole files are written above"),
+            }
+            Ok(tree)
+        })
+        .await
+        .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
+    }
+    Ok(tree)
+}
+
 async fn unpack_plan(
     source: &Source,
     plan: &Plan,
@@ -300,23 +400,8 @@ async fn unpack_plan(
         })
     };
     let result = async {
-        // Whole files first, several at once: they are independent blobs.
-        let root = Arc::new(staging.to_path_buf());
-        // Owned items: a closure over borrowed ones defeats rustc's Send proof
-        // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
-        let files: Vec<(crate::manifest::Descriptor, String)> = plan
-            .steps
-            .iter()
-            .filter_map(|step| match &step.action {
-                Action::WriteFile(path) => Some((step.layer.clone(), path.clone())),
-                _ => None,
-            })
-            .collect();
-        let records: Vec<_> = futures_util::stream::iter(files)
-            .map(|(layer, path)| write_one(source, layer, path, root.clone(), progress.clone()))
-            .buffer_unordered(settings.concurrency.max(1))
-            .try_collect()
-            .await?;
+        let records = write_whole_files(source, plan, staging, settings, &progress).await?;
+        // Whole files first, then the tar layers over them.
         let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
         tree.limit_expansion(settings.max_expanded);
         tree.limit_entries(settings.max_files);
@@ -324,38 +409,7 @@ async fn unpack_plan(
             tree.add_record(r);
         }
 
-        // Tar layers in order: image layers stack, artifact layers must not clash.
-        let tars: Vec<_> = plan
-            .steps
-            .iter()
-            .filter(|s| !matches!(s.action, Action::WriteFile(_)))
-            .collect();
-        let total = tars.len();
-        for (i, step) in tars.into_iter().enumerate() {
-            let action = step.action.clone();
-            tree.set_layer_size(step.layer.size);
-            let subtree = settings.subtree.clone();
-            tree = fetch_blob(source, &step.layer, &progress, move |r| {
-                match action {
-                    Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
-                    Action::ExtractTar {
-                        compression,
-                        into,
-                        within,
-                        content_digest,
-                    } => {
-                        let into = components(&into)?;
-                        let within = components(&within)?;
-                        let within = (!within.is_empty()).then_some(&within[..]);
-                        tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
-                    }
-                    Action::WriteFile(_) => unreachable!("whole files are written above"),
-                }
-                Ok(tree)
-            })
-            .await
-            .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
-        }
+        let mut tree = apply_tar_layers(source, plan, tree, settings, &progress).await?;
         if plan.format == Format::Image && !tree.saw_subtree {
             bail!(
                 "the image has nothing under {}; put the model files there or set OCIMODEL_SUBPATH",

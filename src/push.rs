@@ -147,7 +147,7 @@ fn walk(dir: &Path, follow_outside: bool) -> Result<Vec<File>> {
 }
 
 /// The ModelPack kind of a file, from its name.
-fn modelpack_kind(rel: &str) -> &'static str {
+fn modelpack_kind_of_file(rel: &str) -> &'static str {
     let name = rel.rsplit('/').next().unwrap_or(rel);
     let lower = name.to_ascii_lowercase();
     let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
@@ -203,6 +203,55 @@ fn sha256_file(path: &Path) -> Result<Digest> {
         .1)
 }
 
+/// A writer that hashes and counts what passes through.
+struct HashWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    size: u64,
+}
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+/// The layer's compression, as one writer.
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::Encoder<'static, W>),
+}
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+impl<W: Write> Encoder<W> {
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
 /// Writes a tar of `files` (named `prefix` + relative path) into `out`,
 /// compressed as asked; returns (blob digest, blob size, uncompressed digest).
 fn build_tar(
@@ -212,52 +261,6 @@ fn build_tar(
     compression: Compression,
     out: &Path,
 ) -> Result<(Digest, u64, Digest)> {
-    struct HashWriter<W> {
-        inner: W,
-        hasher: Hasher,
-        size: u64,
-    }
-    impl<W: Write> Write for HashWriter<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.hasher.update(&buf[..n]);
-            self.size += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.inner.flush()
-        }
-    }
-    enum Encoder<W: Write> {
-        Plain(W),
-        Gzip(flate2::write::GzEncoder<W>),
-        Zstd(zstd::Encoder<'static, W>),
-    }
-    impl<W: Write> Write for Encoder<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match self {
-                Encoder::Plain(w) => w.write(buf),
-                Encoder::Gzip(w) => w.write(buf),
-                Encoder::Zstd(w) => w.write(buf),
-            }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            match self {
-                Encoder::Plain(w) => w.flush(),
-                Encoder::Gzip(w) => w.flush(),
-                Encoder::Zstd(w) => w.flush(),
-            }
-        }
-    }
-    impl<W: Write> Encoder<W> {
-        fn finish(self) -> std::io::Result<W> {
-            match self {
-                Encoder::Plain(w) => Ok(w),
-                Encoder::Gzip(w) => w.finish(),
-                Encoder::Zstd(w) => w.finish(),
-            }
-        }
-    }
     let blob = HashWriter {
         inner: std::io::BufWriter::new(fs::File::create(out)?),
         hasher: Hasher::new(Algorithm::Sha256),
@@ -373,124 +376,14 @@ fn now_rfc3339() -> String {
 pub fn pack(dir: &Path, opts: &Options, subject: Option<Descriptor>) -> Result<Packed> {
     let files = walk(dir, opts.follow_symlinks)?;
     let work = tempfile::tempdir().context("cannot create a temporary directory for tar layers")?;
-    let mut layers: Vec<Blob> = Vec::new();
     let mut annotations = opts.annotations.clone();
     annotations
         .entry("org.opencontainers.image.created".into())
         .or_insert_with(now_rfc3339);
-    let (config, artifact_type) = match opts.format {
-        PushFormat::Oras => {
-            for f in &files {
-                let ann = BTreeMap::from([(ANNOTATION_TITLE.to_string(), f.rel.clone())]);
-                layers.push(Blob {
-                    desc: descriptor(
-                        "application/octet-stream",
-                        sha256_file(&f.path)?,
-                        f.size,
-                        ann,
-                    ),
-                    body: BlobBody::File(f.path.clone()),
-                });
-            }
-            let t = opts
-                .artifact_type
-                .clone()
-                .unwrap_or_else(|| "application/vnd.unknown.artifact.v1".into());
-            (empty_config(), Some(t))
-        }
-        PushFormat::ModelPack => {
-            let mut diff_ids = Vec::new();
-            let mut groups: BTreeMap<&str, Vec<&File>> = BTreeMap::new();
-            for f in &files {
-                let kind = modelpack_kind(&f.rel);
-                if kind == "weight" || f.size >= GROUP_BELOW {
-                    let digest = sha256_file(&f.path)?;
-                    let meta = json!({"name": f.rel.rsplit('/').next(), "mode": f.mode & 0o777, "uid": 0, "gid": 0,
-                                      "size": f.size, "mtime": "1970-01-01T00:00:00Z", "typeflag": 0});
-                    let ann = BTreeMap::from([
-                        (MODELPACK_FILEPATH.to_string(), f.rel.clone()),
-                        (ANNOTATION_TITLE.to_string(), f.rel.clone()),
-                        (
-                            "org.cncf.model.file.metadata+json".to_string(),
-                            meta.to_string(),
-                        ),
-                    ]);
-                    diff_ids.push(digest.to_string());
-                    layers.push(Blob {
-                        desc: descriptor(
-                            &format!("application/vnd.cncf.model.{kind}.v1.raw"),
-                            digest,
-                            f.size,
-                            ann,
-                        ),
-                        body: BlobBody::File(f.path.clone()),
-                    });
-                } else {
-                    groups.entry(kind).or_default().push(f);
-                }
-            }
-            for (kind, group) in groups {
-                let out = work.path().join(format!("{kind}.tar"));
-                let (digest, size, diff_id) =
-                    build_tar(&group, "", false, Compression::None, &out)?;
-                diff_ids.push(diff_id.to_string());
-                layers.push(Blob {
-                    desc: descriptor(
-                        &format!("application/vnd.cncf.model.{kind}.v1.tar"),
-                        digest,
-                        size,
-                        BTreeMap::new(),
-                    ),
-                    body: BlobBody::File(out),
-                });
-            }
-            let weights: Vec<&File> = files
-                .iter()
-                .filter(|f| modelpack_kind(&f.rel) == "weight")
-                .collect();
-            let name = dir
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "model".into());
-            let config = json!({
-                "descriptor": {"name": annotations.get("org.opencontainers.image.title").cloned().unwrap_or(name),
-                               "createdAt": annotations["org.opencontainers.image.created"]},
-                "config": {"format": weight_format(&weights)},
-                "modelfs": {"type": "layers", "diffIds": diff_ids},
-            });
-            (
-                json_blob(MODELPACK_CONFIG, &config)?,
-                Some(MODELPACK_ARTIFACT.to_string()),
-            )
-        }
-        PushFormat::Modelcar => {
-            let refs: Vec<&File> = files.iter().collect();
-            let out = work.path().join("layer.tar");
-            let (digest, size, diff_id) =
-                build_tar(&refs, "models/", true, opts.compression, &out)?;
-            let media_type = match opts.compression {
-                Compression::None => "application/vnd.oci.image.layer.v1.tar",
-                Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-                Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-            };
-            layers.push(Blob {
-                desc: descriptor(media_type, digest, size, BTreeMap::new()),
-                body: BlobBody::File(out),
-            });
-            let mut config = json!({
-                "architecture": opts.platform.architecture, "os": opts.platform.os,
-                "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
-                "history": [{"created_by": "ocimodel push --format modelcar", "comment": "model files under /models"}],
-            });
-            if let Some(v) = &opts.platform.variant {
-                config["variant"] = json!(v);
-            }
-            (
-                json_blob(OCI_IMAGE_CONFIG, &config)?,
-                opts.artifact_type.clone(),
-            )
-        }
+    let (layers, config, artifact_type) = match opts.format {
+        PushFormat::Oras => pack_oras(&files, opts)?,
+        PushFormat::ModelPack => pack_modelpack(dir, &files, &annotations, work.path())?,
+        PushFormat::Modelcar => pack_modelcar(&files, opts, work.path())?,
     };
     let mut manifest = json!({
         "schemaVersion": 2,
@@ -514,6 +407,135 @@ pub fn pack(dir: &Path, opts: &Options, subject: Option<Descriptor>) -> Result<P
         blobs,
         _work: work,
     })
+}
+
+/// A format's layers, config blob and artifact type.
+type Packing = (Vec<Blob>, Blob, Option<String>);
+
+/// ORAS: one layer per file, titled with its path; the empty config.
+fn pack_oras(files: &[File], opts: &Options) -> Result<Packing> {
+    let mut layers = Vec::new();
+    for f in files {
+        let ann = BTreeMap::from([(ANNOTATION_TITLE.to_string(), f.rel.clone())]);
+        layers.push(Blob {
+            desc: descriptor(
+                "application/octet-stream",
+                sha256_file(&f.path)?,
+                f.size,
+                ann,
+            ),
+            body: BlobBody::File(f.path.clone()),
+        });
+    }
+    let t = opts
+        .artifact_type
+        .clone()
+        .unwrap_or_else(|| "application/vnd.unknown.artifact.v1".into());
+    Ok((layers, empty_config(), Some(t)))
+}
+
+/// ModelPack: weights (and big files) as `.raw` layers, small files
+/// grouped into one `.tar` per kind; a config filled from what is known.
+fn pack_modelpack(
+    dir: &Path,
+    files: &[File],
+    annotations: &BTreeMap<String, String>,
+    work: &Path,
+) -> Result<Packing> {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut groups: BTreeMap<&str, Vec<&File>> = BTreeMap::new();
+    for f in files {
+        let kind = modelpack_kind_of_file(&f.rel);
+        if kind == "weight" || f.size >= GROUP_BELOW {
+            let digest = sha256_file(&f.path)?;
+            let meta = json!({"name": f.rel.rsplit('/').next(), "mode": f.mode & 0o777, "uid": 0, "gid": 0,
+                              "size": f.size, "mtime": "1970-01-01T00:00:00Z", "typeflag": 0});
+            let ann = BTreeMap::from([
+                (MODELPACK_FILEPATH.to_string(), f.rel.clone()),
+                (ANNOTATION_TITLE.to_string(), f.rel.clone()),
+                (
+                    "org.cncf.model.file.metadata+json".to_string(),
+                    meta.to_string(),
+                ),
+            ]);
+            diff_ids.push(digest.to_string());
+            layers.push(Blob {
+                desc: descriptor(
+                    &format!("application/vnd.cncf.model.{kind}.v1.raw"),
+                    digest,
+                    f.size,
+                    ann,
+                ),
+                body: BlobBody::File(f.path.clone()),
+            });
+        } else {
+            groups.entry(kind).or_default().push(f);
+        }
+    }
+    for (kind, group) in groups {
+        let out = work.join(format!("{kind}.tar"));
+        let (digest, size, diff_id) = build_tar(&group, "", false, Compression::None, &out)?;
+        diff_ids.push(diff_id.to_string());
+        layers.push(Blob {
+            desc: descriptor(
+                &format!("application/vnd.cncf.model.{kind}.v1.tar"),
+                digest,
+                size,
+                BTreeMap::new(),
+            ),
+            body: BlobBody::File(out),
+        });
+    }
+    let weights: Vec<&File> = files
+        .iter()
+        .filter(|f| modelpack_kind_of_file(&f.rel) == "weight")
+        .collect();
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let config = json!({
+        "descriptor": {"name": annotations.get("org.opencontainers.image.title").cloned().unwrap_or(name),
+                       "createdAt": annotations["org.opencontainers.image.created"]},
+        "config": {"format": weight_format(&weights)},
+        "modelfs": {"type": "layers", "diffIds": diff_ids},
+    });
+    Ok((
+        layers,
+        json_blob(MODELPACK_CONFIG, &config)?,
+        Some(MODELPACK_ARTIFACT.to_string()),
+    ))
+}
+
+/// Modelcar: one layer with the files under `/models`, an image config.
+fn pack_modelcar(files: &[File], opts: &Options, work: &Path) -> Result<Packing> {
+    let refs: Vec<&File> = files.iter().collect();
+    let out = work.join("layer.tar");
+    let (digest, size, diff_id) = build_tar(&refs, "models/", true, opts.compression, &out)?;
+    let media_type = match opts.compression {
+        Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+    };
+    let layer = Blob {
+        desc: descriptor(media_type, digest, size, BTreeMap::new()),
+        body: BlobBody::File(out),
+    };
+    let mut config = json!({
+        "architecture": opts.platform.architecture, "os": opts.platform.os,
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+        "history": [{"created_by": "ocimodel push --format modelcar", "comment": "model files under /models"}],
+    });
+    if let Some(v) = &opts.platform.variant {
+        config["variant"] = json!(v);
+    }
+    Ok((
+        vec![layer],
+        json_blob(OCI_IMAGE_CONFIG, &config)?,
+        opts.artifact_type.clone(),
+    ))
 }
 
 /// The descriptor of the manifest `source` names (for `--subject`).

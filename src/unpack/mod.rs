@@ -376,28 +376,15 @@ impl Tree {
                 if !self.filter.is_empty() {
                     return Ok(()); // with a filter, only directories of kept files exist
                 }
-                let path = prepare_parent(&self.root, &rel)?;
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) if changeset.is_none() => {
-                        bail!("'{key}' is written twice (a file and a directory)")
-                    }
-                    Ok(_) => {
-                        remove_existing(&path)?;
-                        self.forget_under(&key);
-                        make_dir(&path)?;
-                    }
-                    Err(_) => make_dir(&path)?,
-                }
-                self.dir_modes.insert(key.clone(), perm);
+                self.make_directory(&rel, &key, perm, changeset.is_some())?;
             }
             _ if !selected => return Ok(()),
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.forget_under(&key);
                 let mtime = header
                     .mtime()
                     .ok()
                     .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                self.forget_under(&key);
                 let mut entry = io::BufReader::with_capacity(WRITE_BUF, entry);
                 let record = write_file(&self.root, &rel, &mut entry, perm, mtime, None)?;
                 self.add_record(record);
@@ -407,48 +394,14 @@ impl Tree {
                     .link_name()?
                     .ok_or_else(|| anyhow!("symlink without a target"))?
                     .into_owned();
-                let target = confine_symlink(&rel, &target, changeset)?;
-                let path = prepare_parent(&self.root, &rel)?;
-                remove_existing(&path)?;
-                self.forget_under(&key);
-                std::os::unix::fs::symlink(&target, &path)
-                    .with_context(|| format!("cannot create symlink {}", path.display()))?;
+                self.write_symlink(&rel, &key, &target, changeset)?;
             }
             tar::EntryType::Link => {
-                let raw_target = entry
+                let target = entry
                     .link_name()?
                     .ok_or_else(|| anyhow!("hard link without a target"))?
                     .into_owned();
-                let target_rel = match self.place(&clean_path(&raw_target)?, mode) {
-                    Ok(Some(t)) if !t.is_empty() => t,
-                    _ => bail!(
-                        "refusing hard link to '{}': it is outside the model directory",
-                        raw_target.display()
-                    ),
-                };
-                let target_path = prepare_parent(&self.root, &target_rel)?;
-                let is_file = fs::symlink_metadata(&target_path)
-                    .map(|m| m.is_file())
-                    .unwrap_or(false);
-                if !is_file {
-                    bail!(
-                        "refusing hard link to '{}': no regular file there",
-                        raw_target.display()
-                    );
-                }
-                let path = prepare_parent(&self.root, &rel)?;
-                if path != target_path {
-                    remove_existing(&path)?;
-                    self.forget_under(&key);
-                    fs::hard_link(&target_path, &path)
-                        .with_context(|| format!("cannot create hard link {}", path.display()))?;
-                    if let Some(r) = self.records.get(&join(&target_rel)).cloned() {
-                        self.add_record(FileRecord {
-                            path: key.clone(),
-                            ..r
-                        });
-                    }
-                }
+                self.write_hardlink(&rel, &key, &target, mode)?;
             }
             other => {
                 tracing::warn!(entry = %key, kind = ?other, "skipping special file (devices, fifos and sockets are never installed)");
@@ -456,6 +409,87 @@ impl Tree {
             }
         }
         self.this_layer.insert(key);
+        Ok(())
+    }
+
+    /// A directory entry: made (0700 while staging; `finish` applies its
+    /// mode), replacing a file there in a changeset.
+    fn make_directory(
+        &mut self,
+        rel: &[String],
+        key: &str,
+        perm: u32,
+        changeset: bool,
+    ) -> Result<()> {
+        let path = prepare_parent(&self.root, rel)?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) if !changeset => bail!("'{key}' is written twice (a file and a directory)"),
+            Ok(_) => {
+                remove_existing(&path)?;
+                self.forget_under(key);
+                make_dir(&path)?;
+            }
+            Err(_) => make_dir(&path)?,
+        }
+        self.dir_modes.insert(key.to_string(), perm);
+        Ok(())
+    }
+
+    /// A symlink entry, its target confined to the tree.
+    fn write_symlink(
+        &mut self,
+        rel: &[String],
+        key: &str,
+        target: &Path,
+        changeset: Option<&Subtree>,
+    ) -> Result<()> {
+        let target = confine_symlink(rel, target, changeset)?;
+        let path = prepare_parent(&self.root, rel)?;
+        remove_existing(&path)?;
+        self.forget_under(key);
+        std::os::unix::fs::symlink(&target, &path)
+            .with_context(|| format!("cannot create symlink {}", path.display()))
+    }
+
+    /// A hard link entry: only to a regular file already in the tree.
+    fn write_hardlink(
+        &mut self,
+        rel: &[String],
+        key: &str,
+        raw_target: &Path,
+        mode: &TarMode<'_>,
+    ) -> Result<()> {
+        let target_rel = match self.place(&clean_path(raw_target)?, mode) {
+            Ok(Some(t)) if !t.is_empty() => t,
+            _ => bail!(
+                "refusing hard link to '{}': it is outside the model directory",
+                raw_target.display()
+            ),
+        };
+        let target_path = prepare_parent(&self.root, &target_rel)?;
+        let is_file = fs::symlink_metadata(&target_path)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
+        if !is_file {
+            bail!(
+                "refusing hard link to '{}': no regular file there",
+                raw_target.display()
+            );
+        }
+        let path = prepare_parent(&self.root, rel)?;
+        if path != target_path {
+            remove_existing(&path)?;
+            self.forget_under(key);
+            fs::hard_link(&target_path, &path)
+                .with_context(|| format!("cannot create hard link {}", path.display()))?;
+            if let Some(r) = self.records.get(&join(&target_rel)).cloned() {
+                self.add_record(FileRecord {
+                    path: key.to_string(),
+                    ..r
+                });
+            }
+        }
         Ok(())
     }
 
