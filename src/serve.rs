@@ -343,6 +343,38 @@ fn raise_fd_limit() {
     }
 }
 
+/// Accepts probe connections, within the bounds in the module doc.
+async fn serve_probes(listener: tokio::net::TcpListener, state: Arc<State>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // A slot first: past the cap, new connections wait in the
+        // kernel's backlog until a slow one times out.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("probe server: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
+        });
+    }
+}
+
 /// Runs the sidecar until SIGTERM (`Ok`), or until a pull fails with
 /// `exit_on_failure` set (that failure).
 pub async fn run(
@@ -366,39 +398,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))?;
     tracing::info!(listen = %options.listen, "serving /livez /readyz /startupz /metrics");
-    let server = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-            loop {
-                // A slot first: past the cap, new connections wait in the
-                // kernel's backlog until a slow one times out.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("probe server: cannot accept a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .keep_alive(false)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-                    drop(slot);
-                });
-            }
-        })
-    };
+    let server = tokio::spawn(serve_probes(listener, state.clone()));
 
     let (failed_tx, mut failed_rx) =
         tokio::sync::mpsc::channel::<String>(state.models.len().max(1));

@@ -63,16 +63,37 @@ impl RegistryClient {
                 r.registry
             )
         })?;
-        let service = ch.params.get("service").cloned();
         self.host_auth
             .lock()
             .unwrap()
             .insert(r.registry.clone(), HostAuth::Bearer);
-        let mut url = reqwest::Url::parse(&realm).map_err(|e| {
+        let url = self.token_url(r, &realm, ch.params.get("service"), scope)?;
+        let (value, lifetime) = self.fetch_token(r, &realm, url).await?;
+        let header = bearer_header(&value);
+        self.tokens.lock().unwrap().insert(
+            (r.registry.clone(), scope.to_string()),
+            Token {
+                value,
+                expires: Instant::now() + lifetime,
+            },
+        );
+        Ok(header)
+    }
+
+    /// The token request URL: the realm (never plain http for an https
+    /// registry) with the service and scope.
+    fn token_url(
+        &self,
+        r: &ImageRef,
+        realm: &str,
+        service: Option<&String>,
+        scope: &str,
+    ) -> Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(realm).map_err(|e| {
             anyhow!(
                 "registry {} sent an invalid token realm '{}': {e}",
                 r.registry,
-                crate::text::escape_controls(&realm)
+                crate::text::escape_controls(realm)
             )
         })?;
         if url.scheme() == "http" && !self.is_insecure(&r.registry) {
@@ -83,11 +104,23 @@ impl RegistryClient {
         }
         {
             let mut q = url.query_pairs_mut();
-            if let Some(s) = &service {
+            if let Some(s) = service {
                 q.append_pair("service", s);
             }
             q.append_pair("scope", scope);
         }
+        Ok(url)
+    }
+
+    /// Asks the token service (with the registry's credentials, if any) for
+    /// a token; returns it with how long to use it.
+    async fn fetch_token(
+        &self,
+        r: &ImageRef,
+        realm: &str,
+        url: reqwest::Url,
+    ) -> Result<(String, Duration)> {
+        let creds = self.credentials(r);
         let mut req = self.http.get(url);
         if let Some(c) = creds {
             req = req.header(AUTHORIZATION, basic_header(c));
@@ -131,15 +164,7 @@ impl RegistryClient {
             .ok_or_else(|| anyhow!("the token service {realm} sent no token"))?;
         // Spec default is 60 s; renew a little early.
         let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(5).max(1));
-        let header = bearer_header(&value);
-        self.tokens.lock().unwrap().insert(
-            (r.registry.clone(), scope.to_string()),
-            Token {
-                value,
-                expires: Instant::now() + lifetime,
-            },
-        );
-        Ok(header)
+        Ok((value, lifetime))
     }
 
     pub(super) fn no_credentials(&self, r: &ImageRef) -> anyhow::Error {

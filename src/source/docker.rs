@@ -27,7 +27,28 @@ pub(super) fn docker_archive(file: &Path, image: Option<&str>) -> Result<Source>
             })?,
     )
     .with_context(|| format!("invalid manifest.json in {label}"))?;
-    let chosen = match image {
+    let chosen = pick_image(&listing, image, &label)?;
+    let (bytes, blobs) = synthesise_manifest(&store, chosen, &label)?;
+    let digest = Digest::sha256_of(&bytes);
+    Ok(Source::Docker {
+        store,
+        manifest: FetchedManifest {
+            bytes,
+            content_type: Some(DOCKER_MANIFEST.to_string()),
+            digest,
+        },
+        blobs,
+        label,
+    })
+}
+
+/// The image named `REPO:TAG` (or the only one).
+fn pick_image<'a>(
+    listing: &'a [DockerArchiveImage],
+    image: Option<&str>,
+    label: &str,
+) -> Result<&'a DockerArchiveImage> {
+    Ok(match image {
         Some(want) => listing
             .iter()
             .find(|i| {
@@ -42,7 +63,7 @@ pub(super) fn docker_archive(file: &Path, image: Option<&str>) -> Result<Source>
                     .collect();
                 anyhow!("{want} not found in {label} (images: {})", all.join(", "))
             })?,
-        None => match listing.as_slice() {
+        None => match listing {
             [only] => only,
             [] => bail!("{label} holds no images"),
             many => bail!(
@@ -50,7 +71,17 @@ pub(super) fn docker_archive(file: &Path, image: Option<&str>) -> Result<Source>
                 many.len()
             ),
         },
-    };
+    })
+}
+
+/// A Docker schema2 manifest for the image, and where each blob it names
+/// lives in the archive. Uncompressed layers are named by their diff IDs
+/// (verified as they stream); compressed ones are hashed once here.
+fn synthesise_manifest(
+    store: &Store,
+    chosen: &DockerArchiveImage,
+    label: &str,
+) -> Result<(Bytes, HashMap<Digest, String>)> {
     let config = store.read(&chosen.config, MAX_MANIFEST_BYTES)?;
     let config_digest = Digest::sha256_of(&config);
     #[derive(serde::Deserialize, Default)]
@@ -71,7 +102,6 @@ pub(super) fn docker_archive(file: &Path, image: Option<&str>) -> Result<Source>
         let (_, size) = store.locate(path)?;
         let head = store.read_head(path, 512)?;
         let (media_type, digest) = if head.len() >= 262 && &head[257..262] == b"ustar" {
-            // An uncompressed layer: its digest is its diff ID (verified as it streams).
             let d = image_config
                 .rootfs
                 .diff_ids
@@ -103,16 +133,5 @@ pub(super) fn docker_archive(file: &Path, image: Option<&str>) -> Result<Source>
         "config": {"mediaType": DOCKER_IMAGE_CONFIG, "size": config.len(), "digest": config_digest.to_string()},
         "layers": layers,
     });
-    let bytes = Bytes::from(serde_json::to_vec(&manifest)?);
-    let digest = Digest::sha256_of(&bytes);
-    Ok(Source::Docker {
-        store,
-        manifest: FetchedManifest {
-            bytes,
-            content_type: Some(DOCKER_MANIFEST.to_string()),
-            digest,
-        },
-        blobs,
-        label,
-    })
+    Ok((Bytes::from(serde_json::to_vec(&manifest)?), blobs))
 }

@@ -136,7 +136,34 @@ pub fn verify_bundle(
     let media_type = bundle["mediaType"].as_str().unwrap_or("");
     let version = bundle_version(media_type)
         .ok_or_else(|| anyhow!("not a sigstore bundle (mediaType '{media_type}')"))?;
-    let (signed_bytes, logged, signatures, signed) = if !bundle["dsseEnvelope"].is_null() {
+    let (signed_bytes, logged, signatures, signed) = bundle_content(&bundle, artifact)?;
+    let material = &bundle["verificationMaterial"];
+    let certs = bundle_certificates(material)?;
+    let leaf = certs.first().cloned();
+    let chain = certs.get(1..).unwrap_or_default().to_vec();
+    let mut errors = Vec::new();
+    for sig in &signatures {
+        let result = match &leaf {
+            Some(leaf) if policy.keyless.is_some() => bundle_tlog_entry(material, version)
+                .and_then(|entry| {
+                    keyless_check(leaf, &chain, &entry, &signed_bytes, &logged, sig, policy)
+                }),
+            _ => key_check(policy, &signed_bytes, sig),
+        };
+        match result {
+            Ok(signer) => return Ok(VerifiedBundle { signer, signed }),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", errors.join("; "))
+}
+
+/// What a bundle's signatures cover: (the bytes signed, the bytes the log
+/// records the digest of, the signatures, what the caller gets back).
+type BundleContent = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Signed);
+
+fn bundle_content(bundle: &Value, artifact: Option<&[u8]>) -> Result<BundleContent> {
+    Ok(if !bundle["dsseEnvelope"].is_null() {
         let envelope = &bundle["dsseEnvelope"];
         let payload_type = envelope["payloadType"].as_str().unwrap_or("");
         if payload_type != IN_TOTO {
@@ -184,8 +211,11 @@ pub fn verify_bundle(
         )
     } else {
         bail!("the bundle holds neither a DSSE envelope nor a message signature");
-    };
-    let material = &bundle["verificationMaterial"];
+    })
+}
+
+/// The signing certificate, then any chain, from `verificationMaterial`.
+fn bundle_certificates(material: &Value) -> Result<Vec<Vec<u8>>> {
     let mut certs = Vec::new();
     if let Some(raw) = material["certificate"]["rawBytes"].as_str() {
         certs.push(
@@ -200,23 +230,7 @@ pub fn verify_bundle(
             )?);
         }
     }
-    let leaf = certs.first().cloned();
-    let chain = certs.get(1..).unwrap_or_default().to_vec();
-    let mut errors = Vec::new();
-    for sig in &signatures {
-        let result = match &leaf {
-            Some(leaf) if policy.keyless.is_some() => bundle_tlog_entry(material, version)
-                .and_then(|entry| {
-                    keyless_check(leaf, &chain, &entry, &signed_bytes, &logged, sig, policy)
-                }),
-            _ => key_check(policy, &signed_bytes, sig),
-        };
-        match result {
-            Ok(signer) => return Ok(VerifiedBundle { signer, signed }),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    bail!("{}", errors.join("; "))
+    Ok(certs)
 }
 
 /// DSSE v1 pre-authentication encoding (envelope.proto).

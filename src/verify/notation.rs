@@ -171,6 +171,50 @@ fn parse_jws(envelope: &[u8]) -> Result<Envelope> {
     })
 }
 
+/// The protected header's algorithm (label 1) by name.
+fn cose_algorithm(protected: &cbor::Value) -> Result<&'static str> {
+    use cbor::Value as C;
+    Ok(match protected.get(&C::Uint(1)).and_then(C::int) {
+        Some(-7) => "ES256",
+        Some(-35) => "ES384",
+        Some(-37) => "PS256",
+        Some(-38) => "PS384",
+        Some(-39) => "PS512",
+        Some(other) => bail!("COSE algorithm {other} is not supported"),
+        None => bail!("the protected header names no algorithm"),
+    })
+}
+
+/// `io.cncf.notary.expiry` as an epoch time (tag 1), if present.
+fn cose_expiry(protected: &cbor::Value) -> Result<Option<(std::time::SystemTime, String)>> {
+    use cbor::Value as C;
+    Ok(match protected.get(&C::Text(EXPIRY)) {
+        Some(C::Tag(1, t)) => {
+            let secs = t
+                .int()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| anyhow!("bad {EXPIRY}"))?;
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            Some((at, humantime::format_rfc3339_seconds(at).to_string()))
+        }
+        Some(_) => bail!("bad {EXPIRY}: not an epoch time (tag 1)"),
+        None => None,
+    })
+}
+
+/// Sig_structure = ["Signature1", protected, external_aad = h'', payload].
+fn sig_structure(protected_bytes: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut signed = vec![0x84];
+    signed.extend(cbor::head(3, 10));
+    signed.extend_from_slice(b"Signature1");
+    signed.extend(cbor::head(2, protected_bytes.len()));
+    signed.extend_from_slice(protected_bytes);
+    signed.push(0x40);
+    signed.extend(cbor::head(2, payload.len()));
+    signed.extend_from_slice(payload);
+    signed
+}
+
 /// COSE_Sign1 (RFC 9052) as signature-envelope-cose.md profiles it:
 /// `[protected, unprotected, payload, signature]`, tag 18.
 fn parse_cose(envelope: &[u8]) -> Result<Envelope> {
@@ -193,15 +237,7 @@ fn parse_cose(envelope: &[u8]) -> Result<Envelope> {
         Some(C::Text(t)) => t.to_string(),
         _ => String::new(),
     };
-    let alg = match protected.get(&C::Uint(1)).and_then(C::int) {
-        Some(-7) => "ES256",
-        Some(-35) => "ES384",
-        Some(-37) => "PS256",
-        Some(-38) => "PS384",
-        Some(-39) => "PS512",
-        Some(other) => bail!("COSE algorithm {other} is not supported"),
-        None => bail!("the protected header names no algorithm"),
-    };
+    let alg = cose_algorithm(&protected)?;
     let critical: Vec<String> = match protected.get(&C::Uint(2)) {
         Some(C::Array(items)) => items
             .iter()
@@ -212,18 +248,7 @@ fn parse_cose(envelope: &[u8]) -> Result<Envelope> {
             .collect(),
         _ => Vec::new(),
     };
-    let expiry = match protected.get(&C::Text(EXPIRY)) {
-        Some(C::Tag(1, t)) => {
-            let secs = t
-                .int()
-                .filter(|s| *s >= 0)
-                .ok_or_else(|| anyhow!("bad {EXPIRY}"))?;
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-            Some((at, humantime::format_rfc3339_seconds(at).to_string()))
-        }
-        Some(_) => bail!("bad {EXPIRY}: not an epoch time (tag 1)"),
-        None => None,
-    };
+    let expiry = cose_expiry(&protected)?;
     let chain = match unprotected.get(&C::Uint(33)) {
         Some(C::Array(certs)) => certs
             .iter()
@@ -235,15 +260,7 @@ fn parse_cose(envelope: &[u8]) -> Result<Envelope> {
         Some(C::Bytes(one)) => vec![one.to_vec()],
         _ => Vec::new(),
     };
-    // Sig_structure = ["Signature1", protected, external_aad = h'', payload].
-    let mut signed = vec![0x84];
-    signed.extend(cbor::head(3, 10));
-    signed.extend_from_slice(b"Signature1");
-    signed.extend(cbor::head(2, protected_bytes.len()));
-    signed.extend_from_slice(protected_bytes);
-    signed.push(0x40);
-    signed.extend(cbor::head(2, payload.len()));
-    signed.extend_from_slice(payload);
+    let signed = sig_structure(protected_bytes, payload);
     Ok(Envelope {
         alg: alg.to_string(),
         content_type: text(protected.get(&C::Uint(3))),
