@@ -2,36 +2,45 @@
 //! disk, verified by digest.
 //!
 //! Modules, in the order data flows through them:
-//! [`reference`] → [`source`] ([`registry`] with [`auth`], or an OCI layout)
-//! → [`verify`] (signatures of the resolved digest, before
-//! anything is written) → [`manifest`] (index → platform manifest) → [`format`] (which format,
-//! what each layer becomes: a [`format::Plan`], narrowed by [`select`])
-//! → [`fetch`] (stream + verify) → [`unpack`] (safe extraction into staging)
-//! → [`install`] (atomic swap into DEST, completion marker).
+//! [`reference`] → [`source`] (`source/`: layouts and archives, with
+//! [`registry`] (`registry/`: transport, auth, errors, referrers, push) and
+//! [`auth`] for registries) → [`verify`] (signatures of the resolved digest,
+//! before anything is written; `verify/der.rs` reads certificates) →
+//! [`plan`] (index → platform manifest via [`manifest`], then [`format`]
+//! says what each layer becomes: a [`format::Plan`], narrowed by
+//! [`select`]) → [`fetch`] (stream + verify) → [`unpack`] (`unpack/`: safe
+//! extraction into staging; path rules in `paths.rs`, links in `links.rs`)
+//! → [`install`] (atomic swap into DEST through [`dirfd`], completion
+//! marker).
+//!
 //! [`pull`] drives one model through them; [`inspect`] reports on one
 //! without writing; [`serve`] is the sidecar (probes, metrics, signals);
-//! [`cli`] is the command line.
+//! [`push`] packages a directory; [`cli`] is the command line (`cli/`:
+//! typed flags in `args.rs`, the commands in `commands.rs`), with every
+//! setting and default in [`config`]. Beside them: [`digest`], [`error`]
+//! (the typed errors code branches on), [`text`] (making outside text safe
+//! to print), [`rfc3339`].
 
 pub mod auth;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod digest;
-pub mod dirfd;
-pub mod error;
-pub mod fetch;
+pub(crate) mod dirfd;
+pub(crate) mod error;
+pub(crate) mod fetch;
 pub mod format;
-pub mod inspect;
-pub mod install;
+pub(crate) mod inspect;
+pub(crate) mod install;
 pub mod manifest;
-pub mod plan;
-pub mod pull;
-pub mod push;
+pub(crate) mod plan;
+pub(crate) mod pull;
+pub(crate) mod push;
 pub mod reference;
-pub mod registry;
-pub mod rfc3339;
+pub(crate) mod registry;
+pub(crate) mod rfc3339;
 pub mod select;
-pub mod serve;
-pub mod source;
-pub mod text;
+pub(crate) mod serve;
+pub(crate) mod source;
+pub(crate) mod text;
 pub mod unpack;
 pub mod verify;

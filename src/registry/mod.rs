@@ -19,7 +19,7 @@ mod transport;
 
 use auth::{HostAuth, Token};
 use referrers::resolve_link;
-pub use transport::{backoff, root_cause, Throughput};
+pub use transport::{backoff, root_cause};
 use transport::{read_capped, same_origin, urlencode, Resolver};
 
 use std::collections::HashMap;

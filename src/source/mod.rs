@@ -22,7 +22,7 @@ mod docker;
 mod store;
 
 use docker::docker_archive;
-pub use store::{Store, TarEntry};
+pub use store::Store;
 
 use std::collections::HashMap;
 use std::path::Path;
