@@ -279,3 +279,55 @@ where
     verdict?;
     consumed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::reference::Target;
+
+    /// A layout holding `bytes` as a blob, and a descriptor claiming
+    /// `declared` (digest and size) for it.
+    fn layout_with(bytes: &[u8], declared: &[u8]) -> (tempfile::TempDir, Source, Descriptor) {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::sha256_of(declared);
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+        let target = Target::parse(&format!("oci-layout://{}", dir.path().display())).unwrap();
+        let source = Source::new(&target, || unreachable!("no registry")).unwrap();
+        let desc: Descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": "application/octet-stream",
+            "digest": digest.to_string(),
+            "size": declared.len(),
+        }))
+        .unwrap();
+        (dir, source, desc)
+    }
+
+    async fn fetch(source: &Source, desc: &Descriptor) -> Result<Vec<u8>> {
+        fetch_blob(source, desc, &Progress::new(desc.size), |r| {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn size_and_digest_failures_are_integrity_errors() {
+        let (_d, source, desc) = layout_with(b"weights", b"weights");
+        assert_eq!(fetch(&source, &desc).await.unwrap(), b"weights");
+
+        for (served, why) in [
+            (&b"weightz"[..], "digest mismatch"),
+            (&b"weight"[..], "size mismatch"),
+            (&b"weights!"[..], "more than the 7 bytes"),
+        ] {
+            let (_d, source, desc) = layout_with(served, b"weights");
+            let e = fetch(&source, &desc).await.unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{why}: {e:#}");
+            assert!(crate::error::is_verification_failure(&e), "{why}: {e:#}");
+        }
+    }
+}

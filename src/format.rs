@@ -709,7 +709,12 @@ mod tests {
 
         let wrong = serde_json::json!({"model": {"path": "m", "digest": docs.digest.to_string()}})
             .to_string();
-        assert!(classify(&m, Some(wrong.as_bytes()), &Options::default()).is_err());
+        let e = classify(&m, Some(wrong.as_bytes()), &Options::default()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not match the digest")
+                && format!("{e:#}").contains("its Kitfile records"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -389,7 +389,7 @@ async fn take_lock(book: &Dir, path: &Path, lock_wait: Duration) -> Result<fs::F
 impl Marker {
     /// Every path a marker names must stay inside DEST: it is read back from
     /// a directory others can write.
-    pub fn check_paths(&self) -> std::result::Result<(), String> {
+    pub fn check_paths(&self) -> Result<()> {
         let inside = |p: &str| {
             !p.is_empty()
                 && !p.starts_with('/')
@@ -403,13 +403,11 @@ impl Marker {
             .chain(self.contents.links.keys().map(String::as_str))
         {
             if !inside(p) {
-                return Err(format!("the marker names a path outside the model: {p:?}"));
+                bail!("the marker names a path outside the model: {p:?}");
             }
         }
         if let Some(e) = self.entries.iter().find(|e| !is_plain_name(e)) {
-            return Err(format!(
-                "the marker names an entry that is not a plain name: {e:?}"
-            ));
+            bail!("the marker names an entry that is not a plain name: {e:?}");
         }
         Ok(())
     }
@@ -418,37 +416,30 @@ impl Marker {
 /// Checks, without locking or writing, that `dest` holds a complete install
 /// (of `digest` and `selection` when given): the marker is there and every
 /// file it records exists with its size. The error says what is wrong.
-pub fn installed(
-    dest: &Path,
-    digest: Option<&Digest>,
-    selection: Option<&str>,
-) -> std::result::Result<Marker, String> {
+pub fn installed(dest: &Path, digest: Option<&Digest>, selection: Option<&str>) -> Result<Marker> {
     let m = read_marker(dest)?;
     if m.version != MARKER_VERSION {
-        return Err(format!(
-            "marker version {} is not {MARKER_VERSION}",
-            m.version
-        ));
+        bail!("marker version {} is not {MARKER_VERSION}", m.version);
     }
     if let Some(d) = digest {
         if &m.digest != d {
-            return Err(format!("{} holds {}, not {d}", dest.display(), m.digest));
+            bail!("{} holds {}, not {d}", dest.display(), m.digest);
         }
     }
     if let Some(s) = selection {
         if m.selection != s {
-            return Err(format!(
+            bail!(
                 "{} was installed with other settings ({})",
                 dest.display(),
                 m.selection
-            ));
+            );
         }
     }
     for f in &m.contents.files {
         match fs::symlink_metadata(dest.join(&f.path)) {
             Ok(md) if md.is_file() && md.len() == f.size => {}
-            Ok(_) => return Err(format!("{} changed (size or type)", f.path)),
-            Err(_) => return Err(format!("{} is missing", f.path)),
+            Ok(_) => bail!("{} changed (size or type)", f.path),
+            Err(_) => bail!("{} is missing", f.path),
         }
     }
     Ok(m)
@@ -456,26 +447,26 @@ pub fn installed(
 
 /// The marker of `dest`, or what is wrong with it: read with a cap, from a
 /// regular file only, and only when every path in it stays inside DEST.
-fn read_marker(dest: &Path) -> std::result::Result<Marker, String> {
+fn read_marker(dest: &Path) -> Result<Marker> {
     let path = dest.join(MARKER);
     let bytes = match crate::dirfd::read_small_file(&path, MARKER_CAP, false) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(format!("{} has no completion marker", dest.display()))
+            bail!("{} has no completion marker", dest.display())
         }
-        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+        Err(e) => bail!("{} cannot be read: {e}", path.display()),
     };
     let m: Marker = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a valid marker: {e}", path.display()))?;
+        .with_context(|| format!("{} is not a valid marker", path.display()))?;
     m.check_paths()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .with_context(|| path.display().to_string())?;
     Ok(m)
 }
 
 /// Re-hashes every file the marker records and checks every symlink; lists
 /// each difference (missing, changed, or extra files under the model's
 /// entries). Empty means the tree is exactly what was installed.
-pub fn check_tree(dest: &Path) -> std::result::Result<(Marker, Vec<String>), String> {
+pub fn check_tree(dest: &Path) -> Result<(Marker, Vec<String>)> {
     // Not `installed`: its size checks stop at the first problem, and this
     // reports every one.
     let m = read_marker(dest)?;
@@ -585,5 +576,67 @@ fn create_dirs(path: &Path) -> Result<()> {
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run killed mid-install leaves a journal, a half-written marker and
+    /// a staging directory; the next open removes what the journal lists
+    /// (and only that), the staging and the temp marker.
+    #[tokio::test]
+    async fn an_interrupted_install_is_recovered_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        let book = dest.join(BOOKKEEPING);
+        fs::create_dir_all(book.join("staging-1-2/sub")).unwrap();
+        fs::create_dir_all(dest.join("half/deep")).unwrap();
+        fs::write(dest.join("half/deep/w.bin"), b"partial").unwrap();
+        fs::write(dest.join("gone.json"), b"{}").unwrap();
+        fs::write(dest.join("unrelated.txt"), b"keep").unwrap();
+        fs::write(dest.join(MARKER), b"{}").unwrap();
+        fs::write(book.join("marker.tmp"), b"{").unwrap();
+        fs::write(
+            book.join("journal.json"),
+            br#"{"entries":["half","gone.json","never-made","../outside",".ocimodel"]}"#,
+        )
+        .unwrap();
+        fs::write(tmp.path().join("outside"), b"keep").unwrap();
+
+        let d = Dest::open(&dest, Duration::from_secs(5)).await.unwrap();
+        assert!(!dest.join("half").exists());
+        assert!(!dest.join("gone.json").exists());
+        assert!(!dest.join(MARKER).exists(), "no marker after a recovery");
+        assert_eq!(fs::read(dest.join("unrelated.txt")).unwrap(), b"keep");
+        assert_eq!(fs::read(tmp.path().join("outside")).unwrap(), b"keep");
+        let mut left: Vec<String> = fs::read_dir(&book)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["lock"]);
+        assert!(d.marker().is_none());
+    }
+
+    #[test]
+    fn markers_naming_paths_outside_are_not_markers() {
+        let mut m: Marker = serde_json::from_value(serde_json::json!({
+            "version": 1, "source": "s", "reference": "r",
+            "digest": format!("sha256:{}", "a".repeat(64)), "format": "oras",
+            "selection": "", "installedAt": "2026-01-01T00:00:00Z",
+            "entries": ["m"], "files": [{"path": "m/w.bin", "size": 1,
+            "digest": format!("sha256:{}", "b".repeat(64))}]
+        }))
+        .unwrap();
+        m.check_paths().unwrap();
+        for bad in ["../etc/passwd", "/etc/passwd", "m/../../x", "m//w", ""] {
+            m.contents.files[0].path = bad.into();
+            assert!(m.check_paths().is_err(), "{bad:?} accepted");
+        }
+        m.contents.files[0].path = "m/w.bin".into();
+        m.entries = vec!["..".into()];
+        assert!(m.check_paths().is_err());
     }
 }

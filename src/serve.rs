@@ -87,7 +87,7 @@ impl Readiness {
             Status::Installed { digest } => {
                 match crate::install::installed(&m.job.dest, Some(&digest), None) {
                     Ok(_) => Readiness::Ready(digest),
-                    Err(why) => Readiness::NotReady(format!("not ready: {why}")),
+                    Err(why) => Readiness::NotReady(format!("not ready: {why:#}")),
                 }
             }
         }

@@ -88,12 +88,7 @@ fn layer_bytes_that_do_not_match_the_digest() {
     let actual = sha256_hex(&bytes);
 
     let dest = tempfile::tempdir().unwrap();
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
+    reg.pull("models/mnist:v1", dest.path())
         .assert_fails_with(&[
             "digest mismatch",
             &format!("expected sha256:{MNIST_SHA256}"),
@@ -110,12 +105,7 @@ fn truncated_layer_is_refused() {
     let bytes = fs::read(&blob).unwrap();
     fs::write(&blob, &bytes[..1000]).unwrap();
     let dest = tempfile::tempdir().unwrap();
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
+    reg.pull("models/mnist:v1", dest.path())
         .assert_fails_with(&["size mismatch", "421403"]);
     assert_nothing_installed(dest.path());
 }

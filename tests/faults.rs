@@ -392,10 +392,7 @@ fn connect_timeout_is_reported() {
 /// where nothing listens), so no query leaves loopback.
 #[test]
 fn dns_failure_is_reported() {
-    if !is_root() {
-        eprintln!("skipped: unshare and chroot need root");
-        return;
-    }
+    require_root("unshare and chroot need root");
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_ocimodel"), root.path().join("ocimodel")).unwrap();
     let out = std::process::Command::new("/usr/bin/unshare")

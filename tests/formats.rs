@@ -35,14 +35,8 @@ fn layer_args(src: &Path, files: &[(&str, Option<&str>)]) -> Vec<String> {
         .collect()
 }
 
-fn pull(reg: &Registry, uri: &str, dest: &Path) -> Run {
-    Ocimodel::new()
-        .insecure(reg)
-        .run(&[&format!("{}/{uri}", reg.addr), dest.to_str().unwrap()])
-}
-
 /// A small model directory, as a user would have it before `modelpack push`.
-fn model_dir(root: &Path) {
+fn modelpack_source_dir(root: &Path) {
     write(&root.join("model.safetensors"), &weights(200_000, 1));
     write(&root.join("config.json"), b"{\"hidden\": 8}\n");
     write(&root.join("tokenizer/vocab.txt"), b"a\nb\n");
@@ -55,7 +49,7 @@ fn modelpack_from_the_independent_client() {
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
-    model_dir(&src);
+    modelpack_source_dir(&src);
     let config = work.path().join("config.json");
     write(
         &config,
@@ -75,7 +69,7 @@ fn modelpack_from_the_independent_client() {
         ),
     );
     let dest = work.path().join("ours");
-    pull(&reg, "models/mp:v1", &dest).assert_ok();
+    reg.pull("models/mp:v1", &dest).assert_ok();
     for f in [
         "model.safetensors",
         "config.json",
@@ -129,7 +123,7 @@ fn modelpack_legacy_cnai_with_compressed_tars() {
         }),
     );
     let dest = work.path().join("out");
-    pull(&reg, "models/cnai:v1", &dest).assert_ok();
+    reg.pull("models/cnai:v1", &dest).assert_ok();
     assert_eq!(fs::read(dest.join("weights/w.bin")).unwrap(), w);
     assert_eq!(fs::read(dest.join("docs/README.md")).unwrap(), b"legacy\n");
     assert_eq!(fs::read(dest.join("code/run.py")).unwrap(), b"print(1)\n");
@@ -168,7 +162,7 @@ fn kitops_modelkit_and_filter() {
     reg.push_artifact("models/kit:v1", &kitops_spec());
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("all");
-    pull(&reg, "models/kit:v1", &dest).assert_ok();
+    reg.pull("models/kit:v1", &dest).assert_ok();
     assert_eq!(
         fs::read(dest.join("models/tiny.gguf")).unwrap(),
         b"GGUF-weights"
@@ -241,7 +235,7 @@ fn docker_model_v01_and_v02() {
         }),
     );
     let dest = work.path().join("v01");
-    pull(&reg, "models/dmr:v01", &dest).assert_ok();
+    reg.pull("models/dmr:v01", &dest).assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
         vec![
@@ -271,7 +265,7 @@ fn docker_model_v01_and_v02() {
         }),
     );
     let dest = work.path().join("v02");
-    pull(&reg, "models/dmr:v02", &dest).assert_ok();
+    reg.pull("models/dmr:v02", &dest).assert_ok();
     assert_eq!(
         fs::read(dest.join("weights/model.safetensors")).unwrap(),
         fs::read(&s1).unwrap()
@@ -309,7 +303,7 @@ fn oras_directory_artifact() {
         ),
     );
     let dest = tempfile::tempdir().unwrap();
-    pull(&reg, "models/orasdir:v1", dest.path()).assert_ok();
+    reg.pull("models/orasdir:v1", dest.path()).assert_ok();
     assert_eq!(
         fs::read(dest.path().join("tokenizer/vocab.txt")).unwrap(),
         b"v\n"
@@ -326,7 +320,8 @@ fn oras_directory_artifact() {
         &oras_dir_spec("tokenizer", json!([{"name": "elsewhere/x", "data": "x"}])),
     );
     let dest = tempfile::tempdir().unwrap();
-    pull(&reg, "models/orasdir:bad", dest.path()).assert_fails_with(&["outside 'tokenizer'"]);
+    reg.pull("models/orasdir:bad", dest.path())
+        .assert_fails_with(&["outside 'tokenizer'"]);
     assert!(model_files(dest.path()).is_empty());
 }
 
@@ -342,7 +337,7 @@ fn signatures_and_unknown_types() {
         }),
     );
     let dest = tempfile::tempdir().unwrap();
-    pull(&reg, "models/sig:v1", dest.path())
+    reg.pull("models/sig:v1", dest.path())
         .assert_fails_with(&["signature or attestation", "not a model"]);
     assert!(model_files(dest.path()).is_empty());
 
@@ -357,7 +352,7 @@ fn signatures_and_unknown_types() {
     assert!(digest.starts_with("sha256:"));
     let payload = format!("sha256:{}", sha256_hex(b"payload"));
     let dest = tempfile::tempdir().unwrap();
-    pull(&reg, "models/odd:v1", dest.path()).assert_fails_with(&[
+    reg.pull("models/odd:v1", dest.path()).assert_fails_with(&[
         "unsupported artifact type 'application/vnd.acme.weights.v1'",
         &format!("application/x-acme {payload}"),
         "OCIMODEL_UNKNOWN=raw",
@@ -386,7 +381,7 @@ fn include_filter_skips_downloads() {
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
-    model_dir(&src);
+    modelpack_source_dir(&src);
     let config = work.path().join("config.json");
     write(
         &config,
@@ -493,7 +488,7 @@ fn malformed_artifacts_install_nothing() {
     for (name, spec, needles) in cases {
         reg.push_artifact(&format!("models/bad:{name}"), &spec);
         let dest = tempfile::tempdir().unwrap();
-        let run = pull(&reg, &format!("models/bad:{name}"), dest.path());
+        let run = reg.pull(&format!("models/bad:{name}"), dest.path());
         run.assert_fails_with(&needles);
         assert!(
             model_files(dest.path()).is_empty(),

@@ -6,23 +6,13 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::Command;
 
 use common::*;
 use serde_json::json;
 
 fn run(args: &[&str], reg: &Registry) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args(args)
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = Ocimodel::new().insecure(reg).run(args);
+    (r.code(), r.stdout(), r.stderr())
 }
 
 /// Pushes the seed model, a signature-like and an SBOM-like referrer of it,
@@ -178,20 +168,14 @@ fn inspect_an_index_shows_the_platform() {
 
 /// `ocimodel referrers --format json [extra] ADDR/m:v1` → the digests listed.
 fn referrer_digests(addr: &str, extra: &[&str]) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args(["referrers", "--format", "json"])
-        .args(extra)
-        .arg(format!("{addr}/m:v1"))
-        .env_clear()
+    let mut args = vec!["referrers".to_string(), "--format".into(), "json".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(format!("{addr}/m:v1"));
+    let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let found: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        .run(&args);
+    run.assert_ok();
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&run.out.stdout).unwrap();
     found
         .iter()
         .map(|v| v["digest"].as_str().unwrap().to_string())

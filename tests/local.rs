@@ -80,10 +80,7 @@ fn tolerates_kserve_env_and_logs_json() {
 /// no /dev, no /etc. Run it in an empty chroot (as FROM scratch would).
 #[test]
 fn static_binary_runs_in_an_empty_root() {
-    if !is_root() {
-        eprintln!("skipped: chroot needs root");
-        return;
-    }
+    require_root("chroot needs root");
     let reg = Registry::start(Auth::None);
     reg.oras_push_mnist("models/mnist:v1");
     let root = tempfile::tempdir().unwrap();
@@ -163,10 +160,7 @@ fn long_pulls_log_progress() {
 fn arbitrary_uid_in_group_zero_installs_and_another_reads() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    if !is_root() {
-        eprintln!("skipped: switching UIDs needs root");
-        return;
-    }
+    require_root("switching UIDs needs root");
     let reg = Registry::start(Auth::None);
     let (layout, _) = modelcar_layout(false);
     reg.skopeo_push(layout.path(), "v1", "models/car:v1");
@@ -176,24 +170,16 @@ fn arbitrary_uid_in_group_zero_installs_and_another_reads() {
     std::os::unix::fs::chown(volume.path(), Some(0), Some(0)).unwrap();
     let dest = volume.path().join("models");
     let termination = volume.path().join("termination-log");
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args([
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_TERMINATION_LOG", &termination)
+        .env("HOME", "/nonexistent")
+        .run_as(1000930000, 0)
+        .run(&[
             &format!("ocimodel://{}/models/car:v1", reg.addr),
             dest.to_str().unwrap(),
         ])
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .env("OCIMODEL_TERMINATION_LOG", &termination)
-        .env("HOME", "/nonexistent")
-        .uid(1000930000)
-        .gid(0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .assert_ok();
     let meta = fs::metadata(dest.join("1/model.onnx")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000930000);
     assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0);
@@ -222,10 +208,7 @@ fn arbitrary_uid_in_group_zero_installs_and_another_reads() {
 
 #[test]
 fn owner_setting_chowns_the_tree() {
-    if !is_root() {
-        eprintln!("skipped: chown needs root");
-        return;
-    }
+    require_root("chown needs root");
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
     Ocimodel::new()

@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -57,10 +57,7 @@ fn leftovers(dest: &Path) -> Vec<String> {
 
 #[test]
 fn not_enough_space_is_refused_up_front() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
+    require_root("mounting a tmpfs needs root");
     let fs = Tmpfs::new("256k", "");
     let dest = fs.path().join("models");
     Ocimodel::new()
@@ -118,10 +115,7 @@ fn a_decompression_bomb_is_stopped() {
 
 #[test]
 fn disk_full_midway_cleans_up() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
+    require_root("mounting a tmpfs needs root");
     let work = tempfile::tempdir().unwrap();
     // The layer is a few KiB (passes the space check) but unpacks to 8 MiB.
     let uri = bomb_layout(work.path(), 8);
@@ -202,19 +196,13 @@ fn a_second_run_waits_for_the_first() {
     let work = tempfile::tempdir().unwrap();
     let (slow, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(150));
     let dest = work.path().join("models");
-    let first = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args([&slow, dest.to_str().unwrap()])
-        .env_clear()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = Ocimodel::new().spawn(&[&slow, dest.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(300));
     // The same model from elsewhere, into the same DEST, while the first runs.
     let run = Ocimodel::new().run(&[&demo_uri(), dest.to_str().unwrap()]);
-    let first = first.wait_with_output().unwrap();
+    let status = first.child.wait().unwrap();
     writer.join().unwrap();
-    assert!(first.status.success());
+    assert!(status.success());
     run.assert_ok();
     assert!(
         run.stderr()
@@ -240,28 +228,19 @@ fn sigkill_at_random_moments_then_rerun() {
     for (i, ms) in delays.iter().enumerate() {
         let work = tempfile::tempdir().unwrap();
         let (uri, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(120));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-            .args([&uri, dest.to_str().unwrap()])
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut run = Ocimodel::new().spawn(&[&uri, dest.to_str().unwrap()]);
         std::thread::sleep(Duration::from_millis(*ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        let _ = run.child.kill(); // SIGKILL
+        let _ = run.child.wait();
         let _ = writer.join();
         // Invariant: DEST is either marked complete and intact, or unmarked.
         if dest.join(".ocimodel.json").exists() {
-            let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-                .arg("check")
-                .arg(&dest)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
+            let check = Ocimodel::new().run(&["check", dest.to_str().unwrap()]);
+            assert_eq!(
+                check.code(),
+                0,
                 "kill {i} at {ms} ms left a marked but broken tree: {}",
-                String::from_utf8_lossy(&out.stdout)
+                check.stdout()
             );
         }
         // Start the next round from an unmarked DEST, so every kill lands mid-pull.
@@ -273,16 +252,8 @@ fn sigkill_at_random_moments_then_rerun() {
         .assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .arg("check")
-        .arg(&dest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let check = Ocimodel::new().run(&["check", dest.to_str().unwrap()]);
+    assert_eq!(check.code(), 0, "{}", check.stdout());
 }
 
 /// F4: the entries one model may create are capped (OCIMODEL_MAX_FILES), so

@@ -21,17 +21,13 @@ struct Podman {
 }
 
 impl Podman {
-    fn new() -> Option<Podman> {
-        // SAFETY: geteuid has no preconditions.
-        let root_user = unsafe { libc::geteuid() == 0 };
+    fn new() -> Podman {
+        require_root("rootful podman");
         let have = Command::new("podman")
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
-        if !root_user || !have {
-            eprintln!("skipped: needs root and podman (scripts/test.sh installs podman)");
-            return None;
-        }
+        assert!(have, "podman is missing: scripts/test.sh installs it");
         let root = tempfile::tempdir().unwrap();
         let conf = root.path().join("containers.conf");
         // Raising rlimits is not permitted here; lower them (podman-here.md).
@@ -40,7 +36,7 @@ impl Podman {
             "[containers]\ndefault_ulimits = [\"nofile=4096:4096\",\"nproc=4096:4096\"]\n",
         )
         .unwrap();
-        Some(Podman { root, conf })
+        Podman { root, conf }
     }
 
     fn run(&self, args: &[&str], dir: &Path) -> Output {
@@ -209,7 +205,7 @@ fn run_pod_init_with_key(
 
 #[test]
 fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
-    let Some(podman) = Podman::new() else { return };
+    let podman = Podman::new();
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     build_ocimodel_image(&podman, work.path());
@@ -271,7 +267,7 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
 /// /models source of the same Pod.
 #[test]
 fn modelcar_pushed_by_ocimodel_works_under_podman() {
-    let Some(podman) = Podman::new() else { return };
+    let podman = Podman::new();
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     let car_ref = format!("{}/models/pushed-car:v1", reg.addr);
@@ -297,7 +293,7 @@ fn modelcar_pushed_by_ocimodel_works_under_podman() {
 /// stand-in server finds the model.
 #[test]
 fn signed_modelcar_with_the_key_from_a_configmap() {
-    let Some(podman) = Podman::new() else { return };
+    let podman = Podman::new();
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     let car_ref = format!("{}/models/signed-car:v1", reg.addr);

@@ -271,21 +271,9 @@ fn another_model_replaces_the_content() {
     fs::create_dir_all(&dest).unwrap();
     fs::write(dest.join("README.user"), b"mine").unwrap();
 
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
-        .assert_ok();
+    reg.pull("models/mnist:v1", &dest).assert_ok();
     assert!(dest.join(MNIST_TITLE).is_file());
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/car:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
-        .assert_ok();
+    reg.pull("models/car:v1", &dest).assert_ok();
     assert!(
         !dest.join("v1.nb20231206162408").exists(),
         "the old model is gone"
@@ -397,12 +385,6 @@ fn docker_schema2_image() {
         "application/vnd.docker.distribution.manifest.v2+json"
     );
     let dest = tempfile::tempdir().unwrap();
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/docker:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
-        .assert_ok();
+    reg.pull("models/docker:v1", dest.path()).assert_ok();
     assert_modelcar_installed(dest.path());
 }

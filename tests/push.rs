@@ -42,13 +42,6 @@ fn manifest_of(reg: &Registry, repo: &str, reference: &str) -> serde_json::Value
     serde_json::from_slice(&r.body).unwrap()
 }
 
-fn pull(reg: &Registry, reference: &str, dest: &Path) {
-    Ocimodel::new()
-        .insecure(reg)
-        .run(&[&format!("{}/{reference}", reg.addr), dest.to_str().unwrap()])
-        .assert_ok();
-}
-
 #[test]
 fn modelpack_round_trip() {
     let reg = Registry::start(Auth::None);
@@ -103,7 +96,7 @@ fn modelpack_round_trip() {
     assert_eq!(files_of(&theirs), files_of(&src));
 
     let ours = work.path().join("ours");
-    pull(&reg, "models/mp:v1", &ours);
+    reg.pull("models/mp:v1", &ours).assert_ok();
     assert_eq!(files_of(&ours), files_of(&src));
     let config: serde_json::Value =
         serde_json::from_slice(&fs::read(ours.join(".ocimodel/config.json")).unwrap()).unwrap();
@@ -186,7 +179,7 @@ fn oras_round_trip_and_no_reupload() {
     );
     assert_eq!(files_of(&theirs), files_of(&src));
     let ours = work.path().join("ours");
-    pull(&reg, "models/mnist:v1", &ours);
+    reg.pull("models/mnist:v1", &ours).assert_ok();
     assert_eq!(files_of(&ours), files_of(&src));
 
     // Pushing again uploads no blob: the registry has them all.
@@ -407,20 +400,12 @@ fn seed_demo_put_list_filter_get() {
         ]);
     }
     let list = |extra: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-            .args(["referrers", "--format", "json"])
-            .args(extra)
-            .arg(format!("{repo}:v1"))
-            .env_clear()
-            .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut args = vec!["referrers".to_string(), "--format".into(), "json".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{repo}:v1"));
+        let run = Ocimodel::new().insecure(&reg).run(&args);
+        run.assert_ok();
+        serde_json::from_slice(&run.out.stdout).unwrap()
     };
     let all = list(&[]);
     assert_eq!(all.len(), 2);
@@ -429,15 +414,14 @@ fn seed_demo_put_list_filter_get() {
     assert_eq!(evals[0]["artifactType"], "application/vnd.model.evaluation");
 
     let dest = work.path().join("get");
-    pull(&reg, "models/mnist:v1", &dest);
+    reg.pull("models/mnist:v1", &dest).assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-        .args(["inspect", "--format", "json", &format!("{repo}:v1")])
-        .env_clear()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run =
+        Ocimodel::new()
+            .insecure(&reg)
+            .run(&["inspect", "--format", "json", &format!("{repo}:v1")]);
+    run.assert_ok();
+    let report: serde_json::Value = serde_json::from_slice(&run.out.stdout).unwrap();
     assert_eq!(report["artifactType"], "application/vnd.model.type");
     assert_eq!(report["annotations"]["description"], "MNIST digits");
     assert_eq!(report["referrers"].as_array().unwrap().len(), 2);
@@ -450,17 +434,10 @@ fn push_errors() {
     let empty = work.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-            .arg("push")
-            .args(args)
-            .env_clear()
-            .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut all = vec!["push"];
+        all.extend_from_slice(args);
+        let r = Ocimodel::new().insecure(&reg).run(&all);
+        (r.out.status.code(), r.stderr())
     };
     let (code, err) = run(&[empty.to_str().unwrap(), &format!("{}/m:v1", reg.addr)]);
     assert_eq!(code, Some(1));

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Sidecar {
     child: Child,
     addr: String,
     termination_log: PathBuf,
-    _tmp: tempfile::TempDir,
+    _harness: Ocimodel,
 }
 
 impl Sidecar {
@@ -35,26 +27,26 @@ impl Sidecar {
     }
 
     fn spawn(uri: &str, dest: &Path, env: &[(&str, &str)]) -> Sidecar {
-        let tmp = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let termination_log = tmp.path().join("termination-log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimodel"));
-        cmd.args([uri, dest.to_str().unwrap()])
-            .env_clear()
+        let mut harness = Ocimodel::new()
             .env("OCIMODEL_MODE", "sidecar")
-            .env("OCIMODEL_LISTEN", &addr)
-            .env("OCIMODEL_TERMINATION_LOG", &termination_log)
+            .env("OCIMODEL_LISTEN", &addr);
+        for (k, v) in env {
+            harness = harness.env(k, v);
+        }
+        // Retries are the sidecar's own business here.
+        harness.cmd.env_remove("OCIMODEL_RETRIES");
+        harness
+            .cmd
+            .args([uri, dest.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
+        let child = harness.cmd.spawn().unwrap();
         Sidecar {
             child,
             addr,
-            termination_log,
-            _tmp: tmp,
+            termination_log: harness.termination_log.clone(),
+            _harness: harness,
         }
     }
 
@@ -287,24 +279,11 @@ fn check_rehashes_the_installed_tree() {
     reg.skopeo_push(layout.path(), "v1", "models/car:v1");
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/car:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
-        .assert_ok();
+    reg.pull("models/car:v1", &dest).assert_ok();
 
     let check = |d: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-            .arg("check")
-            .arg(d)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let r = Ocimodel::new().run(&["check", d.to_str().unwrap()]);
+        (r.code(), r.stdout())
     };
     let (code, out) = check(&dest);
     assert_eq!(code, 0, "{out}");

@@ -151,7 +151,7 @@ pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 code = ExitCode::FAILURE;
-                println!("{}: {e}", dest.display());
+                println!("{}: {e:#}", dest.display());
             }
         }
     }

@@ -681,8 +681,12 @@ mod tests {
             clean_path(Path::new("./models/a//b")).unwrap(),
             vec!["models", "a", "b"]
         );
-        assert!(clean_path(Path::new("/etc/passwd")).is_err());
-        assert!(clean_path(Path::new("models/../../x")).is_err());
+        let err = |p: &str| clean_path(Path::new(p)).unwrap_err().to_string();
+        assert_eq!(err("/etc/passwd"), "refusing absolute path '/etc/passwd'");
+        assert_eq!(
+            err("models/../../x"),
+            "refusing path 'models/../../x': it contains '..'"
+        );
     }
 
     #[test]
@@ -851,13 +855,31 @@ mod tests {
                 tar_bytes(|b| add_file(b, "models/.ocimodel.json", b"{}", 0o644)),
             ),
         ];
+        let refusals: std::collections::HashMap<&str, &str> = [
+            ("symlink escape", "refusing symlink 'evil' -> '../../etc/passwd': it points outside the model directory"),
+            ("absolute symlink", "refusing symlink 'evil' -> '/etc/passwd': the target is outside /models"),
+            ("hardlink outside", "refusing hard link to 'etc/passwd': it is outside the model directory"),
+            ("write through symlink", "refusing to write 'd/y' through the symlink 'd'"),
+            ("chained escape", "refusing symlink 'sub/up2': following it leaves the model directory"),
+            ("loop", "refusing symlink 'a': it is part of a symlink loop"),
+            ("reserved name", "refusing to write '.ocimodel.json': the name is reserved"),
+        ]
+        .into_iter()
+        .collect();
         for (what, bytes) in cases {
             let dir = tempfile::tempdir().unwrap();
             let mut tree = Tree::new(dir.path().to_path_buf(), Filter::default());
             let result = tree
                 .apply_tar(&mut &bytes[..], Compression::None, &models)
                 .and_then(|_| tree.finish(None).map(|_| ()));
-            assert!(result.is_err(), "{what} was accepted");
+            let expected = refusals[what];
+            match result {
+                Ok(()) => panic!("{what} was accepted"),
+                Err(e) => assert!(
+                    format!("{e:#}").contains(expected),
+                    "{what}: refused for '{e:#}', not '{expected}'"
+                ),
+            }
         }
     }
 
@@ -952,10 +974,13 @@ mod tests {
         add_file(&mut b, "models/x", b"tiny", 0o644);
         let layer = b.into_inner().unwrap();
         let (dir, result) = apply(&[layer], "/models");
-        assert!(
-            result.is_err(),
-            "a PAX size far beyond the data must not be accepted"
-        );
+        match &result {
+            Ok(_) => panic!("a PAX size far beyond the data must not be accepted"),
+            Err(e) => assert!(
+                format!("{e:#}").contains("corrupt tar layer"),
+                "refused for '{e:#}'"
+            ),
+        }
         // Whatever was half-written stays inside the staging tree, which the
         // pipeline discards on error.
         let outside: Vec<_> = fs::read_dir(dir.path())

@@ -90,7 +90,7 @@ pub fn marker(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -443,11 +443,34 @@ impl Ocimodel {
         self
     }
 
+    /// Starts the binary in the background (output discarded unless the
+    /// caller pipes it through `cmd`); the harness's temp dir lives with
+    /// the returned guard.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(mut self, args: &[S]) -> Spawned {
+        let child = self
+            .cmd
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Spawned {
+            child,
+            _harness: self,
+        }
+    }
+
     pub fn run<S: AsRef<std::ffi::OsStr>>(mut self, args: &[S]) -> Run {
         let out = self.cmd.args(args).output().unwrap();
         let termination = fs::read_to_string(&self.termination_log).unwrap_or_default();
         Run { out, termination }
     }
+}
+
+/// A running binary started by [`Ocimodel::spawn`].
+pub struct Spawned {
+    pub child: Child,
+    _harness: Ocimodel,
 }
 
 pub struct Run {
@@ -663,6 +686,13 @@ impl Registry {
 
     /// PUTs a manifest (e.g. the referrers fallback index a client maintains
     /// when the registry has no referrers API). Returns the HTTP status.
+    /// `ocimodel REG/REPO_TAG DEST` against this registry (plain HTTP).
+    pub fn pull(&self, repo_tag: &str, dest: &Path) -> Run {
+        Ocimodel::new()
+            .insecure(self)
+            .run(&[&format!("{}/{repo_tag}", self.addr), dest.to_str().unwrap()])
+    }
+
     pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> u16 {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         let head = format!(
@@ -690,6 +720,16 @@ impl Registry {
             .filter(|l| l.contains("\"GET ") && l.contains(&needle))
             .count()
     }
+}
+
+/// Root-only tests fail, never skip, when not root: CI runs as root, and a
+/// skip that passes would hide them.
+#[track_caller]
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test needs root ({why}); run the suite as root, as CI does"
+    );
 }
 
 pub fn is_root() -> bool {
