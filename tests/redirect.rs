@@ -15,60 +15,15 @@ use common::*;
 #[test]
 fn blob_redirect_to_another_host_drops_credentials() {
     let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
-    let blob_digest = format!("sha256:{}", sha256_hex(&blob));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.model.v1",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
-                   "size": 2, "data": "e30="},
-        "layers": [{"mediaType": "application/octet-stream", "digest": blob_digest, "size": blob.len(),
-                    "annotations": {"org.opencontainers.image.title": "weights.bin"}}]
-    })
-    .to_string();
-
-    let storage = TcpListener::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
-    let storage_addr = storage.local_addr().unwrap();
-    let storage_seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-    let seen = storage_seen.clone();
-    let body = blob.clone();
-    serve(storage, move |req| {
-        seen.lock().unwrap().push(req.authorization.clone());
-        if req.path == "/bucket/blob" {
-            response("200 OK", &[], &body)
-        } else {
-            response("404 Not Found", &[], b"")
-        }
-    });
-
-    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
-    let registry_addr = registry.local_addr().unwrap().to_string();
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("user:pw")
-    );
+    let (manifest, blob_digest) = one_blob_manifest(&blob);
+    let (storage_addr, storage_seen) = recorder("127.0.0.2", response("200 OK", &[], &blob));
     let registry_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = registry_seen.clone();
-    let blob_path = format!("/v2/models/m/blobs/{blob_digest}");
-    serve(registry, move |req| {
-        if req.authorization.as_deref() != Some(expected.as_str()) {
-            return response(
-                "401 Unauthorized",
-                &[("WWW-Authenticate", "Basic realm=\"fake\"".into())],
-                b"",
-            );
-        }
+    let blob_path = format!("/v2/m/blobs/{blob_digest}");
+    let registry_addr = basic_registry(move |req| {
         seen.lock().unwrap().push(req.path.clone());
-        if req.path == "/v2/models/m/manifests/v1" {
-            response(
-                "200 OK",
-                &[(
-                    "Content-Type",
-                    "application/vnd.oci.image.manifest.v1+json".into(),
-                )],
-                manifest.as_bytes(),
-            )
+        if req.path == "/v2/m/manifests/v1" {
+            manifest_response(&manifest)
         } else if req.path == blob_path {
             response(
                 "307 Temporary Redirect",
@@ -79,29 +34,19 @@ fn blob_redirect_to_another_host_drops_credentials() {
             response("404 Not Found", &[], b"")
         }
     });
-
     let dest = tempfile::tempdir().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("user:pw");
-    Ocimodel::new()
-        .env("OCIMODEL_INSECURE_REGISTRIES", &registry_addr)
-        .env(
-            "OCIMODEL_DOCKER_CONFIG_JSON",
-            format!(r#"{{"auths":{{"{registry_addr}":{{"auth":"{auth}"}}}}}}"#),
-        )
+    with_credentials(&registry_addr)
         .run(&[
-            &format!("{registry_addr}/models/m:v1"),
+            &format!("{registry_addr}/m:v1"),
             dest.path().to_str().unwrap(),
         ])
         .assert_ok();
-    assert_eq!(
-        std::fs::read(dest.path().join("weights.bin")).unwrap(),
-        blob
-    );
+    assert_eq!(std::fs::read(dest.path().join("w.bin")).unwrap(), blob);
     assert!(
         registry_seen
             .lock()
             .unwrap()
-            .contains(&format!("/v2/models/m/blobs/{blob_digest}")),
+            .contains(&format!("/v2/m/blobs/{blob_digest}")),
         "the blob request went to the registry with credentials first"
     );
     let storage_seen = storage_seen.lock().unwrap().clone();
