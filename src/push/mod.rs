@@ -402,7 +402,7 @@ async fn update_referrers_tag(
         subject.algorithm().name(),
         &subject.hex()[..subject.hex().len().min(64)]
     );
-    let mut index = match client.manifest_if_any(r, &tag).await? {
+    let mut index = match client.manifest_for_push_if_any(r, &tag).await? {
         Some(existing) => {
             match Document::parse(&existing.bytes, existing.content_type.as_deref()) {
                 Ok(Document::Index(i)) => i,

@@ -260,8 +260,9 @@ impl RegistryClient {
         }))
     }
 
-    /// Fetches a manifest or index by tag, or `None` when there is none.
-    pub async fn manifest_if_any(
+    /// A manifest or index by tag, with a push token (the caller is about
+    /// to update it), or `None` when there is none.
+    pub async fn manifest_for_push_if_any(
         &self,
         r: &ImageRef,
         reference: &str,
@@ -269,8 +270,8 @@ impl RegistryClient {
         self.fetch_manifest(r, reference, Scope::Push, true).await
     }
 
-    /// Fetches a manifest by tag for reading, or `None` when there is none.
-    pub async fn tagged_manifest(
+    /// A manifest by tag with a pull token, or `None` when there is none.
+    pub async fn manifest_for_pull_if_any(
         &self,
         r: &ImageRef,
         tag: &str,

@@ -146,7 +146,9 @@ impl Source {
     /// `None` when nothing has that tag.
     pub async fn tagged(&self, tag: &str) -> Result<Option<FetchedManifest>> {
         match self {
-            Source::Registry { client, reference } => client.tagged_manifest(reference, tag).await,
+            Source::Registry { client, reference } => {
+                client.manifest_for_pull_if_any(reference, tag).await
+            }
             Source::Layout { store, label, .. } => {
                 let index = layout_index(store, label)?;
                 match index.manifests.iter().find(|d| {
