@@ -25,6 +25,8 @@ pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
+    "OCIMODEL_CACHE_DIR",
+    "OCIMODEL_CACHE_MAX",
     "OCIMODEL_CA_BUNDLE",
     "OCIMODEL_CONCURRENCY",
     "OCIMODEL_CONNECT_TIMEOUT",

@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::cache::{Entry, Ingest, StaleEntry};
 use crate::digest::Hasher;
 use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
@@ -146,6 +147,96 @@ pub async fn fetch_small(source: &Source, desc: &Descriptor, cap: u64) -> Result
     Ok(Bytes::from(bytes))
 }
 
+/// Where a blob's bytes come from: the descriptor's embedded data, the
+/// node cache (a committed blob, or a partial download replayed before the
+/// rest is fetched with `Range`), or the source. Returns the stream, the
+/// cache ingest to append new bytes to, and whether it is a cache hit.
+async fn open_blob(
+    source: &Source,
+    desc: &Descriptor,
+) -> Result<(ByteStream, Option<Ingest>, bool)> {
+    if let Some(data) = &desc.data {
+        // Small blobs may be embedded in the descriptor itself.
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|_| anyhow!("blob {}: the embedded data is not base64", desc.digest))?;
+        let stream: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from(bytes))]));
+        return Ok((stream, None, false));
+    }
+    let Some(cache) = source.cache() else {
+        return Ok((source.blob(desc).await?, None, false));
+    };
+    match cache.begin(&desc.digest).await? {
+        Entry::Hit { file, _lock } => {
+            tracing::info!(blob = %desc.digest, size = desc.size, "from the node cache");
+            Ok((file_stream(file, _lock), None, true))
+        }
+        Entry::Miss(ingest) if ingest.offset == 0 => {
+            tracing::info!(blob = %desc.digest, size = desc.size, "from the network, into the node cache");
+            Ok((source.blob(desc).await?, Some(ingest), false))
+        }
+        Entry::Miss(ingest) => {
+            tracing::info!(blob = %desc.digest, size = desc.size, resume_at = ingest.offset, "resuming a partial download from the node cache");
+            let replay = file_stream(ingest.prefix()?, ());
+            let rest = match source.resume(desc, ingest.offset).await {
+                Some(r) => r?,
+                None => bail!("blob {}: its source cannot resume a download", desc.digest),
+            };
+            let prefix_len = ingest.offset;
+            let replay = replay.scan(0u64, move |seen, chunk| {
+                // Exactly the bytes the partial file held when this began.
+                let out = chunk.map(|mut b| {
+                    let left = prefix_len.saturating_sub(*seen) as usize;
+                    b.truncate(left.min(b.len()));
+                    *seen += b.len() as u64;
+                    b
+                });
+                futures_util::future::ready(Some(out))
+            });
+            let replay =
+                replay.filter(|c| futures_util::future::ready(!matches!(c, Ok(b) if b.is_empty())));
+            Ok((Box::pin(replay.chain(rest)), Some(ingest), false))
+        }
+    }
+}
+
+/// A local file as a byte stream, keeping `guard` (a cache lock) alive
+/// until the stream is dropped.
+fn file_stream<G: Send + 'static>(file: std::fs::File, guard: G) -> ByteStream {
+    let reader =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    Box::pin(reader.map(move |r| {
+        let _ = &guard;
+        r
+    }))
+}
+
+/// After a download: commit a verified blob to the node cache; drop a
+/// partial or cached copy whose bytes did not verify; keep a partial that
+/// was only cut off, for the next run to resume.
+fn settle_cache(
+    source: &Source,
+    desc: &Descriptor,
+    failure: Option<&anyhow::Error>,
+    ingest: Option<Ingest>,
+    from_cache: bool,
+) {
+    let Some(cache) = source.cache() else { return };
+    let bad = failure.is_some_and(crate::error::is_verification_failure);
+    if from_cache && bad {
+        cache.drop_blob(&desc.digest);
+    }
+    let Some(ingest) = ingest else { return };
+    match failure {
+        None => match ingest.commit() {
+            Ok(()) => cache.evict(),
+            Err(e) => tracing::warn!(blob = %desc.digest, "cannot commit to the node cache: {e:#}"),
+        },
+        Some(_) if bad => ingest.discard(),
+        Some(_) => {}
+    }
+}
+
 /// Streams the blob into the channel, resuming a broken transfer from the
 /// bytes already hashed, within the in-flight budget; then checks the size
 /// and digest of exactly what was handed on.
@@ -155,7 +246,11 @@ async fn pump(
     mut stream: ByteStream,
     tx: &mpsc::Sender<io::Result<Chunk>>,
     progress: &Arc<Progress>,
+    mut ingest: Option<&mut Ingest>,
 ) -> Result<()> {
+    // Bytes below this came from the cache's partial download; the rest
+    // are new and go into it too.
+    let replayed = ingest.as_ref().map_or(u64::MAX, |i| i.offset);
     let budget = in_flight_budget();
     let mut hasher = Hasher::new(desc.digest.algorithm());
     let mut received: u64 = 0;
@@ -185,6 +280,13 @@ async fn pump(
                 desc.digest
             ),
         };
+        if let Some(ingest) = ingest.as_deref_mut() {
+            if received >= replayed {
+                ingest
+                    .append(&chunk)
+                    .with_context(|| format!("cannot write {} to the node cache", desc.digest))?;
+            }
+        }
         received += chunk.len() as u64;
         if received > desc.size {
             return Err(IntegrityError(format!(
@@ -239,16 +341,9 @@ where
     F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let stream = match &desc.data {
-        // Small blobs may be embedded in the descriptor itself.
-        Some(data) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|_| anyhow!("blob {}: the embedded data is not base64", desc.digest))?;
-            Box::pin(futures_util::stream::iter([Ok(Bytes::from(bytes))]))
-        }
-        None => source.blob(desc).await?,
-    };
+    let (stream, mut ingest, from_cache) = open_blob(source, desc).await?;
+    // Bytes replayed from the cache count as the cache's, if they are bad.
+    let replayed = ingest.as_ref().is_some_and(|i| i.offset > 0);
     let (tx, rx) = mpsc::channel::<io::Result<Chunk>>(CHANNEL_DEPTH);
     let consumer = tokio::task::spawn_blocking(move || {
         let mut reader = BlobReader {
@@ -261,7 +356,8 @@ where
         Ok::<T, anyhow::Error>(out)
     });
 
-    let verdict = pump(source, desc, stream, &tx, progress).await;
+    let verdict = pump(source, desc, stream, &tx, progress, ingest.as_mut()).await;
+    settle_cache(source, desc, verdict.as_ref().err(), ingest, from_cache);
     if let Err(e) = &verdict {
         // Make sure the consumer fails rather than sees a clean end of file.
         let _ = tx
@@ -276,8 +372,13 @@ where
         .await
         .map_err(|e| anyhow!("unpack thread failed: {e}"))?;
     // A verification failure is the root cause of anything the consumer saw.
-    verdict?;
-    consumed
+    match verdict {
+        Err(e) if (from_cache || replayed) && crate::error::is_verification_failure(&e) => {
+            Err(e.context(StaleEntry(desc.digest.clone())))
+        }
+        Err(e) => Err(e),
+        Ok(()) => consumed,
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +396,7 @@ mod tests {
         std::fs::create_dir_all(&blobs).unwrap();
         std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
         let target = Target::parse(&format!("oci-layout://{}", dir.path().display())).unwrap();
-        let source = Source::new(&target, || unreachable!("no registry")).unwrap();
+        let source = Source::new(&target, || unreachable!("no registry"), None).unwrap();
         let desc: Descriptor = serde_json::from_value(serde_json::json!({
             "mediaType": "application/octet-stream",
             "digest": digest.to_string(),

@@ -22,6 +22,7 @@
 //! to print), [`rfc3339`].
 
 pub mod auth;
+pub(crate) mod cache;
 pub mod cli;
 pub(crate) mod config;
 pub mod digest;

@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_files: u64,
     /// Longest wait for another run's lock on DEST (`OCIMODEL_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
+    /// The node cache (`OCIMODEL_CACHE_DIR`), shared by every model.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// Which signatures to require (shared by every model of the run).
     pub verify: Arc<Policy>,
 }
@@ -69,6 +71,7 @@ impl Default for Settings {
             max_expanded: u64::MAX,
             max_files: crate::config::DEFAULT_MAX_FILES,
             lock_timeout: Duration::from_secs(crate::config::DEFAULT_LOCK_TIMEOUT),
+            cache: None,
             verify: Arc::new(Policy::default()),
         }
     }
@@ -156,7 +159,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         opened = Some(dest);
     }
 
-    let source = Source::new(&job.target, || clients())?;
+    let source = Source::new(&job.target, || clients(), settings.cache.clone())?;
     let top = source.resolve().await?;
     if job.target.pinned_digest().is_none() {
         tracing::info!(uri = %job.uri, digest = %top.digest, "resolved reference to digest");
@@ -184,10 +187,34 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     refuse_empty(&planned.plan, settings)?;
     check_paths(&planned.plan)?;
     check_space(dest.path(), &planned.plan)?;
-    install_planned(
-        job, settings, &source, &dest, planned, selection, signatures,
+    match install_planned(
+        job,
+        settings,
+        &source,
+        &dest,
+        &planned,
+        &selection,
+        &signatures,
     )
     .await
+    {
+        // A node-cache entry that failed its digest was dropped: once more,
+        // from the network.
+        Err(e) if e.downcast_ref::<crate::cache::StaleEntry>().is_some() => {
+            tracing::warn!(uri = %job.uri, "{e:#}; installing again");
+            install_planned(
+                job,
+                settings,
+                &source,
+                &dest,
+                &planned,
+                &selection,
+                &signatures,
+            )
+            .await
+        }
+        other => other,
+    }
 }
 
 /// The marker when DEST already holds `digest` with these settings.
@@ -218,9 +245,9 @@ async fn install_planned(
     settings: &Settings,
     source: &Source,
     dest: &Dest,
-    planned: Planned,
-    selection: String,
-    signatures: Vec<verify::Signature>,
+    planned: &Planned,
+    selection: &str,
+    signatures: &[verify::Signature],
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
@@ -235,9 +262,9 @@ async fn install_planned(
             .then(|| planned.manifest_digest.clone()),
         format: plan.format.to_string(),
         subpath: (plan.format == Format::Image).then(|| settings.subtree.display()),
-        selection,
+        selection: selection.to_string(),
         installed_at: crate::install::now_rfc3339(),
-        signatures,
+        signatures: signatures.to_vec(),
         entries: Vec::new(),
         contents,
     };

@@ -318,6 +318,15 @@ pub(super) struct PullArgs {
     #[arg(long, env = "OCIMODEL_MAX_FILES", default_value_t = config::DEFAULT_MAX_FILES)]
     pub(super) max_files: u64,
 
+    /// The node cache: a directory shared by every ocimodel on the node
+    /// (hostPath or a local PV), so each blob is downloaded once per node.
+    #[arg(long = "cache-dir", env = "OCIMODEL_CACHE_DIR")]
+    pub(super) cache_dir: Option<PathBuf>,
+
+    /// Most bytes of blobs the node cache keeps (e.g. 500G); least recently used go first.
+    #[arg(long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
+    pub(super) cache_max: Option<u64>,
+
     /// Seconds to wait for another ocimodel holding the same DEST's lock.
     #[arg(long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = config::DEFAULT_LOCK_TIMEOUT)]
     pub(super) lock_timeout: u64,
@@ -484,6 +493,19 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
         max_expanded: args.max_expanded.unwrap_or(u64::MAX),
         max_files: args.max_files,
         lock_timeout: Duration::from_secs(args.lock_timeout),
+        cache: args
+            .cache_dir
+            .as_deref()
+            .map(|dir| {
+                crate::cache::Cache::open(
+                    dir,
+                    args.cache_max,
+                    Duration::from_secs(args.lock_timeout),
+                )
+                .map(Arc::new)
+            })
+            .transpose()
+            .context("OCIMODEL_CACHE_DIR")?,
         verify: Arc::new(args.policy.policy()?),
         ..settings(&args.access, &args.select)?
     };

@@ -114,7 +114,7 @@ where
     let out = (|| {
         let target = Target::parse(uri)?;
         let clients = client_factory(access);
-        let source = Source::new(&target, || clients())?;
+        let source = Source::new(&target, || clients(), None)?;
         runtime(None)?.block_on(work(source))
     })()
     .with_context(|| uri.to_string())?;
@@ -198,7 +198,7 @@ fn push_dir(args: &PushArgs) -> Result<String> {
         let subject = match &args.subject {
             Some(s) => {
                 let target = Target::parse(s).with_context(|| format!("--subject {s}"))?;
-                let source = Source::new(&target, || clients())?;
+                let source = Source::new(&target, || clients(), None)?;
                 Some(
                     push::subject_of(&source)
                         .await

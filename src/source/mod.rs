@@ -31,6 +31,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
+use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::manifest::{
     Descriptor, Document, ANNOTATION_REF_NAME, DOCKER_IMAGE_CONFIG, DOCKER_MANIFEST,
@@ -47,6 +48,8 @@ pub enum Source {
     Registry {
         client: Arc<RegistryClient>,
         reference: ImageRef,
+        /// The node cache, when `OCIMODEL_CACHE_DIR` is set.
+        cache: Option<Arc<Cache>>,
     },
     /// An OCI image layout in a directory or an archive.
     Layout {
@@ -65,15 +68,18 @@ pub enum Source {
 }
 
 impl Source {
-    /// A source for `target`; `client` is only called for registry targets.
+    /// A source for `target`; `client` is only called for registry targets,
+    /// whose manifests and blobs go through `cache` when there is one.
     pub fn new(
         target: &Target,
         client: impl FnOnce() -> Result<Arc<RegistryClient>>,
+        cache: Option<Arc<Cache>>,
     ) -> Result<Source> {
         Ok(match target {
             Target::Registry(r) => Source::Registry {
                 client: client()?,
                 reference: r.clone(),
+                cache,
             },
             Target::Layout { dir, selector } => Source::Layout {
                 store: Store::Dir(dir.clone()),
@@ -93,11 +99,17 @@ impl Source {
     /// everything after uses the returned digest.
     pub async fn resolve(&self) -> Result<FetchedManifest> {
         match self {
-            Source::Registry { client, reference } => {
-                client
-                    .manifest(reference, &reference.manifest_reference())
-                    .await
-            }
+            Source::Registry {
+                client, reference, ..
+            } => match reference.manifest_reference().parse::<Digest>() {
+                // A digest needs no registry when the node cache has it.
+                Ok(d) => self.manifest(&d).await,
+                Err(_) => {
+                    client
+                        .manifest(reference, &reference.manifest_reference())
+                        .await
+                }
+            },
             Source::Layout {
                 store,
                 selector,
@@ -113,8 +125,26 @@ impl Source {
     /// Fetches manifest `digest` (verified against it).
     pub async fn manifest(&self, digest: &Digest) -> Result<FetchedManifest> {
         match self {
-            Source::Registry { client, reference } => {
-                client.manifest(reference, &digest.to_string()).await
+            Source::Registry {
+                client,
+                reference,
+                cache,
+            } => {
+                if let Some(bytes) = cache.as_ref().and_then(|c| c.manifest(digest)) {
+                    tracing::debug!(digest = %digest, "manifest from the node cache");
+                    return Ok(FetchedManifest {
+                        bytes: Bytes::from(bytes),
+                        content_type: None,
+                        digest: digest.clone(),
+                    });
+                }
+                let fetched = client.manifest(reference, &digest.to_string()).await?;
+                if let Some(c) = cache {
+                    if let Err(e) = c.put_manifest(digest, &fetched.bytes) {
+                        tracing::warn!(digest = %digest, "cannot keep the manifest in the node cache: {e:#}");
+                    }
+                }
+                Ok(fetched)
             }
             Source::Layout { store, label, .. } => {
                 let bytes = store
@@ -146,9 +176,9 @@ impl Source {
     /// `None` when nothing has that tag.
     pub async fn tagged(&self, tag: &str) -> Result<Option<FetchedManifest>> {
         match self {
-            Source::Registry { client, reference } => {
-                client.manifest_for_pull_if_any(reference, tag).await
-            }
+            Source::Registry {
+                client, reference, ..
+            } => client.manifest_for_pull_if_any(reference, tag).await,
             Source::Layout { store, label, .. } => {
                 let index = layout_index(store, label)?;
                 match index.manifests.iter().find(|d| {
@@ -165,7 +195,9 @@ impl Source {
     /// Opens blob `desc` as an unverified stream (see `fetch` for checks).
     pub async fn blob(&self, desc: &Descriptor) -> Result<ByteStream> {
         match self {
-            Source::Registry { client, reference } => client.blob(reference, &desc.digest).await,
+            Source::Registry {
+                client, reference, ..
+            } => client.blob(reference, &desc.digest).await,
             Source::Layout { store, label, .. } => store
                 .open(&blob_path(&desc.digest))
                 .await
@@ -188,9 +220,17 @@ impl Source {
     /// `None` when this source cannot (local files do not break mid-read).
     pub async fn resume(&self, desc: &Descriptor, offset: u64) -> Option<Result<ByteStream>> {
         match self {
-            Source::Registry { client, reference } => {
-                Some(client.blob_from(reference, &desc.digest, offset).await)
-            }
+            Source::Registry {
+                client, reference, ..
+            } => Some(client.blob_from(reference, &desc.digest, offset).await),
+            _ => None,
+        }
+    }
+
+    /// The node cache registry blobs go through, if any.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        match self {
+            Source::Registry { cache, .. } => cache.as_ref(),
             _ => None,
         }
     }
@@ -210,9 +250,9 @@ impl Source {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
         match self {
-            Source::Registry { client, reference } => {
-                client.referrers(reference, digest, artifact_type).await
-            }
+            Source::Registry {
+                client, reference, ..
+            } => client.referrers(reference, digest, artifact_type).await,
             Source::Layout { store, label, .. } => {
                 let index = layout_index(store, label)?;
                 let mut found = Vec::new();

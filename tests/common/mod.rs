@@ -624,20 +624,11 @@ impl Registry {
     /// Runs `ocimodel push ARGS` against this registry; returns the digest
     /// it prints.
     pub fn ocimodel_push(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_ocimodel"))
-            .arg("push")
-            .args(args)
-            .env_clear()
-            .env("OCIMODEL_INSECURE_REGISTRIES", &self.addr)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "push {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        line.split_whitespace().next().unwrap().to_string()
+        let mut all = vec!["push"];
+        all.extend_from_slice(args);
+        let run = Ocimodel::new().insecure(self).run(&all);
+        run.assert_ok();
+        run.stdout().split_whitespace().next().unwrap().to_string()
     }
 
     /// Builds an artifact from a spec (tests/support/make_artifact.py) and

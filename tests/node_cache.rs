@@ -1,0 +1,217 @@
+//! The node cache (`OCIMODEL_CACHE_DIR`) against the real registry, whose
+//! access log counts every blob GET: concurrent pulls on one node download
+//! each blob once; a partial download left by a killed run resumes with
+//! `Range`; corrupted or planted entries are dropped and fetched again,
+//! never installed; a digest reference installs with the registry gone.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const SIZE: usize = 24 << 20;
+
+/// A registry holding one ORAS model: `weights.bin` (24 MiB, deterministic)
+/// and `config.json`. Returns the registry, the manifest digest and the
+/// weights' blob digest.
+fn model() -> (Registry, String, String, Vec<u8>) {
+    let reg = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let weights: Vec<u8> = (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(dir.path().join("weights.bin"), &weights).unwrap();
+    fs::write(dir.path().join("config.json"), b"{\"layers\": 2}\n").unwrap();
+    let digest = reg.ocimodel_push(&[
+        dir.path().to_str().unwrap(),
+        &format!("{}/models/big:v1", reg.addr),
+        "--format",
+        "oras",
+    ]);
+    let blob = format!("sha256:{}", sha256_hex(&weights));
+    (reg, digest, blob, weights)
+}
+
+fn cached(cache: &Path) -> Ocimodel {
+    Ocimodel::new().env("OCIMODEL_CACHE_DIR", cache)
+}
+
+fn blob_path(cache: &Path, digest: &str) -> PathBuf {
+    cache
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+#[track_caller]
+fn installed(dest: &Path, weights: &[u8]) {
+    assert_eq!(fs::read(dest.join("weights.bin")).unwrap(), weights);
+    Ocimodel::new()
+        .run(&["check", dest.to_str().unwrap()])
+        .assert_ok();
+}
+
+#[test]
+fn concurrent_pulls_on_one_node_download_each_blob_once() {
+    let (reg, _, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big:v1", reg.addr);
+    let mut pulls: Vec<_> = (0..4)
+        .map(|i| {
+            let dest = work.path().join(format!("pod{i}"));
+            let mut o = cached(&cache).insecure(&reg);
+            o.cmd.args([uri.as_str(), dest.to_str().unwrap()]);
+            o.cmd.stdout(std::process::Stdio::null());
+            o.cmd.stderr(std::process::Stdio::piped());
+            (o.cmd.spawn().unwrap(), o)
+        })
+        .collect();
+    for (child, _) in pulls.iter_mut() {
+        assert!(child.wait().unwrap().success());
+    }
+    for i in 0..4 {
+        installed(&work.path().join(format!("pod{i}")), &weights);
+    }
+    assert_eq!(
+        reg.blob_gets(&blob),
+        1,
+        "registry egress: one download per node"
+    );
+    // What the cache holds is exactly the blob, shared with group 0.
+    assert_eq!(sha256_file(&blob_path(&cache, &blob)), &blob[7..]);
+    assert_eq!(mode(&blob_path(&cache, &blob)) & 0o060, 0o060);
+    // A later pod on the node needs no download at all.
+    let later = work.path().join("later");
+    let run = cached(&cache)
+        .insecure(&reg)
+        .run(&[&uri, later.to_str().unwrap()]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains("from the node cache"),
+        "{}",
+        run.stderr()
+    );
+    installed(&later, &weights);
+    assert_eq!(reg.blob_gets(&blob), 1);
+}
+
+#[test]
+fn a_partial_download_resumes_with_range() {
+    let (reg, _, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // What a run killed at 60 % leaves: the verified prefix in ingest/.
+    let ingest = cache.join("ingest/sha256");
+    fs::create_dir_all(&ingest).unwrap();
+    let kept = SIZE * 6 / 10;
+    fs::write(ingest.join(&blob[7..]), &weights[..kept]).unwrap();
+    let dest = work.path().join("m");
+    let run = cached(&cache).insecure(&reg).run(&[
+        &format!("{}/models/big:v1", reg.addr),
+        dest.to_str().unwrap(),
+    ]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains(&format!("resume_at={kept}")),
+        "{}",
+        run.stderr()
+    );
+    installed(&dest, &weights);
+    // The registry served the rest only: one 206 of the missing bytes.
+    let log = reg.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{blob} HTTP")))
+        .expect("one blob GET");
+    assert!(
+        line.contains(&format!("\" 206 {} ", SIZE - kept)),
+        "not a ranged GET of the missing {} bytes: {line}",
+        SIZE - kept
+    );
+    assert!(
+        !ingest.join(&blob[7..]).exists(),
+        "the partial was committed"
+    );
+    assert!(blob_path(&cache, &blob).exists());
+}
+
+#[test]
+fn corrupted_planted_or_garbage_entries_are_dropped_and_fetched_again() {
+    let (reg, _, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big:v1", reg.addr);
+    let pull = |name: &str| {
+        let dest = work.path().join(name);
+        let run = cached(&cache)
+            .insecure(&reg)
+            .run(&[&uri, dest.to_str().unwrap()]);
+        run.assert_ok();
+        installed(&dest, &weights);
+        run
+    };
+    pull("first");
+    assert_eq!(reg.blob_gets(&blob), 1);
+    // Disk rot or a co-tenant: one byte flipped in the committed blob.
+    let entry = blob_path(&cache, &blob);
+    let mut bytes = fs::read(&entry).unwrap();
+    bytes[SIZE / 2] ^= 1;
+    fs::write(&entry, &bytes).unwrap();
+    let run = pull("after-corruption");
+    assert!(
+        run.stderr().contains("was corrupted; it was dropped"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(reg.blob_gets(&blob), 2);
+    assert_eq!(
+        sha256_file(&entry),
+        &blob[7..],
+        "the entry was fetched again"
+    );
+    // A planted entry of the right size and other content: the same.
+    fs::write(&entry, vec![0u8; SIZE]).unwrap();
+    pull("after-plant");
+    assert_eq!(reg.blob_gets(&blob), 3);
+    // A garbage partial download: replayed, refused, and fetched afresh.
+    fs::remove_file(&entry).unwrap();
+    fs::write(
+        cache.join("ingest/sha256").join(&blob[7..]),
+        vec![1u8; 1000],
+    )
+    .unwrap();
+    pull("after-garbage-partial");
+    assert_eq!(sha256_file(&entry), &blob[7..]);
+}
+
+#[test]
+fn a_digest_reference_installs_with_the_registry_gone() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big@{digest}", reg.addr);
+    let first = work.path().join("first");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[&uri, first.to_str().unwrap()])
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    let offline = work.path().join("offline");
+    let run = cached(&cache)
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .run(&[&uri, offline.to_str().unwrap()]);
+    run.assert_ok();
+    installed(&offline, &weights);
+    // A tag still needs the registry to say what it means.
+    Ocimodel::new()
+        .env("OCIMODEL_CACHE_DIR", &cache)
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .run(&[
+            &format!("{addr}/models/big:v1"),
+            work.path().join("tag").to_str().unwrap(),
+        ])
+        .assert_fails_with(&["cannot reach registry"]);
+}
