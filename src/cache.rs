@@ -24,6 +24,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,18 @@ pub struct Cache {
     root: PathBuf,
     max: Option<u64>,
     lock_wait: Duration,
+    /// Blobs and bytes this process read from the cache (hits) and
+    /// downloaded into it (misses), for logs and metrics.
+    counts: [AtomicU64; 4],
+}
+
+/// What [`Cache::stats`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub hit_blobs: u64,
+    pub hit_bytes: u64,
+    pub miss_blobs: u64,
+    pub miss_bytes: u64,
 }
 
 /// A blob's lock, held for as long as this lives.
@@ -86,7 +99,25 @@ impl Cache {
             root: root.to_path_buf(),
             max,
             lock_wait,
+            counts: Default::default(),
         })
+    }
+
+    /// Counts a blob served from the cache (`hit`) or downloaded into it.
+    pub fn record(&self, hit: bool, bytes: u64) {
+        let i = if hit { 0 } else { 2 };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.counts[i + 1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let n = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        Stats {
+            hit_blobs: n(0),
+            hit_bytes: n(1),
+            miss_blobs: n(2),
+            miss_bytes: n(3),
+        }
     }
 
     fn path(&self, area: &str, digest: &Digest) -> PathBuf {

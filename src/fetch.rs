@@ -168,14 +168,17 @@ async fn open_blob(
     };
     match cache.begin(&desc.digest).await? {
         Entry::Hit { file, _lock } => {
+            cache.record(true, desc.size);
             tracing::info!(blob = %desc.digest, size = desc.size, "from the node cache");
             Ok((file_stream(file, _lock), None, true))
         }
         Entry::Miss(ingest) if ingest.offset == 0 => {
+            cache.record(false, desc.size);
             tracing::info!(blob = %desc.digest, size = desc.size, "from the network, into the node cache");
             Ok((source.blob(desc).await?, Some(ingest), false))
         }
         Entry::Miss(ingest) => {
+            cache.record(false, desc.size - ingest.offset.min(desc.size));
             tracing::info!(blob = %desc.digest, size = desc.size, resume_at = ingest.offset, "resuming a partial download from the node cache");
             let replay = file_stream(ingest.prefix()?, ());
             let rest = match source.resume(desc, ingest.offset).await {

@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_files: u64,
     /// Longest wait for another run's lock on DEST (`OCIMODEL_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
+    /// How an existing install is checked (`OCIMODEL_RECHECK`).
+    pub recheck: Recheck,
     /// The node cache (`OCIMODEL_CACHE_DIR`), shared by every model.
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// Which signatures to require (shared by every model of the run).
@@ -72,6 +74,7 @@ impl Default for Settings {
             max_files: crate::config::DEFAULT_MAX_FILES,
             lock_timeout: Duration::from_secs(crate::config::DEFAULT_LOCK_TIMEOUT),
             cache: None,
+            recheck: Recheck::Size,
             verify: Arc::new(Policy::default()),
         }
     }
@@ -152,7 +155,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     if policy.is_off() {
         let dest = Dest::open(&job.dest, settings.lock_timeout).await?;
         if let Some(d) = job.target.pinned_digest() {
-            if let Some(marker) = up_to_date(&dest, job, d, &selection) {
+            if let Some(marker) = up_to_date(&dest, job, d, &selection, settings.recheck) {
                 return Ok(Outcome::up_to_date(marker));
             }
         }
@@ -177,7 +180,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         Some(d) => d,
         None => Dest::open(&job.dest, settings.lock_timeout).await?,
     };
-    if let Some(marker) = up_to_date(&dest, job, &top.digest, &selection) {
+    if let Some(marker) = up_to_date(&dest, job, &top.digest, &selection, settings.recheck) {
         return Ok(Outcome::up_to_date(marker));
     }
     let planned = plan(&source, top, settings).await?;
@@ -217,11 +220,43 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     }
 }
 
-/// The marker when DEST already holds `digest` with these settings.
-fn up_to_date(dest: &Dest, job: &Job, digest: &Digest, selection: &str) -> Option<Marker> {
+/// The marker when DEST already holds `digest` with these settings: every
+/// file present with its size, and with `OCIMODEL_RECHECK=digest` its
+/// digest too (a LocalModelCache job must not trust a folder that exists);
+/// anything that differs is replaced by installing again.
+fn up_to_date(
+    dest: &Dest,
+    job: &Job,
+    digest: &Digest,
+    selection: &str,
+    recheck: Recheck,
+) -> Option<Marker> {
     let marker = dest.complete_for(digest, selection)?;
+    if recheck == Recheck::Digest {
+        match crate::install::check_tree(dest.path()) {
+            Ok((_, problems)) if problems.is_empty() => {}
+            Ok((_, problems)) => {
+                tracing::warn!(uri = %job.uri, dest = %dest.path().display(), differences = problems.len(), "the installed tree differs from its marker ({}); installing again", problems.join("; "));
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(uri = %job.uri, dest = %dest.path().display(), "cannot recheck the installed tree ({e:#}); installing again");
+                return None;
+            }
+        }
+    }
     tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %digest, "already installed; nothing to do");
     Some(marker)
+}
+
+/// How an existing install is checked before it counts (`OCIMODEL_RECHECK`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recheck {
+    /// Marker, digest and settings match; every file there with its size.
+    #[default]
+    Size,
+    /// The same, and every file re-hashed against the marker.
+    Digest,
 }
 
 /// A plan with nothing to install is an error that says why.

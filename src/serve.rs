@@ -121,6 +121,8 @@ struct Metrics {
     verification_failures: Family<Labels, Counter>,
     duration: Family<Labels, Histogram>,
     ready: Family<Labels, Gauge>,
+    cache_blobs: Family<Labels, Gauge>,
+    cache_bytes: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -169,6 +171,18 @@ impl Metrics {
             "1 when the model is installed and its DEST matches its marker",
             ready.clone(),
         );
+        let cache_blobs = Family::default();
+        registry.register(
+            "cache_blobs",
+            "Blobs this process read from the node cache (result=hit) or downloaded into it (result=miss)",
+            cache_blobs.clone(),
+        );
+        let cache_bytes = Family::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes this process read from the node cache (result=hit) or downloaded into it (result=miss)",
+            cache_bytes.clone(),
+        );
         Metrics {
             registry,
             bytes,
@@ -177,6 +191,8 @@ impl Metrics {
             verification_failures,
             duration,
             ready,
+            cache_blobs,
+            cache_bytes,
         }
     }
 }
@@ -184,6 +200,7 @@ impl Metrics {
 struct State {
     models: Vec<Model>,
     metrics: Metrics,
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl State {
@@ -211,6 +228,23 @@ impl State {
                     ("dest".into(), m.job.dest.display().to_string()),
                 ])
                 .set(r.is_ready() as i64);
+        }
+        if let Some(c) = &self.cache {
+            let st = c.stats();
+            for (result, blobs, bytes) in [
+                ("hit", st.hit_blobs, st.hit_bytes),
+                ("miss", st.miss_blobs, st.miss_bytes),
+            ] {
+                let label = vec![("result".to_string(), result.to_string())];
+                self.metrics
+                    .cache_blobs
+                    .get_or_create(&label)
+                    .set(blobs as i64);
+                self.metrics
+                    .cache_bytes
+                    .get_or_create(&label)
+                    .set(bytes as i64);
+            }
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
@@ -392,6 +426,7 @@ pub async fn run(
             })
             .collect(),
         metrics: Metrics::new(),
+        cache: settings.cache.clone(),
     });
     raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(options.listen)

@@ -44,6 +44,10 @@ fn manifests_are_valid() {
     for expected in [
         "ClusterStorageContainer/ocimodel",
         "ClusterStorageContainer/ocimodel-oci",
+        "ClusterStorageContainer/ocimodel-localmodel",
+        "LocalModelNodeGroup/gpu-nodes",
+        "LocalModelCache/mnist",
+        "Pod/mnist-node-cache",
         "InferenceService/mobilenet",
         "InferenceService/base-and-adapter",
         "InferenceService/private-mnist",

@@ -215,3 +215,102 @@ fn a_digest_reference_installs_with_the_registry_gone() {
         ])
         .assert_fails_with(&["cannot reach registry"]);
 }
+
+/// A LocalModelCache job's rerun must not trust a folder that exists:
+/// with OCIMODEL_RECHECK=digest every file is re-hashed and what differs is
+/// installed again; the default (size) trusts same-size files.
+#[test]
+fn a_rerun_with_digest_recheck_repairs_the_tree() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dest = work.path().join("mnt/models");
+    let uri = format!("{}/models/big@{digest}", reg.addr);
+    let pull = |recheck: &str| {
+        cached(&cache)
+            .insecure(&reg)
+            .env("OCIMODEL_RECHECK", recheck)
+            .run(&[&uri, dest.to_str().unwrap()])
+    };
+    pull("digest").assert_ok();
+    // Same size, other bytes (disk rot, a tenant's edit).
+    let mut damaged = weights.clone();
+    damaged[7] ^= 0xff;
+    fs::write(dest.join("weights.bin"), &damaged).unwrap();
+    let run = pull("size");
+    run.assert_ok();
+    assert!(
+        run.stderr().contains("already installed"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(fs::read(dest.join("weights.bin")).unwrap(), damaged);
+    let run = pull("digest");
+    run.assert_ok();
+    assert!(
+        run.stderr()
+            .contains("the installed tree differs from its marker"),
+        "{}",
+        run.stderr()
+    );
+    installed(&dest, &weights);
+    // Repaired from the node cache, not the registry.
+    assert!(
+        run.stderr().contains("from the node cache"),
+        "{}",
+        run.stderr()
+    );
+    assert!(pull("digest").stderr().contains("already installed"));
+}
+
+/// The sidecar's metrics say what came from the node cache.
+#[test]
+fn the_sidecar_reports_cache_hits_and_misses() {
+    let (reg, _, _, _) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big:v1", reg.addr);
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[&uri, work.path().join("first").to_str().unwrap()])
+        .assert_ok();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut sidecar = cached(&cache)
+        .insecure(&reg)
+        .env("OCIMODEL_MODE", "sidecar")
+        .env("OCIMODEL_LISTEN", &addr)
+        .spawn(&[&uri, work.path().join("second").to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let up = std::net::TcpStream::connect(&addr).is_ok();
+        if up && http_get(&addr, "/readyz", &[]).status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let metrics = String::from_utf8(http_get(&addr, "/metrics", &[]).body).unwrap();
+    let _ = sidecar.child.kill();
+    let _ = sidecar.child.wait();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(
+        value("ocimodel_cache_blobs{result=\"hit\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("ocimodel_cache_blobs{result=\"miss\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(value("ocimodel_cache_bytes{result=\"hit\"}") >= SIZE as f64);
+}

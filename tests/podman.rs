@@ -10,6 +10,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -337,5 +338,190 @@ fn signed_modelcar_with_the_key_from_a_configmap() {
         reg.log()
             .contains(&format!("GET /v2/models/signed-car/manifests/{tag}")),
         "the init container looked up the signature"
+    );
+}
+
+/// Plays one pod from YAML text and waits for container `wait_for`; returns
+/// its exit code and log.
+fn play_and_wait(
+    podman: &Podman,
+    work: &Path,
+    name: &str,
+    yaml: &str,
+    wait_for: &str,
+) -> (String, String) {
+    let file = work.join(format!("{name}.yaml"));
+    fs::write(&file, yaml).unwrap();
+    podman.ok(&["kube", "play", file.to_str().unwrap()], work);
+    let code = podman.ok(&["wait", wait_for], work);
+    let logs = podman.run(&["logs", wait_for], work);
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    (code.trim().to_string(), logs)
+}
+
+/// KServe's LocalModelCache flow with ocimodel's ClusterStorageContainer:
+/// the node agent's download Job (here: a pod with the CSC's container and
+/// args [uri, /mnt/models], on a hostPath "node PVC" at the model's subPath)
+/// fills the node's copy; two serving pods with other UIDs in group 0 mount
+/// it read-only and read every file. A second Job (the agent re-creates
+/// them) re-hashes the tree and downloads nothing.
+#[test]
+fn localmodelcache_job_fills_a_node_volume_that_other_uids_serve() {
+    let podman = Podman::new();
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    build_ocimodel_image(&podman, work.path());
+    let car_ref = format!("{}/models/cached:v1", reg.addr);
+    let digest = push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
+    let uri = format!("ocimodel://{}/models/cached@{digest}", reg.addr);
+    // The node's volume, as the LocalModelNodeGroup's hostPath PV gives it.
+    let node = work.path().join("node-models");
+    fs::create_dir_all(node.join("models/key0123456789abcd")).unwrap();
+    fs::set_permissions(&node, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(node.join("models"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(
+        node.join("models/key0123456789abcd"),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    // The download Job's pod: the CSC's container, as KServe's agent builds it.
+    let job = |name: &str| {
+        let script = r#"
+import sys, yaml
+csc = yaml.safe_load(open(sys.argv[1]))
+c = csc["spec"]["container"]
+c["image"] = "localhost/ocimodel:e2e"
+c["args"] = [sys.argv[2], "/mnt/models"]
+c["env"] = [e for e in c["env"] if "valueFrom" not in e] + [{"name": "OCIMODEL_INSECURE_REGISTRIES", "value": sys.argv[3]}]
+# KServe mounts the PVC with subPath models/<key>; podman 4.3's kube play
+# ignores subPath on hostPath volumes, so the hostPath names that folder.
+c["volumeMounts"] = [{"name": "kserve-pvc-source", "mountPath": "/mnt/models"}]
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": sys.argv[4]},
+       "spec": {"hostNetwork": True, "restartPolicy": "Never",
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 0, "fsGroup": 1000},
+                "containers": [c],
+                "volumes": [{"name": "kserve-pvc-source", "hostPath": {"path": sys.argv[5], "type": "Directory"}}]}}
+print(yaml.safe_dump(pod))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(repo_root().join("manifests/cluster-storage-container-localmodel.yaml"))
+            .args([
+                &uri,
+                &reg.addr,
+                name,
+                node.join("models/key0123456789abcd").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (code, logs) = play_and_wait(
+        &podman,
+        work.path(),
+        "download",
+        &job("download"),
+        "download-storage-initializer",
+    );
+    assert_eq!(code, "0", "the download job failed:\n{logs}");
+    let copy = node.join("models/key0123456789abcd");
+    assert_eq!(sha256_file(&copy.join("1/model.onnx")), MNIST_SHA256);
+    assert_eq!(
+        reg.blob_gets(&format!("sha256:{MNIST_SHA256}")),
+        0,
+        "a modelcar has one tar layer, not the file blob"
+    );
+    // Two serving pods, other UIDs in group 0, the copy mounted read-only.
+    for (name, uid) in [("server-a", 1000930000u32), ("server-b", 1000940000)] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  securityContext:\n    runAsUser: {uid}\n    runAsGroup: 0\n  containers:\n    - name: server\n      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]\n      securityContext:\n        readOnlyRootFilesystem: true\n        capabilities: {{drop: [\"ALL\"]}}\n      volumeMounts:\n        - {{name: models, mountPath: /mnt/models, readOnly: true}}\n  volumes:\n    - name: models\n      hostPath: {{path: {}, type: Directory}}\n",
+            copy.display()
+        );
+        let (code, logs) =
+            play_and_wait(&podman, work.path(), name, &pod, &format!("{name}-server"));
+        assert_eq!(code, "0", "{name} could not read the cached model:\n{logs}");
+        assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+        podman.ok(&["pod", "rm", "-f", name], work.path());
+    }
+    // The agent re-creates the Job: it re-hashes, finds it complete, fetches nothing.
+    podman.ok(&["pod", "rm", "-f", "download"], work.path());
+    let layer_gets = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"GET ") && l.contains("/blobs/"))
+            .count()
+    };
+    let before = layer_gets(&reg.log());
+    let (code, logs) = play_and_wait(
+        &podman,
+        work.path(),
+        "again",
+        &job("again"),
+        "again-storage-initializer",
+    );
+    assert_eq!(code, "0", "{logs}");
+    assert!(logs.contains("already installed"), "{logs}");
+    assert_eq!(layer_gets(&reg.log()), before, "the rerun downloaded blobs");
+}
+
+/// manifests/pod-node-cache.yaml under podman: two pods on one "node" share
+/// the hostPath cache; the second downloads nothing and its server reads
+/// the model.
+#[test]
+fn pods_on_one_node_share_the_node_cache() {
+    let podman = Podman::new();
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    build_ocimodel_image(&podman, work.path());
+    reg.oras_push_mnist("models/mnist:v1");
+    let digest = reg.digest_of("models/mnist", "v1");
+    let cache = work.path().join("var-lib-ocimodel");
+    fs::create_dir_all(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(1000930000), Some(0)).unwrap();
+    let yaml = fs::read_to_string(repo_root().join("manifests/pod-node-cache.yaml")).unwrap();
+    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
+    assert!(
+        yaml.contains(server),
+        "pod-node-cache.yaml changed; update this test"
+    );
+    let pod = |name: &str| {
+        yaml.replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
+            .replace(
+                "registry.example.com/models/mnist@sha256:52154286252844566c1028dc579c5a157e7a012e41e683e35ded7a5410fe60aa",
+                &format!("{}/models/mnist@{digest}", reg.addr),
+            )
+            .replace(
+                "        - {name: OCIMODEL_CACHE_MAX, value: 500G}\n",
+                &format!("        - {{name: OCIMODEL_CACHE_MAX, value: 500G}}\n        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: \"{}\"}}\n", reg.addr),
+            )
+            .replace(server, "      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]")
+            .replace("path: /var/lib/ocimodel, type: DirectoryOrCreate", &format!("path: {}, type: Directory", cache.display()))
+            .replace("name: mnist-node-cache", &format!("name: {name}"))
+            .replace("spec:\n  securityContext:", "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:")
+    };
+    for name in ["first", "second"] {
+        let (code, logs) = play_and_wait(
+            &podman,
+            work.path(),
+            name,
+            &pod(name),
+            &format!("{name}-server"),
+        );
+        assert_eq!(code, "0", "{logs}");
+        assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+        podman.ok(&["pod", "rm", "-f", name], work.path());
+    }
+    assert_eq!(
+        reg.blob_gets(&format!("sha256:{MNIST_SHA256}")),
+        1,
+        "one download for the node"
     );
 }

@@ -327,6 +327,12 @@ pub(super) struct PullArgs {
     #[arg(long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
     pub(super) cache_max: Option<u64>,
 
+    /// How a DEST that already holds the model is checked: size (every file
+    /// there with its size) or digest (every file re-hashed; what differs is
+    /// installed again).
+    #[arg(long, env = "OCIMODEL_RECHECK", value_enum, default_value_t = RecheckMode::Size)]
+    pub(super) recheck: RecheckMode,
+
     /// Seconds to wait for another ocimodel holding the same DEST's lock.
     #[arg(long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = config::DEFAULT_LOCK_TIMEOUT)]
     pub(super) lock_timeout: u64,
@@ -412,6 +418,13 @@ impl From<VerifyMode> for verify::Mode {
     }
 }
 
+/// `OCIMODEL_RECHECK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum RecheckMode {
+    Size,
+    Digest,
+}
+
 /// How `push` packages a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum PushFormat {
@@ -493,6 +506,10 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
         max_expanded: args.max_expanded.unwrap_or(u64::MAX),
         max_files: args.max_files,
         lock_timeout: Duration::from_secs(args.lock_timeout),
+        recheck: match args.recheck {
+            RecheckMode::Size => crate::pull::Recheck::Size,
+            RecheckMode::Digest => crate::pull::Recheck::Digest,
+        },
         cache: args
             .cache_dir
             .as_deref()
