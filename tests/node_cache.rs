@@ -314,3 +314,98 @@ fn the_sidecar_reports_cache_hits_and_misses() {
     );
     assert!(value("ocimodel_cache_bytes{result=\"hit\"}") >= SIZE as f64);
 }
+
+/// A loopback proxy that relays to `upstream` at about `rate` bytes per
+/// second per connection (a slow link), so a pull can be killed mid-blob.
+fn slow_proxy(upstream: &str, rate: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; rate / 20];
+                loop {
+                    match s_in.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if c_out.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// SIGKILL mid-blob (as an OOM kill or an eviction would), then a rerun
+/// against the registry: it resumes from what the killed run had, with one
+/// ranged GET for the rest.
+#[test]
+fn a_pull_killed_mid_blob_resumes_on_the_next_run() {
+    let (reg, digest, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let proxy = slow_proxy(&reg.addr, 8 << 20);
+    // The proxy passes the registry's answers through, so the manifest
+    // names the same blobs; only the link is slow.
+    let partial = cache.join("ingest/sha256").join(&blob[7..]);
+    let mut killed = cached(&cache)
+        .env("OCIMODEL_INSECURE_REGISTRIES", &proxy)
+        .spawn(&[
+            &format!("{proxy}/models/big@{digest}"),
+            work.path().join("killed").to_str().unwrap(),
+        ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let kept = loop {
+        let len = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if len > (SIZE / 4) as u64 {
+            break len;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    let kept_now = fs::metadata(&partial).unwrap().len();
+    assert!(kept_now >= kept && kept_now < SIZE as u64, "{kept_now}");
+
+    let dest = work.path().join("m");
+    let run = cached(&cache).insecure(&reg).run(&[
+        &format!("{}/models/big@{digest}", reg.addr),
+        dest.to_str().unwrap(),
+    ]);
+    run.assert_ok();
+    installed(&dest, &weights);
+    let log = reg.log();
+    let ranged: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"GET ")
+                && l.contains(&format!("/blobs/{blob} HTTP"))
+                && l.contains("\" 206 ")
+        })
+        .collect();
+    assert_eq!(ranged.len(), 1, "{ranged:?}");
+    assert!(
+        ranged[0].contains(&format!("\" 206 {} ", SIZE as u64 - kept_now)),
+        "the rerun fetched more than the missing bytes: {}",
+        ranged[0]
+    );
+}
