@@ -49,6 +49,11 @@ pub struct Cache {
     /// Blobs and bytes this process read from the cache (hits) and
     /// downloaded into it (misses), for logs and metrics.
     counts: [AtomicU64; 4],
+    /// Only blobs at least this big go through it (0: all).
+    pub min_size: u64,
+    /// Partial downloads only (DEST's own, without a node cache): a
+    /// verified blob is not kept, just its download while it runs.
+    transient: bool,
 }
 
 /// What [`Cache::stats`] reports.
@@ -75,6 +80,7 @@ pub enum Entry {
 
 /// A download in progress into the cache.
 pub struct Ingest {
+    transient: bool,
     cache_root: PathBuf,
     digest: Digest,
     partial: File,
@@ -100,6 +106,27 @@ impl Cache {
             max,
             lock_wait,
             counts: Default::default(),
+            min_size: 0,
+            transient: false,
+        })
+    }
+
+    /// DEST's own partial downloads, when there is no node cache: blobs of
+    /// at least `min_size` are kept as they download in `root` (a private
+    /// directory under `DEST/.ocimodel`, reached through its descriptor), so
+    /// a run killed at 90 % resumes; once verified they are not kept.
+    pub fn partials(root: &Path, min_size: u64, lock_wait: Duration) -> Result<Cache> {
+        for sub in ["blobs", "ingest", "locks", "manifests"] {
+            let dir = root.join(sub).join("sha256");
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+            max: None,
+            lock_wait,
+            counts: Default::default(),
+            min_size,
+            transient: true,
         })
     }
 
@@ -129,6 +156,9 @@ impl Cache {
 
     /// A manifest by digest, checked; a bad entry is dropped.
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
+        if self.transient {
+            return None;
+        }
         let path = self.path("manifests", digest);
         let bytes = crate::dirfd::read_small_file(&path, MAX_SMALL, false).ok()?;
         if Digest::of(digest.algorithm(), &bytes) != *digest {
@@ -141,6 +171,9 @@ impl Cache {
 
     /// Keeps a manifest whose digest the caller verified.
     pub fn put_manifest(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        if self.transient {
+            return Ok(());
+        }
         let path = self.path("manifests", digest);
         if path.exists() {
             return Ok(());
@@ -154,6 +187,13 @@ impl Cache {
     /// Looks a blob up: a hit, or the right to download it (waiting while
     /// another process downloads it, then reading what it committed).
     pub async fn begin(&self, digest: &Digest) -> Result<Entry> {
+        if self.transient {
+            // Nothing is kept: straight to the (resumable) download.
+            let lock_path = self.path("locks", digest);
+            let lock = open_lock(&lock_path)?;
+            flock_wait(&lock, libc::LOCK_EX, self.lock_wait, &lock_path).await?;
+            return self.ingest(digest, lock);
+        }
         let lock_path = self.path("locks", digest);
         let blob = self.path("blobs", digest);
         let lock = open_lock(&lock_path)?;
@@ -170,6 +210,11 @@ impl Cache {
             touch(&file);
             return Ok(Entry::Hit { file, _lock: lock });
         }
+        self.ingest(digest, lock)
+    }
+
+    /// Opens (creating) the ingest file of `digest`, under its lock.
+    fn ingest(&self, digest: &Digest, lock: Lock) -> Result<Entry> {
         let partial_path = self.path("ingest", digest);
         let partial = OpenOptions::new()
             .read(true)
@@ -183,8 +228,11 @@ impl Cache {
         if !md.is_file() {
             bail!("{} is not a regular file", partial_path.display());
         }
-        let _ = partial.set_permissions(fs::Permissions::from_mode(shared_mode(0o644, false)));
+        if !self.transient {
+            let _ = partial.set_permissions(fs::Permissions::from_mode(shared_mode(0o644, false)));
+        }
         Ok(Entry::Miss(Ingest {
+            transient: self.transient,
             cache_root: self.root.clone(),
             digest: digest.clone(),
             partial,
@@ -250,7 +298,12 @@ impl Ingest {
 
     /// Commits the verified blob: flushed, renamed into `blobs/`, the
     /// directory flushed, so an entry counts as complete only when it is.
+    /// (A transient cache just forgets it: it was delivered.)
     pub fn commit(self) -> Result<()> {
+        if self.transient {
+            self.discard();
+            return Ok(());
+        }
         self.partial.sync_all()?;
         let from = self
             .cache_root

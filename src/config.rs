@@ -22,6 +22,7 @@ pub const DEFAULT_RETRIES: u32 = 5;
 pub const DEFAULT_MIN_RATE: &str = "1K";
 pub const DEFAULT_MAX_FILES: u64 = 100_000;
 pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
+pub const DEFAULT_RESUME_MIN: u64 = 4 << 30;
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
@@ -48,6 +49,7 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_PLATFORM",
     "OCIMODEL_PROGRESS_INTERVAL",
     "OCIMODEL_RECHECK",
+    "OCIMODEL_RESUME_MIN",
     "OCIMODEL_REQUIRE_DIGEST",
     "OCIMODEL_RETRIES",
     "OCIMODEL_SIDECAR_EXIT_ON_FAILURE",

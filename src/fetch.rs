@@ -163,7 +163,7 @@ async fn open_blob(
         let stream: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from(bytes))]));
         return Ok((stream, None, false));
     }
-    let Some(cache) = source.cache() else {
+    let Some(cache) = source.cache().filter(|c| desc.size >= c.min_size) else {
         return Ok((source.blob(desc).await?, None, false));
     };
     match cache.begin(&desc.digest).await? {

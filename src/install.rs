@@ -88,6 +88,8 @@ pub struct Dest {
     dir: Dir,
     book: Dir,
     _lock: fs::File,
+    /// Directories whose `/proc/self/fd` paths are in use.
+    _pinned: std::sync::Mutex<Vec<Dir>>,
 }
 
 impl Dest {
@@ -106,6 +108,7 @@ impl Dest {
             dir,
             book,
             _lock: lock,
+            _pinned: std::sync::Mutex::new(Vec::new()),
         };
         dest.recover()?;
         Ok(dest)
@@ -177,6 +180,26 @@ impl Dest {
     /// selection, and every recorded file still present with its size.
     pub fn complete_for(&self, digest: &Digest, selection: &str) -> Option<Marker> {
         installed(&self.path, Some(digest), Some(selection)).ok()
+    }
+
+    /// `DEST/.ocimodel/partials`: a private directory (0700) for downloads
+    /// that must survive this process, reached through its descriptor.
+    pub fn partials_dir(&self) -> Result<PathBuf> {
+        let name = "partials";
+        self.book.mkdir(name, 0o700)?;
+        let dir = self.book.open_dir(name).with_context(|| {
+            format!(
+                "{} is not a directory",
+                self.book.path().join(name).display()
+            )
+        })?;
+        if dir.metadata()?.uid() == unsafe { libc::geteuid() } {
+            dir.chmod(0o700)?;
+        }
+        let pinned = dir.pinned_path()?;
+        // The descriptor must outlive the pull: keep it open with the Dest.
+        self._pinned.lock().unwrap().push(dir);
+        Ok(pinned)
     }
 
     /// A fresh, empty staging directory, private to this process (0700)

@@ -49,6 +49,9 @@ pub struct Settings {
     pub max_files: u64,
     /// Longest wait for another run's lock on DEST (`OCIMODEL_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
+    /// Without a node cache, blobs at least this big are kept as they
+    /// download under DEST, to resume across runs (`OCIMODEL_RESUME_MIN`).
+    pub resume_min: Option<u64>,
     /// How an existing install is checked (`OCIMODEL_RECHECK`).
     pub recheck: Recheck,
     /// The node cache (`OCIMODEL_CACHE_DIR`), shared by every model.
@@ -74,6 +77,7 @@ impl Default for Settings {
             max_files: crate::config::DEFAULT_MAX_FILES,
             lock_timeout: Duration::from_secs(crate::config::DEFAULT_LOCK_TIMEOUT),
             cache: None,
+            resume_min: Some(crate::config::DEFAULT_RESUME_MIN),
             recheck: Recheck::Size,
             verify: Arc::new(Policy::default()),
         }
@@ -162,7 +166,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         opened = Some(dest);
     }
 
-    let source = Source::new(&job.target, || clients(), settings.cache.clone())?;
+    let mut source = Source::new(&job.target, || clients(), settings.cache.clone())?;
     let top = source.resolve().await?;
     if job.target.pinned_digest().is_none() {
         tracing::info!(uri = %job.uri, digest = %top.digest, "resolved reference to digest");
@@ -184,6 +188,24 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         return Ok(Outcome::up_to_date(marker));
     }
     let planned = plan(&source, top, settings).await?;
+    if let (None, Some(min), Target::Registry(_)) =
+        (&settings.cache, settings.resume_min, &job.target)
+    {
+        if planned.plan.steps.iter().any(|s| s.layer.size >= min) {
+            // No node cache: big downloads still survive a killed run, in
+            // DEST's own bookkeeping.
+            match dest.partials_dir() {
+                Ok(dir) => source.set_cache(Arc::new(crate::cache::Cache::partials(
+                    &dir,
+                    min,
+                    settings.lock_timeout,
+                )?)),
+                Err(e) => {
+                    tracing::warn!(dest = %dest.path().display(), "downloads will not resume across runs: {e:#}")
+                }
+            }
+        }
+    }
     for (layer, why) in &planned.plan.skipped {
         tracing::info!(uri = %job.uri, layer = %layer.describe(), "skipping layer: {why}");
     }

@@ -409,3 +409,75 @@ fn a_pull_killed_mid_blob_resumes_on_the_next_run() {
         ranged[0]
     );
 }
+
+/// Without a node cache, big downloads (OCIMODEL_RESUME_MIN) are kept as
+/// they arrive in DEST's own bookkeeping, so a killed init container's
+/// next run (the emptyDir survives container restarts) resumes too; once
+/// installed, nothing of them stays.
+#[test]
+fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
+    let (reg, digest, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("mnt/models");
+    let partial = dest
+        .join(".ocimodel/partials/ingest/sha256")
+        .join(&blob[7..]);
+    let proxy = slow_proxy(&reg.addr, 8 << 20);
+    let mut killed = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &proxy)
+        .env("OCIMODEL_RESUME_MIN", "1M")
+        .spawn(&[
+            &format!("{proxy}/models/big@{digest}"),
+            dest.to_str().unwrap(),
+        ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < (SIZE / 4) as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let kept = fs::metadata(&partial).unwrap().len();
+    assert_eq!(
+        mode(&dest.join(".ocimodel/partials")),
+        0o700,
+        "private to its writer"
+    );
+
+    let run = Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_RESUME_MIN", "1M")
+        .run(&[
+            &format!("{}/models/big@{digest}", reg.addr),
+            dest.to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains(&format!("resume_at={kept}")),
+        "{}",
+        run.stderr()
+    );
+    installed(&dest, &weights);
+    let log = reg.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("/blobs/{blob} HTTP"))
+                && l.contains(&format!("\" 206 {} ", SIZE as u64 - kept))),
+        "no ranged GET of the missing bytes:\n{log}"
+    );
+    assert!(!partial.exists(), "a delivered download is not kept");
+
+    // Below the threshold (default 4G), nothing is kept at all.
+    let small = work.path().join("small");
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big@{digest}", reg.addr),
+            small.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert!(!small.join(".ocimodel/partials").exists());
+}

@@ -327,6 +327,12 @@ pub(super) struct PullArgs {
     #[arg(long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
     pub(super) cache_max: Option<u64>,
 
+    /// Without a node cache: blobs at least this big (default 4G; 0 for all) are
+    /// kept as they download under DEST/.ocimodel, so a killed run resumes;
+    /// "off" for none.
+    #[arg(long = "resume-min", env = "OCIMODEL_RESUME_MIN", default_value = "4G", value_parser = parse_resume_min)]
+    pub(super) resume_min: ResumeMin,
+
     /// How a DEST that already holds the model is checked: size (every file
     /// there with its size) or digest (every file re-hashed; what differs is
     /// installed again).
@@ -506,6 +512,7 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
         max_expanded: args.max_expanded.unwrap_or(u64::MAX),
         max_files: args.max_files,
         lock_timeout: Duration::from_secs(args.lock_timeout),
+        resume_min: args.resume_min.0,
         recheck: match args.recheck {
             RecheckMode::Size => crate::pull::Recheck::Size,
             RecheckMode::Digest => crate::pull::Recheck::Digest,
@@ -634,6 +641,17 @@ pub(super) fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .parse::<u64>()
         .map(|n| n.saturating_mul(mult))
         .map_err(|_| format!("'{s}' is not a size"))
+}
+
+/// `OCIMODEL_RESUME_MIN`: a size, or off (`None`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ResumeMin(pub(super) Option<u64>);
+
+fn parse_resume_min(s: &str) -> std::result::Result<ResumeMin, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(ResumeMin(None));
+    }
+    parse_size(s).map(|n| ResumeMin(Some(n)))
 }
 
 pub(super) fn parse_owner(s: &str) -> Result<(u32, u32)> {

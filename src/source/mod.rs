@@ -227,6 +227,14 @@ impl Source {
         }
     }
 
+    /// Sends registry blobs through `c` from now on (DEST's own partial
+    /// downloads, when there is no node cache).
+    pub fn set_cache(&mut self, c: Arc<Cache>) {
+        if let Source::Registry { cache, .. } = self {
+            *cache = Some(c);
+        }
+    }
+
     /// The node cache registry blobs go through, if any.
     pub fn cache(&self) -> Option<&Arc<Cache>> {
         match self {
