@@ -481,3 +481,40 @@ fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
         .assert_ok();
     assert!(!small.join(".ocimodel/partials").exists());
 }
+
+/// The cache is shared by pods with other UIDs in group 0: what one
+/// downloaded, another reads (and can repair).
+#[test]
+fn pods_with_other_uids_in_group_zero_share_the_cache() {
+    require_root("acting as two UIDs");
+    let (reg, _, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big:v1", reg.addr);
+    for (uid, name) in [(1000930000, "a"), (1000940000, "b")] {
+        let run = cached(&cache)
+            .insecure(&reg)
+            .run_as(uid, 0)
+            .run(&[&uri, work.path().join(name).to_str().unwrap()]);
+        run.assert_ok();
+        installed(&work.path().join(name), &weights);
+    }
+    assert_eq!(reg.blob_gets(&blob), 1);
+    // The second UID can drop a bad entry the first one committed.
+    let entry = blob_path(&cache, &blob);
+    let mut bytes = fs::read(&entry).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&entry, &bytes).unwrap();
+    cached(&cache)
+        .insecure(&reg)
+        .run_as(1000940000, 0)
+        .run(&[&uri, work.path().join("c").to_str().unwrap()])
+        .assert_ok();
+    installed(&work.path().join("c"), &weights);
+    assert_eq!(sha256_file(&entry), &blob[7..]);
+}
