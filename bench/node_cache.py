@@ -18,7 +18,6 @@ Registry egress is the sum of the bytes the registry's access log records for bl
 import argparse
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,29 +31,11 @@ REPO = suite.REPO
 MiB = suite.MiB
 
 
-class LoggingRegistry:
-    """docker-registry with its access log, to count egress."""
+class LoggingRegistry(suite.Registry):
+    """The suite's registry with its access log, to count egress."""
 
     def __init__(self, work):
-        self.dir = work / "registry"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.addr = f"127.0.0.1:{suite.free_port()}"
-        cfg = self.dir / "config.yml"
-        cfg.write_text(
-            "version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\n"
-            f"storage: {{filesystem: {{rootdirectory: {self.dir / 'data'}}}}}\n"
-            f"http: {{addr: {self.addr}}}\n"
-        )
-        self.log = self.dir / "registry.log"
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)],
-                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        for _ in range(100):
-            try:
-                socket.create_connection(tuple(self.addr.split(":")), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("docker-registry did not start")
+        super().__init__(work, accesslog=True)
 
     def blob_bytes(self):
         """Bytes sent for blob GETs so far (combined log format: status then bytes)."""
@@ -64,10 +45,6 @@ class LoggingRegistry:
             if m:
                 total += int(m.group(2))
         return total
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
 
 
 def pods(ocimodel, uri, reg, work, n, cache):

@@ -72,18 +72,20 @@ def keystream(path, size, seed):
 
 
 class Registry:
-    def __init__(self, work):
+    def __init__(self, work, accesslog=False):
         self.dir = work / "registry"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.addr = f"127.0.0.1:{free_port()}"
         cfg = self.dir / "config.yml"
         cfg.write_text(
-            "version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\n"
+            f"version: 0.1\nlog: {{level: error, accesslog: {{disabled: {'false' if accesslog else 'true'}}}}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.dir / 'data'}}}}}\n"
             f"http: {{addr: {self.addr}}}\n"
         )
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.log = self.dir / "registry.log"
+        out = open(self.log, "wb") if accesslog else subprocess.DEVNULL
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=out,
+                                     stderr=subprocess.STDOUT)
         for _ in range(100):
             try:
                 socket.create_connection(tuple(self.addr.split(":")), timeout=0.2).close()

@@ -212,33 +212,27 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     refuse_empty(&planned.plan, settings)?;
     check_paths(&planned.plan)?;
     check_space(dest.path(), &planned.plan)?;
-    match install_planned(
-        job,
-        settings,
-        &source,
-        &dest,
-        &planned,
-        &selection,
-        &signatures,
-    )
-    .await
-    {
-        // A node-cache entry that failed its digest was dropped: once more,
-        // from the network.
-        Err(e) if e.downcast_ref::<crate::cache::StaleEntry>().is_some() => {
-            tracing::warn!(uri = %job.uri, "{e:#}; installing again");
-            install_planned(
-                job,
-                settings,
-                &source,
-                &dest,
-                &planned,
-                &selection,
-                &signatures,
-            )
-            .await
+    // A node-cache entry that failed its digest is dropped: then once more,
+    // from the network.
+    let mut retried = false;
+    loop {
+        let installed = install_planned(
+            job,
+            settings,
+            &source,
+            &dest,
+            &planned,
+            &selection,
+            &signatures,
+        )
+        .await;
+        match installed {
+            Err(e) if !retried && e.downcast_ref::<crate::cache::StaleEntry>().is_some() => {
+                tracing::warn!(uri = %job.uri, "{e:#}; installing again");
+                retried = true;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 

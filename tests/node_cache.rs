@@ -351,6 +351,45 @@ fn slow_proxy(upstream: &str, rate: usize) -> String {
     addr
 }
 
+/// Waits until `partial` holds a quarter of the blob, then SIGKILLs the
+/// pull (as an OOM kill or an eviction would); returns what it kept.
+fn kill_mid_blob(mut pull: Spawned, partial: &Path) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::metadata(partial).map(|m| m.len()).unwrap_or(0) < (SIZE / 4) as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    pull.child.kill().unwrap();
+    pull.child.wait().unwrap();
+    let kept = fs::metadata(partial).unwrap().len();
+    assert!(kept < SIZE as u64, "{kept}");
+    kept
+}
+
+/// The one ranged GET of `blob` in the registry's log is for exactly the
+/// bytes a killed run did not have.
+#[track_caller]
+fn fetched_only_the_rest(reg: &Registry, blob: &str, kept: u64) {
+    let log = reg.log();
+    let ranged: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"GET ")
+                && l.contains(&format!("/blobs/{blob} HTTP"))
+                && l.contains("\" 206 ")
+        })
+        .collect();
+    assert_eq!(ranged.len(), 1, "{ranged:?}");
+    assert!(
+        ranged[0].contains(&format!("\" 206 {} ", SIZE as u64 - kept)),
+        "the rerun fetched more than the missing bytes: {}",
+        ranged[0]
+    );
+}
+
 /// SIGKILL mid-blob (as an OOM kill or an eviction would), then a rerun
 /// against the registry: it resumes from what the killed run had, with one
 /// ranged GET for the rest.
@@ -363,28 +402,13 @@ fn a_pull_killed_mid_blob_resumes_on_the_next_run() {
     // The proxy passes the registry's answers through, so the manifest
     // names the same blobs; only the link is slow.
     let partial = cache.join("ingest/sha256").join(&blob[7..]);
-    let mut killed = cached(&cache)
+    let killed = cached(&cache)
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy)
         .spawn(&[
             &format!("{proxy}/models/big@{digest}"),
             work.path().join("killed").to_str().unwrap(),
         ]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let kept = loop {
-        let len = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if len > (SIZE / 4) as u64 {
-            break len;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the download never got going"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    killed.child.kill().unwrap(); // SIGKILL
-    killed.child.wait().unwrap();
-    let kept_now = fs::metadata(&partial).unwrap().len();
-    assert!(kept_now >= kept && kept_now < SIZE as u64, "{kept_now}");
+    let kept_now = kill_mid_blob(killed, &partial);
 
     let dest = work.path().join("m");
     let run = cached(&cache).insecure(&reg).run(&[
@@ -393,21 +417,7 @@ fn a_pull_killed_mid_blob_resumes_on_the_next_run() {
     ]);
     run.assert_ok();
     installed(&dest, &weights);
-    let log = reg.log();
-    let ranged: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("\"GET ")
-                && l.contains(&format!("/blobs/{blob} HTTP"))
-                && l.contains("\" 206 ")
-        })
-        .collect();
-    assert_eq!(ranged.len(), 1, "{ranged:?}");
-    assert!(
-        ranged[0].contains(&format!("\" 206 {} ", SIZE as u64 - kept_now)),
-        "the rerun fetched more than the missing bytes: {}",
-        ranged[0]
-    );
+    fetched_only_the_rest(&reg, &blob, kept_now);
 }
 
 /// Without a node cache, big downloads (OCIMODEL_RESUME_MIN) are kept as
@@ -423,24 +433,14 @@ fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
         .join(".ocimodel/partials/ingest/sha256")
         .join(&blob[7..]);
     let proxy = slow_proxy(&reg.addr, 8 << 20);
-    let mut killed = Ocimodel::new()
+    let killed = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy)
         .env("OCIMODEL_RESUME_MIN", "1M")
         .spawn(&[
             &format!("{proxy}/models/big@{digest}"),
             dest.to_str().unwrap(),
         ]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < (SIZE / 4) as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the download never got going"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    killed.child.kill().unwrap();
-    killed.child.wait().unwrap();
-    let kept = fs::metadata(&partial).unwrap().len();
+    let kept = kill_mid_blob(killed, &partial);
     assert_eq!(
         mode(&dest.join(".ocimodel/partials")),
         0o700,
@@ -461,13 +461,7 @@ fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
         run.stderr()
     );
     installed(&dest, &weights);
-    let log = reg.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains(&format!("/blobs/{blob} HTTP"))
-                && l.contains(&format!("\" 206 {} ", SIZE as u64 - kept))),
-        "no ranged GET of the missing bytes:\n{log}"
-    );
+    fetched_only_the_rest(&reg, &blob, kept);
     assert!(!partial.exists(), "a delivered download is not kept");
 
     // Below the threshold (default 4G), nothing is kept at all.
