@@ -379,6 +379,12 @@ where
         Err(e) if (from_cache || replayed) && crate::error::is_verification_failure(&e) => {
             Err(e.context(StaleEntry(desc.digest.clone())))
         }
+        Err(e) if crate::error::is_verification_failure(&e) => {
+            match source.blame_mirror(&desc.digest) {
+                Some(bad) => Err(e.context(bad)),
+                None => Err(e),
+            }
+        }
         Err(e) => Err(e),
         Ok(()) => consumed,
     }

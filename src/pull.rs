@@ -212,9 +212,9 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     refuse_empty(&planned.plan, settings)?;
     check_paths(&planned.plan)?;
     check_space(dest.path(), &planned.plan)?;
-    // A node-cache entry that failed its digest is dropped: then once more,
-    // from the network.
-    let mut retried = false;
+    // A node-cache entry or a mirror whose bytes failed their digest is
+    // dropped or skipped: then again, from the next host.
+    let mut retries = 0;
     loop {
         let installed = install_planned(
             job,
@@ -227,9 +227,13 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         )
         .await;
         match installed {
-            Err(e) if !retried && e.downcast_ref::<crate::cache::StaleEntry>().is_some() => {
+            Err(e)
+                if retries < 3
+                    && (e.downcast_ref::<crate::cache::StaleEntry>().is_some()
+                        || e.downcast_ref::<crate::registry::BadMirror>().is_some()) =>
+            {
                 tracing::warn!(uri = %job.uri, "{e:#}; installing again");
-                retried = true;
+                retries += 1;
             }
             other => return other,
         }

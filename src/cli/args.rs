@@ -170,6 +170,21 @@ pub(super) struct AccessArgs {
     )]
     pub(super) connect_timeout: u64,
 
+    /// containerd's registry hosts directory (hosts.toml per registry), for mirrors;
+    /// default /etc/containerd/certs.d (or k3s's) when it exists; "off" for none.
+    #[arg(long = "hosts-dir", env = "OCIMODEL_HOSTS_DIR")]
+    pub(super) hosts_dir: Option<String>,
+
+    /// A containers registries.conf (v2) for mirrors; default /etc/containers/registries.conf
+    /// and registries.conf.d/ when present; "off" for none.
+    #[arg(long = "registries-conf", env = "OCIMODEL_REGISTRIES_CONF")]
+    pub(super) registries_conf: Option<String>,
+
+    /// The node's IP (downward API status.hostIP): a mirror on the node's loopback
+    /// (Dragonfly's 127.0.0.1:4001) is reached there. Leave unset with hostNetwork.
+    #[arg(long = "node-ip", env = "OCIMODEL_NODE_IP")]
+    pub(super) node_ip: Option<String>,
+
     /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
     #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES)]
     pub(super) retries: u32,
@@ -607,16 +622,33 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
         connect_timeout: Some(Duration::from_secs(access.connect_timeout.max(1))),
         stall_timeout: Some(Duration::from_secs(access.stall_timeout.max(1))),
         min_rate: access.min_rate,
+        mirrors: crate::mirrors::Mirrors::default(),
+        node_ip: access.node_ip.clone().filter(|ip| !ip.trim().is_empty()),
         retries: access.retries,
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());
+    let (default_hosts, default_conf) = crate::mirrors::default_paths();
+    let off = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim() == "off");
+    let hosts_dir = match &access.hosts_dir {
+        _ if off(&access.hosts_dir) => None,
+        Some(d) if !d.trim().is_empty() => Some(PathBuf::from(d)),
+        _ => default_hosts,
+    };
+    let registries_conf = match &access.registries_conf {
+        _ if off(&access.registries_conf) => Vec::new(),
+        Some(f) if !f.trim().is_empty() => vec![PathBuf::from(f)],
+        _ => default_conf,
+    };
     let cell: Arc<OnceLock<Arc<RegistryClient>>> = Arc::new(OnceLock::new());
     Arc::new(move || {
         if let Some(c) = cell.get() {
             return Ok(c.clone());
         }
         let creds = sources.load()?;
-        let client = Arc::new(RegistryClient::new(creds, options.clone())?);
+        let mut options = options.clone();
+        options.mirrors = crate::mirrors::Mirrors::load(hosts_dir.as_deref(), &registries_conf)
+            .context("the node's registry mirror configuration")?;
+        let client = Arc::new(RegistryClient::new(creds, options)?);
         Ok(cell.get_or_init(|| client).clone())
     })
 }

@@ -40,6 +40,7 @@ use crate::digest::Digest;
 use crate::manifest::{
     Descriptor, Document, ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX,
 };
+use crate::mirrors::Endpoint;
 use crate::reference::ImageRef;
 
 /// What a request needs on the repository: the token scope it asks for,
@@ -100,6 +101,20 @@ pub struct ClientOptions {
     /// Attempts after the first for transient failures (connection errors,
     /// 429/502/503/504, a blob cut off mid-stream).
     pub retries: u32,
+    /// The node's mirror configuration (see [`crate::mirrors`]).
+    pub mirrors: crate::mirrors::Mirrors,
+    /// A mirror on the node's loopback (Dragonfly's 127.0.0.1:4001) is
+    /// reached at this address from a pod (`OCIMODEL_NODE_IP`).
+    pub node_ip: Option<String>,
+}
+
+/// A mirror served bytes that do not match their digest: it is skipped
+/// for that blob from now on, and the install is tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("mirror {host} served content that does not match {digest}; trying the next host")]
+pub struct BadMirror {
+    pub host: String,
+    pub digest: Digest,
 }
 
 pub struct RegistryClient {
@@ -108,6 +123,12 @@ pub struct RegistryClient {
     options: ClientOptions,
     /// What each registry asked for, so later requests authenticate up front.
     host_auth: Mutex<HashMap<String, HostAuth>>,
+    /// Mirror hosts reached over plain HTTP.
+    mirror_insecure: Mutex<std::collections::HashSet<String>>,
+    /// Which mirror served each blob (to blame it if the digest fails).
+    served_by: Mutex<HashMap<Digest, String>>,
+    /// (mirror host, blob) pairs not to ask again.
+    bad: Mutex<std::collections::HashSet<(String, Digest)>>,
     /// Bearer tokens per (registry, scope).
     tokens: Mutex<HashMap<(String, String), Token>>,
 }
@@ -165,12 +186,16 @@ impl RegistryClient {
             creds,
             options,
             host_auth: Mutex::new(HashMap::new()),
+            mirror_insecure: Mutex::new(Default::default()),
+            served_by: Mutex::new(HashMap::new()),
+            bad: Mutex::new(Default::default()),
             tokens: Mutex::new(HashMap::new()),
         })
     }
 
     fn is_insecure(&self, registry: &str) -> bool {
-        self.options.insecure_all
+        self.mirror_insecure.lock().unwrap().contains(registry)
+            || self.options.insecure_all
             || self
                 .options
                 .insecure_registries
@@ -199,6 +224,60 @@ impl RegistryClient {
 
     /// Fetches a manifest with `scope`; with `missing_ok`, a 404 is
     /// `None` instead of an error.
+    /// The mirrors to try before the registry, for pulls of `r`: each as
+    /// the `ImageRef` its requests authenticate as, and its endpoint.
+    fn mirrors_for(&self, r: &ImageRef, by_digest: bool) -> Result<Vec<(ImageRef, Endpoint)>> {
+        let scheme = if self.is_insecure(&r.registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let list = self.options.mirrors.endpoints(
+            &r.registry,
+            r.api_host(),
+            &r.repository,
+            by_digest,
+            scheme,
+        )?;
+        let mut out = Vec::new();
+        for mut ep in list.into_iter().filter(|e| !e.upstream) {
+            if let Some(ip) = &self.options.node_ip {
+                // The node's loopback is not the pod's.
+                for lo in ["127.0.0.1", "localhost", "[::1]"] {
+                    if let Some(port) = ep.host.strip_prefix(lo) {
+                        ep.host = format!("{ip}{port}");
+                    }
+                }
+            }
+            if ep.scheme == "http" {
+                self.mirror_insecure.lock().unwrap().insert(ep.host.clone());
+            }
+            let mref = ImageRef {
+                registry: ep.host.clone(),
+                repository: ep.repository.clone(),
+                tag: r.tag.clone(),
+                digest: r.digest.clone(),
+            };
+            out.push((mref, ep));
+        }
+        Ok(out)
+    }
+
+    /// Blames the mirror that served `digest`, if one did: it is skipped
+    /// for that blob from now on. Returns it.
+    pub fn blame_mirror(&self, digest: &Digest) -> Option<BadMirror> {
+        let host = self.served_by.lock().unwrap().remove(digest)?;
+        self.bad
+            .lock()
+            .unwrap()
+            .insert((host.clone(), digest.clone()));
+        tracing::warn!(mirror = %host, blob = %digest, "the mirror served content that does not match its digest; not asking it again");
+        Some(BadMirror {
+            host,
+            digest: digest.clone(),
+        })
+    }
+
     async fn fetch_manifest(
         &self,
         r: &ImageRef,
@@ -206,13 +285,51 @@ impl RegistryClient {
         scope: Scope,
         missing_ok: bool,
     ) -> Result<Option<FetchedManifest>> {
+        if scope == Scope::Pull {
+            let by_digest = reference.parse::<Digest>().is_ok();
+            for (mref, ep) in self.mirrors_for(r, by_digest)? {
+                if !(if by_digest { ep.pull } else { ep.resolve }) {
+                    continue;
+                }
+                let url = ep.url("manifests", reference);
+                match self
+                    .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, true)
+                    .await
+                {
+                    Ok(Some(m)) => {
+                        tracing::debug!(mirror = %ep.host, reference, "manifest from a mirror");
+                        return Ok(Some(m));
+                    }
+                    Ok(None) => tracing::debug!(mirror = %ep.host, reference, "not on the mirror"),
+                    Err(e) => {
+                        tracing::info!(mirror = %ep.host, reference, "mirror failed ({e:#}); trying the next host")
+                    }
+                }
+            }
+        }
         let url = format!("{}/manifests/{reference}", self.base_url(r));
+        self.fetch_manifest_at(r, &url, &[], reference, scope, missing_ok)
+            .await
+    }
+
+    async fn fetch_manifest_at(
+        &self,
+        r: &ImageRef,
+        url: &str,
+        headers: &[(String, String)],
+        reference: &str,
+        scope: Scope,
+        missing_ok: bool,
+    ) -> Result<Option<FetchedManifest>> {
         let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
         let resp = self
             .send_as(r, scope, |c| {
-                MANIFEST_ACCEPT
+                let req = MANIFEST_ACCEPT
                     .iter()
-                    .fold(c.get(&url), |req, t| req.header(ACCEPT, *t))
+                    .fold(c.get(url), |req, t| req.header(ACCEPT, *t));
+                headers
+                    .iter()
+                    .fold(req, |req, (k, v)| req.header(k.as_str(), v.as_str()))
             })
             .await?;
         if missing_ok && resp.status() == StatusCode::NOT_FOUND {
@@ -293,11 +410,53 @@ impl RegistryClient {
         digest: &Digest,
         offset: u64,
     ) -> Result<ByteStream> {
+        for (mref, ep) in self.mirrors_for(r, true)? {
+            if !ep.pull
+                || self
+                    .bad
+                    .lock()
+                    .unwrap()
+                    .contains(&(ep.host.clone(), digest.clone()))
+            {
+                continue;
+            }
+            let url = ep.url("blobs", &digest.to_string());
+            match self
+                .blob_from_at(&mref, &url, &ep.headers, digest, offset)
+                .await
+            {
+                Ok(stream) => {
+                    tracing::info!(mirror = %ep.host, blob = %digest, "from a mirror");
+                    self.served_by
+                        .lock()
+                        .unwrap()
+                        .insert(digest.clone(), ep.host.clone());
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    tracing::info!(mirror = %ep.host, blob = %digest, "mirror failed ({e:#}); trying the next host")
+                }
+            }
+        }
+        self.served_by.lock().unwrap().remove(digest);
         let url = format!("{}/blobs/{digest}", self.base_url(r));
+        self.blob_from_at(r, &url, &[], digest, offset).await
+    }
+
+    async fn blob_from_at(
+        &self,
+        r: &ImageRef,
+        url: &str,
+        headers: &[(String, String)],
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<ByteStream> {
         let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
         let resp = self
             .send(r, |c| {
-                let req = c.get(&url);
+                let req = headers
+                    .iter()
+                    .fold(c.get(url), |req, (k, v)| req.header(k.as_str(), v.as_str()));
                 if offset > 0 {
                     req.header(reqwest::header::RANGE, format!("bytes={offset}-"))
                 } else {

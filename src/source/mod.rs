@@ -235,6 +235,14 @@ impl Source {
         }
     }
 
+    /// Blames the mirror that served `digest` (its bytes did not verify).
+    pub fn blame_mirror(&self, digest: &Digest) -> Option<crate::registry::BadMirror> {
+        match self {
+            Source::Registry { client, .. } => client.blame_mirror(digest),
+            _ => None,
+        }
+    }
+
     /// The node cache registry blobs go through, if any.
     pub fn cache(&self) -> Option<&Arc<Cache>> {
         match self {

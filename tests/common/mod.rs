@@ -136,12 +136,31 @@ impl Registry {
         Registry::start_with(dir, Auth::None, Some((cert, key)))
     }
 
+    /// A pull-through cache (distribution's proxy mode) of `upstream`.
+    pub fn start_proxy(upstream: &str) -> Registry {
+        Registry::start_with_extra(
+            tempfile::tempdir().unwrap(),
+            Auth::None,
+            None,
+            &format!("proxy: {{remoteurl: http://{upstream}}}\n"),
+        )
+    }
+
     /// Serves HTTPS with this certificate and key, and `auth`.
     pub fn start_tls_with(dir: tempfile::TempDir, auth: Auth, cert: &Path, key: &Path) -> Registry {
         Registry::start_with(dir, auth, Some((cert, key)))
     }
 
     fn start_with(dir: tempfile::TempDir, auth: Auth, tls: Option<(&Path, &Path)>) -> Registry {
+        Registry::start_with_extra(dir, auth, tls, "")
+    }
+
+    fn start_with_extra(
+        dir: tempfile::TempDir,
+        auth: Auth,
+        tls: Option<(&Path, &Path)>,
+        extra: &str,
+    ) -> Registry {
         let tls_yaml = match tls {
             Some((cert, key)) => format!(
                 "  tls: {{certificate: {}, key: {}}}\n",
@@ -178,7 +197,7 @@ impl Registry {
             fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
+                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}{extra}",
                     dir.path().join("data").display()
                 ),
             )
@@ -534,6 +553,8 @@ impl Run {
 pub struct Request {
     pub path: String,
     pub authorization: Option<String>,
+    /// Every header, names lowercased.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A minimal HTTP server for fault injection and token issuing: one request
@@ -550,6 +571,7 @@ pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send
             }
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let mut authorization = None;
+            let mut headers = Vec::new();
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -559,11 +581,13 @@ pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send
                     if k.eq_ignore_ascii_case("authorization") {
                         authorization = Some(v.trim().to_string());
                     }
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
                 }
             }
             let _ = stream.write_all(&handler(&Request {
                 path,
                 authorization,
+                headers,
             }));
         }
     });

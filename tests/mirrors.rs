@@ -1,0 +1,282 @@
+//! Registry mirrors from the node's configuration, against real parts:
+//! Debian's docker-registry as the upstream and, in proxy mode, as a real
+//! pull-through cache; small fakes only for what no real part does here (a
+//! Dragonfly-style mirror that routes by header, a mirror that lies, one
+//! that 404s).
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+/// A hosts.toml directory naming `mirrors` (in order) for `registry`.
+fn hosts_dir(registry: &str, mirrors: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, port) = registry.split_once(':').unwrap();
+    let sub = dir.path().join(format!("{host}_{port}_"));
+    fs::create_dir(&sub).unwrap();
+    let mut text = format!("server = \"http://{registry}\"\n");
+    for (url, extra) in mirrors {
+        text.push_str(&format!(
+            "\n[host.\"{url}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{extra}\n"
+        ));
+    }
+    fs::write(sub.join("hosts.toml"), text).unwrap();
+    dir
+}
+
+fn pull_via(hosts: &Path, uri: &str, dest: &Path, insecure: &str) -> Run {
+    Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts)
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env("OCIMODEL_INSECURE_REGISTRIES", insecure)
+        .run(&[uri, dest.to_str().unwrap()])
+}
+
+/// Two "nodes" behind a pull-through registry: the upstream serves each
+/// blob once (or twice: distribution 2.8 stores in the background), the
+/// second node costs it nothing.
+#[test]
+fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let mirror = Registry::start_proxy(&upstream.addr);
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{}", mirror.addr), "")]);
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!("{}/models/mnist@{digest}", upstream.addr);
+    let insecure = format!("{},{}", upstream.addr, mirror.addr);
+    for node in ["node-a", "node-b"] {
+        let dest = work.path().join(node);
+        pull_via(hosts.path(), &uri, &dest, &insecure).assert_ok();
+        assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+        if node == "node-a" {
+            let first = upstream.blob_gets(&format!("sha256:{MNIST_SHA256}"));
+            assert!(
+                (1..=2).contains(&first),
+                "{first} upstream GETs for the first node"
+            );
+        }
+    }
+    let blob = format!("sha256:{MNIST_SHA256}");
+    assert!(
+        upstream.blob_gets(&blob) <= 2,
+        "the second node reached the upstream"
+    );
+    let through_mirror = mirror
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{blob}?ns=")))
+        .count();
+    assert_eq!(through_mirror, 2, "both nodes went through the mirror");
+    // The requests carried the upstream as ?ns=, as containerd sends it.
+    assert!(
+        mirror.log().contains(&format!("ns={}", upstream.addr)),
+        "{}",
+        mirror.log()
+    );
+}
+
+/// A dead mirror, one that 404s what it lacks (as Spegel does), and one that
+/// lies (a corrupted blob): the pull still installs the right bytes, from
+/// the next host.
+#[test]
+fn dead_missing_and_lying_mirrors_cannot_break_a_pull() {
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let up = upstream.addr.clone();
+    // Lying: relays manifests, flips a byte in blobs.
+    let liar = TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_addr = liar.local_addr().unwrap().to_string();
+    let lies = Arc::new(Mutex::new(0usize));
+    let count = lies.clone();
+    serve(liar, move |req| {
+        let path = req.path.split('?').next().unwrap_or("").to_string();
+        let resp = http_get(
+            &up,
+            &path,
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        let mut body = resp.body.clone();
+        if path.contains("/blobs/") && !body.is_empty() {
+            body[0] ^= 0xff;
+            *count.lock().unwrap() += 1;
+        }
+        response(
+            &format!("{} X", resp.status),
+            &[(
+                "Content-Type",
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+            &body,
+        )
+    });
+    let missing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let missing_addr = missing.local_addr().unwrap().to_string();
+    serve(missing, |_| response("404 Not Found", &[], b""));
+    let hosts = hosts_dir(
+        &upstream.addr,
+        &[
+            ("http://127.0.0.1:9", ""),
+            (&format!("http://{missing_addr}"), ""),
+            (&format!("http://{liar_addr}"), ""),
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env(
+            "OCIMODEL_INSECURE_REGISTRIES",
+            format!("{},{missing_addr},{liar_addr}", upstream.addr),
+        )
+        .env("OCIMODEL_CONNECT_TIMEOUT", "2")
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            dest.to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        *lies.lock().unwrap() >= 1,
+        "the lying mirror was never asked"
+    );
+    assert!(
+        run.stderr().contains("served content that does not match"),
+        "{}",
+        run.stderr()
+    );
+    assert!(upstream.blob_gets(&format!("sha256:{MNIST_SHA256}")) >= 1);
+}
+
+/// A Dragonfly-style mirror on the node's loopback, which learns the
+/// upstream from X-Dragonfly-Registry: the header and ?ns= reach it, the
+/// registry's credentials never do, and OCIMODEL_NODE_IP rewrites its
+/// loopback address (a pod's loopback is not the node's).
+#[test]
+fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
+    let open = Registry::start(Auth::None);
+    open.oras_push_mnist("models/mnist:v1");
+    let digest = open.digest_of("models/mnist", "v1");
+    let upstream = Registry::start_in(
+        open.stop(),
+        Auth::Basic {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        },
+    );
+    // The "node" address the pod would use: another loopback address.
+    let dfdaemon = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = dfdaemon.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>> = Arc::default();
+    let log = seen.clone();
+    serve(dfdaemon, move |req| {
+        let routed = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-dragonfly-registry")
+            .map(|(_, v)| v.clone());
+        log.lock()
+            .unwrap()
+            .push((req.path.clone(), req.authorization.clone(), routed));
+        response("404 Not Found", &[], b"")
+    });
+    let hosts = hosts_dir(
+        &upstream.addr,
+        &[(
+            &format!("http://127.0.0.1:{port}"),
+            &format!(
+                "[host.\"http://127.0.0.1:{port}\".header]\nX-Dragonfly-Registry = \"http://{}\"",
+                upstream.addr
+            ),
+        )],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env("OCIMODEL_NODE_IP", "127.0.0.2")
+        .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            docker_config(USER, PASSWORD, &upstream.addr),
+        )
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty(),
+        "the mirror (rewritten to the node IP) was never asked"
+    );
+    let want = format!("http://{}", upstream.addr);
+    for (path, auth, routed) in &seen {
+        assert!(path.contains(&format!("ns={}", upstream.addr)), "{path}");
+        assert!(auth.is_none(), "the mirror got credentials: {seen:?}");
+        assert_eq!(
+            routed.as_deref(),
+            Some(want.as_str()),
+            "X-Dragonfly-Registry: {seen:?}"
+        );
+    }
+}
+
+/// registries.conf: a digest-only mirror serves pinned pulls; a tag goes to
+/// the registry; a blocked prefix is refused.
+#[test]
+fn registries_conf_mirrors_by_digest_and_blocks() {
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let mirror = Registry::start_proxy(&upstream.addr);
+    let conf = tempfile::tempdir().unwrap();
+    let file = conf.path().join("registries.conf");
+    fs::write(
+        &file,
+        format!(
+            "[[registry]]\nprefix = \"{up}/models\"\nlocation = \"{up}/models\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{m}/models\"\ninsecure = true\npull-from-mirror = \"digest-only\"\n\n[[registry]]\nprefix = \"{up}/secret\"\nblocked = true\n",
+            up = upstream.addr,
+            m = mirror.addr
+        ),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let pull = |uri: String, name: &str| {
+        Ocimodel::new()
+            .env("OCIMODEL_HOSTS_DIR", "off")
+            .env("OCIMODEL_REGISTRIES_CONF", &file)
+            .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
+            .run(&[uri.as_str(), work.path().join(name).to_str().unwrap()])
+    };
+    pull(format!("{}/models/mnist@{digest}", upstream.addr), "pinned").assert_ok();
+    assert!(
+        mirror
+            .log()
+            .contains(&format!("/blobs/sha256:{MNIST_SHA256}")),
+        "the digest went to the mirror"
+    );
+    let before = mirror
+        .log()
+        .lines()
+        .filter(|l| l.contains("/manifests/v1"))
+        .count();
+    pull(format!("{}/models/mnist:v1", upstream.addr), "tag").assert_ok();
+    let after = mirror
+        .log()
+        .lines()
+        .filter(|l| l.contains("/manifests/v1"))
+        .count();
+    assert_eq!(before, after, "a tag went to a digest-only mirror");
+    pull(format!("{}/secret/x:v1", upstream.addr), "blocked")
+        .assert_fails_with(&["is blocked by registries.conf"]);
+}
