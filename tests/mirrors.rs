@@ -155,6 +155,9 @@ fn dead_missing_and_lying_mirrors_cannot_break_a_pull() {
     assert!(upstream.blob_gets(&format!("sha256:{MNIST_SHA256}")) >= 1);
 }
 
+/// What a fake mirror saw of one request: path, Authorization, routing header.
+type Seen = (String, Option<String>, Option<String>);
+
 /// A Dragonfly-style mirror on the node's loopback, which learns the
 /// upstream from X-Dragonfly-Registry: the header and ?ns= reach it, the
 /// registry's credentials never do, and OCIMODEL_NODE_IP rewrites its
@@ -174,7 +177,7 @@ fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
     // The "node" address the pod would use: another loopback address.
     let dfdaemon = TcpListener::bind("127.0.0.2:0").unwrap();
     let port = dfdaemon.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let log = seen.clone();
     serve(dfdaemon, move |req| {
         let routed = req
