@@ -49,12 +49,22 @@ pub struct Endpoint {
     pub skip_verify: bool,
     /// Extra CA files for it.
     pub ca: Vec<PathBuf>,
+    /// Client certificates for it: (certificate, key; `None`: in the same file).
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
     pub dial_timeout: Option<Duration>,
     /// The registry itself (the last resort), as opposed to a mirror.
     pub upstream: bool,
 }
 
 impl Endpoint {
+    /// Whether requests to it need their own TLS or dial settings.
+    pub fn own_transport(&self) -> bool {
+        self.skip_verify
+            || !self.ca.is_empty()
+            || !self.client.is_empty()
+            || self.dial_timeout.is_some()
+    }
+
     /// The URL of `kind` (`manifests`, `blobs`, `referrers`) `reference`.
     pub fn url(&self, kind: &str, reference: &str) -> String {
         let mut u = format!(
@@ -131,6 +141,7 @@ impl Mirrors {
             namespace: None,
             skip_verify: false,
             ca: Vec::new(),
+            client: Vec::new(),
             dial_timeout: None,
             upstream: true,
         };
@@ -370,6 +381,29 @@ fn host_endpoint(
             .collect(),
         _ => Vec::new(),
     };
+    // `client`: a path, an array of paths, or an array of [cert, key] pairs.
+    let mut client = Vec::new();
+    match cfg.get("client") {
+        Some(toml::Value::String(c)) => client.push((dir.join(c), None)),
+        Some(toml::Value::Array(a)) => {
+            for item in a {
+                match item {
+                    toml::Value::String(c) => client.push((dir.join(c), None)),
+                    toml::Value::Array(pair) => {
+                        let c = pair.first().and_then(|v| v.as_str()).unwrap_or_default();
+                        let k = pair.get(1).and_then(|v| v.as_str()).unwrap_or_default();
+                        client.push((dir.join(c), (!k.is_empty()).then(|| dir.join(k))));
+                    }
+                    _ => bail!(
+                        "{}: client entries are paths or [cert, key] pairs",
+                        file.display()
+                    ),
+                }
+            }
+        }
+        Some(_) => bail!("{}: client is a path or an array", file.display()),
+        None => {}
+    }
     let dial_timeout = match cfg.get("dial_timeout").and_then(|v| v.as_str()) {
         Some(d) => Some(
             parse_go_duration(d).with_context(|| format!("{}: dial_timeout", file.display()))?,
@@ -392,6 +426,7 @@ fn host_endpoint(
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
         ca,
+        client,
         dial_timeout,
         upstream: false,
     })

@@ -283,3 +283,51 @@ fn registries_conf_mirrors_by_digest_and_blocks() {
     pull(format!("{}/secret/x:v1", upstream.addr), "blocked")
         .assert_fails_with(&["is blocked by registries.conf"]);
 }
+
+/// A mirror serving HTTPS under a private CA: trusted through its
+/// hosts.toml `ca` or `skip_verify`, and otherwise skipped (the pull falls
+/// back to the registry, never fails for it).
+#[test]
+fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let mirror = Registry::start_tls_proxy(
+        &upstream.addr,
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let url = format!("https://{}", mirror.addr);
+    let blob_via_mirror = || {
+        mirror
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("\"GET ") && l.contains(&format!("/blobs/sha256:{MNIST_SHA256}?ns="))
+            })
+            .count()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!("{}/models/mnist@{digest}", upstream.addr);
+    for (name, extra, via_mirror) in [
+        ("untrusted", "", false),
+        ("ca", "ca = \"ca.pem\"", true),
+        ("skip-verify", "skip_verify = true", true),
+    ] {
+        let hosts = hosts_dir(&upstream.addr, &[(&url, extra)]);
+        let sub = fs::read_dir(hosts.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::copy(certs.path().join("ca.pem"), sub.join("ca.pem")).unwrap();
+        let before = blob_via_mirror();
+        let dest = work.path().join(name);
+        pull_via(hosts.path(), &uri, &dest, &upstream.addr).assert_ok();
+        assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+        assert_eq!(blob_via_mirror() > before, via_mirror, "{name}");
+    }
+}

@@ -119,6 +119,10 @@ pub struct BadMirror {
 
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// The CA roots `http` trusts, for mirrors' own clients.
+    roots: Vec<reqwest::Certificate>,
+    /// Clients for mirror hosts with their own TLS or dial settings.
+    host_clients: Mutex<HashMap<String, reqwest::Client>>,
     creds: CredentialStore,
     options: ClientOptions,
     /// What each registry asked for, so later requests authenticate up front.
@@ -175,7 +179,7 @@ impl RegistryClient {
         }
         let http = reqwest::Client::builder()
             .dns_resolver(Resolver)
-            .tls_certs_only(roots)
+            .tls_certs_only(roots.clone())
             .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
             .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
@@ -183,6 +187,8 @@ impl RegistryClient {
             .context("cannot build the HTTP client")?;
         Ok(RegistryClient {
             http,
+            roots,
+            host_clients: Mutex::new(HashMap::new()),
             creds,
             options,
             host_auth: Mutex::new(HashMap::new()),
@@ -252,6 +258,13 @@ impl RegistryClient {
             if ep.scheme == "http" {
                 self.mirror_insecure.lock().unwrap().insert(ep.host.clone());
             }
+            if ep.own_transport() && !self.host_clients.lock().unwrap().contains_key(&ep.host) {
+                let client = self.endpoint_client(&ep)?;
+                self.host_clients
+                    .lock()
+                    .unwrap()
+                    .insert(ep.host.clone(), client);
+            }
             let mref = ImageRef {
                 registry: ep.host.clone(),
                 repository: ep.repository.clone(),
@@ -261,6 +274,60 @@ impl RegistryClient {
             out.push((mref, ep));
         }
         Ok(out)
+    }
+
+    /// A client with a mirror's own CA files, client certificates,
+    /// `skip_verify` and `dial_timeout` (hosts.toml).
+    fn endpoint_client(&self, ep: &Endpoint) -> Result<reqwest::Client> {
+        let mut roots = self.roots.clone();
+        for ca in &ep.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            roots.extend(
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("{} is not a PEM bundle", ca.display()))?,
+            );
+        }
+        let mut b = reqwest::Client::builder()
+            .dns_resolver(Resolver)
+            .tls_certs_only(roots)
+            .connect_timeout(
+                ep.dial_timeout
+                    .or(self.options.connect_timeout)
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            )
+            .read_timeout(
+                self.options
+                    .stall_timeout
+                    .unwrap_or(Duration::from_secs(60)),
+            )
+            .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")));
+        if ep.skip_verify {
+            b = b.tls_danger_accept_invalid_certs(true);
+        }
+        for (cert, key) in &ep.client {
+            let mut pem =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            if let Some(k) = key {
+                pem.extend(
+                    std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?,
+                );
+            }
+            b = b.identity(reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!("{} is not a client certificate and key", cert.display())
+            })?);
+        }
+        b.build()
+            .context("cannot build an HTTP client for a mirror")
+    }
+
+    /// The HTTP client for requests to `host`.
+    fn http_for(&self, host: &str) -> reqwest::Client {
+        self.host_clients
+            .lock()
+            .unwrap()
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| self.http.clone())
     }
 
     /// Blames the mirror that served `digest`, if one did: it is skipped

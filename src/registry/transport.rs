@@ -72,8 +72,9 @@ impl RegistryClient {
         let mut attempt = 0;
         let origin = reqwest::Url::parse(&self.base_url(r))
             .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
+        let http = self.http_for(&r.registry);
         loop {
-            let mut req = build(&self.http)
+            let mut req = build(&http)
                 .build()
                 .map_err(|e| anyhow!("registry {}: cannot build a request: {e}", r.registry))?;
             // Credentials go to the registry's own origin only: a `Link` or
@@ -82,7 +83,7 @@ impl RegistryClient {
             if let (Some(a), true) = (&authorization, ours) {
                 req.headers_mut().insert(AUTHORIZATION, a.clone());
             }
-            let resp = match self.http.execute(req).await {
+            let resp = match http.execute(req).await {
                 Ok(resp) => resp,
                 Err(e)
                     if attempt < self.options.retries

@@ -146,6 +146,16 @@ impl Registry {
         )
     }
 
+    /// A pull-through cache of `upstream` serving HTTPS with this certificate.
+    pub fn start_tls_proxy(upstream: &str, cert: &Path, key: &Path) -> Registry {
+        Registry::start_with_extra(
+            tempfile::tempdir().unwrap(),
+            Auth::None,
+            Some((cert, key)),
+            &format!("proxy: {{remoteurl: http://{upstream}}}\n"),
+        )
+    }
+
     /// Serves HTTPS with this certificate and key, and `auth`.
     pub fn start_tls_with(dir: tempfile::TempDir, auth: Auth, cert: &Path, key: &Path) -> Registry {
         Registry::start_with(dir, auth, Some((cert, key)))
@@ -965,4 +975,66 @@ impl TokenServer {
             _dir: dir,
         }
     }
+}
+
+/// A CA and a server certificate for IP 127.0.0.1 only.
+pub fn make_certs(dir: &Path) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ocimodel test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        dir,
+    );
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+        dir,
+    );
 }
