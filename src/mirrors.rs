@@ -54,6 +54,10 @@ pub struct Endpoint {
     pub dial_timeout: Option<Duration>,
     /// The registry itself (the last resort), as opposed to a mirror.
     pub upstream: bool,
+    /// From registries.conf: as containers/image does, the host that served
+    /// an image's manifest serves its blobs too (containerd instead falls
+    /// back request by request).
+    pub whole_image: bool,
 }
 
 impl Endpoint {
@@ -75,7 +79,17 @@ impl Endpoint {
             self.repository
         );
         if let Some(ns) = &self.namespace {
-            u.push_str(&format!("?ns={ns}"));
+            // Encoded as containerd encodes it (`:` → `%3A`).
+            let enc: String = ns
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            u.push_str(&format!("?ns={enc}"));
         }
         u
     }
@@ -144,6 +158,7 @@ impl Mirrors {
             client: Vec::new(),
             dial_timeout: None,
             upstream: true,
+            whole_image: false,
         };
         if let Some(dir) = &self.hosts_dir {
             if let Some(list) = hosts_toml(dir, registry, &upstream)? {
@@ -216,6 +231,7 @@ impl Mirrors {
                 host,
                 repository: repo,
                 upstream: false,
+                whole_image: true,
                 // A mirror resolves tags only when it may serve them.
                 resolve: true,
                 ..upstream.clone()
@@ -429,6 +445,7 @@ fn host_endpoint(
         client,
         dial_timeout,
         upstream: false,
+        whole_image: false,
     })
 }
 
@@ -590,7 +607,7 @@ mod tests {
         assert_eq!(
             urls(&e, "manifests", "tag_name"),
             [
-                "https://mymirror.io/v2/image_name/manifests/tag_name?ns=myregistry.io:5000",
+                "https://mymirror.io/v2/image_name/manifests/tag_name?ns=myregistry.io%3A5000",
                 "https://myregistry.io:5000/v2/image_name/manifests/tag_name",
             ]
         );

@@ -75,7 +75,9 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
     assert_eq!(through_mirror, 2, "both nodes went through the mirror");
     // The requests carried the upstream as ?ns=, as containerd sends it.
     assert!(
-        mirror.log().contains(&format!("ns={}", upstream.addr)),
+        mirror
+            .log()
+            .contains(&format!("ns={}", upstream.addr.replace(':', "%3A"))),
         "{}",
         mirror.log()
     );
@@ -224,7 +226,10 @@ fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
     );
     let want = format!("http://{}", upstream.addr);
     for (path, auth, routed) in &seen {
-        assert!(path.contains(&format!("ns={}", upstream.addr)), "{path}");
+        assert!(
+            path.contains(&format!("ns={}", upstream.addr.replace(':', "%3A"))),
+            "{path}"
+        );
         assert!(auth.is_none(), "the mirror got credentials: {seen:?}");
         assert_eq!(
             routed.as_deref(),
@@ -330,4 +335,237 @@ fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
         assert_eq!(blob_via_mirror() > before, via_mirror, "{name}");
     }
+}
+
+/// containerd itself (Debian's containerd 1.6 and `ctr content fetch
+/// --hosts-dir`) reading the same hosts.toml files: a recording mirror
+/// (that has nothing, so both fall back to the registry) must see the same
+/// manifest and blob paths, with the same `?ns=`, from both; with
+/// `capabilities = ["pull"]` neither may ask it to resolve the tag.
+#[test]
+fn our_reading_of_hosts_toml_matches_containerd() {
+    require_root("running containerd");
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let work = tempfile::tempdir().unwrap();
+    // A fresh containerd (empty content store) for every fetch.
+    let fetches = std::sync::atomic::AtomicUsize::new(0);
+    let ctr_fetch = |hosts: &Path, reference: &str| {
+        let n = fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Containerd::start(&work.path().join(format!("containerd-{n}"))).fetch(hosts, reference);
+    };
+    for (name, caps, path) in [
+        ("resolve", "[\"pull\", \"resolve\"]", ""),
+        ("pull-only", "[\"pull\"]", ""),
+        ("override", "[\"pull\", \"resolve\"]", "/custom/api"),
+    ] {
+        let recorder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = recorder.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        serve(recorder, move |req| {
+            log.lock().unwrap().push(req.path.clone());
+            response("404 Not Found", &[], b"")
+        });
+        let extra = if path.is_empty() {
+            String::new()
+        } else {
+            "override_path = true".into()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (host, port) = upstream.addr.split_once(':').unwrap();
+        let sub = dir.path().join(format!("{host}_{port}_"));
+        fs::create_dir(&sub).unwrap();
+        fs::write(
+            sub.join("hosts.toml"),
+            format!(
+                "server = \"http://{up}\"\n\n[host.\"http://{addr}{path}\"]\ncapabilities = {caps}\n{extra}\n",
+                up = upstream.addr
+            ),
+        )
+        .unwrap();
+        // A tag: the mirror resolves it only with the resolve capability.
+        let tag = format!("{}/models/mnist:v1", upstream.addr);
+        ctr_fetch(dir.path(), &tag);
+        let theirs = std::mem::take(&mut *seen.lock().unwrap());
+        pull_via(
+            dir.path(),
+            &tag,
+            &work.path().join(format!("{name}-tag")),
+            &upstream.addr,
+        )
+        .assert_ok();
+        let ours = std::mem::take(&mut *seen.lock().unwrap());
+        let asked_tag = |v: &[String]| v.iter().any(|p| p.contains("/manifests/v1"));
+        assert_eq!(
+            asked_tag(&ours),
+            asked_tag(&theirs),
+            "{name}: ours {ours:?}, containerd's {theirs:?}"
+        );
+        assert_eq!(asked_tag(&ours), name != "pull-only", "{name}: {ours:?}");
+        // A digest (ocimodel's normal case): manifests and blobs on pull
+        // hosts. Everything we asked the mirror for, containerd asked too,
+        // in the same form (it asks for more: the config blob our
+        // descriptor embeds).
+        let pinned = format!("{}/models/mnist@{digest}", upstream.addr);
+        ctr_fetch(dir.path(), &pinned);
+        let theirs = std::mem::take(&mut *seen.lock().unwrap());
+        pull_via(
+            dir.path(),
+            &pinned,
+            &work.path().join(format!("{name}-digest")),
+            &upstream.addr,
+        )
+        .assert_ok();
+        let ours = std::mem::take(&mut *seen.lock().unwrap());
+        let distinct = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert!(!ours.is_empty(), "{name}: we never asked the mirror");
+        assert!(
+            distinct(&ours).is_subset(&distinct(&theirs)),
+            "{name}: ours {ours:?}, containerd's {theirs:?}"
+        );
+        let ns = format!("ns={}", upstream.addr.replace(':', "%3A"));
+        let root = if path.is_empty() { "/v2/" } else { path };
+        assert!(
+            ours.iter().all(|p| p.contains(&ns) && p.starts_with(root)),
+            "{ours:?}"
+        );
+    }
+}
+
+/// A throwaway containerd daemon (CRI off) in `dir`, for `ctr`.
+struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let root = dir.join("containerd");
+        fs::create_dir_all(&root).unwrap();
+        let config = root.join("config.toml");
+        fs::write(
+            &config,
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+        .unwrap();
+        let socket = root.join("containerd.sock");
+        let child = std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(root.join("root"))
+            .arg("--state")
+            .arg(root.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("containerd is installed (scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Containerd { child, socket }
+    }
+
+    fn fetch(&self, hosts_dir: &Path, reference: &str) {
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args([
+                "--namespace",
+                "ocimodel-test",
+                "content",
+                "fetch",
+                "--plain-http",
+                "--hosts-dir",
+            ])
+            .arg(hosts_dir)
+            .arg(reference)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr content fetch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// skopeo (containers/image) reading the same registries.conf: a recording
+/// mirror that has nothing sees the same paths from both, for a digest
+/// reference through a `location`-rewriting mirror.
+#[test]
+fn our_reading_of_registries_conf_matches_skopeo() {
+    let upstream = Registry::start(Auth::None);
+    upstream.oras_push_mnist("models/mnist:v1");
+    let digest = upstream.digest_of("models/mnist", "v1");
+    let recorder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = recorder.local_addr().unwrap().to_string();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    serve(recorder, move |req| {
+        log.lock().unwrap().push(req.path.clone());
+        // A registry that has nothing: it answers the ping, 404s the rest.
+        if req.path == "/v2/" {
+            return response("200 OK", &[], b"{}");
+        }
+        response("404 Not Found", &[], b"")
+    });
+    let conf = tempfile::tempdir().unwrap();
+    let file = conf.path().join("registries.conf");
+    fs::write(
+        &file,
+        format!(
+            "[[registry]]\nprefix = \"{up}/models\"\nlocation = \"{up}/models\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{addr}/cache/models\"\ninsecure = true\npull-from-mirror = \"digest-only\"\n",
+            up = upstream.addr
+        ),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("--registries-conf")
+        .arg(&file)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/models/mnist@{digest}", upstream.addr))
+        .arg(format!("oci:{}:x", work.path().join("layout").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = std::mem::take(&mut *seen.lock().unwrap());
+    Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", "off")
+        .env("OCIMODEL_REGISTRIES_CONF", &file)
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            work.path().join("ours").to_str().unwrap(),
+        ])
+        .assert_ok();
+    let ours = std::mem::take(&mut *seen.lock().unwrap());
+    let manifest_path = format!("/v2/cache/models/mnist/manifests/{digest}");
+    assert!(theirs.contains(&manifest_path), "skopeo: {theirs:?}");
+    assert!(ours.contains(&manifest_path), "ours: {ours:?}");
+    let distinct = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert!(
+        distinct(&ours).is_subset(&distinct(&theirs)),
+        "ours {ours:?}, skopeo's {theirs:?}"
+    );
 }

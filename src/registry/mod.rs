@@ -131,6 +131,9 @@ pub struct RegistryClient {
     mirror_insecure: Mutex<std::collections::HashSet<String>>,
     /// Which mirror served each blob (to blame it if the digest fails).
     served_by: Mutex<HashMap<Digest, String>>,
+    /// registries.conf: the host that served each repository's manifest,
+    /// which then serves its blobs (containers/image's whole-image choice).
+    image_host: Mutex<HashMap<String, String>>,
     /// (mirror host, blob) pairs not to ask again.
     bad: Mutex<std::collections::HashSet<(String, Digest)>>,
     /// Bearer tokens per (registry, scope).
@@ -194,6 +197,7 @@ impl RegistryClient {
             host_auth: Mutex::new(HashMap::new()),
             mirror_insecure: Mutex::new(Default::default()),
             served_by: Mutex::new(HashMap::new()),
+            image_host: Mutex::new(HashMap::new()),
             bad: Mutex::new(Default::default()),
             tokens: Mutex::new(HashMap::new()),
         })
@@ -246,7 +250,19 @@ impl RegistryClient {
             scheme,
         )?;
         let mut out = Vec::new();
-        for mut ep in list.into_iter().filter(|e| !e.upstream) {
+        for mut ep in list {
+            if ep.upstream {
+                // The registry itself, unless the configuration moved it
+                // (registries.conf `location` or `insecure`, hosts.toml
+                // `server`): then the moved one, instead of the original.
+                let moved = ep.host != r.api_host()
+                    || ep.repository != r.repository
+                    || ep.api_root != "/v2"
+                    || (ep.scheme == "http") != self.is_insecure(&r.registry);
+                if !moved {
+                    continue;
+                }
+            }
             if let Some(ip) = &self.options.node_ip {
                 // The node's loopback is not the pod's.
                 for lo in ["127.0.0.1", "localhost", "[::1]"] {
@@ -359,12 +375,24 @@ impl RegistryClient {
                     continue;
                 }
                 let url = ep.url("manifests", reference);
+                if ep.upstream {
+                    // The moved registry: its answer is the answer.
+                    return self
+                        .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, missing_ok)
+                        .await;
+                }
                 match self
                     .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, true)
                     .await
                 {
                     Ok(Some(m)) => {
                         tracing::debug!(mirror = %ep.host, reference, "manifest from a mirror");
+                        if ep.whole_image {
+                            self.image_host.lock().unwrap().insert(
+                                format!("{}/{}", r.registry, r.repository),
+                                ep.host.clone(),
+                            );
+                        }
                         return Ok(Some(m));
                     }
                     Ok(None) => tracing::debug!(mirror = %ep.host, reference, "not on the mirror"),
@@ -487,7 +515,23 @@ impl RegistryClient {
             {
                 continue;
             }
+            // registries.conf: blobs from where the manifest came, only.
+            let chosen = self
+                .image_host
+                .lock()
+                .unwrap()
+                .get(&format!("{}/{}", r.registry, r.repository))
+                .cloned();
+            if ep.whole_image && !ep.upstream && chosen.as_deref() != Some(ep.host.as_str()) {
+                continue;
+            }
             let url = ep.url("blobs", &digest.to_string());
+            if ep.upstream {
+                self.served_by.lock().unwrap().remove(digest);
+                return self
+                    .blob_from_at(&mref, &url, &ep.headers, digest, offset)
+                    .await;
+            }
             match self
                 .blob_from_at(&mref, &url, &ep.headers, digest, offset)
                 .await
