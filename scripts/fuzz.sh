@@ -17,7 +17,7 @@ run() {
 }
 run reference & run challenge & wait
 run manifest & run tar & wait
-run signature
+run signature & run mirrors & wait
 crashes=$(find artifacts -type f 2>/dev/null || true)
 if [ -n "$crashes" ]; then
   echo "fuzzing found crashes:"; echo "$crashes"; exit 1

@@ -33,7 +33,7 @@ pub mod format;
 pub(crate) mod inspect;
 pub(crate) mod install;
 pub mod manifest;
-pub(crate) mod mirrors;
+pub mod mirrors;
 pub(crate) mod plan;
 pub(crate) mod pull;
 pub(crate) mod push;

@@ -54,6 +54,11 @@ fn manifests_are_valid() {
         "InferenceService/signed-mnist",
         "Pod/mnist-init",
         "Pod/mnist-sidecar",
+        "Pod/mnist-fleet",
+        "Pod/mnist-fleet-restricted",
+        "PersistentVolume/ocimodel-node-cache-gpu-1",
+        "PersistentVolumeClaim/ocimodel-node-cache",
+        "ConfigMap/registry-mirrors",
     ] {
         assert!(
             report
@@ -88,6 +93,36 @@ fn the_validator_catches_mistakes() {
     );
     assert!(
         report.contains("FAIL pod-init.yaml: Pod/mnist-init"),
+        "{report}"
+    );
+}
+
+fn psa_restricted(file: &str) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/support/psa_restricted.py"))
+        .arg(repo_root().join("manifests").join(file))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The restricted fleet example is admitted under Pod Security "restricted";
+/// the hostPath example is not, and the checker says exactly why.
+#[test]
+fn fleet_examples_against_pod_security_restricted() {
+    let (ok, report) = psa_restricted("pod-fleet-restricted.yaml");
+    assert!(ok, "{report}");
+    let (ok, report) = psa_restricted("pod-fleet.yaml");
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("mnist-fleet: volume node-cache is ['hostPath']"),
         "{report}"
     );
 }

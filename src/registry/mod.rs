@@ -232,8 +232,6 @@ impl RegistryClient {
         Ok(fetched.expect("a missing manifest is an error when not allowed"))
     }
 
-    /// Fetches a manifest with `scope`; with `missing_ok`, a 404 is
-    /// `None` instead of an error.
     /// The mirrors to try before the registry, for pulls of `r`: each as
     /// the `ImageRef` its requests authenticate as, and its endpoint.
     fn mirrors_for(&self, r: &ImageRef, by_digest: bool) -> Result<Vec<(ImageRef, Endpoint)>> {
@@ -361,6 +359,8 @@ impl RegistryClient {
         })
     }
 
+    /// Fetches a manifest with `scope`; with `missing_ok`, a 404 is
+    /// `None` instead of an error.
     async fn fetch_manifest(
         &self,
         r: &ImageRef,
