@@ -155,6 +155,17 @@ fn dead_missing_and_lying_mirrors_cannot_break_a_pull() {
         run.stderr()
     );
     assert!(upstream.blob_gets(&format!("sha256:{MNIST_SHA256}")) >= 1);
+    // The dead mirror is asked once and never retried: the next host is the
+    // retry (with the default OCIMODEL_RETRIES it used to cost 30 s).
+    let asked = |what: &str| {
+        run.stderr()
+            .lines()
+            .filter(|l| l.contains(what) && l.contains("mirror=127.0.0.1:9"))
+            .count()
+    };
+    assert_eq!(asked("not asking it again"), 1, "{}", run.stderr());
+    assert_eq!(asked("mirror failed"), 1, "{}", run.stderr());
+    assert!(!run.stderr().contains("retrying"), "{}", run.stderr());
 }
 
 /// What a fake mirror saw of one request: path, Authorization, routing header.

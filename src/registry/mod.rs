@@ -129,6 +129,11 @@ pub struct RegistryClient {
     host_auth: Mutex<HashMap<String, HostAuth>>,
     /// Mirror hosts reached over plain HTTP.
     mirror_insecure: Mutex<std::collections::HashSet<String>>,
+    /// Mirror hosts (as opposed to registries): asked once, never retried,
+    /// because the next host is the retry.
+    mirror_hosts: Mutex<std::collections::HashSet<String>>,
+    /// Mirrors that could not be reached: not asked again by this process.
+    mirrors_down: Mutex<std::collections::HashSet<String>>,
     /// Which mirror served each blob (to blame it if the digest fails).
     served_by: Mutex<HashMap<Digest, String>>,
     /// registries.conf: the host that served each repository's manifest,
@@ -196,11 +201,26 @@ impl RegistryClient {
             options,
             host_auth: Mutex::new(HashMap::new()),
             mirror_insecure: Mutex::new(Default::default()),
+            mirror_hosts: Mutex::new(Default::default()),
+            mirrors_down: Mutex::new(Default::default()),
             served_by: Mutex::new(HashMap::new()),
             image_host: Mutex::new(HashMap::new()),
             bad: Mutex::new(Default::default()),
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether `host` is a mirror: its failures move on to the next host
+    /// at once instead of being retried.
+    fn is_mirror(&self, host: &str) -> bool {
+        self.mirror_hosts.lock().unwrap().contains(host)
+    }
+
+    /// A mirror that could not be reached is skipped from now on.
+    fn mirror_down(&self, host: &str) {
+        if self.mirrors_down.lock().unwrap().insert(host.to_string()) {
+            tracing::warn!(mirror = %host, "mirror unreachable; not asking it again");
+        }
     }
 
     fn is_insecure(&self, registry: &str) -> bool {
@@ -268,6 +288,12 @@ impl RegistryClient {
                         ep.host = format!("{ip}{port}");
                     }
                 }
+            }
+            if !ep.upstream {
+                if self.mirrors_down.lock().unwrap().contains(&ep.host) {
+                    continue;
+                }
+                self.mirror_hosts.lock().unwrap().insert(ep.host.clone());
             }
             if ep.scheme == "http" {
                 self.mirror_insecure.lock().unwrap().insert(ep.host.clone());

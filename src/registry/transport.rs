@@ -73,6 +73,8 @@ impl RegistryClient {
         let origin = reqwest::Url::parse(&self.base_url(r))
             .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
         let http = self.http_for(&r.registry);
+        let mirror = self.is_mirror(&r.registry);
+        let retries = if mirror { 0 } else { self.options.retries };
         loop {
             let mut req = build(&http)
                 .build()
@@ -85,8 +87,12 @@ impl RegistryClient {
             }
             let resp = match http.execute(req).await {
                 Ok(resp) => resp,
+                Err(e) if mirror && (e.is_connect() || e.is_timeout()) => {
+                    self.mirror_down(&r.registry);
+                    return Err(self.transport_error(r, e));
+                }
                 Err(e)
-                    if attempt < self.options.retries
+                    if attempt < retries
                         && (e.is_connect() || e.is_timeout() || e.is_request())
                         && !crate::error::is_tls_failure(&e) =>
                 {
@@ -98,7 +104,7 @@ impl RegistryClient {
                 }
                 Err(e) => return Err(self.transport_error(r, e)),
             };
-            if is_transient(resp.status()) && attempt < self.options.retries {
+            if is_transient(resp.status()) && attempt < retries {
                 attempt += 1;
                 let wait = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
                 tracing::warn!(registry = %r.registry, status = %resp.status(), attempt, "registry busy; retrying in {:.1}s", wait.as_secs_f64());
