@@ -109,8 +109,13 @@ impl Mirrors {
         for f in registries_conf {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
-            let conf: RegistriesConf = toml::from_str(&text)
-                .with_context(|| format!("{} is not a registries.conf (v2)", f.display()))?;
+            let conf: RegistriesConf = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a registries.conf (v2): {}",
+                    f.display(),
+                    toml_error(&text, &e)
+                )
+            })?;
             for r in conf.registry {
                 let prefix = r
                     .prefix
@@ -289,8 +294,9 @@ fn hosts_toml(dir: &Path, registry: &str, upstream: &Endpoint) -> Result<Option<
         // A directory without hosts.toml holds certificates only.
         return Ok(None);
     };
-    let doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{} is not TOML: {}", file.display(), toml_error(&text, &e))
+    })?;
     let mut out = Vec::new();
     if let Some(toml::Value::Table(hosts)) = doc.get("host") {
         for (url, cfg) in hosts {
@@ -566,6 +572,21 @@ pub fn drop_ins(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A TOML error on one line: `line L, column C: message` (the parser's own
+/// rendering spans several lines, which a termination message cannot).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,5 +794,32 @@ blocked = true
         );
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(parse_go_duration("5 minutes").is_err());
+    }
+
+    #[test]
+    fn malformed_files_are_named_with_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("certs.d");
+        std::fs::create_dir_all(hosts.join("reg.example")).unwrap();
+        std::fs::write(
+            hosts.join("reg.example/hosts.toml"),
+            "server = \"https://reg.example\"\n[host.\"http://m\"]\ncapabilities = [\n",
+        )
+        .unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(&conf, "[[registry]]\nprefix = \"x\"\nlocation = 3\n").unwrap();
+        let m = Mirrors::load(Some(&hosts), &[]).unwrap();
+        let e = format!(
+            "{:#}",
+            m.endpoints("reg.example", "reg.example", "a", true, "https")
+                .unwrap_err()
+        );
+        assert!(e.contains("hosts.toml is not TOML: line 3, column "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = format!("{:#}", Mirrors::load(None, &[conf]).unwrap_err());
+        assert!(
+            e.contains("registries.conf is not a registries.conf (v2): line 3, column 12: invalid type: integer `3`, expected a string"),
+            "{e}"
+        );
     }
 }
