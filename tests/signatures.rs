@@ -1610,3 +1610,53 @@ fn several_pairs_share_the_policy() {
     assert_eq!(sha256_file(&signed_dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(!unsigned_dest.exists());
 }
+
+/// Signatures behind mirrors: the blobs come from a pull-through mirror that
+/// may only serve content by digest (`capabilities = ["pull"]`), ahead of it
+/// a Spegel-style mirror 404s everything; the signature tag and referrers
+/// still resolve on the registry, and a required policy is met.
+#[test]
+fn signatures_resolve_on_the_registry_when_mirrors_cannot_serve_them() {
+    let (model, _w, trusted) = signed_model();
+    let mirror = Registry::start_proxy(&model.reg.addr);
+    let spegel = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spegel_addr = spegel.local_addr().unwrap().to_string();
+    serve(spegel, |_| response("404 Not Found", &[], b""));
+    let hosts = tempfile::tempdir().unwrap();
+    let (host, port) = model.reg.addr.split_once(':').unwrap();
+    let sub = hosts.path().join(format!("{host}_{port}_"));
+    fs::create_dir(&sub).unwrap();
+    fs::write(
+        sub.join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{spegel_addr}\"]\ncapabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://{}\"]\ncapabilities = [\"pull\"]\n",
+            model.reg.addr, mirror.addr
+        ),
+    )
+    .unwrap();
+    let hosts_dir = hosts.path().to_str().unwrap().to_string();
+    let insecure = format!("{},{},{spegel_addr}", model.reg.addr, mirror.addr);
+    let m = model.installed(&[
+        ("COSIGN_KEY", &trusted),
+        ("OCIMODEL_VERIFY", "required"),
+        ("OCIMODEL_HOSTS_DIR", &hosts_dir),
+        ("OCIMODEL_REGISTRIES_CONF", "off"),
+        ("OCIMODEL_INSECURE_REGISTRIES", &insecure),
+    ]);
+    assert!(
+        m["signatures"][0]["location"]
+            .as_str()
+            .unwrap()
+            .contains(".sig"),
+        "{m}"
+    );
+    let needle = format!("\"GET /v2/models/mnist/blobs/sha256:{MNIST_SHA256}?ns=");
+    assert!(
+        mirror
+            .log()
+            .lines()
+            .any(|l| l.contains(&needle) && l.contains("\" 200 ")),
+        "the model's blob did not come through the mirror:\n{}",
+        mirror.log()
+    );
+}
