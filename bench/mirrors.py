@@ -74,26 +74,7 @@ def nodes(ocimodel, uri, upstream, work, n, hosts):
     """n concurrent nodes, each pulling into its own DEST; returns their wall times."""
     env = {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": upstream, "OCIMODEL_LOG": "warn",
            "OCIMODEL_REGISTRIES_CONF": "off", "OCIMODEL_HOSTS_DIR": str(hosts) if hosts else "off"}
-    start = time.monotonic()
-    procs = []
-    for i in range(n):
-        dest = work / f"node{i}"
-        shutil.rmtree(dest, ignore_errors=True)
-        procs.append(subprocess.Popen([str(ocimodel), uri, str(dest)], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    walls = []
-    pending = set(range(n))
-    while pending:
-        for i in list(pending):
-            if procs[i].poll() is not None:
-                if procs[i].returncode != 0:
-                    raise SystemExit(f"node {i} failed: {procs[i].stderr.read().decode()[-800:]}")
-                walls.append(time.monotonic() - start)
-                pending.discard(i)
-        time.sleep(0.005)
-    for i in range(n):
-        shutil.rmtree(work / f"node{i}", ignore_errors=True)
-    return sorted(walls)
+    return node_cache.concurrent(ocimodel, uri, work, n, env, "node")
 
 
 def main():

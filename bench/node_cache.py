@@ -52,10 +52,16 @@ def pods(ocimodel, uri, reg, work, n, cache):
     env = {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}
     if cache:
         env["OCIMODEL_CACHE_DIR"] = str(cache)
+    return concurrent(ocimodel, uri, work, n, env, "pod")
+
+
+def concurrent(ocimodel, uri, work, n, env, name):
+    """n ocimodel processes started together, each pulling `uri` into its own DEST
+    (work/<name><i>, removed after); returns their wall times, sorted."""
     procs = []
     start = time.monotonic()
     for i in range(n):
-        dest = work / f"pod{i}"
+        dest = work / f"{name}{i}"
         shutil.rmtree(dest, ignore_errors=True)
         procs.append(subprocess.Popen([str(ocimodel), uri, str(dest)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
@@ -65,12 +71,12 @@ def pods(ocimodel, uri, reg, work, n, cache):
         for i in list(pending):
             if procs[i].poll() is not None:
                 if procs[i].returncode != 0:
-                    raise SystemExit(f"pod {i} failed: {procs[i].stderr.read().decode()[-800:]}")
+                    raise SystemExit(f"{name} {i} failed: {procs[i].stderr.read().decode()[-800:]}")
                 walls.append(time.monotonic() - start)
                 pending.discard(i)
         time.sleep(0.005)
     for i in range(n):
-        shutil.rmtree(work / f"pod{i}", ignore_errors=True)
+        shutil.rmtree(work / f"{name}{i}", ignore_errors=True)
     return sorted(walls)
 
 

@@ -20,11 +20,11 @@ fn crd_dir() -> std::path::PathBuf {
     dir
 }
 
-fn validate(dir: &std::path::Path) -> (bool, String) {
+/// Runs one of tests/support's Python checkers: (it passed, its output).
+fn python(script: &str, args: &[&std::path::Path]) -> (bool, String) {
     let out = Command::new("python3")
-        .arg(repo_root().join("tests/support/validate_manifests.py"))
-        .arg(dir)
-        .arg(crd_dir())
+        .arg(repo_root().join("tests/support").join(script))
+        .args(args)
         .output()
         .unwrap();
     (
@@ -35,6 +35,10 @@ fn validate(dir: &std::path::Path) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+fn validate(dir: &std::path::Path) -> (bool, String) {
+    python("validate_manifests.py", &[dir, &crd_dir()])
 }
 
 #[test]
@@ -98,18 +102,9 @@ fn the_validator_catches_mistakes() {
 }
 
 fn psa_restricted(file: &str) -> (bool, String) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/support/psa_restricted.py"))
-        .arg(repo_root().join("manifests").join(file))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    python(
+        "psa_restricted.py",
+        &[&repo_root().join("manifests").join(file)],
     )
 }
 
