@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""ocimodel against KServe's own OCI initializer, on two CPUs and pinned to one.
+
+    python3 bench/one_cpu.py             # 512 MiB modelcar, 3 interleaved rounds; RESULTS-one-cpu.md
+    python3 bench/one_cpu.py --size 64M --rounds 1
+
+KServe's default storage-initializer limit is `cpuLimit: "1"`. The peer is kserve-storage 0.21
+from PyPI (installed into a venv under --work), `Storage.download("oci://…", out)` with
+`KSERVE_OCI_INSECURE_REGISTRY=true`: it streams the image's tar and extracts `/models`, checking no
+digest. ocimodel pulls the same modelcar by digest and verifies the layer and every file. The
+floor is `curl | openssl dgst -sha256` (download and hash, nothing written). Peers alternate
+within each round; one CPU is `taskset -c 0` on the peer (the registry keeps the other).
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as suite  # noqa: E402
+import wan  # noqa: E402  (parse_rate)
+
+REPO = suite.REPO
+MiB = suite.MiB
+KSERVE_STORAGE = "kserve-storage==0.21.0"
+DOWNLOAD = "import sys\nfrom kserve_storage import Storage\nStorage.download(sys.argv[1], sys.argv[2])\n"
+
+
+def timed(cmd, env=None, shell=False):
+    subprocess.run(["sync"], check=True)
+    t = time.monotonic()
+    r = subprocess.run(cmd, env=env, shell=shell, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {r.stderr[-800:]}")
+    return time.monotonic() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="512M")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/ocimodel-bench-one-cpu")
+    ap.add_argument("--out", default=str(REPO / "bench/RESULTS-one-cpu.md"))
+    args = ap.parse_args()
+    size = wan.parse_rate(args.size)
+    work = Path(args.work)
+    venv = work.parent / "ocimodel-bench-kserve-venv"
+    if not (venv / "bin/python").exists():
+        print(f"installing {KSERVE_STORAGE} into {venv}", flush=True)
+        suite.sh([sys.executable, "-m", "venv", str(venv)])
+        suite.sh([str(venv / "bin/pip"), "install", "-q", KSERVE_STORAGE])
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "kserve_download.py").write_text(DOWNLOAD)
+    print("building ocimodel (release)", flush=True)
+    suite.sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
+    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    reg = suite.Registry(work)
+    times = {}
+    try:
+        (work / "model").mkdir()
+        suite.keystream(work / "model/model.bin", size, "one-cpu")
+        out = subprocess.run([str(ocimodel), "push", str(work / "model"), f"{reg.addr}/bench/car:v1",
+                              "--format", "modelcar"],
+                             env={"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr},
+                             check=True, capture_output=True, text=True)
+        digest = out.stdout.split()[0]
+        layer = max(suite.manifest(reg, "bench/car", digest)["layers"], key=lambda l: l["size"])["digest"]
+        dest = work / "dest"
+        peers = {
+            "curl \\| openssl dgst -sha256 (floor)": (
+                f"curl -sf http://{reg.addr}/v2/bench/car/blobs/{layer} | openssl dgst -sha256 >/dev/null",
+                None, True),
+            "kserve-storage 0.21 (oci://, no digest checked)": (
+                [str(venv / "bin/python"), str(work / "kserve_download.py"), f"oci://{reg.addr}/bench/car@{digest}",
+                 str(dest)],
+                dict(os.environ, KSERVE_OCI_INSECURE_REGISTRY="true"), False),
+            "ocimodel (layer and every file verified)": (
+                [str(ocimodel), f"{reg.addr}/bench/car@{digest}", str(dest)],
+                {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}, False),
+        }
+        for cpus in ("2 CPUs", "1 CPU"):
+            for r in range(args.rounds):
+                for name, (cmd, env, shell) in peers.items():
+                    if cpus == "1 CPU":
+                        cmd = f"taskset -c 0 sh -c '{cmd}'" if shell else ["taskset", "-c", "0", *cmd]
+                    shutil.rmtree(dest, ignore_errors=True)
+                    times.setdefault((cpus, name), []).append(timed(cmd, env, shell))
+                    print(cpus, name, f"{times[(cpus, name)][-1]:.2f}", flush=True)
+            shutil.rmtree(dest, ignore_errors=True)
+    finally:
+        reg.stop()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [
+        "# One CPU: ocimodel against KServe's own OCI initializer",
+        "",
+        f"`python3 bench/one_cpu.py` on {suite.machine()}. A {size // MiB} MiB incompressible file as a "
+        f"modelcar image (one tar layer, the file under `/models`), pulled by digest from docker-registry "
+        f"on loopback. Median of {args.rounds} interleaved rounds; one CPU is `taskset -c 0` on the peer.",
+        "",
+        "| peer | 2 CPUs (s) | 1 CPU (s) | kserve-storage ÷ peer, 2 CPUs | kserve-storage ÷ peer, 1 CPU |",
+        "|---|---|---|---|---|",
+    ]
+    ks = "kserve-storage 0.21 (oci://, no digest checked)"
+    for name in peers:
+        two, one = med[("2 CPUs", name)], med[("1 CPU", name)]
+        lines.append(f"| {name} | {two:.2f} | {one:.2f} | {med[('2 CPUs', ks)] / two:.2f}× | "
+                     f"{med[('1 CPU', ks)] / one:.2f}× |")
+    lines.append("")
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
