@@ -48,11 +48,8 @@ def main():
     if not shutil.which("aria2c"):
         raise SystemExit("aria2c is missing: apt-get install -y aria2")
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    print("building ocimodel (release)", flush=True)
-    suite.sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    work = suite.fresh_dir(work)
+    ocimodel = suite.release_binary()
     reg = suite.Registry(work)
     link = wan.Wan(reg.addr, rate, args.connect_delay, args.redirect)
     rows = []

@@ -17,7 +17,6 @@ Egress is the bytes each registry's access log records for blob GETs, as a multi
 """
 import argparse
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,29 +32,8 @@ MiB = suite.MiB
 
 
 def start_proxy(work, upstream):
-    """A docker-registry in proxy mode (suite.Registry with `proxy: remoteurl` added)."""
-    work.mkdir(parents=True, exist_ok=True)
-    reg = node_cache.LoggingRegistry.__new__(node_cache.LoggingRegistry)
-    reg.dir = work / "registry"
-    reg.dir.mkdir(parents=True, exist_ok=True)
-    reg.addr = f"127.0.0.1:{suite.free_port()}"
-    cfg = reg.dir / "config.yml"
-    cfg.write_text(
-        "version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\n"
-        f"storage: {{filesystem: {{rootdirectory: {reg.dir / 'data'}}}}}\n"
-        f"http: {{addr: {reg.addr}}}\n"
-        f"proxy: {{remoteurl: http://{upstream}}}\n"
-    )
-    reg.log = reg.dir / "registry.log"
-    reg.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=open(reg.log, "wb"),
-                                stderr=subprocess.STDOUT)
-    for _ in range(100):
-        try:
-            socket.create_connection(tuple(reg.addr.split(":")), timeout=0.2).close()
-            return reg
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("docker-registry (proxy) did not start")
+    """A docker-registry in pull-through proxy mode, with its access log."""
+    return node_cache.LoggingRegistry(work, extra=f"proxy: {{remoteurl: http://{upstream}}}\n")
 
 
 def hosts_dir(work, upstream, mirrors):
@@ -85,11 +63,8 @@ def main():
     args = ap.parse_args()
     size = 64 * MiB if args.quick else 1024 * MiB
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    print("building ocimodel (release)", flush=True)
-    suite.sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    work = suite.fresh_dir(work)
+    ocimodel = suite.release_binary()
     up = node_cache.LoggingRegistry(work / "upstream")
     mirrors = []
     try:

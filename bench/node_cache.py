@@ -34,8 +34,8 @@ MiB = suite.MiB
 class LoggingRegistry(suite.Registry):
     """The suite's registry with its access log, to count egress."""
 
-    def __init__(self, work):
-        super().__init__(work, accesslog=True)
+    def __init__(self, work, extra=""):
+        super().__init__(work, accesslog=True, extra=extra)
 
     def blob_bytes(self):
         """Bytes sent for blob GETs so far (combined log format: status then bytes)."""
@@ -101,11 +101,8 @@ def main():
     args = ap.parse_args()
     size = 64 * MiB if args.quick else 1024 * MiB
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    print("building ocimodel (release)", flush=True)
-    suite.sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    work = suite.fresh_dir(work)
+    ocimodel = suite.release_binary()
     reg = LoggingRegistry(work)
     try:
         model = work / "model"

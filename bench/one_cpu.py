@@ -53,12 +53,9 @@ def main():
         print(f"installing {KSERVE_STORAGE} into {venv}", flush=True)
         suite.sh([sys.executable, "-m", "venv", str(venv)])
         suite.sh([str(venv / "bin/pip"), "install", "-q", KSERVE_STORAGE])
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = suite.fresh_dir(work)
     (work / "kserve_download.py").write_text(DOWNLOAD)
-    print("building ocimodel (release)", flush=True)
-    suite.sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    ocimodel = suite.release_binary()
     reg = suite.Registry(work)
     times = {}
     try:

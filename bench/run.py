@@ -72,7 +72,8 @@ def keystream(path, size, seed):
 
 
 class Registry:
-    def __init__(self, work, accesslog=False):
+    def __init__(self, work, accesslog=False, extra=""):
+        """`extra`: more of docker-registry's YAML config (e.g. `proxy: {remoteurl: …}`)."""
         self.dir = work / "registry"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.addr = f"127.0.0.1:{free_port()}"
@@ -80,7 +81,7 @@ class Registry:
         cfg.write_text(
             f"version: 0.1\nlog: {{level: error, accesslog: {{disabled: {'false' if accesslog else 'true'}}}}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.dir / 'data'}}}}}\n"
-            f"http: {{addr: {self.addr}}}\n"
+            f"http: {{addr: {self.addr}}}\n" + extra
         )
         self.log = self.dir / "registry.log"
         out = open(self.log, "wb") if accesslog else subprocess.DEVNULL
@@ -223,6 +224,21 @@ def versions(podman):
     }
 
 
+def release_binary():
+    """Builds ocimodel (release) and returns its path."""
+    print("building ocimodel (release)", flush=True)
+    sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
+    return REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+
+
+def fresh_dir(path):
+    """`path` emptied (or created) for a benchmark's files."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
@@ -250,9 +266,7 @@ def main():
     if args.out is None:
         args.out = str(REPO / ("bench/RESULTS-large.md" if args.large else "bench/RESULTS.md"))
 
-    print("building ocimodel (release)", flush=True)
-    sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    ocimodel = REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    ocimodel = release_binary()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     podman = None

@@ -409,17 +409,22 @@ fn our_reading_of_hosts_toml_matches_containerd() {
         )
         .unwrap();
         // A tag: the mirror resolves it only with the resolve capability.
+        // What the mirror was asked for: by ocimodel, then by containerd.
+        let both_fetch = |reference: &str, dest: &str| {
+            ctr_fetch(dir.path(), reference);
+            let theirs = std::mem::take(&mut *seen.lock().unwrap());
+            pull_via(
+                dir.path(),
+                reference,
+                &work.path().join(dest),
+                &upstream.addr,
+            )
+            .assert_ok();
+            let ours = std::mem::take(&mut *seen.lock().unwrap());
+            (ours, theirs)
+        };
         let tag = format!("{}/models/mnist:v1", upstream.addr);
-        ctr_fetch(dir.path(), &tag);
-        let theirs = std::mem::take(&mut *seen.lock().unwrap());
-        pull_via(
-            dir.path(),
-            &tag,
-            &work.path().join(format!("{name}-tag")),
-            &upstream.addr,
-        )
-        .assert_ok();
-        let ours = std::mem::take(&mut *seen.lock().unwrap());
+        let (ours, theirs) = both_fetch(&tag, &format!("{name}-tag"));
         let asked_tag = |v: &[String]| v.iter().any(|p| p.contains("/manifests/v1"));
         assert_eq!(
             asked_tag(&ours),
@@ -432,16 +437,7 @@ fn our_reading_of_hosts_toml_matches_containerd() {
         // in the same form (it asks for more: the config blob our
         // descriptor embeds).
         let pinned = format!("{}/models/mnist@{digest}", upstream.addr);
-        ctr_fetch(dir.path(), &pinned);
-        let theirs = std::mem::take(&mut *seen.lock().unwrap());
-        pull_via(
-            dir.path(),
-            &pinned,
-            &work.path().join(format!("{name}-digest")),
-            &upstream.addr,
-        )
-        .assert_ok();
-        let ours = std::mem::take(&mut *seen.lock().unwrap());
+        let (ours, theirs) = both_fetch(&pinned, &format!("{name}-digest"));
         let distinct = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
         assert!(!ours.is_empty(), "{name}: we never asked the mirror");
         assert!(
