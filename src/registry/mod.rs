@@ -117,6 +117,9 @@ pub struct BadMirror {
     pub digest: Digest,
 }
 
+/// (registry, repository, by digest, scheme): what a mirror list depends on.
+type EndpointsKey = (String, String, bool, &'static str);
+
 pub struct RegistryClient {
     http: reqwest::Client,
     /// The CA roots `http` trusts, for mirrors' own clients.
@@ -134,6 +137,9 @@ pub struct RegistryClient {
     mirror_hosts: Mutex<std::collections::HashSet<String>>,
     /// Mirrors that could not be reached: not asked again by this process.
     mirrors_down: Mutex<std::collections::HashSet<String>>,
+    /// The configuration's endpoints per (registry, repository, by digest,
+    /// scheme), read once: hosts.toml files are not parsed for every blob.
+    endpoints: Mutex<HashMap<EndpointsKey, Vec<Endpoint>>>,
     /// Which mirror served each blob (to blame it if the digest fails).
     served_by: Mutex<HashMap<Digest, String>>,
     /// registries.conf: the host that served each repository's manifest,
@@ -203,6 +209,7 @@ impl RegistryClient {
             mirror_insecure: Mutex::new(Default::default()),
             mirror_hosts: Mutex::new(Default::default()),
             mirrors_down: Mutex::new(Default::default()),
+            endpoints: Mutex::new(HashMap::new()),
             served_by: Mutex::new(HashMap::new()),
             image_host: Mutex::new(HashMap::new()),
             bad: Mutex::new(Default::default()),
@@ -260,13 +267,22 @@ impl RegistryClient {
         } else {
             "https"
         };
-        let list = self.options.mirrors.endpoints(
-            &r.registry,
-            r.api_host(),
-            &r.repository,
-            by_digest,
-            scheme,
-        )?;
+        let key = (r.registry.clone(), r.repository.clone(), by_digest, scheme);
+        let cached = self.endpoints.lock().unwrap().get(&key).cloned();
+        let list = match cached {
+            Some(list) => list,
+            None => {
+                let list = self.options.mirrors.endpoints(
+                    &r.registry,
+                    r.api_host(),
+                    &r.repository,
+                    by_digest,
+                    scheme,
+                )?;
+                self.endpoints.lock().unwrap().insert(key, list.clone());
+                list
+            }
+        };
         let mut out = Vec::new();
         for mut ep in list {
             if ep.upstream {
