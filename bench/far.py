@@ -12,10 +12,10 @@ Writes bench/RESULTS-far.md. Peers, run one after another on the same emulated l
   digest, every byte verified.
 """
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,14 +24,6 @@ import wan  # noqa: E402
 
 REPO = suite.REPO
 MiB = suite.MiB
-
-
-def timed(cmd, env=None):
-    t = time.monotonic()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed: {r.stderr[-800:]}")
-    return time.monotonic() - t
 
 
 def main():
@@ -47,8 +39,7 @@ def main():
     rate = wan.parse_rate(args.rate)
     if not shutil.which("aria2c"):
         raise SystemExit("aria2c is missing: apt-get install -y aria2")
-    work = Path(args.work)
-    work = suite.fresh_dir(work)
+    work = suite.fresh_dir(args.work)
     ocimodel = suite.release_binary()
     reg = suite.Registry(work)
     link = wan.Wan(reg.addr, rate, args.connect_delay, args.redirect)
@@ -69,8 +60,8 @@ def main():
 
         def measure(label, cmd, env=None, clean=()):
             before = link.connections
-            seconds = timed(cmd, env)
-            rows.append((label, seconds, link.connections - before))
+            seconds, _cpu, rss = suite.timed(shlex.join(cmd), env)
+            rows.append((label, seconds, link.connections - before, rss))
             print(rows[-1], flush=True)
             for p in map(Path, clean):
                 if p.is_dir():
@@ -102,11 +93,11 @@ def main():
            if args.redirect else "")
         + ". Each peer runs once, one after another, on the same link.",
         "",
-        "| peer | seconds | vs one stream | connections |",
-        "|---|---|---|---|",
+        "| peer | seconds | vs one stream | connections | peak RSS (MiB) |",
+        "|---|---|---|---|---|",
     ]
-    for label, seconds, conns in rows:
-        lines.append(f"| {label} | {seconds:.2f} | {one / seconds:.2f}× | {conns} |")
+    for label, seconds, conns, rss in rows:
+        lines.append(f"| {label} | {seconds:.2f} | {one / seconds:.2f}× | {conns} | {rss:.0f} |")
     lines.append("")
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))

@@ -12,12 +12,12 @@ floor is `curl | openssl dgst -sha256` (download and hash, nothing written). Pee
 within each round; one CPU is `taskset -c 0` on the peer (the registry keeps the other).
 """
 import argparse
+import shlex
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,15 +28,6 @@ REPO = suite.REPO
 MiB = suite.MiB
 KSERVE_STORAGE = "kserve-storage==0.21.0"
 DOWNLOAD = "import sys\nfrom kserve_storage import Storage\nStorage.download(sys.argv[1], sys.argv[2])\n"
-
-
-def timed(cmd, env=None, shell=False):
-    subprocess.run(["sync"], check=True)
-    t = time.monotonic()
-    r = subprocess.run(cmd, env=env, shell=shell, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{cmd} failed: {r.stderr[-800:]}")
-    return time.monotonic() - t
 
 
 def main():
@@ -58,6 +49,7 @@ def main():
     ocimodel = suite.release_binary()
     reg = suite.Registry(work)
     times = {}
+    peak = {}
     try:
         (work / "model").mkdir()
         suite.keystream(work / "model/model.bin", size, "one-cpu")
@@ -70,24 +62,26 @@ def main():
         dest = work / "dest"
         peers = {
             "curl \\| openssl dgst -sha256 (floor)": (
-                f"curl -sf http://{reg.addr}/v2/bench/car/blobs/{layer} | openssl dgst -sha256 >/dev/null",
-                None, True),
+                f"curl -sf http://{reg.addr}/v2/bench/car/blobs/{layer} | openssl dgst -sha256 >/dev/null", None),
             "kserve-storage 0.21 (oci://, no digest checked)": (
-                [str(venv / "bin/python"), str(work / "kserve_download.py"), f"oci://{reg.addr}/bench/car@{digest}",
-                 str(dest)],
-                dict(os.environ, KSERVE_OCI_INSECURE_REGISTRY="true"), False),
+                shlex.join([str(venv / "bin/python"), str(work / "kserve_download.py"),
+                            f"oci://{reg.addr}/bench/car@{digest}", str(dest)]),
+                dict(os.environ, KSERVE_OCI_INSECURE_REGISTRY="true")),
             "ocimodel (layer and every file verified)": (
-                [str(ocimodel), f"{reg.addr}/bench/car@{digest}", str(dest)],
-                {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}, False),
+                shlex.join([str(ocimodel), f"{reg.addr}/bench/car@{digest}", str(dest)]),
+                {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}),
         }
         for cpus in ("2 CPUs", "1 CPU"):
             for r in range(args.rounds):
-                for name, (cmd, env, shell) in peers.items():
+                for name, (cmd, env) in peers.items():
                     if cpus == "1 CPU":
-                        cmd = f"taskset -c 0 sh -c '{cmd}'" if shell else ["taskset", "-c", "0", *cmd]
+                        cmd = f"taskset -c 0 bash -c {shlex.quote(cmd)}"
                     shutil.rmtree(dest, ignore_errors=True)
-                    times.setdefault((cpus, name), []).append(timed(cmd, env, shell))
-                    print(cpus, name, f"{times[(cpus, name)][-1]:.2f}", flush=True)
+                    subprocess.run(["sync"], check=True)
+                    wall, _cpu, rss = suite.timed(cmd, env)
+                    times.setdefault((cpus, name), []).append(wall)
+                    peak[name] = max(peak.get(name, 0), rss)
+                    print(cpus, name, f"{wall:.2f}", flush=True)
             shutil.rmtree(dest, ignore_errors=True)
     finally:
         reg.stop()
@@ -100,14 +94,14 @@ def main():
         f"modelcar image (one tar layer, the file under `/models`), pulled by digest from docker-registry "
         f"on loopback. Median of {args.rounds} interleaved rounds; one CPU is `taskset -c 0` on the peer.",
         "",
-        "| peer | 2 CPUs (s) | 1 CPU (s) | kserve-storage ÷ peer, 2 CPUs | kserve-storage ÷ peer, 1 CPU |",
-        "|---|---|---|---|---|",
+        "| peer | 2 CPUs (s) | 1 CPU (s) | kserve-storage ÷ peer, 2 CPUs | kserve-storage ÷ peer, 1 CPU | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
     ks = "kserve-storage 0.21 (oci://, no digest checked)"
     for name in peers:
         two, one = med[("2 CPUs", name)], med[("1 CPU", name)]
         lines.append(f"| {name} | {two:.2f} | {one:.2f} | {med[('2 CPUs', ks)] / two:.2f}× | "
-                     f"{med[('1 CPU', ks)] / one:.2f}× |")
+                     f"{med[('1 CPU', ks)] / one:.2f}× | {peak[name]:.0f} |")
     lines.append("")
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
