@@ -112,13 +112,7 @@ fn a_partial_download_resumes_with_range() {
         &format!("{}/models/big:v1", reg.addr),
         dest.to_str().unwrap(),
     ]);
-    run.assert_ok();
-    assert!(
-        run.stderr().contains(&format!("resume_at={kept}")),
-        "{}",
-        run.stderr()
-    );
-    installed(&dest, &weights);
+    resumed(&run, kept, &dest, &weights);
     // The registry served the rest only: one 206 of the missing bytes.
     let log = reg.log();
     let line = log
@@ -372,6 +366,17 @@ fn kill_mid_blob(mut pull: Spawned, partial: &Path) -> u64 {
 /// The one ranged GET of `blob` in the registry's log is for exactly the
 /// bytes a killed run did not have.
 #[track_caller]
+/// The run succeeded by resuming at `kept` bytes, and DEST holds the model.
+fn resumed(run: &Run, kept: impl std::fmt::Display, dest: &Path, weights: &[u8]) {
+    run.assert_ok();
+    assert!(
+        run.stderr().contains(&format!("resume_at={kept}")),
+        "{}",
+        run.stderr()
+    );
+    installed(dest, weights);
+}
+
 fn fetched_only_the_rest(reg: &Registry, blob: &str, kept: u64) {
     let log = reg.log();
     let ranged: Vec<&str> = log
@@ -454,13 +459,7 @@ fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
             &format!("{}/models/big@{digest}", reg.addr),
             dest.to_str().unwrap(),
         ]);
-    run.assert_ok();
-    assert!(
-        run.stderr().contains(&format!("resume_at={kept}")),
-        "{}",
-        run.stderr()
-    );
-    installed(&dest, &weights);
+    resumed(&run, kept, &dest, &weights);
     fetched_only_the_rest(&reg, &blob, kept);
     assert!(!partial.exists(), "a delivered download is not kept");
 
