@@ -17,23 +17,11 @@ fn blob_redirect_to_another_host_drops_credentials() {
     let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let (manifest, blob_digest) = one_blob_manifest(&blob);
     let (storage_addr, storage_seen) = recorder("127.0.0.2", response("200 OK", &[], &blob));
-    let registry_seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = registry_seen.clone();
-    let blob_path = format!("/v2/m/blobs/{blob_digest}");
-    let registry_addr = basic_registry(move |req| {
-        seen.lock().unwrap().push(req.path.clone());
-        if req.path == "/v2/m/manifests/v1" {
-            manifest_response(&manifest)
-        } else if req.path == blob_path {
-            response(
-                "307 Temporary Redirect",
-                &[("Location", format!("http://{storage_addr}/bucket/blob"))],
-                b"",
-            )
-        } else {
-            response("404 Not Found", &[], b"")
-        }
-    });
+    let (registry_addr, registry_seen) = redirecting_registry(
+        manifest,
+        &blob_digest,
+        format!("http://{storage_addr}/bucket/blob"),
+    );
     let dest = tempfile::tempdir().unwrap();
     with_credentials(&registry_addr)
         .run(&[
@@ -249,20 +237,8 @@ fn a_redirect_target_demanding_auth_gets_no_credentials() {
         ),
     );
     let (manifest, digest) = one_blob_manifest(b"weights");
-    let blob_path = format!("/v2/m/blobs/{digest}");
-    let addr = basic_registry(move |req| {
-        if req.path == "/v2/m/manifests/v1" {
-            manifest_response(&manifest)
-        } else if req.path == blob_path {
-            response(
-                "307 Temporary Redirect",
-                &[("Location", format!("http://{storage}/bucket/blob"))],
-                b"",
-            )
-        } else {
-            response("404 Not Found", &[], b"")
-        }
-    });
+    let (addr, _) =
+        redirecting_registry(manifest, &digest, format!("http://{storage}/bucket/blob"));
     let dest = tempfile::tempdir().unwrap();
     with_credentials(&addr)
         .run(&[&format!("{addr}/m:v1"), dest.path().join("m").to_str().unwrap()])
@@ -471,4 +447,31 @@ fn endless_referrer_pages_are_cut_off() {
         "{} pages read",
         pages.lock().unwrap()
     );
+}
+
+/// A Basic-auth registry serving `manifest` as `m:v1` whose blob GET answers
+/// 307 to `location`; returns its address and the paths it was asked for.
+fn redirecting_registry(
+    manifest: String,
+    digest: &str,
+    location: String,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let blob_path = format!("/v2/m/blobs/{digest}");
+    let addr = basic_registry(move |req| {
+        log.lock().unwrap().push(req.path.clone());
+        if req.path == "/v2/m/manifests/v1" {
+            manifest_response(&manifest)
+        } else if req.path == blob_path {
+            response(
+                "307 Temporary Redirect",
+                &[("Location", location.clone())],
+                b"",
+            )
+        } else {
+            response("404 Not Found", &[], b"")
+        }
+    });
+    (addr, seen)
 }
