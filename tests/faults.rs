@@ -173,9 +173,7 @@ fn relay(
 }
 
 fn setup() -> (Registry, String) {
-    let reg = Registry::start(Auth::None);
-    reg.oras_push_mnist("models/mnist:v1");
-    let digest = reg.digest_of("models/mnist", "v1");
+    let (reg, digest) = Registry::with_mnist();
     (reg, digest)
 }
 

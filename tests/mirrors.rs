@@ -43,9 +43,7 @@ fn pull_via(hosts: &Path, uri: &str, dest: &Path, insecure: &str) -> Run {
 /// second node costs it nothing.
 #[test]
 fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let mirror = Registry::start_proxy(&upstream.addr);
     let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{}", mirror.addr), "")]);
     let work = tempfile::tempdir().unwrap();
@@ -100,9 +98,7 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
 /// the next host.
 #[test]
 fn dead_missing_and_lying_mirrors_cannot_break_a_pull() {
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let up = upstream.addr.clone();
     // Lying: relays manifests, flips a byte in blobs.
     let liar = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -189,9 +185,7 @@ type Seen = (String, Option<String>, Option<String>);
 /// loopback address (a pod's loopback is not the node's).
 #[test]
 fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
-    let open = Registry::start(Auth::None);
-    open.oras_push_mnist("models/mnist:v1");
-    let digest = open.digest_of("models/mnist", "v1");
+    let (open, digest) = Registry::with_mnist();
     let upstream = Registry::start_in(
         open.stop(),
         Auth::Basic {
@@ -266,9 +260,7 @@ fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
 /// the registry; a blocked prefix is refused.
 #[test]
 fn registries_conf_mirrors_by_digest_and_blocks() {
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let mirror = Registry::start_proxy(&upstream.addr);
     let conf = tempfile::tempdir().unwrap();
     let file = conf.path().join("registries.conf");
@@ -317,9 +309,7 @@ fn registries_conf_mirrors_by_digest_and_blocks() {
 /// back to the registry, never fails for it).
 #[test]
 fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path());
     let mirror = Registry::start_tls_proxy(
@@ -368,9 +358,7 @@ fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
 #[test]
 fn our_reading_of_hosts_toml_matches_containerd() {
     require_root("running containerd");
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let work = tempfile::tempdir().unwrap();
     // A fresh containerd (empty content store) for every fetch.
     let fetches = std::sync::atomic::AtomicUsize::new(0);
@@ -530,9 +518,7 @@ impl Drop for Containerd {
 /// reference through a `location`-rewriting mirror.
 #[test]
 fn our_reading_of_registries_conf_matches_skopeo() {
-    let upstream = Registry::start(Auth::None);
-    upstream.oras_push_mnist("models/mnist:v1");
-    let digest = upstream.digest_of("models/mnist", "v1");
+    let (upstream, digest) = Registry::with_mnist();
     let recorder = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = recorder.local_addr().unwrap().to_string();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -216,9 +216,7 @@ fn several_pairs_in_one_call() {
 
 #[test]
 fn rerun_on_complete_dest_needs_no_registry() {
-    let reg = Registry::start(Auth::None);
-    reg.oras_push_mnist("models/mnist:v1");
-    let digest = reg.digest_of("models/mnist", "v1");
+    let (reg, digest) = Registry::with_mnist();
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
     let uri = format!("ocimodel://{}/models/mnist@{digest}", reg.addr);

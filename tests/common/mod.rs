@@ -283,6 +283,15 @@ impl Registry {
         );
     }
 
+    /// An open registry holding the seed's mnist as `models/mnist:v1`, and
+    /// that manifest's digest.
+    pub fn with_mnist() -> (Registry, String) {
+        let reg = Registry::start(Auth::None);
+        reg.oras_push_mnist("models/mnist:v1");
+        let digest = reg.digest_of("models/mnist", "v1");
+        (reg, digest)
+    }
+
     /// Pushes the seed's mnist artifact with the oras Python SDK, exactly as
     /// `../shared/models/mnist/oras-manifest.json` shows it. Returns the
     /// manifest as the registry stored it.
