@@ -8,13 +8,14 @@ Serves the registry at `--upstream` on a new loopback port (printed on stdout, o
 - each TCP connection's download is capped at `--rate` bytes per second (object stores and CDNs
   give each connection a share: hence parallel ranged GETs);
 - each new connection costs `--connect-delay` seconds before its first byte (TCP + TLS setup
-  across a continent);
+  across a continent), and each request `--rtt` seconds before its answer starts (one round trip:
+  small ranges pay it often);
 - with `--redirect`, blob GETs are answered `307` with a Location on a second loopback host, the
   "object store", which serves the bytes (with `Range`) under the same caps, as registries
   redirect to presigned S3/GCS/Azure URLs. Like a presigned URL, the store refuses a request that
   carries `Authorization` (400), and the URL expires after `--expires` seconds (403).
 
-Importable: `Wan(upstream, rate, connect_delay, redirect).start()` returns the address; `.stop()`.
+Importable: `Wan(upstream, rate, connect_delay, redirect, expires, rtt).start()` returns the address; `.stop()`.
 Counters (`.connections`, `.bytes_sent`) let a benchmark say how many connections a pull opened.
 """
 import argparse
@@ -35,8 +36,9 @@ def parse_rate(s):
 
 
 class Wan:
-    def __init__(self, upstream, rate=16 * 1024 ** 2, connect_delay=0.02, redirect=False, expires=600):
+    def __init__(self, upstream, rate=16 * 1024 ** 2, connect_delay=0.02, redirect=False, expires=600, rtt=0.02):
         self.upstream = upstream
+        self.rtt = rtt
         self.rate = rate
         self.connect_delay = connect_delay
         self.redirect = redirect
@@ -97,6 +99,7 @@ class Wan:
 
             def relay(self):
                 path = self.path
+                time.sleep(wan.rtt)  # the request travels there and the answer back
                 if store:
                     if self.headers.get("Authorization"):
                         return self.answer(400, b"object store: Authorization header not allowed with a signed URL")
@@ -178,8 +181,9 @@ def main():
     ap.add_argument("--connect-delay", type=float, default=0.02, help="seconds per new connection")
     ap.add_argument("--redirect", action="store_true", help="blob GETs redirect to an object store")
     ap.add_argument("--expires", type=float, default=600, help="seconds a redirect URL stays valid")
+    ap.add_argument("--rtt", type=float, default=0.02, help="seconds per request before its answer")
     args = ap.parse_args()
-    wan = Wan(args.upstream, parse_rate(args.rate), args.connect_delay, args.redirect, args.expires)
+    wan = Wan(args.upstream, parse_rate(args.rate), args.connect_delay, args.redirect, args.expires, args.rtt)
     print("wan", wan.start(), flush=True)
     try:
         while True:

@@ -23,6 +23,11 @@ pub const DEFAULT_MIN_RATE: &str = "1K";
 pub const DEFAULT_MAX_FILES: u64 = 100_000;
 pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
 pub const DEFAULT_RESUME_MIN: u64 = 4 << 30;
+/// Ranges of one big blob downloading at once (see `registry/ranges.rs`;
+/// bench/RESULTS-far.md measures why).
+pub const DEFAULT_RANGE_CONNECTIONS: usize = 8;
+pub const DEFAULT_RANGE_SIZE: u64 = 2 << 20;
+pub const DEFAULT_HOST_CONNECTIONS: usize = 16;
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
@@ -34,6 +39,7 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_DOCKER_CONFIG_JSON",
     "OCIMODEL_EXCLUDE",
     "OCIMODEL_HOSTS_DIR",
+    "OCIMODEL_HOST_CONNECTIONS",
     "OCIMODEL_INCLUDE",
     "OCIMODEL_INSECURE_REGISTRIES",
     "OCIMODEL_KIT_FILTER",
@@ -50,6 +56,8 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_OWNER",
     "OCIMODEL_PLATFORM",
     "OCIMODEL_PROGRESS_INTERVAL",
+    "OCIMODEL_RANGE_CONNECTIONS",
+    "OCIMODEL_RANGE_SIZE",
     "OCIMODEL_RECHECK",
     "OCIMODEL_REGISTRIES_CONF",
     "OCIMODEL_REQUIRE_DIGEST",

@@ -188,6 +188,18 @@ pub(super) struct AccessArgs {
     /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
     #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES)]
     pub(super) retries: u32,
+
+    /// Connections one big blob is downloaded over, in ranges (1: one stream).
+    #[arg(long = "range-connections", env = "OCIMODEL_RANGE_CONNECTIONS", default_value_t = config::DEFAULT_RANGE_CONNECTIONS)]
+    pub(super) range_connections: usize,
+
+    /// Bytes per ranged GET (e.g. 2M, at most 32M); blobs under twice this are one stream.
+    #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = "2M", value_parser = parse_range_size)]
+    pub(super) range_size: u64,
+
+    /// Blob requests open at once to one host, across all blobs.
+    #[arg(long = "host-connections", env = "OCIMODEL_HOST_CONNECTIONS", default_value_t = config::DEFAULT_HOST_CONNECTIONS)]
+    pub(super) host_connections: usize,
 }
 
 /// Which files of a model to install.
@@ -625,6 +637,11 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
         mirrors: crate::mirrors::Mirrors::default(),
         node_ip: access.node_ip.clone().filter(|ip| !ip.trim().is_empty()),
         retries: access.retries,
+        ranges: crate::registry::Limits {
+            connections: access.range_connections.max(1),
+            range_size: access.range_size,
+            per_host: access.host_connections.max(1),
+        },
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());
     let (default_hosts, default_conf) = crate::mirrors::default_paths();
@@ -654,6 +671,16 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
 }
 
 /// `123`, `64K`, `500M`, `2G`, `1T` (powers of 1024).
+/// A range size: a size from 64K to 32M (a range must fit the memory
+/// window ranges share; smaller ones would be all overhead).
+fn parse_range_size(s: &str) -> std::result::Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(64 << 10..=crate::registry::RANGE_WINDOW).contains(&n) {
+        return Err(format!("'{s}': a range is 64K to 32M"));
+    }
+    Ok(n)
+}
+
 pub(super) fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {

@@ -14,10 +14,12 @@
 mod auth;
 mod errors;
 mod push;
+mod ranges;
 mod referrers;
 mod transport;
 
 use auth::{HostAuth, Token};
+pub use ranges::{Limits, WINDOW as RANGE_WINDOW};
 use referrers::resolve_link;
 pub use transport::{backoff, root_cause};
 use transport::{read_capped, same_origin, urlencode, Resolver};
@@ -25,14 +27,14 @@ use transport::{read_capped, same_origin, urlencode, Resolver};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use crate::auth::{Challenge, CredentialStore, Credentials};
@@ -103,6 +105,8 @@ pub struct ClientOptions {
     pub retries: u32,
     /// The node's mirror configuration (see [`crate::mirrors`]).
     pub mirrors: crate::mirrors::Mirrors,
+    /// How big blobs are split into parallel ranged GETs.
+    pub ranges: Limits,
     /// A mirror on the node's loopback (Dragonfly's 127.0.0.1:4001) is
     /// reached at this address from a pod (`OCIMODEL_NODE_IP`).
     pub node_ip: Option<String>,
@@ -533,18 +537,16 @@ impl RegistryClient {
         self.fetch_manifest(r, tag, Scope::Pull, true).await
     }
 
-    /// Opens a blob for streaming. The caller verifies size and digest.
-    pub async fn blob(&self, r: &ImageRef, digest: &Digest) -> Result<ByteStream> {
-        self.blob_from(r, digest, 0).await
-    }
-
-    /// Opens a blob from byte `offset` (a resumed download): asks for a
-    /// `Range`; when the registry ignores it and sends everything, the bytes
+    /// Opens blob `digest` of `size` bytes from byte `offset` (above 0, a
+    /// resumed download) as one stream; the caller verifies size and digest.
+    /// A big blob comes over several connections in ranges ([`ranges`]);
+    /// a registry that ignores `Range` sends everything, and the bytes
     /// before `offset` are skipped here, so the caller always gets the rest.
     pub async fn blob_from(
-        &self,
+        self: &Arc<Self>,
         r: &ImageRef,
         digest: &Digest,
+        size: u64,
         offset: u64,
     ) -> Result<ByteStream> {
         for (mref, ep) in self.mirrors_for(r, true)? {
@@ -567,17 +569,18 @@ impl RegistryClient {
             if ep.whole_image && !ep.upstream && chosen.as_deref() != Some(ep.host.as_str()) {
                 continue;
             }
-            let url = ep.url("blobs", &digest.to_string());
+            let at = BlobAt {
+                r: mref,
+                url: ep.url("blobs", &digest.to_string()),
+                headers: ep.headers.clone(),
+                digest: digest.clone(),
+                size,
+            };
             if ep.upstream {
                 self.served_by.lock().unwrap().remove(digest);
-                return self
-                    .blob_from_at(&mref, &url, &ep.headers, digest, offset)
-                    .await;
+                return self.blob_at(at, offset).await;
             }
-            match self
-                .blob_from_at(&mref, &url, &ep.headers, digest, offset)
-                .await
-            {
+            match self.blob_at(at, offset).await {
                 Ok(stream) => {
                     tracing::info!(mirror = %ep.host, blob = %digest, "from a mirror");
                     self.served_by
@@ -592,38 +595,148 @@ impl RegistryClient {
             }
         }
         self.served_by.lock().unwrap().remove(digest);
-        let url = format!("{}/blobs/{digest}", self.base_url(r));
-        self.blob_from_at(r, &url, &[], digest, offset).await
+        let at = BlobAt {
+            r: r.clone(),
+            url: format!("{}/blobs/{digest}", self.base_url(r)),
+            headers: Vec::new(),
+            digest: digest.clone(),
+            size,
+        };
+        self.blob_at(at, offset).await
     }
 
-    async fn blob_from_at(
-        &self,
-        r: &ImageRef,
-        url: &str,
-        headers: &[(String, String)],
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<ByteStream> {
-        let what = format!("blob {digest} of {}/{}", r.registry, r.repository);
+    /// Opens the blob at one host: its first range when it is worth
+    /// splitting (and the rest in parallel when the host honours `Range`),
+    /// else one stream. Every blob request holds one of the host's
+    /// connection permits while it is open.
+    async fn blob_at(self: &Arc<Self>, at: BlobAt, offset: u64) -> Result<ByteStream> {
+        let limits = self.options.ranges;
+        let split = limits.splits(at.size.saturating_sub(offset));
+        let host = ranges::host_permits(at.r.api_host(), limits.per_host);
+        let conn = host
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow!("the connection permits were closed"))?;
+        let range = match (split, offset) {
+            (true, _) => {
+                let (start, end) = limits.first(offset, at.size);
+                Some(format!("bytes={start}-{}", end - 1))
+            }
+            (false, 0) => None,
+            (false, _) => Some(format!("bytes={offset}-")),
+        };
         let resp = self
-            .send(r, |c| {
-                let req = headers
-                    .iter()
-                    .fold(c.get(url), |req, (k, v)| req.header(k.as_str(), v.as_str()));
-                if offset > 0 {
-                    req.header(reqwest::header::RANGE, format!("bytes={offset}-"))
-                } else {
-                    req
+            .send(&at.r, |c| {
+                let req = at.headers.iter().fold(c.get(&at.url), |req, (k, v)| {
+                    req.header(k.as_str(), v.as_str())
+                });
+                match &range {
+                    Some(range) => req.header(RANGE, range),
+                    None => req,
                 }
             })
             .await?;
-        let resp = self.check_status(resp, r, &what, Scope::Pull).await?;
-        let mut to_skip = if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
-            tracing::info!(blob = %digest, "the registry ignored Range; skipping the {offset} bytes already received");
+        let resp = self
+            .check_status(resp, &at.r, &at.what(), Scope::Pull)
+            .await?;
+        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
+        if split && partial {
+            at.check_range(&resp, offset)?;
+            let redirected = !same_origin(resp.url(), &reqwest::Url::parse(&at.url)?);
+            let location = Arc::new(Mutex::new(redirected.then(|| resp.url().clone())));
+            let first = self.body_stream(resp, 0);
+            let retries = self.options.retries;
+            let (size, client, at) = (at.size, self.clone(), Arc::new(at));
+            let open: ranges::OpenRange = Arc::new(move |start, end| {
+                let (client, at, location) = (client.clone(), at.clone(), location.clone());
+                Box::pin(async move { client.open_range(&at, &location, start, end).await })
+            });
+            return Ok(ranges::parallel(
+                (first, conn),
+                offset,
+                size,
+                limits,
+                host,
+                open,
+                retries,
+            ));
+        }
+        let skip = if offset > 0 && !partial {
+            tracing::info!(blob = %at.digest, "the registry ignored Range; skipping the {offset} bytes already received");
             offset
         } else {
+            if split {
+                tracing::info!(blob = %at.digest, "the registry ignored Range; one stream");
+            }
             0
         };
+        let stream = self.body_stream(resp, skip);
+        Ok(Box::pin(stream.map(move |chunk| {
+            let _ = &conn;
+            chunk
+        })))
+    }
+
+    /// Opens bytes `start..end` of a blob being fetched in ranges: at the
+    /// URL the registry last redirected to (object storage; presigned, so
+    /// no credentials), or when there is none or it refuses (an expired
+    /// URL answers 403), at the registry again.
+    async fn open_range(
+        &self,
+        at: &BlobAt,
+        location: &Mutex<Option<reqwest::Url>>,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream> {
+        let range = format!("bytes={start}-{}", end - 1);
+        let redirect = location.lock().unwrap().clone();
+        if let Some(url) = redirect {
+            match self.http.get(url).header(RANGE, &range).send().await {
+                Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                    at.check_range(&resp, start)?;
+                    return Ok(self.body_stream(resp, 0));
+                }
+                Ok(resp) => {
+                    tracing::info!(blob = %at.digest, status = %resp.status(), "the redirect target refused a range (an expired URL?); asking the registry again")
+                }
+                Err(e) => {
+                    tracing::info!(blob = %at.digest, "the redirect target failed ({}); asking the registry again", root_cause(&e))
+                }
+            }
+            *location.lock().unwrap() = None;
+        }
+        let resp = self
+            .send(&at.r, |c| {
+                at.headers
+                    .iter()
+                    .fold(c.get(&at.url), |req, (k, v)| {
+                        req.header(k.as_str(), v.as_str())
+                    })
+                    .header(RANGE, &range)
+            })
+            .await?;
+        let resp = self
+            .check_status(resp, &at.r, &at.what(), Scope::Pull)
+            .await?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            bail!(
+                "{}: asked for bytes {start}-{}, the registry answered {} with the whole blob",
+                at.what(),
+                end - 1,
+                resp.status()
+            );
+        }
+        at.check_range(&resp, start)?;
+        if !same_origin(resp.url(), &reqwest::Url::parse(&at.url)?) {
+            *location.lock().unwrap() = Some(resp.url().clone());
+        }
+        Ok(self.body_stream(resp, 0))
+    }
+
+    /// A blob response's body as a stream: read stalls and trickles are
+    /// errors in words; the first `skip` bytes are dropped.
+    fn body_stream(&self, resp: reqwest::Response, mut skip: u64) -> ByteStream {
         let stall = self
             .options
             .stall_timeout
@@ -645,9 +758,9 @@ impl RegistryClient {
                     Err(e) => Some(Err(std::io::Error::other(format!(
                         "download interrupted: {e}"
                     )))),
-                    Ok(()) if to_skip > 0 => {
-                        let n = to_skip.min(b.len() as u64) as usize;
-                        to_skip -= n as u64;
+                    Ok(()) if skip > 0 => {
+                        let n = skip.min(b.len() as u64) as usize;
+                        skip -= n as u64;
                         let _ = b.split_to(n);
                         (!b.is_empty()).then_some(Ok(b))
                     }
@@ -656,6 +769,48 @@ impl RegistryClient {
             };
             futures_util::future::ready(out)
         });
-        Ok(Box::pin(stream))
+        Box::pin(stream)
+    }
+}
+
+/// A blob at one host (a mirror or the registry): where and what to ask.
+struct BlobAt {
+    /// The repository the requests authenticate as.
+    r: ImageRef,
+    url: String,
+    /// A mirror's own headers (hosts.toml).
+    headers: Vec<(String, String)>,
+    digest: Digest,
+    size: u64,
+}
+
+impl BlobAt {
+    fn what(&self) -> String {
+        format!(
+            "blob {} of {}/{}",
+            self.digest, self.r.registry, self.r.repository
+        )
+    }
+
+    /// A 206 answer must start where it was asked to: bytes from anywhere
+    /// else would be hashed in the wrong place.
+    fn check_range(&self, resp: &reqwest::Response, start: u64) -> Result<()> {
+        let header = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let served = header
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+        if served != Some(start) {
+            bail!(
+                "{}: asked for bytes from {start}, the server answered Content-Range '{}'",
+                self.what(),
+                crate::text::escape_controls(header)
+            );
+        }
+        Ok(())
     }
 }

@@ -197,7 +197,11 @@ impl Source {
         match self {
             Source::Registry {
                 client, reference, ..
-            } => client.blob(reference, &desc.digest).await,
+            } => {
+                client
+                    .blob_from(reference, &desc.digest, desc.size, 0)
+                    .await
+            }
             Source::Layout { store, label, .. } => store
                 .open(&blob_path(&desc.digest))
                 .await
@@ -222,7 +226,11 @@ impl Source {
         match self {
             Source::Registry {
                 client, reference, ..
-            } => Some(client.blob_from(reference, &desc.digest, offset).await),
+            } => Some(
+                client
+                    .blob_from(reference, &desc.digest, desc.size, offset)
+                    .await,
+            ),
             _ => None,
         }
     }

@@ -754,6 +754,30 @@ impl Registry {
             .filter(|l| l.contains("\"GET ") && l.contains(&needle))
             .count()
     }
+
+    /// The (status, bytes) of each GET of blob `digest`, from the access log
+    /// (a blob fetched in ranges is several 206s).
+    pub fn blob_responses(&self, digest: &str) -> Vec<(u16, u64)> {
+        let needle = format!("/blobs/{digest} HTTP");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&needle))
+            .filter_map(|l| {
+                let mut rest = l
+                    .split_once(&needle)?
+                    .1
+                    .split_once('"')?
+                    .1
+                    .split_whitespace();
+                Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Bytes of blob `digest` the registry served, over all its GETs.
+    pub fn blob_egress(&self, digest: &str) -> u64 {
+        self.blob_responses(digest).iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// Root-only tests fail, never skip, when not root: CI runs as root, and a

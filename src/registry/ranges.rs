@@ -1,0 +1,465 @@
+//! One blob over several connections: parallel ranged GETs, reassembled in
+//! order.
+//!
+//! Far registries hand each TCP connection a limited share of the link
+//! (object stores and CDNs behind ECR, GAR, ACR, quay, GHCR, Docker Hub), and
+//! a modelcar is usually one huge layer, so fetching blobs side by side does
+//! not help it. A big blob is cut into ranges of `range_size`; up to
+//! `connections` of them download at once, each whole into memory, and are
+//! handed on strictly in order, so the caller's single streaming hash and
+//! unpack see exactly the bytes one stream would have given.
+//!
+//! Memory: a range holds its share of a process-wide window ([`WINDOW`])
+//! from before its request until the last of its bytes has been written by
+//! the consumer, so ranged bytes in memory never exceed the window, whatever the
+//! blob size, the number of blobs or the connection settings. A blob's
+//! ranges take window shares in order, so its first unfinished range always
+//! holds one: no blob can wait on another's.
+//!
+//! Connections: every ranged request also holds a per-host permit
+//! ([`Limits::per_host`]), so a 30-shard model does not open 300.
+//!
+//! Faults: a range cut mid-way asks again for the rest of that range only
+//! (the opener decides where: a cached redirect, or the registry again); a
+//! range that still fails fails the stream, and the caller resumes the blob
+//! from the bytes it has verified.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::ByteStream;
+
+/// Bytes all ranges of the process may hold ahead of their consumers.
+pub const WINDOW: u64 = 32 << 20;
+/// Window shares are counted in these units (permits are `u32`).
+const UNIT: u64 = 64 << 10;
+/// A finished range is handed on in pieces of this size.
+const HANDOFF: usize = 256 << 10;
+
+/// How blobs are cut and how many connections they may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Ranges of one blob downloading at once; 1 turns ranges off.
+    pub connections: usize,
+    /// Bytes per range (at most [`WINDOW`]).
+    pub range_size: u64,
+    /// Ranged requests open at once to one host, across all blobs.
+    pub per_host: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections: crate::config::DEFAULT_RANGE_CONNECTIONS,
+            range_size: crate::config::DEFAULT_RANGE_SIZE,
+            per_host: crate::config::DEFAULT_HOST_CONNECTIONS,
+        }
+    }
+}
+
+impl Limits {
+    fn range_size(&self) -> u64 {
+        self.range_size.clamp(UNIT, WINDOW)
+    }
+
+    /// Whether `len` bytes are worth splitting: at least two ranges.
+    pub fn splits(&self, len: u64) -> bool {
+        self.connections > 1 && len >= 2 * self.range_size()
+    }
+
+    /// The first range of `offset..size`.
+    pub fn first(&self, offset: u64, size: u64) -> (u64, u64) {
+        (offset, (offset + self.range_size()).min(size))
+    }
+}
+
+/// Opens bytes `start..end` of the blob; the stream must yield exactly them.
+pub type OpenRange = Arc<dyn Fn(u64, u64) -> BoxFuture<'static, Result<ByteStream>> + Send + Sync>;
+
+fn window() -> Arc<Semaphore> {
+    static W: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    W.get_or_init(|| Arc::new(Semaphore::new((WINDOW / UNIT) as usize)))
+        .clone()
+}
+
+/// The connection permits of `host`, made with `per_host` on first use.
+pub fn host_permits(host: &str, per_host: usize) -> Arc<Semaphore> {
+    static HOSTS: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
+    HOSTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(per_host.max(1))))
+        .clone()
+}
+
+/// A blob's bytes `offset..size` as one ordered stream, fetched in ranges.
+/// `first` is the already open response for the first range (`limits.first`),
+/// with the host permit it was opened under.
+pub fn parallel(
+    first: (ByteStream, OwnedSemaphorePermit),
+    offset: u64,
+    size: u64,
+    limits: Limits,
+    host: Arc<Semaphore>,
+    open: OpenRange,
+    retries: u32,
+) -> ByteStream {
+    let step = limits.range_size();
+    let ranges: Vec<(u64, u64)> = (offset..size)
+        .step_by(step as usize)
+        .map(|s| (s, (s + step).min(size)))
+        .collect();
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let driver = Task(tokio::spawn(drive(
+        ranges, first, limits, host, open, retries, tx,
+    )));
+    Box::pin(Ordered {
+        rx,
+        _driver: driver,
+    })
+}
+
+/// The reassembled stream; dropping it stops the driver and its ranges.
+struct Ordered {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    _driver: Task<()>,
+}
+
+impl futures_util::Stream for Ordered {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A spawned task, aborted when dropped (a range nobody will read).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for Task<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A finished range: its buffer and the window share it counts against.
+/// The buffer goes back to the pool when the last slice of it is dropped.
+struct Filled {
+    buf: Vec<u8>,
+    _share: OwnedSemaphorePermit,
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.buf));
+    }
+}
+
+/// A slice of a finished range, as the consumer sees it.
+struct Slice {
+    filled: Arc<Filled>,
+    at: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for Slice {
+    fn as_ref(&self) -> &[u8] {
+        &self.filled.buf[self.at.clone()]
+    }
+}
+
+/// Range buffers not in use. Buffers are made only when this is empty and
+/// every one in use holds a window share, so together they never exceed
+/// the window; reusing them spares the allocator (freed on other threads,
+/// fresh buffers would grow several heaps) and the page faults.
+fn pool() -> &'static Mutex<Vec<Vec<u8>>> {
+    static POOL: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+fn take_buffer(capacity: usize) -> Vec<u8> {
+    let mut pool = pool().lock().unwrap();
+    match pool.iter().position(|b| b.capacity() >= capacity) {
+        Some(i) => pool.swap_remove(i),
+        None => {
+            // A buffer of another size (the settings changed) is dropped.
+            pool.pop();
+            Vec::with_capacity(capacity)
+        }
+    }
+}
+
+fn give_back(mut buf: Vec<u8>) {
+    buf.clear();
+    pool().lock().unwrap().push(buf);
+}
+
+/// One range's bytes, whole, with the window share they hold.
+type Done = (Vec<u8>, OwnedSemaphorePermit);
+
+/// Starts ranges in order as window shares allow, at most
+/// `limits.connections` at once, and forwards each finished head range.
+async fn drive(
+    ranges: Vec<(u64, u64)>,
+    first: (ByteStream, OwnedSemaphorePermit),
+    limits: Limits,
+    host: Arc<Semaphore>,
+    open: OpenRange,
+    retries: u32,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let window = window();
+    let mut first = Some(first);
+    let mut running: FuturesOrdered<Task<Result<Done>>> = FuturesOrdered::new();
+    let mut next = 0;
+    loop {
+        let launch = next < ranges.len() && running.len() < limits.connections.max(1);
+        let (start, end) = ranges.get(next).copied().unwrap_or_default();
+        let units = (end - start).div_ceil(UNIT).max(1) as u32;
+        tokio::select! {
+            biased;
+            Some(done) = running.next(), if !running.is_empty() => {
+                let (bytes, share) = match done {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(format!("a range download failed: {e}")))).await;
+                        return;
+                    }
+                };
+                // The share goes along with the bytes: it is given back only
+                // when the last of them has been written, not when handed on.
+                let len = bytes.len();
+                let filled = Arc::new(Filled { buf: bytes, _share: share });
+                for at in (0..len).step_by(HANDOFF) {
+                    let at = at..(at + HANDOFF).min(len);
+                    let chunk = Bytes::from_owner(Slice { filled: filled.clone(), at });
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            share = window.clone().acquire_many_owned(units), if launch => {
+                let Ok(share) = share else { return };
+                let opened = first.take().map(|(s, conn)| (s, Some(conn)));
+                let task = tokio::spawn(fetch_range(start..end, limits.range_size(), opened, host.clone(), open.clone(), retries, share));
+                running.push_back(Task(task));
+                next += 1;
+            }
+            else => return,
+        }
+    }
+}
+
+/// Downloads `range` whole into a pooled buffer of `capacity` bytes under a
+/// host permit, asking again for the rest when the transfer is cut, up to
+/// `retries` times.
+async fn fetch_range(
+    range: std::ops::Range<u64>,
+    capacity: u64,
+    opened: Option<(ByteStream, Option<OwnedSemaphorePermit>)>,
+    host: Arc<Semaphore>,
+    open: OpenRange,
+    retries: u32,
+    share: OwnedSemaphorePermit,
+) -> Result<Done> {
+    let (mut stream, conn) = match opened {
+        Some((s, conn)) => (Some(s), conn),
+        None => (None, None),
+    };
+    let _conn = match conn {
+        Some(c) => c,
+        None => host
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow!("the connection permits were closed"))?,
+    };
+    // One buffer per range, filled by copying: holding the network's own
+    // chunks would pin the connections' larger read buffers behind them.
+    let std::ops::Range { start, end } = range;
+    let want = end - start;
+    let mut bytes = take_buffer(capacity as usize);
+    let mut attempts = 0;
+    loop {
+        let have = bytes.len() as u64;
+        let mut s = match stream.take() {
+            Some(s) => s,
+            None => open(start + have, end).await?,
+        };
+        let cut = loop {
+            match s.next().await {
+                Some(Ok(chunk)) => {
+                    if bytes.len() + chunk.len() > want as usize {
+                        bail!(
+                            "bytes {start}-{}: the server sent more than asked for",
+                            end - 1
+                        );
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => break e.to_string(),
+                None if bytes.len() as u64 == want => return Ok((bytes, share)),
+                None => break format!("the range ended after {} of {want} bytes", bytes.len()),
+            }
+        };
+        if attempts >= retries {
+            bail!("bytes {start}-{}: {cut}", end - 1);
+        }
+        attempts += 1;
+        let wait = super::backoff(attempts);
+        tracing::warn!(
+            range_start = start,
+            received = bytes.len(),
+            attempt = attempts,
+            "{cut}; asking for the rest of the range in {:.1}s",
+            wait.as_secs_f64()
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: usize) -> Bytes {
+        Bytes::from((0..n).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())
+    }
+
+    /// An opener serving `data` in small chunks; ranges listed in `cut`
+    /// (by start) break after half their bytes, once each.
+    fn opener(data: Bytes, cut: Vec<u64>, opened: Arc<Mutex<Vec<(u64, u64)>>>) -> OpenRange {
+        let cut = Arc::new(Mutex::new(cut));
+        Arc::new(move |s, e| {
+            opened.lock().unwrap().push((s, e));
+            let body = data.slice(s as usize..e as usize);
+            let break_now = {
+                let mut c = cut.lock().unwrap();
+                let hit = c.iter().position(|&x| x == s);
+                hit.map(|i| c.remove(i)).is_some()
+            };
+            Box::pin(async move { Ok(chunked(body, break_now)) })
+        })
+    }
+
+    fn chunked(body: Bytes, break_half: bool) -> ByteStream {
+        let n = body.len();
+        let keep = if break_half { n / 2 } else { n };
+        let mut items: Vec<std::io::Result<Bytes>> = (0..keep)
+            .step_by(1000)
+            .map(|i| Ok(body.slice(i..(i + 1000).min(keep))))
+            .collect();
+        if break_half {
+            items.push(Err(std::io::Error::other("connection reset")));
+        }
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    async fn run(
+        limits: Limits,
+        size: usize,
+        offset: u64,
+        cut: Vec<u64>,
+    ) -> (Result<Vec<u8>>, Vec<(u64, u64)>) {
+        let data = blob(size);
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        let open = opener(data.clone(), cut, opened.clone());
+        let (s, e) = limits.first(offset, size as u64);
+        let first = open(s, e).await.unwrap();
+        let host = Arc::new(Semaphore::new(limits.per_host));
+        let conn = host.clone().acquire_owned().await.unwrap();
+        let mut stream = parallel((first, conn), offset, size as u64, limits, host, open, 2);
+        let mut out = Vec::new();
+        let mut err = None;
+        while let Some(c) = stream.next().await {
+            match c {
+                Ok(c) => out.extend_from_slice(&c),
+                Err(e) => {
+                    err = Some(anyhow!(e));
+                    break;
+                }
+            }
+        }
+        let mut seen = opened.lock().unwrap().clone();
+        seen.sort();
+        (err.map_or(Ok(out), Err), seen)
+    }
+
+    fn limits(connections: usize, range_size: u64) -> Limits {
+        Limits {
+            connections,
+            range_size,
+            per_host: 3,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_reassemble_in_order_from_any_offset() {
+        let size = 1_000_000;
+        for (offset, range) in [(0u64, UNIT), (12_345, UNIT), (0, 300_000), (999_000, UNIT)] {
+            let (out, seen) = run(limits(4, range), size, offset, vec![]).await;
+            assert_eq!(
+                out.unwrap(),
+                blob(size)[offset as usize..],
+                "offset {offset}"
+            );
+            // Each range asked for once, back to back, covering the rest.
+            let mut at = offset;
+            for (s, e) in &seen {
+                assert_eq!(*s, at);
+                assert!(e - s <= range.max(UNIT));
+                at = *e;
+            }
+            assert_eq!(at, size as u64);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_range_asks_again_for_its_rest_only() {
+        let size = 10 * UNIT as usize;
+        let (out, seen) = run(limits(3, 2 * UNIT), size, 0, vec![2 * UNIT, 6 * UNIT]).await;
+        assert_eq!(out.unwrap(), blob(size));
+        assert!(seen.contains(&(3 * UNIT, 4 * UNIT)), "{seen:?}");
+        assert!(seen.contains(&(7 * UNIT, 8 * UNIT)), "{seen:?}");
+        assert_eq!(seen.len(), 5 + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_that_keeps_breaking_fails_the_stream() {
+        let size = 4 * UNIT as usize;
+        let cut = vec![2 * UNIT, 3 * UNIT, 3 * UNIT + UNIT / 2];
+        let (out, _) = run(limits(2, 2 * UNIT), size, 0, cut).await;
+        let e = out.unwrap_err().to_string();
+        assert!(e.contains("connection reset"), "{e}");
+    }
+
+    #[test]
+    fn small_blobs_are_not_split() {
+        let l = limits(8, 4 << 20);
+        assert!(!l.splits((8 << 20) - 1));
+        assert!(l.splits(8 << 20));
+        assert!(!limits(1, 4 << 20).splits(1 << 30));
+        // A range never exceeds the window, or it could never start.
+        assert_eq!(limits(8, 1 << 40).first(0, 1 << 40), (0, WINDOW));
+    }
+}
