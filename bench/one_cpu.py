@@ -26,8 +26,6 @@ import wan  # noqa: E402  (parse_rate)
 
 REPO = suite.REPO
 MiB = suite.MiB
-KSERVE_STORAGE = "kserve-storage==0.21.0"
-DOWNLOAD = "import sys\nfrom kserve_storage import Storage\nStorage.download(sys.argv[1], sys.argv[2])\n"
 
 
 def main():
@@ -38,14 +36,8 @@ def main():
     ap.add_argument("--out", default=str(REPO / "bench/RESULTS-one-cpu.md"))
     args = ap.parse_args()
     size = wan.parse_rate(args.size)
-    work = Path(args.work)
-    venv = work.parent / "ocimodel-bench-kserve-venv"
-    if not (venv / "bin/python").exists():
-        print(f"installing {KSERVE_STORAGE} into {venv}", flush=True)
-        suite.sh([sys.executable, "-m", "venv", str(venv)])
-        suite.sh([str(venv / "bin/pip"), "install", "-q", KSERVE_STORAGE])
-    work = suite.fresh_dir(work)
-    (work / "kserve_download.py").write_text(DOWNLOAD)
+    work = suite.fresh_dir(args.work)
+    kserve = suite.kserve_storage(work)
     ocimodel = suite.release_binary()
     reg = suite.Registry(work)
     times = {}
@@ -64,9 +56,8 @@ def main():
             "curl \\| openssl dgst -sha256 (floor)": (
                 f"curl -sf http://{reg.addr}/v2/bench/car/blobs/{layer} | openssl dgst -sha256 >/dev/null", None),
             "kserve-storage 0.21 (oci://, no digest checked)": (
-                shlex.join([str(venv / "bin/python"), str(work / "kserve_download.py"),
-                            f"oci://{reg.addr}/bench/car@{digest}", str(dest)]),
-                dict(os.environ, KSERVE_OCI_INSECURE_REGISTRY="true")),
+                f"{kserve} {shlex.quote(f'oci://{reg.addr}/bench/car@{digest}')} {shlex.quote(str(dest))}",
+                dict(os.environ)),
             "ocimodel (layer and every file verified)": (
                 shlex.join([str(ocimodel), f"{reg.addr}/bench/car@{digest}", str(dest)]),
                 {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}),

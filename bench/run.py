@@ -19,9 +19,12 @@ What it does:
 - measures wall time, CPU (user+sys) and peak RSS with GNU time, and reports min/median/max,
   plus each tool's ratio to ocimodel in the same run.
 
-Tools: ocimodel; oras-py (`oras.client.OrasClient.pull`, what KServe's oci+fetch mode uses);
-skopeo copy to an OCI layout + `tar -x` of the layers; podman pull; and the floors `curl -o` of
-the same blobs and `curl | openssl dgst -sha256`.
+Tools: ocimodel; KServe's own initializer (kserve-storage 0.21 from PyPI, in a venv beside the work
+directory: `Storage.download("oci://…", out)` with `KSERVE_OCI_INSECURE_REGISTRY=true`; modelcar
+cases); oras-py (`oras.client.OrasClient.pull`); skopeo copy to an OCI layout + `tar -x` of the
+layers; podman pull; and the floors `curl -o` of the same blobs, `curl | openssl dgst -sha256`
+(the honest verify floor: `sha256sum` has no SHA-NI here) and, for one-blob cases, `aria2c -x8`
+(the parallel floor, unverified). Pinned to one CPU: bench/one_cpu.py.
 """
 import argparse
 import hashlib
@@ -173,7 +176,24 @@ def timed(cmd, env=None):
     return float(wall), float(user) + float(sys_), int(rss) / 1024
 
 
-def tools_for(case, reg, work, ocimodel, podman):
+KSERVE_STORAGE = "kserve-storage==0.21.0"
+KSERVE_DOWNLOAD = "import sys\nfrom kserve_storage import Storage\nStorage.download(sys.argv[1], sys.argv[2])\n"
+
+
+def kserve_storage(work):
+    """A command prefix running KServe's initializer code: `PREFIX oci://REF OUT` (installs
+    kserve-storage into a venv beside `work` the first time)."""
+    venv = Path(work).parent / "ocimodel-bench-kserve-venv"
+    if not (venv / "bin/python").exists():
+        print(f"installing {KSERVE_STORAGE} into {venv}", flush=True)
+        sh([sys.executable, "-m", "venv", str(venv)])
+        sh([str(venv / "bin/pip"), "install", "-q", KSERVE_STORAGE])
+    script = Path(work) / "kserve_download.py"
+    script.write_text(KSERVE_DOWNLOAD)
+    return f"KSERVE_OCI_INSECURE_REGISTRY=true {venv}/bin/python {script}"
+
+
+def tools_for(case, reg, work, ocimodel, podman, kserve=None):
     """name -> (setup, command) for this case; each command writes into a fresh OUT."""
     repo = f"bench/{case}"
     ref = f"{reg.addr}/{repo}:v1"
@@ -186,6 +206,8 @@ def tools_for(case, reg, work, ocimodel, podman):
     if case.startswith("oras") and not large:
         tools["oras-py"] = (f"python3 -c \"import oras.client; oras.client.OrasClient(hostname='{reg.addr}', "
                             f"insecure=True).pull(target='{ref}', outdir='{out}/oras')\" >/dev/null 2>&1")
+    if case.startswith("car") and not large and kserve:
+        tools["kserve-storage"] = f"{kserve} oci://{ref} {out}/kserve >/dev/null 2>&1"
     if case.startswith("car") and not large:
         tools["skopeo+tar"] = (
             f"skopeo copy -q --src-tls-verify=false --dest-oci-accept-uncompressed-layers docker://{ref} "
@@ -203,6 +225,9 @@ def tools_for(case, reg, work, ocimodel, podman):
     parallel = "--parallel --parallel-max 8 " if len(blobs) > 1 else ""
     tools["curl -o (floor)"] = f"mkdir -p {out}/curl && curl -sf {parallel}-K {cfg}"
     tools["curl + sha256 (floor)"] = f"while read -r u; do curl -sf $u | openssl dgst -sha256 >/dev/null; done < {url_list}"
+    if len(blobs) == 1 and shutil.which("aria2c"):
+        tools["aria2c -x8 (floor)"] = (f"aria2c -q -x8 -s8 -k8M -d {out} -o aria.bin "
+                                       f"http://{reg.addr}/v2/{repo}/blobs/{blobs[0]}")
     return tools
 
 
@@ -215,6 +240,8 @@ def versions(podman):
     return {
         "ocimodel": v(f"{REPO}/target/x86_64-unknown-linux-gnu/release/ocimodel --version"),
         "oras-py": v("python3 -c 'import importlib.metadata as m; print(m.version(\"oras\"))'"),
+        "kserve-storage": KSERVE_STORAGE,
+        "aria2c": v("aria2c --version"),
         "skopeo": v("skopeo --version"),
         "podman": v("podman --version") if podman else "not available",
         "curl": v("curl --version"),
@@ -281,7 +308,8 @@ def main():
         sizes = make_fixtures(work, args.quick, ocimodel, reg, args.large)
         cases = ["oras-8g", "car-8g"] if args.large else args.cases.split(",")
         results = {}  # (case, tool) -> [(wall, cpu, rss)]
-        plan = {c: tools_for(c, reg, work, ocimodel, podman) for c in cases}
+        kserve = None if args.large else kserve_storage(work)
+        plan = {c: tools_for(c, reg, work, ocimodel, podman, kserve) for c in cases}
         for r in range(rounds + 1):
             label = "warm-up" if r == 0 else f"round {r}/{rounds}"
             print(label, flush=True)

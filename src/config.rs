@@ -28,6 +28,7 @@ pub const DEFAULT_RESUME_MIN: u64 = 4 << 30;
 pub const DEFAULT_RANGE_CONNECTIONS: usize = 8;
 pub const DEFAULT_RANGE_SIZE: u64 = 2 << 20;
 pub const DEFAULT_HOST_CONNECTIONS: usize = 16;
+pub const DEFAULT_SPLIT_BELOW: u64 = 128 << 20;
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
@@ -64,6 +65,7 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_RESUME_MIN",
     "OCIMODEL_RETRIES",
     "OCIMODEL_SIDECAR_EXIT_ON_FAILURE",
+    "OCIMODEL_SPLIT_BELOW",
     "OCIMODEL_STALL_TIMEOUT",
     "OCIMODEL_SUBPATH",
     "OCIMODEL_TERMINATION_LOG",

@@ -1,4 +1,5 @@
-//! Content digests (`sha256:<hex>`, `sha512:<hex>`) and a streaming hasher.
+//! Content digests (`sha256:<hex>`, `sha512:<hex>`, `blake3:<hex>`) and a
+//! streaming hasher.
 //!
 //! Every manifest and blob is hashed as its bytes arrive and compared with the
 //! digest that named it; nothing is trusted because a server said so.
@@ -14,6 +15,9 @@ use sha2::Digest as _;
 pub enum Algorithm {
     Sha256,
     Sha512,
+    /// Registered by the OCI image spec; also what the completion marker
+    /// records for files it had to hash itself (see `unpack::MARKER_ALGORITHM`).
+    Blake3,
 }
 
 impl Algorithm {
@@ -21,6 +25,7 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => "sha256",
             Algorithm::Sha512 => "sha512",
+            Algorithm::Blake3 => "blake3",
         }
     }
 
@@ -28,6 +33,7 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => 64,
             Algorithm::Sha512 => 128,
+            Algorithm::Blake3 => 64,
         }
     }
 }
@@ -41,9 +47,13 @@ pub struct Digest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
-    #[error("'{0}' is not a digest (expected sha256:<64 hex> or sha512:<128 hex>)")]
+    #[error(
+        "'{0}' is not a digest (expected sha256:<64 hex>, sha512:<128 hex> or blake3:<64 hex>)"
+    )]
     Malformed(String),
-    #[error("digest algorithm '{0}' is not supported (ocimodel verifies sha256 and sha512)")]
+    #[error(
+        "digest algorithm '{0}' is not supported (ocimodel verifies sha256, sha512 and blake3)"
+    )]
     Unsupported(String),
 }
 
@@ -94,6 +104,7 @@ impl FromStr for Digest {
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
+            "blake3" => Algorithm::Blake3,
             other => return Err(DigestError::Unsupported(other.to_string())),
         };
         let lower_hex = hex
@@ -133,6 +144,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
+    Blake3(Box<blake3::Hasher>),
 }
 
 impl Hasher {
@@ -140,6 +152,7 @@ impl Hasher {
         match algorithm {
             Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
             Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
         }
     }
 
@@ -147,6 +160,9 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
+            Hasher::Blake3(h) => {
+                h.update(bytes);
+            }
         }
     }
 
@@ -154,6 +170,7 @@ impl Hasher {
         let (algorithm, raw): (Algorithm, Vec<u8>) = match self {
             Hasher::Sha256(h) => (Algorithm::Sha256, h.finalize().to_vec()),
             Hasher::Sha512(h) => (Algorithm::Sha512, h.finalize().to_vec()),
+            Hasher::Blake3(h) => (Algorithm::Blake3, h.finalize().as_bytes().to_vec()),
         };
         Digest {
             algorithm,
@@ -210,6 +227,17 @@ mod tests {
         );
         assert!(d.matches(b"{}"));
         assert!(!d.matches(b"{ }"));
+    }
+
+    #[test]
+    fn blake3_known_answer() {
+        // The BLAKE3 specification's hash of the empty input.
+        let d = Digest::of(Algorithm::Blake3, b"");
+        assert_eq!(
+            d.to_string(),
+            "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }
 
     #[test]

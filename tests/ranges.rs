@@ -48,9 +48,12 @@ fn model() -> (Registry, String, String, Vec<u8>) {
     )
 }
 
-/// ocimodel cutting blobs into 1 MiB ranges.
+/// ocimodel cutting blobs into 1 MiB ranges, and splitting them whatever
+/// the first range's speed (loopback is faster than any far link).
 fn ranged() -> Ocimodel {
-    Ocimodel::new().env("OCIMODEL_RANGE_SIZE", "1M")
+    Ocimodel::new()
+        .env("OCIMODEL_RANGE_SIZE", "1M")
+        .env("OCIMODEL_SPLIT_BELOW", "1T")
 }
 
 #[track_caller]
@@ -193,6 +196,27 @@ fn a_big_blob_comes_in_parallel_ranges_within_the_host_cap() {
     assert!(
         opened <= 2,
         "one connection allowed per host, {opened} opened"
+    );
+}
+
+/// On a link where one connection is fast (here, loopback), the first range
+/// shows it and the rest comes as one stream: no request per range for the
+/// registry to serve.
+#[test]
+fn a_fast_connection_takes_the_rest_as_one_stream() {
+    let (reg, digest, blob, weights) = model();
+    let dest = tempfile::tempdir().unwrap();
+    pull(
+        Ocimodel::new().env("OCIMODEL_RANGE_SIZE", "1M"),
+        &reg.addr,
+        &digest,
+        dest.path(),
+    )
+    .assert_ok();
+    installed(dest.path(), &weights);
+    assert_eq!(
+        reg.blob_responses(&blob),
+        vec![(206, MIB as u64), (206, (SIZE - MIB) as u64)]
     );
 }
 

@@ -197,6 +197,11 @@ pub(super) struct AccessArgs {
     #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = "2M", value_parser = parse_range_size)]
     pub(super) range_size: u64,
 
+    /// Split a big blob only when its first range arrived slower than this per second
+    /// (e.g. 128M; 1T: always); a faster connection keeps up on its own.
+    #[arg(long = "split-below", env = "OCIMODEL_SPLIT_BELOW", default_value = "128M", value_parser = parse_size)]
+    pub(super) split_below: u64,
+
     /// Blob requests open at once to one host, across all blobs.
     #[arg(long = "host-connections", env = "OCIMODEL_HOST_CONNECTIONS", default_value_t = config::DEFAULT_HOST_CONNECTIONS)]
     pub(super) host_connections: usize,
@@ -641,6 +646,7 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
             connections: access.range_connections.max(1),
             range_size: access.range_size,
             per_host: access.host_connections.max(1),
+            split_below: access.split_below,
         },
     };
     let sources = CredentialSources::from_env(access.auth_file.as_deref());

@@ -27,7 +27,7 @@ use transport::{read_capped, same_origin, urlencode, Resolver};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -605,13 +605,19 @@ impl RegistryClient {
         self.blob_at(at, offset).await
     }
 
-    /// Opens the blob at one host: its first range when it is worth
-    /// splitting (and the rest in parallel when the host honours `Range`),
-    /// else one stream. Every blob request holds one of the host's
-    /// connection permits while it is open.
+    /// Opens the blob at one host. A big one is asked for its first range;
+    /// when the host honours `Range` and that range came slowly, the rest
+    /// follows in parallel ranges, else as one stream. Every blob request
+    /// holds one of the host's connection permits while it is open.
     async fn blob_at(self: &Arc<Self>, at: BlobAt, offset: u64) -> Result<ByteStream> {
         let limits = self.options.ranges;
         let split = limits.splits(at.size.saturating_sub(offset));
+        let (start, end) = limits.first(offset, at.size);
+        // Memory before a connection, as every range takes them.
+        let share = match split {
+            true => Some(ranges::window_share(end - start).await?),
+            false => None,
+        };
         let host = ranges::host_permits(at.r.api_host(), limits.per_host);
         let conn = host
             .clone()
@@ -619,10 +625,7 @@ impl RegistryClient {
             .await
             .map_err(|_| anyhow!("the connection permits were closed"))?;
         let range = match (split, offset) {
-            (true, _) => {
-                let (start, end) = limits.first(offset, at.size);
-                Some(format!("bytes={start}-{}", end - 1))
-            }
+            (true, _) => Some(format!("bytes={start}-{}", end - 1)),
             (false, 0) => None,
             (false, _) => Some(format!("bytes={offset}-")),
         };
@@ -641,26 +644,55 @@ impl RegistryClient {
             .check_status(resp, &at.r, &at.what(), Scope::Pull)
             .await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
-        if split && partial {
+        if let (Some(share), true) = (share, partial) {
             at.check_range(&resp, offset)?;
             let redirected = !same_origin(resp.url(), &reqwest::Url::parse(&at.url)?);
             let location = Arc::new(Mutex::new(redirected.then(|| resp.url().clone())));
-            let first = self.body_stream(resp, 0);
-            let retries = self.options.retries;
-            let (size, client, at) = (at.size, self.clone(), Arc::new(at));
+            // The first range's speed, from its first bytes to its last: the
+            // time to the first byte is the registry's, not the link's.
+            let first_bytes: Arc<OnceLock<(Instant, usize)>> = Arc::default();
+            let seen = first_bytes.clone();
+            let body = Box::pin(self.body_stream(resp, 0).inspect(move |c| {
+                if let Ok(c) = c {
+                    seen.get_or_init(|| (Instant::now(), c.len()));
+                }
+            }));
+            let (retries, size, digest) = (self.options.retries, at.size, at.digest.clone());
+            let (client, at) = (self.clone(), Arc::new(at));
             let open: ranges::OpenRange = Arc::new(move |start, end| {
                 let (client, at, location) = (client.clone(), at.clone(), location.clone());
                 Box::pin(async move { client.open_range(&at, &location, start, end).await })
             });
-            return Ok(ranges::parallel(
-                (first, conn),
-                offset,
-                size,
-                limits,
-                host,
-                open,
+            let first = ranges::fetch_range(
+                start..end,
+                limits.range_size(),
+                Some((body, conn)),
+                host.clone(),
+                open.clone(),
                 retries,
-            ));
+                share,
+            )
+            .await?;
+            let rate = first_bytes.get().map_or(f64::INFINITY, |(at, n)| {
+                (end - start - *n as u64) as f64 / at.elapsed().as_secs_f64().max(1e-6)
+            });
+            if rate < limits.split_below as f64 {
+                tracing::debug!(blob = %digest, rate = rate as u64, "the rest in parallel ranges");
+                return Ok(ranges::parallel(
+                    first, offset, size, limits, host, open, retries,
+                ));
+            }
+            tracing::debug!(blob = %digest, rate = rate as u64, "one connection keeps up; the rest as one stream");
+            let conn = host
+                .acquire_owned()
+                .await
+                .map_err(|_| anyhow!("the connection permits were closed"))?;
+            let rest = open(end, size).await?;
+            let first = futures_util::stream::iter(ranges::hand_off(first).map(Ok));
+            return Ok(Box::pin(first.chain(rest).map(move |chunk| {
+                let _ = &conn;
+                chunk
+            })));
         }
         let skip = if offset > 0 && !partial {
             tracing::info!(blob = %at.digest, "the registry ignored Range; skipping the {offset} bytes already received");

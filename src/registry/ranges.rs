@@ -53,8 +53,13 @@ pub struct Limits {
     pub connections: usize,
     /// Bytes per range (at most [`WINDOW`]).
     pub range_size: u64,
-    /// Ranged requests open at once to one host, across all blobs.
+    /// Blob requests open at once to one host, across all blobs.
     pub per_host: usize,
+    /// A blob is split only when its first range came slower than this
+    /// (bytes per second on one connection): faster, one stream keeps up
+    /// with hashing and writing, and ranges would only cost the registry a
+    /// request each.
+    pub split_below: u64,
 }
 
 impl Default for Limits {
@@ -63,16 +68,17 @@ impl Default for Limits {
             connections: crate::config::DEFAULT_RANGE_CONNECTIONS,
             range_size: crate::config::DEFAULT_RANGE_SIZE,
             per_host: crate::config::DEFAULT_HOST_CONNECTIONS,
+            split_below: crate::config::DEFAULT_SPLIT_BELOW,
         }
     }
 }
 
 impl Limits {
-    fn range_size(&self) -> u64 {
+    pub fn range_size(&self) -> u64 {
         self.range_size.clamp(UNIT, WINDOW)
     }
 
-    /// Whether `len` bytes are worth splitting: at least two ranges.
+    /// Whether `len` bytes may be worth splitting: at least two ranges.
     pub fn splits(&self, len: u64) -> bool {
         self.connections > 1 && len >= 2 * self.range_size()
     }
@@ -104,11 +110,21 @@ pub fn host_permits(host: &str, per_host: usize) -> Arc<Semaphore> {
         .clone()
 }
 
+/// A window share for a range of `len` bytes. Acquired before the range's
+/// connection permit, always: every range takes them in that order, so a
+/// range holding a connection never waits for memory held by ranges waiting
+/// for connections.
+pub async fn window_share(len: u64) -> Result<OwnedSemaphorePermit> {
+    window()
+        .acquire_many_owned(len.div_ceil(UNIT).max(1) as u32)
+        .await
+        .map_err(|_| anyhow!("the range window was closed"))
+}
+
 /// A blob's bytes `offset..size` as one ordered stream, fetched in ranges.
-/// `first` is the already open response for the first range (`limits.first`),
-/// with the host permit it was opened under.
+/// `first` is the first range (`limits.first`), already downloaded.
 pub fn parallel(
-    first: (ByteStream, OwnedSemaphorePermit),
+    first: Done,
     offset: u64,
     size: u64,
     limits: Limits,
@@ -120,6 +136,7 @@ pub fn parallel(
     let ranges: Vec<(u64, u64)> = (offset..size)
         .step_by(step as usize)
         .map(|s| (s, (s + step).min(size)))
+        .skip(1)
         .collect();
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let driver = Task(tokio::spawn(drive(
@@ -128,6 +145,20 @@ pub fn parallel(
     Box::pin(Ordered {
         rx,
         _driver: driver,
+    })
+}
+
+/// A finished range as the pieces the consumer reads; its window share and
+/// buffer are given back when the last piece has been dropped (written).
+pub fn hand_off((buf, share): Done) -> impl Iterator<Item = Bytes> {
+    let len = buf.len();
+    let filled = Arc::new(Filled { buf, _share: share });
+    (0..len).step_by(HANDOFF).map(move |at| {
+        let at = at..(at + HANDOFF).min(len);
+        Bytes::from_owner(Slice {
+            filled: filled.clone(),
+            at,
+        })
     })
 }
 
@@ -212,58 +243,48 @@ fn give_back(mut buf: Vec<u8>) {
 }
 
 /// One range's bytes, whole, with the window share they hold.
-type Done = (Vec<u8>, OwnedSemaphorePermit);
+pub type Done = (Vec<u8>, OwnedSemaphorePermit);
 
-/// Starts ranges in order as window shares allow, at most
-/// `limits.connections` at once, and forwards each finished head range.
+/// Starts the ranges in order as window shares allow, at most
+/// `limits.connections` at once (counting the finished `first`), and
+/// forwards each finished head range.
 async fn drive(
     ranges: Vec<(u64, u64)>,
-    first: (ByteStream, OwnedSemaphorePermit),
+    first: Done,
     limits: Limits,
     host: Arc<Semaphore>,
     open: OpenRange,
     retries: u32,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
 ) {
-    let window = window();
-    let mut first = Some(first);
-    let mut running: FuturesOrdered<Task<Result<Done>>> = FuturesOrdered::new();
+    let mut running: FuturesOrdered<BoxFuture<'static, Result<Done>>> = FuturesOrdered::new();
+    running.push_back(Box::pin(std::future::ready(Ok(first))));
     let mut next = 0;
     loop {
         let launch = next < ranges.len() && running.len() < limits.connections.max(1);
         let (start, end) = ranges.get(next).copied().unwrap_or_default();
-        let units = (end - start).div_ceil(UNIT).max(1) as u32;
         tokio::select! {
             biased;
             Some(done) = running.next(), if !running.is_empty() => {
-                let (bytes, share) = match done {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(e)) => {
+                let done = match done {
+                    Ok(done) => done,
+                    Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(format!("{e:#}")))).await;
                         return;
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(format!("a range download failed: {e}")))).await;
-                        return;
-                    }
                 };
-                // The share goes along with the bytes: it is given back only
-                // when the last of them has been written, not when handed on.
-                let len = bytes.len();
-                let filled = Arc::new(Filled { buf: bytes, _share: share });
-                for at in (0..len).step_by(HANDOFF) {
-                    let at = at..(at + HANDOFF).min(len);
-                    let chunk = Bytes::from_owner(Slice { filled: filled.clone(), at });
-                    if tx.send(Ok(chunk)).await.is_err() {
+                for piece in hand_off(done) {
+                    if tx.send(Ok(piece)).await.is_err() {
                         return;
                     }
                 }
             }
-            share = window.clone().acquire_many_owned(units), if launch => {
+            share = window_share(end - start), if launch => {
                 let Ok(share) = share else { return };
-                let opened = first.take().map(|(s, conn)| (s, Some(conn)));
-                let task = tokio::spawn(fetch_range(start..end, limits.range_size(), opened, host.clone(), open.clone(), retries, share));
-                running.push_back(Task(task));
+                let task = Task(tokio::spawn(fetch_range(start..end, limits.range_size(), None, host.clone(), open.clone(), retries, share)));
+                running.push_back(Box::pin(async move {
+                    task.await.map_err(|e| anyhow!("a range download failed: {e}"))?
+                }));
                 next += 1;
             }
             else => return,
@@ -272,27 +293,27 @@ async fn drive(
 }
 
 /// Downloads `range` whole into a pooled buffer of `capacity` bytes under a
-/// host permit, asking again for the rest when the transfer is cut, up to
-/// `retries` times.
-async fn fetch_range(
+/// host permit (`conn` when the caller holds one already, else one of
+/// `host`'s), reading `opened` first when the request was already sent, and
+/// asking again for the rest when the transfer is cut, up to `retries` times.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_range(
     range: std::ops::Range<u64>,
     capacity: u64,
-    opened: Option<(ByteStream, Option<OwnedSemaphorePermit>)>,
+    opened: Option<(ByteStream, OwnedSemaphorePermit)>,
     host: Arc<Semaphore>,
     open: OpenRange,
     retries: u32,
     share: OwnedSemaphorePermit,
 ) -> Result<Done> {
-    let (mut stream, conn) = match opened {
+    let (mut stream, _conn) = match opened {
         Some((s, conn)) => (Some(s), conn),
-        None => (None, None),
-    };
-    let _conn = match conn {
-        Some(c) => c,
-        None => host
-            .acquire_owned()
-            .await
-            .map_err(|_| anyhow!("the connection permits were closed"))?,
+        None => (
+            None,
+            host.acquire_owned()
+                .await
+                .map_err(|_| anyhow!("the connection permits were closed"))?,
+        ),
     };
     // One buffer per range, filled by copying: holding the network's own
     // chunks would pin the connections' larger read buffers behind them.
@@ -385,10 +406,22 @@ mod tests {
         let opened = Arc::new(Mutex::new(Vec::new()));
         let open = opener(data.clone(), cut, opened.clone());
         let (s, e) = limits.first(offset, size as u64);
-        let first = open(s, e).await.unwrap();
         let host = Arc::new(Semaphore::new(limits.per_host));
+        let share = window_share(e - s).await.unwrap();
         let conn = host.clone().acquire_owned().await.unwrap();
-        let mut stream = parallel((first, conn), offset, size as u64, limits, host, open, 2);
+        let body = open(s, e).await.unwrap();
+        let first = fetch_range(
+            s..e,
+            limits.range_size(),
+            Some((body, conn)),
+            host.clone(),
+            open.clone(),
+            2,
+            share,
+        )
+        .await
+        .unwrap();
+        let mut stream = parallel(first, offset, size as u64, limits, host, open, 2);
         let mut out = Vec::new();
         let mut err = None;
         while let Some(c) = stream.next().await {
@@ -410,6 +443,7 @@ mod tests {
             connections,
             range_size,
             per_host: 3,
+            split_below: u64::MAX,
         }
     }
 

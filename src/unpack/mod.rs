@@ -42,6 +42,14 @@ pub use paths::{
 
 /// Names at the top of DEST that belong to ocimodel itself.
 pub const RESERVED_NAMES: [&str; 2] = [".ocimodel", ".ocimodel.json"];
+/// How the marker records a file it had to hash itself (one taken out of a
+/// tar layer). The layer's own SHA-256 is what proves the content; this
+/// second pass only lets `check` and rechecks find a changed file later, so
+/// it uses the fastest sound hash: BLAKE3 runs several times faster than
+/// SHA-256 on one core, and one core is what KServe gives an initializer
+/// (bench/RESULTS-one-cpu.md). A file whose digest the manifest already
+/// gives (an ORAS layer) is recorded with that digest and not hashed again.
+pub const MARKER_ALGORITHM: Algorithm = Algorithm::Blake3;
 const WRITE_BUF: usize = 256 * 1024;
 const MAX_SYMLINK_HOPS: usize = 40;
 
@@ -650,7 +658,7 @@ fn parents_are_dirs(root: &Path, rel: &[String]) -> bool {
 }
 
 fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
-    let (size, digest) = crate::digest::hash_file(path, Algorithm::Sha256)?;
+    let (size, digest) = crate::digest::hash_file(path, MARKER_ALGORITHM)?;
     Ok(FileRecord {
         path: key.to_string(),
         size,
@@ -801,7 +809,7 @@ mod tests {
         assert_eq!(mode("keep.txt"), 0o664);
         assert_eq!(mode("run.sh"), 0o775);
         assert_eq!(mode("sub"), 0o775);
-        assert_eq!(c.files[1].digest, Digest::sha256_of(b"keep"));
+        assert_eq!(c.files[1].digest, Digest::of(MARKER_ALGORITHM, b"keep"));
     }
 
     #[test]
@@ -1000,7 +1008,7 @@ mod tests {
         let (dir, result) = apply(&[layer], "/models");
         let c = result.unwrap();
         assert_eq!(fs::read(dir.path().join("s/x")).unwrap(), b"second");
-        assert_eq!(c.files[0].digest, Digest::sha256_of(b"second"));
+        assert_eq!(c.files[0].digest, Digest::of(MARKER_ALGORITHM, b"second"));
     }
 
     #[test]

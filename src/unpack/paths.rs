@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{FileRecord, RESERVED_NAMES};
-use crate::digest::{Algorithm, Digest, Hasher};
+use super::{FileRecord, MARKER_ALGORITHM, RESERVED_NAMES};
+use crate::digest::{Digest, Hasher};
 
 /// A relative path inside the tree, as clean components.
 pub type RelPath = Vec<String>;
@@ -167,8 +167,7 @@ pub fn write_file(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let known = known.filter(|d| d.algorithm() == Algorithm::Sha256);
-    let mut hasher = known.is_none().then(|| Hasher::new(Algorithm::Sha256));
+    let mut hasher = known.is_none().then(|| Hasher::new(MARKER_ALGORITHM));
     let mut size = 0u64;
     loop {
         // Straight from the reader's buffer: no copy of our own.
