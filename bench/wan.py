@@ -110,10 +110,12 @@ class Wan:
                     path = url.path
                 elif wan.redirect and self.command == "GET" and "/blobs/sha256:" in path:
                     # The registry answers blob GETs (after its own auth) with a redirect.
+                    # (A HEAD carrying the client's Range answers 206: the blob is there.)
                     probe = self.forward("HEAD", path, body=False)
-                    if probe.status != 200:
-                        return self.pass_through(probe)
-                    location = "http://127.0.0.1:%d%s?expires=%d" % (
+                    probe.conn.close()
+                    if probe.status not in (200, 206):
+                        return self.answer(probe.status, b"")
+                    location = "http://127.0.0.1:%d%s?expires=%.3f" % (
                         wan.store.server_address[1], path.split("?")[0], time.time() + wan.expires)
                     return self.answer(307, b"", [("Location", location)])
                 self.pass_through(self.forward(self.command, path, body=self.command == "GET"))

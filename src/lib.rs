@@ -3,7 +3,8 @@
 //!
 //! Modules, in the order data flows through them:
 //! [`reference`] → [`source`] (`source/`: layouts and archives, with
-//! [`registry`] (`registry/`: transport, auth, errors, referrers, push) and
+//! [`registry`] (`registry/`: transport, auth, errors, ranges, referrers,
+//! push) and
 //! [`auth`] for registries) → [`verify`] (signatures of the resolved digest,
 //! before anything is written; `verify/der.rs` reads certificates) →
 //! [`plan`] (index → platform manifest via [`manifest`], then [`format`]

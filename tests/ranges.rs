@@ -530,3 +530,74 @@ fn ranges_follow_redirects_without_credentials_and_renew_expired_urls() {
         run.stderr()
     );
 }
+
+/// With a node cache, ranges land in it in order: the blob is committed
+/// whole, the registry served it once, and the next pod reads the cache.
+#[test]
+fn ranges_fill_the_node_cache() {
+    let (reg, digest, blob, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    for pod in ["a", "b"] {
+        let dest = work.path().join(pod);
+        pull(
+            ranged().env("OCIMODEL_CACHE_DIR", &cache),
+            &reg.addr,
+            &digest,
+            &dest,
+        )
+        .assert_ok();
+        installed(&dest, &weights);
+    }
+    assert_eq!(reg.blob_responses(&blob), vec![(206, MIB as u64); 6]);
+    let entry = cache.join("blobs/sha256").join(&blob[7..]);
+    assert_eq!(sha256_file(&entry), &blob[7..]);
+}
+
+/// Through bench/wan.py, the user-space WAN emulator the benchmarks use:
+/// each connection capped, a delay per connection and per request, blob
+/// GETs redirected to its "object store" whose URLs expire after half a
+/// second. The pull completes, renewing expired URLs at the registry.
+#[test]
+fn through_the_wan_emulator_with_expiring_redirects() {
+    let (reg, digest, _blob, weights) = model();
+    let mut wan = std::process::Command::new("python3")
+        .arg(repo_root().join("bench/wan.py"))
+        .args([
+            "--upstream",
+            &reg.addr,
+            "--rate",
+            "2M",
+            "--connect-delay",
+            "0.01",
+        ])
+        .args(["--rtt", "0.01", "--redirect", "--expires", "0.5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(wan.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("wan ")
+        .unwrap_or_else(|| panic!("wan.py said {line:?}"))
+        .trim()
+        .to_string();
+    let dest = tempfile::tempdir().unwrap();
+    let run = pull(
+        ranged().env("OCIMODEL_RANGE_CONNECTIONS", "4"),
+        &addr,
+        &digest,
+        dest.path(),
+    );
+    let _ = wan.kill();
+    let _ = wan.wait();
+    run.assert_ok();
+    installed(dest.path(), &weights);
+    assert!(
+        run.stderr().contains("asking the registry again"),
+        "no redirect URL expired: {}",
+        run.stderr()
+    );
+}

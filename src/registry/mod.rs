@@ -9,7 +9,8 @@
 //!
 //! Files: [`transport`] (sending, retries, origin rules, throughput),
 //! [`auth`] (challenges and tokens), [`errors`] (status codes in words),
-//! [`referrers`], [`push`]; pulls of manifests and blobs are here.
+//! [`ranges`] (one blob over several connections), [`referrers`],
+//! [`push`]; pulls of manifests and blobs are here.
 
 mod auth;
 mod errors;
