@@ -674,9 +674,13 @@ impl RegistryClient {
                 share,
             )
             .await?;
-            let rate = first_bytes.get().map_or(f64::INFINITY, |(at, n)| {
-                (end - start - *n as u64) as f64 / at.elapsed().as_secs_f64().max(1e-6)
-            });
+            // (All of it in one read: as fast as can be told.)
+            let rate = match first_bytes.get() {
+                Some((at, n)) if (*n as u64) < end - start => {
+                    (end - start - *n as u64) as f64 / at.elapsed().as_secs_f64().max(1e-6)
+                }
+                _ => f64::INFINITY,
+            };
             if rate < limits.split_below as f64 {
                 tracing::debug!(blob = %digest, rate = rate as u64, "the rest in parallel ranges");
                 return Ok(ranges::parallel(

@@ -7,17 +7,21 @@
 //! not help it. A big blob is cut into ranges of `range_size`; up to
 //! `connections` of them download at once, each whole into memory, and are
 //! handed on strictly in order, so the caller's single streaming hash and
-//! unpack see exactly the bytes one stream would have given.
+//! unpack see exactly the bytes one stream would have given. (Whether a
+//! blob is split at all is the caller's choice, from its first range's
+//! speed: see `RegistryClient::blob_at`.)
 //!
 //! Memory: a range holds its share of a process-wide window ([`WINDOW`])
 //! from before its request until the last of its bytes has been written by
-//! the consumer, so ranged bytes in memory never exceed the window, whatever the
-//! blob size, the number of blobs or the connection settings. A blob's
+//! the consumer, so ranged bytes in memory never exceed the window, whatever
+//! the blob size, the number of blobs or the connection settings. A blob's
 //! ranges take window shares in order, so its first unfinished range always
-//! holds one: no blob can wait on another's.
+//! holds one: no blob can wait on another's. Buffers are pooled.
 //!
-//! Connections: every ranged request also holds a per-host permit
-//! ([`Limits::per_host`]), so a 30-shard model does not open 300.
+//! Connections: every blob request also holds a per-host permit
+//! ([`Limits::per_host`]), so a 30-shard model does not open 240. A range
+//! takes its window share before its permit, always, so a request holding
+//! a connection never waits for memory.
 //!
 //! Faults: a range cut mid-way asks again for the rest of that range only
 //! (the opener decides where: a cached redirect, or the registry again); a
