@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -377,12 +376,12 @@ fn mirror_holds(mirror: &Registry, blob: &str) -> Option<()> {
 /// answer status.
 type Seen = Arc<Mutex<Vec<(Option<String>, u16)>>>;
 
-/// A registry that demands Basic auth and answers blob GETs with a 307 to a
-/// presigned URL on another host (127.0.0.2), as ECR, GAR and ACR do; each
-/// URL is good for `uses` requests, then the store answers 403 (expired).
-/// The store refuses any request carrying Authorization (400), as S3 does
-/// for a presigned URL. Returns the registry address, its blob GET count
-/// and what the store saw.
+/// A registry that demands Basic auth (`basic_registry`) and answers the
+/// blob's GETs with a 307 to a presigned URL on another host (127.0.0.2), as
+/// ECR, GAR and ACR do; each URL is good for `uses` requests, then the store
+/// answers 403 (expired). The store refuses any request carrying
+/// Authorization (400), as S3 does for a presigned URL. Returns the
+/// registry address, its blob GET count and what the store saw.
 fn redirecting_registry(
     manifest: String,
     blob: Vec<u8>,
@@ -400,26 +399,22 @@ fn redirecting_registry(
             .split_once("?token=")
             .and_then(|(_, t)| t.parse().ok())
             .unwrap_or(usize::MAX);
-        let (status, answer) = if req.authorization.is_some() {
-            (
-                400,
-                response("400 Bad Request", &[], b"Only one auth mechanism allowed"),
-            )
-        } else if issued_s.lock().unwrap().get_mut(token).map(|left| {
+        let fresh = issued_s.lock().unwrap().get_mut(token).is_some_and(|left| {
             let ok = *left > 0;
             *left = left.saturating_sub(1);
             ok
-        }) != Some(true)
-        {
-            (403, response("403 Forbidden", &[], b"Request has expired"))
-        } else {
-            match ranged_body(req, &blob) {
-                Some((range, body)) => (
-                    206,
-                    response("206 Partial Content", &[("Content-Range", range)], &body),
-                ),
-                None => (200, response("200 OK", &[], &blob)),
-            }
+        });
+        let (status, answer) = match ranged_body(req, &blob) {
+            _ if req.authorization.is_some() => (
+                400,
+                response("400 Bad Request", &[], b"Only one auth mechanism allowed"),
+            ),
+            _ if !fresh => (403, response("403 Forbidden", &[], b"Request has expired")),
+            Some((range, body)) => (
+                206,
+                response("206 Partial Content", &[("Content-Range", range)], &body),
+            ),
+            None => (200, response("200 OK", &[], &blob)),
         };
         seen_s
             .lock()
@@ -427,31 +422,11 @@ fn redirecting_registry(
             .push((req.authorization.clone(), status));
         answer
     });
-    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = registry.local_addr().unwrap().to_string();
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("user:pw")
-    );
     let gets = Arc::new(AtomicUsize::new(0));
     let count = gets.clone();
-    serve(registry, move |req| {
-        if req.authorization.as_deref() != Some(expected.as_str()) {
-            return response(
-                "401 Unauthorized",
-                &[("WWW-Authenticate", "Basic realm=\"fake\"".into())],
-                b"",
-            );
-        }
+    let addr = basic_registry(move |req| {
         if req.path == "/v2/m/manifests/v1" {
-            response(
-                "200 OK",
-                &[(
-                    "Content-Type",
-                    "application/vnd.oci.image.manifest.v1+json".into(),
-                )],
-                manifest.as_bytes(),
-            )
+            manifest_response(&manifest)
         } else if req.path == format!("/v2/m/blobs/{digest}") {
             count.fetch_add(1, Ordering::SeqCst);
             let mut issued = issued.lock().unwrap();
@@ -490,30 +465,20 @@ fn ranged_body(req: &Request, blob: &[u8]) -> Option<(String, Vec<u8>)> {
 #[test]
 fn ranges_follow_redirects_without_credentials_and_renew_expired_urls() {
     let weights = weights();
-    let digest = format!("sha256:{}", sha256_hex(&weights));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.model.v1",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
-        "layers": [{"mediaType": "application/octet-stream", "digest": digest, "size": SIZE,
-                    "annotations": {"org.opencontainers.image.title": "weights.bin"}}]
-    })
-    .to_string();
+    let (manifest, _) = one_blob_manifest(&weights);
     // Each presigned URL serves two requests, then has expired.
     let (addr, registry_gets, store_seen) = redirecting_registry(manifest, weights.clone(), 2);
-    let auth = base64::engine::general_purpose::STANDARD.encode("user:pw");
     let dest = tempfile::tempdir().unwrap();
-    let run = ranged()
+    let run = with_credentials(&addr)
+        .env("OCIMODEL_RANGE_SIZE", "1M")
+        .env("OCIMODEL_SPLIT_BELOW", "1T")
         .env("OCIMODEL_RANGE_CONNECTIONS", "2")
-        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .env(
-            "OCIMODEL_DOCKER_CONFIG_JSON",
-            format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
-        )
         .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()]);
     run.assert_ok();
-    installed(dest.path(), &weights);
+    assert!(
+        fs::read(dest.path().join("w.bin")).unwrap() == weights,
+        "w.bin differs"
+    );
     let seen = store_seen.lock().unwrap().clone();
     assert!(
         seen.iter().all(|(auth, _)| auth.is_none()),

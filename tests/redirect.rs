@@ -9,7 +9,6 @@ mod common;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use common::*;
 
 #[test]
@@ -49,30 +48,13 @@ fn blob_redirect_to_another_host_drops_credentials() {
 /// give up after OCIMODEL_STALL_TIMEOUT with a clear line, not hang.
 #[test]
 fn a_stalled_blob_download_times_out() {
-    let blob = b"never sent".to_vec();
-    let blob_digest = format!("sha256:{}", sha256_hex(&blob));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.model.v1",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
-        "layers": [{"mediaType": "application/octet-stream", "digest": blob_digest, "size": blob.len(),
-                    "annotations": {"org.opencontainers.image.title": "w.bin"}}]
-    })
-    .to_string();
+    let (manifest, blob_digest) = one_blob_manifest(b"never sent");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let blob_path = format!("/v2/m/blobs/{blob_digest}");
     serve(listener, move |req| {
         if req.path == "/v2/m/manifests/v1" {
-            response(
-                "200 OK",
-                &[(
-                    "Content-Type",
-                    "application/vnd.oci.image.manifest.v1+json".into(),
-                )],
-                manifest.as_bytes(),
-            )
+            manifest_response(&manifest)
         } else if req.path == blob_path {
             // Promise the bytes, then stall past the client's patience.
             std::thread::sleep(std::time::Duration::from_secs(4));
@@ -150,38 +132,6 @@ fn lying_registries_are_refused() {
     assert!(model_files(dest.path()).is_empty());
 }
 
-/// A fake registry on 127.0.0.1 that demands Basic `user:pw` and answers
-/// authorized requests with `handler`; returns its address.
-fn basic_registry(handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) -> String {
-    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = registry.local_addr().unwrap().to_string();
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("user:pw")
-    );
-    serve(registry, move |req| {
-        if req.authorization.as_deref() != Some(expected.as_str()) {
-            return response(
-                "401 Unauthorized",
-                &[("WWW-Authenticate", "Basic realm=\"fake\"".into())],
-                b"",
-            );
-        }
-        handler(req)
-    });
-    addr
-}
-
-fn with_credentials(addr: &str) -> Ocimodel {
-    let auth = base64::engine::general_purpose::STANDARD.encode("user:pw");
-    Ocimodel::new()
-        .env("OCIMODEL_INSECURE_REGISTRIES", addr)
-        .env(
-            "OCIMODEL_DOCKER_CONFIG_JSON",
-            format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
-        )
-}
-
 /// A server on `ip` that counts requests and records their Authorization.
 fn recorder(ip: &str, reply: Vec<u8>) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     let l = TcpListener::bind(format!("{ip}:0")).expect("127.0.0.0/8 is loopback on Linux");
@@ -193,31 +143,6 @@ fn recorder(ip: &str, reply: Vec<u8>) -> (String, Arc<Mutex<Vec<Option<String>>>
         reply.clone()
     });
     (addr, seen)
-}
-
-fn one_blob_manifest(blob: &[u8]) -> (String, String) {
-    let digest = format!("sha256:{}", sha256_hex(blob));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.model.v1",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
-        "layers": [{"mediaType": "application/octet-stream", "digest": digest, "size": blob.len(),
-                    "annotations": {"org.opencontainers.image.title": "w.bin"}}]
-    })
-    .to_string();
-    (manifest, digest)
-}
-
-fn manifest_response(manifest: &str) -> Vec<u8> {
-    response(
-        "200 OK",
-        &[(
-            "Content-Type",
-            "application/vnd.oci.image.manifest.v1+json".into(),
-        )],
-        manifest.as_bytes(),
-    )
 }
 
 /// F3: a blob redirect target that answers 401 with a Bearer challenge must

@@ -1071,3 +1071,64 @@ pub fn make_certs(dir: &Path) {
         dir,
     );
 }
+
+/// A fake registry on 127.0.0.1 that demands Basic `user:pw` and answers
+/// authorized requests with `handler`; returns its address.
+pub fn basic_registry(handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) -> String {
+    let registry = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = registry.local_addr().unwrap().to_string();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:pw")
+    );
+    serve(registry, move |req| {
+        if req.authorization.as_deref() != Some(expected.as_str()) {
+            return response(
+                "401 Unauthorized",
+                &[("WWW-Authenticate", "Basic realm=\"fake\"".into())],
+                b"",
+            );
+        }
+        handler(req)
+    });
+    addr
+}
+
+/// ocimodel with `user:pw` for `addr` and plain HTTP to it.
+pub fn with_credentials(addr: &str) -> Ocimodel {
+    let auth = base64::engine::general_purpose::STANDARD.encode("user:pw");
+    Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", addr)
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#),
+        )
+}
+
+/// An OCI artifact manifest with one layer, `w.bin`, holding `blob`; and
+/// the blob's digest.
+pub fn one_blob_manifest(blob: &[u8]) -> (String, String) {
+    let digest = format!("sha256:{}", sha256_hex(blob));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.model.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2, "data": "e30="},
+        "layers": [{"mediaType": "application/octet-stream", "digest": digest, "size": blob.len(),
+                    "annotations": {"org.opencontainers.image.title": "w.bin"}}]
+    })
+    .to_string();
+    (manifest, digest)
+}
+
+/// A registry's answer carrying an OCI image manifest.
+pub fn manifest_response(manifest: &str) -> Vec<u8> {
+    response(
+        "200 OK",
+        &[(
+            "Content-Type",
+            "application/vnd.oci.image.manifest.v1+json".into(),
+        )],
+        manifest.as_bytes(),
+    )
+}
