@@ -60,7 +60,9 @@ def main():
                 dict(os.environ)),
             "ocimodel (layer and every file verified)": (
                 shlex.join([str(ocimodel), f"{reg.addr}/bench/car@{digest}", str(dest)]),
-                {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn"}),
+                {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr, "OCIMODEL_LOG": "warn",
+                 # OCIMODEL_* settings in the benchmark's environment apply to ocimodel.
+                 **{k: v for k, v in os.environ.items() if k.startswith("OCIMODEL_")}}),
         }
         for cpus in ("2 CPUs", "1 CPU"):
             for r in range(args.rounds):
