@@ -208,10 +208,7 @@ async fn open_blob(
 fn file_stream<G: Send + 'static>(file: std::fs::File, guard: G) -> ByteStream {
     let reader =
         tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
-    Box::pin(reader.map(move |r| {
-        let _ = &guard;
-        r
-    }))
+    crate::registry::holding(Box::pin(reader), guard)
 }
 
 /// After a download: commit a verified blob to the node cache; drop a

@@ -20,7 +20,7 @@ mod referrers;
 mod transport;
 
 use auth::{HostAuth, Token};
-pub use ranges::{Limits, WINDOW as RANGE_WINDOW};
+pub use ranges::{holding, Limits, WINDOW as RANGE_WINDOW};
 use referrers::resolve_link;
 pub use transport::{backoff, root_cause};
 use transport::{read_capped, same_origin, urlencode, Resolver};
@@ -620,11 +620,7 @@ impl RegistryClient {
             false => None,
         };
         let host = ranges::host_permits(at.r.api_host(), limits.per_host);
-        let conn = host
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| anyhow!("the connection permits were closed"))?;
+        let conn = ranges::connection(&host).await?;
         let range = match (split, offset) {
             (true, _) => Some(format!("bytes={start}-{}", end - 1)),
             (false, 0) => None,
@@ -688,16 +684,10 @@ impl RegistryClient {
                 ));
             }
             tracing::debug!(blob = %digest, rate = rate as u64, "one connection keeps up; the rest as one stream");
-            let conn = host
-                .acquire_owned()
-                .await
-                .map_err(|_| anyhow!("the connection permits were closed"))?;
+            let conn = ranges::connection(&host).await?;
             let rest = open(end, size).await?;
             let first = futures_util::stream::iter(ranges::hand_off(first).map(Ok));
-            return Ok(Box::pin(first.chain(rest).map(move |chunk| {
-                let _ = &conn;
-                chunk
-            })));
+            return Ok(ranges::holding(Box::pin(first.chain(rest)), conn));
         }
         let skip = if offset > 0 && !partial {
             tracing::info!(blob = %at.digest, "the registry ignored Range; skipping the {offset} bytes already received");
@@ -708,11 +698,7 @@ impl RegistryClient {
             }
             0
         };
-        let stream = self.body_stream(resp, skip);
-        Ok(Box::pin(stream.map(move |chunk| {
-            let _ = &conn;
-            chunk
-        })))
+        Ok(ranges::holding(self.body_stream(resp, skip), conn))
     }
 
     /// Opens bytes `start..end` of a blob being fetched in ranges: at the

@@ -125,6 +125,22 @@ pub async fn window_share(len: u64) -> Result<OwnedSemaphorePermit> {
         .map_err(|_| anyhow!("the range window was closed"))
 }
 
+/// One of `host`'s connection permits (see [`host_permits`]).
+pub async fn connection(host: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
+    host.clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| anyhow!("the connection permits were closed"))
+}
+
+/// `stream`, keeping `guard` (a permit, a lock) until it is dropped.
+pub fn holding<G: Send + 'static>(stream: ByteStream, guard: G) -> ByteStream {
+    Box::pin(stream.map(move |chunk| {
+        let _ = &guard;
+        chunk
+    }))
+}
+
 /// A blob's bytes `offset..size` as one ordered stream, fetched in ranges.
 /// `first` is the first range (`limits.first`), already downloaded.
 pub fn parallel(
@@ -312,12 +328,7 @@ pub async fn fetch_range(
 ) -> Result<Done> {
     let (mut stream, _conn) = match opened {
         Some((s, conn)) => (Some(s), conn),
-        None => (
-            None,
-            host.acquire_owned()
-                .await
-                .map_err(|_| anyhow!("the connection permits were closed"))?,
-        ),
+        None => (None, connection(&host).await?),
     };
     // One buffer per range, filled by copying: holding the network's own
     // chunks would pin the connections' larger read buffers behind them.
