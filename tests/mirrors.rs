@@ -13,22 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 
-/// A hosts.toml directory naming `mirrors` (in order) for `registry`.
-fn hosts_dir(registry: &str, mirrors: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let (host, port) = registry.split_once(':').unwrap();
-    let sub = dir.path().join(format!("{host}_{port}_"));
-    fs::create_dir(&sub).unwrap();
-    let mut text = format!("server = \"http://{registry}\"\n");
-    for (url, extra) in mirrors {
-        text.push_str(&format!(
-            "\n[host.\"{url}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{extra}\n"
-        ));
-    }
-    fs::write(sub.join("hosts.toml"), text).unwrap();
-    dir
-}
-
 fn pull_via(hosts: &Path, uri: &str, dest: &Path, insecure: &str) -> Run {
     Ocimodel::new()
         .env("OCIMODEL_HOSTS_DIR", hosts)
@@ -77,11 +61,7 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
         after_first,
         "the second node reached the upstream"
     );
-    let through_mirror = mirror
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{blob}?ns=")))
-        .count();
+    let through_mirror = mirror.get_responses(&format!("/blobs/{blob}?ns=")).len();
     assert_eq!(through_mirror, 2, "both nodes went through the mirror");
     // The requests carried the upstream as ?ns=, as containerd sends it.
     assert!(
@@ -320,12 +300,8 @@ fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
     let url = format!("https://{}", mirror.addr);
     let blob_via_mirror = || {
         mirror
-            .log()
-            .lines()
-            .filter(|l| {
-                l.contains("\"GET ") && l.contains(&format!("/blobs/sha256:{MNIST_SHA256}?ns="))
-            })
-            .count()
+            .get_responses(&format!("/blobs/sha256:{MNIST_SHA256}?ns="))
+            .len()
     };
     let work = tempfile::tempdir().unwrap();
     let uri = format!("{}/models/mnist@{digest}", upstream.addr);

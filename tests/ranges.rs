@@ -293,18 +293,7 @@ fn a_range_cut_midway_fetches_only_its_rest() {
 fn ranges_come_from_a_warm_mirror() {
     let (upstream, digest, blob, weights) = model();
     let mirror = Registry::start_proxy(&upstream.addr);
-    let hosts = tempfile::tempdir().unwrap();
-    let (host, port) = upstream.addr.split_once(':').unwrap();
-    let sub = hosts.path().join(format!("{host}_{port}_"));
-    fs::create_dir(&sub).unwrap();
-    fs::write(
-        sub.join("hosts.toml"),
-        format!(
-            "server = \"http://{}\"\n\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
-            upstream.addr, mirror.addr
-        ),
-    )
-    .unwrap();
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{}", mirror.addr), "")]);
     let work = tempfile::tempdir().unwrap();
     let via_mirror = |node: &str| {
         let dest = work.path().join(node);
@@ -356,16 +345,7 @@ fn ranges_come_from_a_warm_mirror() {
 
 /// The mirror's blob GETs (its requests carry `?ns=`), as (status, bytes).
 fn mirror_responses(mirror: &Registry, blob: &str) -> Vec<(u16, u64)> {
-    let needle = format!("/blobs/{blob}?ns=");
-    mirror
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"GET ") && l.contains(&needle))
-        .filter_map(|l| {
-            let mut rest = l.split_once(" HTTP/1.1\" ")?.1.split_whitespace();
-            Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
-        })
-        .collect()
+    mirror.get_responses(&format!("/blobs/{blob}?ns="))
 }
 
 fn mirror_holds(mirror: &Registry, blob: &str) -> Option<()> {

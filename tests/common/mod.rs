@@ -758,15 +758,19 @@ impl Registry {
     /// The (status, bytes) of each GET of blob `digest`, from the access log
     /// (a blob fetched in ranges is several 206s).
     pub fn blob_responses(&self, digest: &str) -> Vec<(u16, u64)> {
-        let needle = format!("/blobs/{digest} HTTP");
+        self.get_responses(&format!("/blobs/{digest} HTTP"))
+    }
+
+    /// The (status, bytes) of each GET whose request line contains `needle`.
+    pub fn get_responses(&self, needle: &str) -> Vec<(u16, u64)> {
         self.log()
             .lines()
-            .filter(|l| l.contains("\"GET ") && l.contains(&needle))
+            .filter(|l| l.contains("\"GET ") && l.contains(needle))
             .filter_map(|l| {
                 let mut rest = l
-                    .split_once(&needle)?
+                    .split_once(needle)?
                     .1
-                    .split_once('"')?
+                    .split_once("\" ")?
                     .1
                     .split_whitespace();
                 Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
@@ -1131,4 +1135,20 @@ pub fn manifest_response(manifest: &str) -> Vec<u8> {
         )],
         manifest.as_bytes(),
     )
+}
+
+/// A hosts.toml directory naming `mirrors` (in order) for `registry`.
+pub fn hosts_dir(registry: &str, mirrors: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, port) = registry.split_once(':').unwrap();
+    let sub = dir.path().join(format!("{host}_{port}_"));
+    fs::create_dir(&sub).unwrap();
+    let mut text = format!("server = \"http://{registry}\"\n");
+    for (url, extra) in mirrors {
+        text.push_str(&format!(
+            "\n[host.\"{url}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{extra}\n"
+        ));
+    }
+    fs::write(sub.join("hosts.toml"), text).unwrap();
+    dir
 }
