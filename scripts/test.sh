@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, podman with runc;
+# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc;
 # the oras Python SDK, modelpack-client, kubernetes-validate, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils containerd:containerd \
-            zstd:zstd openssl:openssl chroot:coreutils podman:podman runc:runc catatonit:catatonit; do
+            zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

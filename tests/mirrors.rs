@@ -320,9 +320,15 @@ fn a_mirror_behind_a_private_ca_uses_its_own_tls_settings() {
         fs::copy(certs.path().join("ca.pem"), sub.join("ca.pem")).unwrap();
         let before = blob_via_mirror();
         let dest = work.path().join(name);
-        pull_via(hosts.path(), &uri, &dest, &upstream.addr).assert_ok();
+        let run = pull_via(hosts.path(), &uri, &dest, &upstream.addr);
+        run.assert_ok();
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
-        assert_eq!(blob_via_mirror() > before, via_mirror, "{name}");
+        assert_eq!(
+            blob_via_mirror() > before,
+            via_mirror,
+            "{name}; stderr:\n{}",
+            run.stderr()
+        );
     }
 }
 

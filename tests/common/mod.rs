@@ -117,6 +117,7 @@ pub struct Registry {
     pub addr: String,
     pub dir: tempfile::TempDir,
     child: Child,
+    tls: bool,
 }
 
 impl Registry {
@@ -226,7 +227,12 @@ impl Registry {
                     break; // port taken or bad config: try again
                 }
                 if http_status(&addr, "/v2/").is_some() {
-                    return Registry { addr, dir, child };
+                    return Registry {
+                        addr,
+                        dir,
+                        child,
+                        tls: tls.is_some(),
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -248,8 +254,41 @@ impl Registry {
         dir
     }
 
+    /// The access log, with every request answered so far in it. The
+    /// registry writes a request's line after its last byte went out, so a
+    /// client can be done before its line is: a marker request sent now is
+    /// answered after them, and the log is read once the marker is in it.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        static MARKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("/v2/?logged={}-{n}", std::process::id());
+        let path = self.dir.path().join("registry.log");
+        let read = || fs::read_to_string(&path).unwrap_or_default();
+        if self.tls {
+            let out = Command::new("curl")
+                .args(["-sk", "-o", "/dev/null"])
+                .arg(format!("https://{}{marker}", self.addr))
+                .output()
+                .expect("curl is installed");
+            assert!(out.status.success(), "marker request failed: {out:?}");
+        } else {
+            assert!(
+                http_status(&self.addr, &marker).is_some(),
+                "marker request failed"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = read();
+            if log.contains(&marker) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the marker never reached the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The blob's file in the registry's storage (to corrupt it on purpose).
