@@ -232,3 +232,42 @@ fn owner_setting_chowns_the_tree() {
         .run(&[&layout_uri(""), work.path().join("x").to_str().unwrap()])
         .assert_fails_with(&["OCIMODEL_OWNER must be uid:gid"]);
 }
+
+/// Files of one model are written concurrently; many in one new directory
+/// must not trip over each other creating it (mkdir's EEXIST from another
+/// writer is not an error: this failed about one pull in two with two files).
+#[test]
+fn many_files_in_one_new_directory_install_concurrently() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    fs::create_dir_all(model.join("a/b")).unwrap();
+    for i in 0..16 {
+        fs::write(
+            model.join(format!("a/b/shard-{i:02}.bin")),
+            vec![i as u8; 4096],
+        )
+        .unwrap();
+    }
+    let layout = work.path().join("layout");
+    Ocimodel::new()
+        .run(&[
+            "push",
+            model.to_str().unwrap(),
+            "v1",
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "--format",
+            "oras",
+        ])
+        .assert_ok();
+    for round in 0..8 {
+        let dest = work.path().join(format!("dest-{round}"));
+        Ocimodel::new()
+            .run(&[
+                &format!("oci-layout://{}:v1", layout.display()),
+                dest.to_str().unwrap(),
+            ])
+            .assert_ok();
+        assert_eq!(fs::read_dir(dest.join("a/b")).unwrap().count(), 16);
+    }
+}

@@ -123,12 +123,20 @@ pub fn prepare_parent(root: &Path, rel: &[String]) -> Result<PathBuf> {
 
 /// Staging directories stay 0700 while they are filled, so nobody else can
 /// reach inside to swap a component; [`Tree::finish`] gives the final modes.
+/// A directory already there is fine: files of one model are written
+/// concurrently, and another writer may make a parent between our look and
+/// our mkdir (a symlink there is still refused by the callers' checks).
 pub(super) fn make_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("cannot create directory {}", path.display()))
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
+        }
+        other => other.with_context(|| format!("cannot create directory {}", path.display())),
+    }
 }
 
 /// Removes whatever is at `path` (file, symlink or whole directory) without
