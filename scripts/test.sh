@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc;
-# the oras Python SDK, modelpack-client, kubernetes-validate, cargo-fuzz), then checks formatting
+# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,8 @@ fi
 python3 -c 'import oras' 2>/dev/null || python3 -m pip install -q 'oras>=0.2.40,<0.3'
 python3 -c 'import modelpack_client' 2>/dev/null || python3 -m pip install -q 'modelpack-client>=0.1,<0.2'
 python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || python3 -m pip install -q kubernetes-validate jsonschema pyyaml
+# model-signing's wheel does not declare pyopenssl, which its certificate verifier imports.
+python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install -q 'model-signing==1.1.1' pyopenssl
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -29,7 +29,7 @@ impl Algorithm {
         }
     }
 
-    fn hex_len(self) -> usize {
+    pub fn hex_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 64,
             Algorithm::Sha512 => 128,

@@ -59,6 +59,9 @@ pub struct Marker {
     /// The signatures that verified before install (empty when unchecked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<crate::verify::Signature>,
+    /// The model signature (OMS) that verified over the files, if checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_signature: Option<crate::verify::model::ModelSignature>,
     /// Top-level names in DEST that this install owns.
     pub entries: Vec<String>,
     #[serde(flatten)]

@@ -27,6 +27,7 @@ use crate::registry::RegistryClient;
 use crate::select::Filter;
 use crate::source::Source;
 use crate::unpack::{clean_path, write_file, Contents, Subtree, Tree};
+use crate::verify::model::{ModelPolicy, ModelSignature};
 use crate::verify::{self, Policy};
 
 /// Settings shared by every model of one run.
@@ -58,6 +59,8 @@ pub struct Settings {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// Which signatures to require (shared by every model of the run).
     pub verify: Arc<Policy>,
+    /// Which model signatures (OMS, over the files) to require.
+    pub model_signature: Arc<ModelPolicy>,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             resume_min: Some(crate::config::DEFAULT_RESUME_MIN),
             recheck: Recheck::Size,
             verify: Arc::new(Policy::default()),
+            model_signature: Arc::new(ModelPolicy::default()),
         }
     }
 }
@@ -97,6 +101,9 @@ impl Settings {
         }
         if self.format.unknown_raw {
             s.push_str("; unknown=raw");
+        }
+        if let Some(m) = self.model_signature.describe() {
+            s.push_str(&format!("; {m}"));
         }
         s
     }
@@ -307,6 +314,10 @@ async fn install_planned(
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
     let contents = unpack_plan(source, plan, staging.path(), settings, &job.uri).await?;
+    let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
+    if let Some(s) = &model_signature {
+        tracing::info!(uri = %job.uri, "verified {s}");
+    }
     let top = &planned.top;
     let marker = Marker {
         version: MARKER_VERSION,
@@ -320,6 +331,7 @@ async fn install_planned(
         selection: selection.to_string(),
         installed_at: crate::install::now_rfc3339(),
         signatures: signatures.to_vec(),
+        model_signature,
         entries: Vec::new(),
         contents,
     };
@@ -334,6 +346,27 @@ async fn install_planned(
         bytes_fetched: plan.total_bytes(),
         blobs_fetched: plan.steps.len() as u64,
     })
+}
+
+/// The staged tree against its model signature, when the policy asks
+/// (hashing reads every file again unless the unpack already hashed it as
+/// the signer did).
+async fn check_model_signature(
+    settings: &Settings,
+    staged: &Path,
+    contents: &Contents,
+) -> Result<Option<ModelSignature>> {
+    if settings.model_signature.is_off() {
+        return Ok(None);
+    }
+    let (policy, root, contents) = (
+        settings.model_signature.clone(),
+        staged.to_path_buf(),
+        contents.clone(),
+    );
+    tokio::task::spawn_blocking(move || verify::model::check(&root, &contents, &policy))
+        .await
+        .context("the model signature check stopped")?
 }
 
 /// Refuses early when DEST's filesystem cannot hold the download (the

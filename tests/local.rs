@@ -248,25 +248,11 @@ fn many_files_in_one_new_directory_install_concurrently() {
         )
         .unwrap();
     }
-    let layout = work.path().join("layout");
-    Ocimodel::new()
-        .run(&[
-            "push",
-            model.to_str().unwrap(),
-            "v1",
-            "--oci-layout",
-            layout.to_str().unwrap(),
-            "--format",
-            "oras",
-        ])
-        .assert_ok();
+    let uri = push_layout(&model, &work.path().join("layout"), "oras");
     for round in 0..8 {
         let dest = work.path().join(format!("dest-{round}"));
         Ocimodel::new()
-            .run(&[
-                &format!("oci-layout://{}:v1", layout.display()),
-                dest.to_str().unwrap(),
-            ])
+            .run(&[&uri, dest.to_str().unwrap()])
             .assert_ok();
         assert_eq!(fs::read_dir(dest.join("a/b")).unwrap().count(), 16);
     }

@@ -475,3 +475,48 @@ fn refused(run: &Run, needles: &[&str]) {
         );
     }
 }
+
+/// Keyless model signatures, as far as offline data reaches: no keyless
+/// OMS bundle can be made without Fulcio and Rekor, so the conformance
+/// suite's DSSE bundle (production, an in-toto statement) stands in as a
+/// model's `model.sig`. Its signature, log entry and certificate verify
+/// under the model policy's own identity and issuer, and the statement is
+/// then refused as not a model signature; a bad signature or another
+/// identity is refused before that.
+#[test]
+fn keyless_model_signatures_check_the_bundle_then_the_statement() {
+    use ocimodel::unpack::{Contents, FileRecord};
+    use ocimodel::verify::model::{check, ModelInputs, ModelPolicy};
+    let base = oracles().join("sigstore-conformance");
+    let root = sigstore_root("production");
+    let cases = [
+        ("happy-path-intoto-in-dsse-v3", BEACON, "the statement's predicate type is 'https://slsa.dev/provenance/v1', not a model signature"),
+        ("dsse-invalid-sig_fail", BEACON, "does not verify with the signing certificate's key"),
+        ("happy-path-intoto-in-dsse-v3", "someone@example.com", "certificate identity mismatch"),
+    ];
+    for (case, identity, needle) in cases {
+        let staged = tempfile::tempdir().unwrap();
+        let bundle = fs::read(base.join(case).join("bundle.sigstore.json")).unwrap();
+        fs::write(staged.path().join("model.sig"), &bundle).unwrap();
+        let contents = Contents {
+            files: vec![FileRecord {
+                path: "model.sig".into(),
+                size: bundle.len() as u64,
+                digest: Digest::sha256_of(&bundle),
+            }],
+            links: Default::default(),
+        };
+        let policy = ModelPolicy::from_inputs(&ModelInputs {
+            identity: Some(identity.into()),
+            issuer: Some(ACTIONS.into()),
+            trusted_root: Some(root.display().to_string()),
+            ..ModelInputs::default()
+        })
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            check(staged.path(), &contents, &policy).unwrap_err()
+        );
+        assert!(err.contains(needle), "{case}: {err}");
+    }
+}

@@ -20,6 +20,7 @@ use crate::reference::Target;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::select::Filter;
 use crate::unpack::Subtree;
+use crate::verify::model::ModelPolicy;
 use crate::verify::{self, Policy};
 
 use super::USAGE;
@@ -125,6 +126,19 @@ pub(super) struct CheckArgs {
     /// Installed model directories.
     #[arg(required = true)]
     pub(super) dests: Vec<PathBuf>,
+
+    /// With a model signature policy, each tree is verified against its
+    /// signature again too.
+    #[command(flatten)]
+    pub(super) model_policy: ModelPolicyArgs,
+
+    /// Keyless model signatures: a sigstore trusted_root.json (path or JSON text).
+    #[arg(
+        long = "trusted-root",
+        env = "OCIMODEL_TRUSTED_ROOT",
+        hide_env_values = true
+    )]
+    pub(super) trusted_root: Option<String>,
 }
 
 /// How to reach sources.
@@ -298,6 +312,68 @@ impl PolicyArgs {
     }
 }
 
+/// Model signature policy (see README "Model signatures"): OpenSSF model
+/// signing (`model_signing sign`) over the installed files.
+#[derive(Args, Debug, Clone)]
+pub(super) struct ModelPolicyArgs {
+    /// off, if-present or required (default: required when a model key, chain or identity is set).
+    #[arg(long = "model-signature", env = "OCIMODEL_MODEL_SIGNATURE", value_enum)]
+    pub(super) model_mode: Option<VerifyMode>,
+
+    /// Public key(s) model signatures may be made with: PEM text, a file, a directory, or comma-separated paths.
+    #[arg(long = "model-key", env = "OCIMODEL_MODEL_KEY", hide_env_values = true)]
+    pub(super) model_key: Option<String>,
+
+    /// CA certificates a certificate-signed model's chain must lead to (PEM text, file or directory).
+    #[arg(
+        long = "model-cert-chain",
+        env = "OCIMODEL_MODEL_CERT_CHAIN",
+        hide_env_values = true
+    )]
+    pub(super) model_certificates: Option<String>,
+
+    /// Keyless model signatures: the certificate identity to accept (with OCIMODEL_TRUSTED_ROOT).
+    #[arg(long = "model-identity", env = "OCIMODEL_MODEL_IDENTITY")]
+    pub(super) model_identity: Option<String>,
+
+    /// Keyless model signatures: a regular expression the identity must match.
+    #[arg(long = "model-identity-regexp", env = "OCIMODEL_MODEL_IDENTITY_REGEXP")]
+    pub(super) model_identity_regexp: Option<String>,
+
+    /// Keyless model signatures: the OIDC issuer the certificate must name.
+    #[arg(long = "model-oidc-issuer", env = "OCIMODEL_MODEL_OIDC_ISSUER")]
+    pub(super) model_issuer: Option<String>,
+
+    /// Keyless model signatures: a regular expression the OIDC issuer must match.
+    #[arg(
+        long = "model-oidc-issuer-regexp",
+        env = "OCIMODEL_MODEL_OIDC_ISSUER_REGEXP"
+    )]
+    pub(super) model_issuer_regexp: Option<String>,
+
+    /// Where the signature is inside the model.
+    #[arg(long = "model-signature-path", env = "OCIMODEL_MODEL_SIGNATURE_PATH", default_value = verify::model::DEFAULT_SIGNATURE)]
+    pub(super) model_path: String,
+}
+
+impl ModelPolicyArgs {
+    /// `trusted_root` is the image policy's OCIMODEL_TRUSTED_ROOT: one
+    /// sigstore root serves both.
+    pub(super) fn policy(&self, trusted_root: Option<String>) -> Result<ModelPolicy> {
+        ModelPolicy::from_inputs(&verify::model::ModelInputs {
+            mode: self.model_mode.map(Into::into),
+            key: self.model_key.clone(),
+            certificates: self.model_certificates.clone(),
+            identity: self.model_identity.clone(),
+            identity_regexp: self.model_identity_regexp.clone(),
+            issuer: self.model_issuer.clone(),
+            issuer_regexp: self.model_issuer_regexp.clone(),
+            trusted_root,
+            path: Some(self.model_path.clone()),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub(super) struct VerifyArgs {
     /// The model reference (any form `pull` takes).
@@ -329,6 +405,9 @@ pub(super) struct PullArgs {
 
     #[command(flatten)]
     pub(super) policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub(super) model_policy: ModelPolicyArgs,
 
     /// Refuse references that are not pinned by digest.
     #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
@@ -563,6 +642,7 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
             .transpose()
             .context("OCIMODEL_CACHE_DIR")?,
         verify: Arc::new(args.policy.policy()?),
+        model_signature: Arc::new(args.model_policy.policy(args.policy.trusted_root.clone())?),
         ..settings(&args.access, &args.select)?
     };
     Ok((jobs, settings, client_factory(&args.access)))

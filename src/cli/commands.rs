@@ -124,6 +124,7 @@ where
 
 /// `check`: re-hash installed trees; differences are printed, exit 1.
 pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
+    let model_policy = args.model_policy.policy(args.trusted_root.clone())?;
     let mut code = ExitCode::SUCCESS;
     for dest in &args.dests {
         match crate::install::check_tree(dest) {
@@ -135,6 +136,24 @@ pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
                     m.digest,
                     m.source
                 );
+                for s in &m.signatures {
+                    println!("  verified at install: {s}");
+                }
+                if let Some(s) = &m.model_signature {
+                    println!("  verified at install: {s}");
+                }
+                if !model_policy.is_off() {
+                    match crate::verify::model::check(dest, &m.contents, &model_policy) {
+                        Ok(Some(s)) => println!("  verified now: {s}"),
+                        Ok(None) => println!(
+                            "  not signed (allowed by OCIMODEL_MODEL_SIGNATURE=if-present)"
+                        ),
+                        Err(e) => {
+                            code = ExitCode::FAILURE;
+                            println!("  {e:#}");
+                        }
+                    }
+                }
             }
             Ok((m, problems)) => {
                 code = ExitCode::FAILURE;

@@ -143,11 +143,26 @@ pub fn verify_bundle(
     let chain = certs.get(1..).unwrap_or_default().to_vec();
     let mut errors = Vec::new();
     for sig in &signatures {
-        let result = match &leaf {
-            Some(leaf) if policy.keyless.is_some() => bundle_tlog_entry(material, version)
-                .and_then(|entry| {
-                    keyless_check(leaf, &chain, &entry, &signed_bytes, &logged, sig, policy)
-                }),
+        let keyless = || {
+            let leaf = leaf.as_deref().expect("only called with a certificate");
+            bundle_tlog_entry(material, version).and_then(|entry| {
+                keyless_check(leaf, &chain, &entry, &signed_bytes, &logged, sig, policy)
+            })
+        };
+        let chained = || {
+            let leaf = leaf.as_deref().expect("only called with a certificate");
+            certificate_check(leaf, &chain, &signed_bytes, sig, policy)
+        };
+        let result = match (
+            &leaf,
+            policy.keyless.is_some(),
+            !policy.certificates.is_empty(),
+        ) {
+            (Some(_), true, true) => keyless().or_else(|a| {
+                chained().map_err(|b| anyhow!("keyless: {a:#}; certificate chain: {b:#}"))
+            }),
+            (Some(_), true, false) => keyless(),
+            (Some(_), false, true) => chained(),
             _ => key_check(policy, &signed_bytes, sig),
         };
         match result {
@@ -295,17 +310,43 @@ fn check_statement(payload: &[u8], subject: &Digest) -> Result<()> {
 
 /// Tries every configured key.
 fn key_check(policy: &Policy, message: &[u8], signature: &[u8]) -> Result<String> {
+    let setting = policy.key_setting;
     if policy.keys.is_empty() {
-        bail!("the signature is key-based but no COSIGN_KEY is configured");
+        bail!("the signature is key-based but no {setting} is configured");
     }
     match policy.keys.iter().find(|k| k.verify(message, signature)) {
         Some(k) => Ok(format!("{} key {}", k.kind.name(), k.name)),
         None => bail!(
-            "the signature does not verify with COSIGN_KEY ({} key{} tried)",
+            "the signature does not verify with {setting} ({} key{} tried)",
             policy.keys.len(),
             if policy.keys.len() == 1 { "" } else { "s" }
         ),
     }
+}
+
+/// A certificate without a log entry (`model_signing sign certificate`):
+/// its key signed `signed` and it chains to the policy's CA certificates
+/// now. With no signed timestamp nothing proves an earlier signing time, so
+/// an expired certificate is refused.
+fn certificate_check(
+    leaf: &[u8],
+    chain: &[Vec<u8>],
+    signed: &[u8],
+    signature: &[u8],
+    policy: &Policy,
+) -> Result<String> {
+    let cert = der::parse_certificate(leaf).context("the signing certificate")?;
+    let key = super::keys::PublicKey::from_spki(cert.spki, "the signing certificate".into())?;
+    if !key.verify(signed, signature) {
+        bail!("the signature does not verify with the signing certificate's key");
+    }
+    super::keys::check_chain(
+        leaf,
+        chain,
+        &policy.certificates,
+        policy.certificate_setting,
+    )?;
+    Ok(format!("certificate {}", cert.subject))
 }
 
 /// Keyless: the certificate's key signed `signed`, the log entry recorded

@@ -9,8 +9,57 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::der;
+use super::sigstore::describe_chain_error;
+
+/// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), as webpki wants it.
+const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+
+/// A signing certificate must chain, through the other certificates it came
+/// with, to one of `anchors` (from `setting`) now, for code signing.
+pub fn check_chain(
+    leaf: &[u8],
+    rest: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    setting: &str,
+) -> Result<()> {
+    let now = UnixTime::now();
+    let ee_der = CertificateDer::from(leaf);
+    let ee = webpki::EndEntityCert::try_from(&ee_der)
+        .map_err(|e| anyhow!("the signing certificate is malformed: {e:?}"))?;
+    let anchors = anchors
+        .iter()
+        .map(|a| {
+            webpki::anchor_from_trusted_cert(&CertificateDer::from(a.as_slice()))
+                .map(|t| t.to_owned())
+                .map_err(|e| anyhow!("{setting}: bad certificate: {e:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let intermediates: Vec<CertificateDer> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    match ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &intermediates,
+        now,
+        webpki::KeyUsage::required(EKU_CODE_SIGNING),
+        None,
+        None,
+    ) {
+        Ok(_) => Ok(()),
+        // webpki ranks a missing EKU on a path through an untrusted CA
+        // above the untrusted CA itself; say which it is.
+        Err(webpki::Error::RequiredEkuNotFoundContext(_)) if has_code_signing(leaf) => bail!(
+            "{}",
+            describe_chain_error(&webpki::Error::UnknownIssuer, setting, now.as_secs())
+        ),
+        Err(e) => bail!("{}", describe_chain_error(&e, setting, now.as_secs())),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -29,6 +78,26 @@ impl KeyKind {
             KeyKind::Rsa => "RSA",
         }
     }
+}
+
+/// Whether the certificate's extended key usage names code signing.
+fn has_code_signing(cert: &[u8]) -> bool {
+    let Ok(cert) = der::parse_certificate(cert) else {
+        return false;
+    };
+    let Some(eku) = cert.extension("2.5.29.37") else {
+        return false;
+    };
+    let mut list = match der::Reader::new(eku).expect(0x30) {
+        Ok(body) => der::Reader::new(body),
+        Err(_) => return false,
+    };
+    while let Ok(oid) = list.expect(0x06) {
+        if oid == EKU_CODE_SIGNING {
+            return true;
+        }
+    }
+    false
 }
 
 /// A public key that signatures are checked against.

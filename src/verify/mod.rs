@@ -20,6 +20,7 @@ pub mod cbor;
 pub mod cosign;
 pub mod der;
 pub mod keys;
+pub mod model;
 pub mod notation;
 pub mod sigstore;
 
@@ -53,6 +54,12 @@ pub struct Policy {
     pub keys: Vec<keys::PublicKey>,
     pub keyless: Option<sigstore::Keyless>,
     pub notation: Option<notation::Trust>,
+    /// CA certificates a sigstore bundle's own certificate chain (no log
+    /// entry: `model_signing sign certificate`) must lead to.
+    pub certificates: Vec<Vec<u8>>,
+    /// The settings that gave `keys` and `certificates`, for messages.
+    pub key_setting: &'static str,
+    pub certificate_setting: &'static str,
 }
 
 impl Default for Policy {
@@ -62,6 +69,9 @@ impl Default for Policy {
             keys: Vec::new(),
             keyless: None,
             notation: None,
+            certificates: Vec::new(),
+            key_setting: "COSIGN_KEY",
+            certificate_setting: "",
         }
     }
 }
@@ -88,6 +98,21 @@ pub struct Inputs {
 
 fn set(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `OCIMODEL_TRUSTED_ROOT`: the JSON text itself (from a ConfigMap via
+/// env), or a path.
+fn trusted_root(root: &str) -> Result<sigstore::TrustedRoot> {
+    let (name, text) = if root.starts_with('{') {
+        ("OCIMODEL_TRUSTED_ROOT".to_string(), root.to_string())
+    } else {
+        let texts = keys::load_texts("OCIMODEL_TRUSTED_ROOT", root)?;
+        texts
+            .into_iter()
+            .next()
+            .expect("load_texts returns at least one")
+    };
+    sigstore::TrustedRoot::parse(&text, &name)
 }
 
 fn matcher(
@@ -124,17 +149,10 @@ impl Policy {
         )?;
         match (identity, issuer, set(&i.trusted_root)) {
             (Some(identity), Some(issuer), Some(root)) => {
-                // JSON text itself (from a ConfigMap via env), or a path.
-                let (name, text) = if root.starts_with('{') {
-                    ("OCIMODEL_TRUSTED_ROOT".to_string(), root.to_string())
-                } else {
-                    let texts = keys::load_texts("OCIMODEL_TRUSTED_ROOT", root)?;
-                    texts.into_iter().next().expect("load_texts returns at least one")
-                };
                 policy.keyless = Some(sigstore::Keyless {
                     identity,
                     issuer,
-                    root: sigstore::TrustedRoot::parse(&text, &name)?,
+                    root: trusted_root(root)?,
                 });
             }
             (Some(_), Some(_), None) => bail!("keyless verification needs OCIMODEL_TRUSTED_ROOT (a sigstore trusted_root.json); ocimodel makes no network calls to sigstore services"),

@@ -20,13 +20,11 @@ use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::Value;
 
 use super::cbor;
 use super::der;
 use super::keys::PublicKey;
-use super::sigstore::describe_chain_error;
 use crate::digest::Digest;
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";
@@ -36,7 +34,6 @@ const PAYLOAD_TYPE: &str = "application/vnd.cncf.notary.payload.v1+json";
 const SCHEME: &str = "io.cncf.notary.signingScheme";
 const EXPIRY: &str = "io.cncf.notary.expiry";
 const KNOWN_CRITICAL: &[&str] = &[SCHEME, EXPIRY, "io.cncf.notary.authenticSigningTime"];
-const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
 /// Which notation signers are trusted.
 #[derive(Clone, Debug)]
@@ -356,38 +353,7 @@ fn check_envelope(e: Envelope, target: &Target, trust: &Trust) -> Result<String>
 /// The leaf must chain (through the envelope's other certificates) to a
 /// trust anchor now, or be an anchor itself.
 fn check_chain(leaf: &[u8], rest: &[Vec<u8>], trust: &Trust) -> Result<()> {
-    let now = UnixTime::now();
-    let ee_der = CertificateDer::from(leaf);
-    let ee = webpki::EndEntityCert::try_from(&ee_der)
-        .map_err(|e| anyhow!("the signing certificate is malformed: {e:?}"))?;
-    let anchors = trust
-        .anchors
-        .iter()
-        .map(|a| {
-            webpki::anchor_from_trusted_cert(&CertificateDer::from(a.as_slice()))
-                .map(|t| t.to_owned())
-                .map_err(|e| anyhow!("NOTATION_CERT: bad certificate: {e:?}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let intermediates: Vec<CertificateDer> = rest
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    match ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &intermediates,
-        now,
-        webpki::KeyUsage::required(EKU_CODE_SIGNING),
-        None,
-        None,
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) => bail!(
-            "{}",
-            describe_chain_error(&e, "NOTATION_CERT", now.as_secs())
-        ),
-    }
+    super::keys::check_chain(leaf, rest, &trust.anchors, "NOTATION_CERT")
 }
 
 #[cfg(test)]

@@ -669,22 +669,37 @@ pub fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8
 /// A fresh ECDSA P-256 key made by openssl in `dir` as `NAME.key` and
 /// `NAME.pub`; returns the public key's PEM (what COSIGN_KEY takes).
 pub fn ec_keypair(dir: &Path, name: &str) -> String {
+    ec_keypair_on(dir, "prime256v1", name);
+    fs::read_to_string(dir.join(format!("{name}.pub"))).unwrap()
+}
+
+/// The same on another curve (`secp384r1`); returns (private, public) paths.
+pub fn ec_keypair_on(dir: &Path, curve: &str, name: &str) -> (PathBuf, PathBuf) {
     let key = format!("{name}.key");
     openssl(
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ],
+        &["ecparam", "-name", curve, "-genkey", "-noout", "-out", &key],
         dir,
     );
     let public = format!("{name}.pub");
     openssl(&["pkey", "-in", &key, "-pubout", "-out", &public], dir);
-    fs::read_to_string(dir.join(public)).unwrap()
+    (dir.join(key), dir.join(public))
+}
+
+/// Packs the directory `model` with `ocimodel push` as `format` (modelpack,
+/// oras, modelcar) into an OCI layout at `layout`, tag v1; the URI to pull.
+pub fn push_layout(model: &Path, layout: &Path, format: &str) -> String {
+    Ocimodel::new()
+        .run(&[
+            "push",
+            model.to_str().unwrap(),
+            "v1",
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "--format",
+            format,
+        ])
+        .assert_ok();
+    format!("oci-layout://{}:v1", layout.display())
 }
 
 /// Runs `openssl ARGS` in `dir`, failing the test on error; returns stdout.
