@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::fetch::{fetch_blob, mib, Progress};
 use crate::format::{self, Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
@@ -26,7 +26,9 @@ use crate::reference::Target;
 use crate::registry::RegistryClient;
 use crate::select::Filter;
 use crate::source::Source;
-use crate::unpack::{clean_path, write_file, Contents, Subtree, Tree};
+use crate::unpack::{
+    clean_path, write_file, Contents, FileDigest, Subtree, Tree, MARKER_ALGORITHM,
+};
 use crate::verify::model::{ModelPolicy, ModelSignature};
 use crate::verify::{self, Policy};
 
@@ -418,7 +420,7 @@ async fn write_one(
     let rel = clean_path(Path::new(&path))?;
     let digest = layer.digest.clone();
     fetch_blob(source, &layer, &progress, move |r| {
-        write_file(&root, &rel, r, 0o644, None, Some(&digest))
+        write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest))
     })
     .await
     .with_context(|| format!("file '{path}'"))
@@ -520,6 +522,9 @@ async fn unpack_plan(
         let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
         tree.limit_expansion(settings.max_expanded);
         tree.limit_entries(settings.max_files);
+        if !settings.model_signature.is_off() {
+            tree.hash_files_with(Algorithm::Sha256);
+        }
         for r in records {
             tree.add_record(r);
         }
@@ -533,8 +538,15 @@ async fn unpack_plan(
         }
         for (path, bytes) in &plan.generated {
             let rel = clean_path(Path::new(path))?;
-            let record = write_file(staging, &rel, &mut &bytes[..], 0o644, None, None)
-                .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
+            let record = write_file(
+                staging,
+                &rel,
+                &mut &bytes[..],
+                0o644,
+                None,
+                FileDigest::Compute(MARKER_ALGORITHM),
+            )
+            .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
             tree.add_record(record);
         }
         tree.finish(settings.owner)

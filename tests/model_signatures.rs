@@ -178,6 +178,15 @@ fn key_signed_models_install_from_every_format() {
         assert_eq!(signed["digest"], format!("sha256:{subject}"), "{format}");
         assert_eq!(signed["serialization"], "files/sha256", "{format}");
         assert_eq!(signed["resources"], 4, "{format}");
+        // Files were hashed with SHA-256 on the way in (tar members too),
+        // so the check read none of them again.
+        let files = marker(&dest)["files"].as_array().unwrap().clone();
+        assert!(
+            files
+                .iter()
+                .all(|f| f["digest"].as_str().unwrap().starts_with("sha256:")),
+            "{format}: {files:?}"
+        );
         assert!(
             signed["signer"]
                 .as_str()

@@ -37,7 +37,7 @@ use links::{check_link_inside, confine_symlink};
 use paths::{check_not_reserved, make_dir};
 pub use paths::{
     clean_path, group_zero, join, normalise_mode, prepare_parent, remove_existing, shared_mode,
-    write_file, RelPath,
+    write_file, FileDigest, RelPath,
 };
 
 /// Names at the top of DEST that belong to ocimodel itself.
@@ -121,6 +121,8 @@ pub struct Tree {
     expansion_left: u64,
     /// Compressed size of the layer being unpacked (bounds its ratio).
     layer_size: u64,
+    /// What files taken out of layers are hashed with for the marker.
+    file_hash: Algorithm,
 }
 
 /// Beyond this much output, a layer may expand at most `MAX_RATIO` times
@@ -197,7 +199,15 @@ impl Tree {
             filter,
             expansion_left: u64::MAX,
             layer_size: u64::MAX,
+            file_hash: MARKER_ALGORITHM,
         }
+    }
+
+    /// Hashes extracted files with `algorithm` instead of BLAKE3 (SHA-256
+    /// when a model signature will be checked: what `model_signing` signs
+    /// by default, so the check reads no file twice).
+    pub fn hash_files_with(&mut self, algorithm: Algorithm) {
+        self.file_hash = algorithm;
     }
 
     /// The compressed size of the next layer, for the expansion-ratio check.
@@ -394,7 +404,14 @@ impl Tree {
                     .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
                 self.forget_under(&key);
                 let mut entry = io::BufReader::with_capacity(WRITE_BUF, entry);
-                let record = write_file(&self.root, &rel, &mut entry, perm, mtime, None)?;
+                let record = write_file(
+                    &self.root,
+                    &rel,
+                    &mut entry,
+                    perm,
+                    mtime,
+                    FileDigest::Compute(self.file_hash),
+                )?;
                 self.add_record(record);
             }
             tar::EntryType::Symlink => {
@@ -634,7 +651,7 @@ impl Tree {
                 } else if meta.is_file() {
                     let record = match self.records.remove(&key) {
                         Some(r) => r,
-                        None => hash_existing(&path, &key)?,
+                        None => hash_existing(&path, &key, self.file_hash)?,
                     };
                     contents.files.push(record);
                 }
@@ -657,8 +674,8 @@ fn parents_are_dirs(root: &Path, rel: &[String]) -> bool {
     true
 }
 
-fn hash_existing(path: &Path, key: &str) -> Result<FileRecord> {
-    let (size, digest) = crate::digest::hash_file(path, MARKER_ALGORITHM)?;
+fn hash_existing(path: &Path, key: &str, algorithm: Algorithm) -> Result<FileRecord> {
+    let (size, digest) = crate::digest::hash_file(path, algorithm)?;
     Ok(FileRecord {
         path: key.to_string(),
         size,

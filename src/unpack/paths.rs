@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{FileRecord, MARKER_ALGORITHM, RESERVED_NAMES};
-use crate::digest::{Digest, Hasher};
+use super::{FileRecord, RESERVED_NAMES};
+use crate::digest::{Algorithm, Digest, Hasher};
 
 /// A relative path inside the tree, as clean components.
 pub type RelPath = Vec<String>;
@@ -151,16 +151,24 @@ pub fn remove_existing(path: &Path) -> Result<()> {
     .with_context(|| format!("cannot remove {}", path.display()))
 }
 
-/// Writes `reader` to `rel` under `root`. When `known` is the sha256 the
-/// caller is already verifying for these exact bytes, the file is not hashed
-/// a second time.
+/// Where a written file's marker digest comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum FileDigest<'a> {
+    /// The digest the caller is already verifying for these exact bytes:
+    /// the file is not hashed a second time.
+    Known(&'a Digest),
+    /// Hashed with this algorithm while it is written.
+    Compute(Algorithm),
+}
+
+/// Writes `reader` to `rel` under `root`, its digest as `digest` says.
 pub fn write_file(
     root: &Path,
     rel: &[String],
     reader: &mut dyn BufRead,
     mode: u32,
     mtime: Option<SystemTime>,
-    known: Option<&Digest>,
+    digest: FileDigest,
 ) -> Result<FileRecord> {
     check_not_reserved(rel)?;
     if rel.is_empty() {
@@ -175,7 +183,10 @@ pub fn write_file(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let mut hasher = known.is_none().then(|| Hasher::new(MARKER_ALGORITHM));
+    let mut hasher = match digest {
+        FileDigest::Compute(algorithm) => Some(Hasher::new(algorithm)),
+        FileDigest::Known(_) => None,
+    };
     let mut size = 0u64;
     loop {
         // Straight from the reader's buffer: no copy of our own.
@@ -202,11 +213,10 @@ pub fn write_file(
     if let Some(t) = mtime {
         let _ = file.set_modified(t);
     }
-    let digest = match hasher {
-        Some(h) => h.finish(),
-        None => known
-            .cloned()
-            .expect("known digest present when not hashing"),
+    let digest = match (hasher, digest) {
+        (Some(h), _) => h.finish(),
+        (None, FileDigest::Known(d)) => d.clone(),
+        (None, FileDigest::Compute(_)) => unreachable!("a hasher is made for Compute"),
     };
     Ok(FileRecord {
         path: join(rel),
