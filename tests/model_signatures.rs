@@ -1,6 +1,7 @@
 //! OpenSSF model signatures (OMS) made by the real tool, `model_signing`
 //! 1.1.1 from PyPI: models signed with a key, a certificate chain, shards
-//! and BLAKE3, packed as ModelPack, ORAS and modelcar, installed or refused;
+//! and BLAKE3, packed as ModelPack, ORAS (also by the oras SDK, from
+//! docker-registry) and modelcar, installed or refused;
 //! on every case `model_signing verify` on the same tree agrees with us.
 
 mod common;
@@ -650,4 +651,64 @@ fn image_and_model_policies_are_each_checked() {
     let mk = marker(&work.path().join("b"));
     assert!(mk.get("signatures").is_none());
     assert_eq!(mk["modelSignature"]["resources"], 4);
+}
+
+/// From docker-registry: the signed model pushed by the oras Python SDK
+/// (each file a layer titled with its path, `model.sig` among them), and
+/// as a modelcar by `ocimodel push`; a tampered copy of the ORAS artifact
+/// (one layer swapped for other bytes under the same title) is refused.
+#[test]
+fn signed_models_from_a_registry() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let m = model(work.path());
+    let (private, public) = ec_keypair_on(work.path(), "prime256v1", "k");
+    sign_with_key(&m, &private);
+    let files = |swap: Option<&Path>| {
+        let mut list = Vec::new();
+        for (rel, _) in tree(&m) {
+            let path = match (rel.as_str(), swap) {
+                ("config.json", Some(other)) => other.to_path_buf(),
+                _ => m.join(&rel),
+            };
+            list.push(serde_json::json!({"path": path, "title": rel, "mediaType": "application/octet-stream"}));
+        }
+        serde_json::json!({"artifactType": "application/vnd.unknown.artifact.v1", "files": list})
+    };
+    reg.oras_push("models/tiny:oras", &files(None));
+    let evil = work.path().join("evil.json");
+    fs::write(&evil, br#"{"arch": "evil"}"#).unwrap();
+    reg.oras_push("models/tiny:evil", &files(Some(&evil)));
+    Ocimodel::new()
+        .insecure(&reg)
+        .run(&[
+            "push",
+            m.to_str().unwrap(),
+            &format!("{}/models/tiny:car", reg.addr),
+            "--format",
+            "modelcar",
+        ])
+        .assert_ok();
+    let key = public.to_str().unwrap();
+    for tag in ["oras", "car", "evil"] {
+        let dest = work.path().join(tag);
+        let run = Ocimodel::new()
+            .insecure(&reg)
+            .env("OCIMODEL_MODEL_KEY", key)
+            .run(&[
+                &format!("{}/models/tiny:{tag}", reg.addr),
+                dest.to_str().unwrap(),
+            ]);
+        if tag == "evil" {
+            run.assert_fails_with(&["model signature model.sig", "config.json has changed"]);
+            assert!(!dest.join("weights").exists());
+        } else {
+            run.assert_ok();
+            assert_eq!(tree(&dest), tree(&m), "{tag}");
+            assert!(
+                tool_verifies(&dest, &public),
+                "{tag}: model_signing disagrees"
+            );
+        }
+    }
 }
