@@ -376,7 +376,7 @@ impl ModelPolicyArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct VerifyArgs {
-    /// The model reference (any form `pull` takes).
+    /// The model reference (any form `pull` takes), or an installed DEST.
     pub(super) uri: String,
 
     #[command(flatten)]
@@ -384,6 +384,10 @@ pub(super) struct VerifyArgs {
 
     #[command(flatten)]
     pub(super) policy: PolicyArgs,
+
+    /// For an installed DEST: its model signature, checked again.
+    #[command(flatten)]
+    pub(super) model_policy: ModelPolicyArgs,
 
     /// Output: text or json.
     #[arg(long, value_enum, default_value_t = Output::Text)]

@@ -13,6 +13,7 @@ use super::args::{
 };
 use super::{runtime, write_termination};
 use crate::inspect;
+use crate::install::Marker;
 use crate::manifest::Platform;
 use crate::pull::{pull, ClientFactory, Job, Settings};
 use crate::push;
@@ -20,6 +21,7 @@ use crate::reference::Target;
 use crate::serve;
 use crate::source::Source;
 use crate::verify;
+use crate::verify::model::ModelPolicy;
 
 /// `pull` (and `unpack`): every pair, then one termination line.
 pub(super) fn pull_all(args: PullArgs, log: Option<&Path>) -> Result<ExitCode> {
@@ -136,23 +138,8 @@ pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
                     m.digest,
                     m.source
                 );
-                for s in &m.signatures {
-                    println!("  verified at install: {s}");
-                }
-                if let Some(s) = &m.model_signature {
-                    println!("  verified at install: {s}");
-                }
-                if !model_policy.is_off() {
-                    match crate::verify::model::check(dest, &m.contents, &model_policy) {
-                        Ok(Some(s)) => println!("  verified now: {s}"),
-                        Ok(None) => println!(
-                            "  not signed (allowed by OCIMODEL_MODEL_SIGNATURE=if-present)"
-                        ),
-                        Err(e) => {
-                            code = ExitCode::FAILURE;
-                            println!("  {e:#}");
-                        }
-                    }
+                if !report_signatures(dest, &m, &model_policy, "  ") {
+                    code = ExitCode::FAILURE;
                 }
             }
             Ok((m, problems)) => {
@@ -266,7 +253,56 @@ pub(super) fn inspect(args: InspectArgs) -> Result<ExitCode> {
 }
 
 /// `verify`: check the signatures only; prints who signed what.
+/// Prints the signatures an installed tree's marker records and, with a
+/// model signature policy, checks the tree against its signature now.
+/// False when that check fails.
+fn report_signatures(dest: &Path, m: &Marker, model_policy: &ModelPolicy, indent: &str) -> bool {
+    for s in &m.signatures {
+        println!("{indent}verified at install: {s}");
+    }
+    if let Some(s) = &m.model_signature {
+        println!("{indent}verified at install: {s}");
+    }
+    if m.signatures.is_empty() && m.model_signature.is_none() {
+        println!("{indent}no signature was checked at install");
+    }
+    if model_policy.is_off() {
+        return true;
+    }
+    match crate::verify::model::check(dest, &m.contents, model_policy) {
+        Ok(Some(s)) => println!("{indent}verified now: {s}"),
+        Ok(None) => println!("{indent}not signed (allowed by OCIMODEL_MODEL_SIGNATURE=if-present)"),
+        Err(e) => {
+            println!("{indent}{e:#}");
+            return false;
+        }
+    }
+    true
+}
+
+/// `verify DEST`: an installed tree (a directory with a marker), checked
+/// against its marker and, with a model signature policy, its signature.
+fn verify_installed(dest: &Path, model_policy: &ModelPolicy) -> Result<ExitCode> {
+    let (m, problems) = crate::install::check_tree(dest)?;
+    println!("{}: {} ({})", dest.display(), m.digest, m.source);
+    let mut ok = report_signatures(dest, &m, model_policy, "  ");
+    for p in &problems {
+        println!("  differs from its marker: {p}");
+        ok = false;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 pub(super) fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let installed = Path::new(&args.uri);
+    if installed.join(crate::install::MARKER).is_file() {
+        let model_policy = args.model_policy.policy(args.policy.trusted_root.clone())?;
+        return verify_installed(installed, &model_policy);
+    }
     let policy = match args.policy.policy() {
         // `verify` always checks: nothing configured is an error, not a pass.
         Ok(p) if p.is_off() => Err(anyhow!("nothing to verify against: set COSIGN_KEY, COSIGN_CERT_IDENTITY with COSIGN_CERT_OIDC_ISSUER and OCIMODEL_TRUSTED_ROOT, or NOTATION_CERT (or the matching flags)")),
