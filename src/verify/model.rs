@@ -659,6 +659,37 @@ mod tests {
         assert!(err(cosign.to_vec()).contains("not a model signature"));
     }
 
+    /// The pre-1.0 form: one subject per file; compared like files/sha256,
+    /// with no model digest to record.
+    #[test]
+    fn legacy_statements_list_one_subject_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("w.bin"), b"w").unwrap();
+        let contents = Contents {
+            files: vec![FileRecord {
+                path: "w.bin".into(),
+                size: 1,
+                digest: Digest::of(Algorithm::Blake3, b"w"),
+            }],
+            links: Default::default(),
+        };
+        let legacy = |digest: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "_type": "https://in-toto.io/Statement/v1",
+                "subject": [{"name": "w.bin", "digest": {"sha256": digest}}],
+                "predicateType": PREDICATE_V02,
+                "predicate": {"unused": 0}
+            }))
+            .unwrap()
+        };
+        let st = read_statement(&legacy(&sha(b"w"))).unwrap();
+        assert!(st.digest.is_none());
+        compare(dir.path(), &contents, &st).unwrap();
+        let st = read_statement(&legacy(&sha(b"v"))).unwrap();
+        let err = format!("{:#}", compare(dir.path(), &contents, &st).unwrap_err());
+        assert!(err.contains("w.bin has changed"), "{err}");
+    }
+
     #[test]
     fn paths_must_stay_inside_the_model() {
         assert_eq!(
