@@ -24,9 +24,22 @@ use crate::reference::DOCKER_HUB;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
+    /// The password, or the refresh token of an identity token.
     pub password: String,
     /// Where these came from, for error messages (never the secret itself).
     pub source: String,
+    pub kind: CredentialKind,
+}
+
+/// What the secret in [`Credentials`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A password: Basic auth, to the registry or its token service.
+    Password,
+    /// An OAuth2 refresh token (docker config `identitytoken`, what `az acr
+    /// login` writes; ACR's exchange): traded at the registry's token realm
+    /// with the refresh-token grant, never sent as a password or a Bearer.
+    IdentityToken,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -127,7 +140,15 @@ impl CredentialStore {
         let cfg: DockerConfig = serde_json::from_slice(json)?;
         self.searched.push(source.to_string());
         for (key, entry) in cfg.auths {
-            let (username, password) = match (&entry.auth, &entry.username, &entry.password) {
+            let identity = entry.identitytoken.as_deref().filter(|t| !t.is_empty());
+            let (username, password, kind) = match (&entry.auth, &entry.username, &entry.password) {
+                // An identity token wins over the `auth` beside it (docker
+                // writes `<token>` there as the user name).
+                _ if identity.is_some() => (
+                    entry.username.clone().unwrap_or_else(|| "<token>".into()),
+                    identity.unwrap_or_default().to_string(),
+                    CredentialKind::IdentityToken,
+                ),
                 (Some(auth), _, _) if !auth.is_empty() => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
@@ -137,15 +158,10 @@ impl CredentialStore {
                     let (u, p) = text
                         .split_once(':')
                         .with_context(|| format!("auths.{key}.auth is not user:password"))?;
-                    (u.to_string(), p.to_string())
+                    (u.to_string(), p.to_string(), CredentialKind::Password)
                 }
-                (_, Some(u), Some(p)) => (u.clone(), p.clone()),
-                _ => {
-                    if entry.identitytoken.is_some() {
-                        tracing::warn!(registry = %key, source, "identity tokens (OAuth2 refresh tokens) are not supported yet; entry ignored");
-                    }
-                    continue;
-                }
+                (_, Some(u), Some(p)) => (u.clone(), p.clone(), CredentialKind::Password),
+                _ => continue,
             };
             self.entries
                 .entry(normalise_key(&key))
@@ -153,6 +169,7 @@ impl CredentialStore {
                     username,
                     password,
                     source: source.to_string(),
+                    kind,
                 });
         }
         Ok(())
@@ -334,7 +351,14 @@ mod tests {
             store.lookup("quay.io", "other/model").unwrap().username,
             "carol"
         );
-        assert!(store.lookup("ghcr.io", "x").is_none());
+        // An identity token is kept as one (traded at the token realm).
+        let ghcr = store.lookup("ghcr.io", "x").unwrap();
+        assert_eq!(ghcr.kind, CredentialKind::IdentityToken);
+        assert_eq!(
+            (ghcr.username.as_str(), ghcr.password.as_str()),
+            ("<token>", "tok")
+        );
+        assert!(!format!("{ghcr:?}").contains("tok)"));
         assert_eq!(store.searched, vec!["first", "second"]);
         assert!(!format!("{hub:?}").contains("s3cret"));
     }

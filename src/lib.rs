@@ -25,6 +25,7 @@
 pub mod auth;
 pub(crate) mod cache;
 pub mod cli;
+pub mod cloud;
 pub(crate) mod config;
 pub mod digest;
 pub(crate) mod dirfd;

@@ -199,6 +199,11 @@ pub(super) struct AccessArgs {
     #[arg(long = "node-ip", env = "OCIMODEL_NODE_IP")]
     pub(super) node_ip: Option<String>,
 
+    /// Credentials for ECR, Artifact Registry/GCR and ACR from the workload's cloud identity
+    /// (IRSA, EKS Pod Identity, GKE and Azure Workload Identity): on, or off.
+    #[arg(long = "cloud-auth", env = "OCIMODEL_CLOUD_AUTH", value_enum, default_value_t = OnOff::On)]
+    pub(super) cloud_auth: OnOff,
+
     /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
     #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES)]
     pub(super) retries: u32,
@@ -521,6 +526,13 @@ pub(super) enum Unknown {
     Raw,
 }
 
+/// A switch (`OCIMODEL_CLOUD_AUTH`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum OnOff {
+    On,
+    Off,
+}
+
 /// `OCIMODEL_VERIFY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum VerifyMode {
@@ -725,6 +737,7 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
         min_rate: access.min_rate,
         mirrors: crate::mirrors::Mirrors::default(),
         node_ip: access.node_ip.clone().filter(|ip| !ip.trim().is_empty()),
+        cloud_auth: access.cloud_auth == OnOff::On,
         retries: access.retries,
         ranges: crate::registry::Limits {
             connections: access.range_connections.max(1),

@@ -2,6 +2,7 @@
 //! Bearer token flow against the realm it names; tokens cached per scope.
 
 use super::*;
+use crate::auth::CredentialKind;
 
 /// Token responses larger than this are refused.
 pub(super) const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
@@ -18,14 +19,34 @@ pub(super) struct Token {
 }
 
 impl RegistryClient {
-    pub(super) fn credentials(&self, r: &ImageRef) -> Option<&Credentials> {
-        self.creds.lookup(&r.registry, &r.repository)
+    /// Credentials at hand for `r`: docker config first, then unexpired
+    /// ones from the workload's cloud identity.
+    pub(super) fn credentials(&self, r: &ImageRef) -> Option<Credentials> {
+        self.creds
+            .lookup(&r.registry, &r.repository)
+            .cloned()
+            .or_else(|| self.cloud.as_ref()?.cached(&r.registry))
+    }
+
+    /// As [`Self::credentials`], asking the cloud for fresh ones when none
+    /// are at hand (the first challenge, or the cached ones expired).
+    async fn credentials_now(&self, r: &ImageRef) -> Result<Option<Credentials>> {
+        if let Some(c) = self.credentials(r) {
+            return Ok(Some(c));
+        }
+        match &self.cloud {
+            Some(cloud) => cloud.fetch(&r.registry).await,
+            None => Ok(None),
+        }
     }
 
     pub(super) fn cached_authorization(&self, r: &ImageRef, scope: &str) -> Option<HeaderValue> {
         let kind = self.host_auth.lock().unwrap().get(&r.registry).cloned()?;
         match kind {
-            HostAuth::Basic => self.credentials(r).map(basic_header),
+            HostAuth::Basic => self
+                .credentials(r)
+                .filter(|c| c.kind == CredentialKind::Password)
+                .map(|c| basic_header(&c)),
             HostAuth::Bearer => {
                 let tokens = self.tokens.lock().unwrap();
                 let t = tokens.get(&(r.registry.clone(), scope.to_string()))?;
@@ -40,15 +61,21 @@ impl RegistryClient {
         scope: &str,
         ch: &Challenge,
     ) -> Result<HeaderValue> {
-        let creds = self.credentials(r);
+        let creds = self.credentials_now(r).await?;
         if ch.is_basic() {
             self.host_auth
                 .lock()
                 .unwrap()
                 .insert(r.registry.clone(), HostAuth::Basic);
-            return creds
-                .map(basic_header)
-                .ok_or_else(|| self.no_credentials(r));
+            return match creds {
+                Some(c) if c.kind == CredentialKind::IdentityToken => bail!(
+                    "registry {} asks for Basic authentication, but its credentials (from {}) are an identity token, which only a token service takes",
+                    r.registry,
+                    c.source
+                ),
+                Some(c) => Ok(basic_header(&c)),
+                None => Err(self.no_credentials(r)),
+            };
         }
         if !ch.is_bearer() {
             bail!(
@@ -67,8 +94,16 @@ impl RegistryClient {
             .lock()
             .unwrap()
             .insert(r.registry.clone(), HostAuth::Bearer);
-        let url = self.token_url(r, &realm, ch.params.get("service"), scope)?;
-        let (value, lifetime) = self.fetch_token(r, &realm, url).await?;
+        let service = ch.params.get("service");
+        let (value, lifetime) = match creds {
+            Some(c) if c.kind == CredentialKind::IdentityToken => {
+                self.refresh_grant(r, &realm, service, scope, &c).await?
+            }
+            creds => {
+                let url = self.token_url(r, &realm, service, scope)?;
+                self.fetch_token(r, &realm, url, creds.as_ref()).await?
+            }
+        };
         let header = bearer_header(&value);
         self.tokens.lock().unwrap().insert(
             (r.registry.clone(), scope.to_string()),
@@ -119,8 +154,8 @@ impl RegistryClient {
         r: &ImageRef,
         realm: &str,
         url: reqwest::Url,
+        creds: Option<&Credentials>,
     ) -> Result<(String, Duration)> {
-        let creds = self.credentials(r);
         let mut req = self.http.get(url);
         if let Some(c) = creds {
             req = req.header(AUTHORIZATION, basic_header(c));
@@ -148,6 +183,64 @@ impl RegistryClient {
                 r.registry
             );
         }
+        self.read_token(resp, realm).await
+    }
+
+    /// The OAuth2 refresh-token grant (distribution's token spec, "OAuth2
+    /// Token"): an identity token is POSTed to the realm as a form, never
+    /// sent as a password or a Bearer.
+    async fn refresh_grant(
+        &self,
+        r: &ImageRef,
+        realm: &str,
+        service: Option<&String>,
+        scope: &str,
+        creds: &Credentials,
+    ) -> Result<(String, Duration)> {
+        let url = self.token_url(r, realm, None, scope)?;
+        let mut url = url;
+        url.set_query(None);
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", creds.password.as_str()),
+            ("client_id", "ocimodel"),
+            ("scope", scope),
+        ];
+        if let Some(s) = service {
+            form.push(("service", s.as_str()));
+        }
+        let resp = crate::cloud::post_form(&self.http, url, &form)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the token service {realm} of registry {}: {}",
+                    r.registry,
+                    root_cause(&e)
+                )
+            })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || status == StatusCode::BAD_REQUEST
+        {
+            bail!(
+                "{status}: the token service {realm} of registry {} refused the identity token (from {}); it may have expired: log in again, or check the workload's cloud identity",
+                r.registry,
+                creds.source
+            );
+        }
+        if !status.is_success() {
+            bail!(
+                "the token service {realm} of registry {} answered {status}",
+                r.registry
+            );
+        }
+        self.read_token(resp, realm).await
+    }
+
+    /// A token service's answer: the token and how long to use it.
+    async fn read_token(&self, resp: reqwest::Response, realm: &str) -> Result<(String, Duration)> {
         let body = read_capped(resp, MAX_TOKEN_BYTES, "token response", self.throughput()).await?;
         #[derive(serde::Deserialize)]
         struct TokenResponse {

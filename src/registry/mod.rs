@@ -111,6 +111,9 @@ pub struct ClientOptions {
     /// A mirror on the node's loopback (Dragonfly's 127.0.0.1:4001) is
     /// reached at this address from a pod (`OCIMODEL_NODE_IP`).
     pub node_ip: Option<String>,
+    /// Credentials from the workload's cloud identity for cloud registries
+    /// (`OCIMODEL_CLOUD_AUTH`; see [`crate::cloud`]).
+    pub cloud_auth: bool,
 }
 
 /// A mirror served bytes that do not match their digest: it is skipped
@@ -154,6 +157,8 @@ pub struct RegistryClient {
     bad: Mutex<std::collections::HashSet<(String, Digest)>>,
     /// Bearer tokens per (registry, scope).
     tokens: Mutex<HashMap<(String, String), Token>>,
+    /// The cloud identity flows, unless `OCIMODEL_CLOUD_AUTH=off`.
+    cloud: Option<crate::cloud::Ambient>,
 }
 
 /// A manifest's bytes, exactly as served, and their digest.
@@ -204,7 +209,12 @@ impl RegistryClient {
             .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
+        let cloud = options
+            .cloud_auth
+            .then(|| crate::cloud::Ambient::new(crate::cloud::CloudEnv::from_env(), http.clone()))
+            .transpose()?;
         Ok(RegistryClient {
+            cloud,
             http,
             roots,
             host_clients: Mutex::new(HashMap::new()),

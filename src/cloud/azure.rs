@@ -1,0 +1,128 @@
+//! ACR with Azure Workload Identity: the projected service-account token
+//! is traded for an Entra access token (client-credentials grant with a
+//! JWT assertion), that for an ACR refresh token at the registry's
+//! `/oauth2/exchange`, which then serves as an identity token (the
+//! refresh-token grant at the registry's token realm).
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{excerpt, read_token_file, small_body, Ambient, Expiring};
+use crate::auth::{CredentialKind, Credentials};
+
+const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
+const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
+/// The user name ACR expects with a refresh token.
+const TOKEN_USER: &str = "00000000-0000-0000-0000-000000000000";
+
+pub(super) async fn credentials(ambient: &Ambient, host: &str) -> Result<Option<Expiring>> {
+    let env = &ambient.env;
+    let (Some(client), Some(tenant), Some(file)) = (
+        &env.azure_client_id,
+        &env.azure_tenant_id,
+        &env.azure_federated_token_file,
+    ) else {
+        return Ok(None);
+    };
+    let assertion = read_token_file(file, "AZURE_FEDERATED_TOKEN_FILE")?;
+    let authority = env
+        .azure_authority_host
+        .clone()
+        .unwrap_or_else(|| DEFAULT_AUTHORITY.into());
+    let token_url = format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        authority.trim_end_matches('/')
+    );
+    let step = format!("Entra ID token at {token_url} for client {client}");
+    let resp = super::post_form(
+        &ambient.http,
+        &token_url,
+        &[
+            ("client_id", client.as_str()),
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+            ("scope", ACR_SCOPE),
+        ],
+    )
+    .send()
+    .await
+    .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+    let status = resp.status();
+    let body = small_body(resp, "Entra ID").await?;
+    if !status.is_success() {
+        bail!(
+            "{step} answered {status}: {}; check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential of the managed identity (issuer and subject of this service account)",
+            oauth_error(&body)
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: String,
+    }
+    let aad: Token =
+        serde_json::from_slice(&body).with_context(|| format!("{step}: not the expected JSON"))?;
+
+    let exchange = format!("https://{host}/oauth2/exchange");
+    let step = format!("ACR token exchange at {exchange}");
+    let resp = super::post_form(
+        &ambient.http,
+        &exchange,
+        &[
+            ("grant_type", "access_token"),
+            ("service", host),
+            ("tenant", tenant.as_str()),
+            ("access_token", aad.access_token.as_str()),
+        ],
+    )
+    .send()
+    .await
+    .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+    let status = resp.status();
+    let body = small_body(resp, "ACR exchange").await?;
+    if !status.is_success() {
+        bail!(
+            "{step} answered {status}: {}; check that the identity has the AcrPull role on {host}",
+            oauth_error(&body)
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Refresh {
+        refresh_token: String,
+    }
+    let r: Refresh =
+        serde_json::from_slice(&body).with_context(|| format!("{step}: not the expected JSON"))?;
+    Ok(Some(Expiring {
+        credentials: Credentials {
+            username: TOKEN_USER.into(),
+            password: r.refresh_token,
+            source: format!("Azure Workload Identity (client {client})"),
+            kind: CredentialKind::IdentityToken,
+        },
+        // ACR refresh tokens last about three hours; not stated in the
+        // answer, so the default applies.
+        expires: None,
+    }))
+}
+
+/// `error: error_description` of an OAuth2 error answer, else an excerpt.
+fn oauth_error(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    match serde_json::from_slice::<E>(body) {
+        Ok(E {
+            error: Some(e),
+            error_description: d,
+        }) => crate::text::escape_controls(&format!(
+            "{e}{}",
+            d.map(|d| format!(": {}", d.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        )),
+        _ => excerpt(body),
+    }
+}
