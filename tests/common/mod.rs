@@ -609,10 +609,53 @@ impl Run {
 
 /// One request as the tiny test servers see it.
 pub struct Request {
+    pub method: String,
     pub path: String,
     pub authorization: Option<String>,
     /// Every header, names lowercased.
     pub headers: Vec<(String, String)>,
+    /// The body, as `Content-Length` gives it.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A field of an `application/x-www-form-urlencoded` body.
+    pub fn form(&self, key: &str) -> Option<String> {
+        form_field(&String::from_utf8_lossy(&self.body), key)
+    }
+}
+
+/// A field of a form-encoded body or query, percent-decoded.
+pub fn form_field(form: &str, key: &str) -> Option<String> {
+    form.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A minimal HTTP server for fault injection and token issuing: one request
@@ -627,6 +670,7 @@ pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send
             if reader.read_line(&mut line).is_err() {
                 continue;
             }
+            let method = line.split_whitespace().next().unwrap_or("").to_string();
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let mut authorization = None;
             let mut headers = Vec::new();
@@ -642,10 +686,21 @@ pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send
                     headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
                 }
             }
+            let length = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length.min(1 << 20)];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
             let _ = stream.write_all(&handler(&Request {
+                method,
                 path,
                 authorization,
                 headers,
+                body,
             }));
         }
     });
@@ -916,6 +971,8 @@ pub fn modelpack_pull(reg: &Registry, repo_tag: &str, dest: &Path) {
 
 pub const USER: &str = "modeler";
 pub const PASSWORD: &str = "s3cret-pw";
+/// The refresh token [`TokenServer`] takes in the OAuth2 refresh-token grant.
+pub const IDENTITY_TOKEN: &str = "refresh-5f0c1e";
 
 /// Pushes the seed artifact to a plain registry, then serves the same
 /// storage with `auth`.
@@ -1043,11 +1100,26 @@ impl TokenServer {
             base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
         );
         serve(listener, move |req| {
-            let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-            let service = query_param(query, "service").unwrap_or_default();
-            let scope = query_param(query, "scope").unwrap_or_default();
+            // GET with Basic credentials, or the OAuth2 refresh-token grant
+            // (POST, form) with IDENTITY_TOKEN.
+            let (service, scope, allowed) = if req.method == "POST" {
+                let grant = req.form("grant_type").unwrap_or_default();
+                let token = req.form("refresh_token").unwrap_or_default();
+                (
+                    req.form("service").unwrap_or_default(),
+                    req.form("scope").unwrap_or_default(),
+                    grant == "refresh_token" && token == IDENTITY_TOKEN,
+                )
+            } else {
+                let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+                (
+                    query_param(query, "service").unwrap_or_default(),
+                    query_param(query, "scope").unwrap_or_default(),
+                    req.authorization.as_deref() == Some(expected_auth.as_str()),
+                )
+            };
             seen.lock().unwrap().push((service, scope.clone()));
-            if req.authorization.as_deref() != Some(expected_auth.as_str()) {
+            if !allowed {
                 return response("401 Unauthorized", &[], b"");
             }
             let repo = scope.split(':').nth(1).unwrap_or("");

@@ -1,0 +1,729 @@
+//! Cloud registries without static secrets, with nothing leaving the
+//! machine: the real host names (`<account>.dkr.ecr.<region>.amazonaws.com`,
+//! `<region>-docker.pkg.dev`, `<name>.azurecr.io`) are reached through an
+//! `HTTPS_PROXY` CONNECT proxy on loopback that maps them to local servers
+//! (anything else it refuses), whose certificates a test CA in
+//! `OCIMODEL_CA_BUNDLE` vouches for, so the real host matching and TLS run.
+//! The registry behind each name is docker-registry, checking the
+//! credentials the flow produced. AWS's STS and ECR are `moto` in server
+//! mode (PyPI): code we did not write answers them. GCP's metadata server,
+//! Entra ID and ACR's token exchange have no such part: small fakes follow
+//! their documented requests and answers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+const GAR_HOST: &str = "europe-west4-docker.pkg.dev";
+const ACR_HOST: &str = "models.azurecr.io";
+
+/// A CA and one server certificate for the cloud host names (and 127.0.0.1).
+fn cloud_certs(dir: &Path) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ocimodel cloud test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=cloud registries",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        dir,
+    );
+    fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=DNS:{ECR_HOST},DNS:{GAR_HOST},DNS:{ACR_HOST},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+        dir,
+    );
+}
+
+/// An `HTTPS_PROXY`: CONNECT to a mapped `host:443` is spliced to its local
+/// address; any other target is refused, so nothing leaves the machine.
+struct ConnectProxy {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    fn start(routes: &[(&str, &str)]) -> ConnectProxy {
+        let routes: HashMap<String, String> = routes
+            .iter()
+            .map(|(h, a)| (format!("{h}:443"), a.to_string()))
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (routes, log) = (routes.clone(), log.clone());
+                std::thread::spawn(move || tunnel(client, &routes, &log));
+            }
+        });
+        ConnectProxy { url, seen }
+    }
+}
+
+fn tunnel(mut client: TcpStream, routes: &HashMap<String, String>, log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    log.lock().unwrap().push(format!("{method} {target}"));
+    let upstream = match (method, routes.get(target)) {
+        ("CONNECT", Some(addr)) => TcpStream::connect(addr),
+        _ => {
+            let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+    };
+    let Ok(mut upstream) = upstream else { return };
+    let _ = client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut u2, &mut c2);
+        let _ = c2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut reader, &mut upstream);
+    let _ = upstream.shutdown(std::net::Shutdown::Write);
+}
+
+/// `moto` in server mode (STS, ECR and the rest of AWS's APIs, answered
+/// by moto's own code) on a free port.
+struct Moto {
+    url: String,
+    child: Child,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (pip install 'moto[server]')");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    }
+}
+
+/// A helper process, stopped with the test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The seed model on a TLS docker-registry with `auth`; its digest.
+fn tls_registry(certs: &Path, auth: Auth) -> (Registry, String) {
+    let plain = Registry::start(Auth::None);
+    plain.oras_push_mnist("models/mnist:v1");
+    let digest = plain.digest_of("models/mnist", "v1");
+    let reg = Registry::start_tls_with(
+        plain.stop(),
+        auth,
+        &certs.join("server.pem"),
+        &certs.join("server.key"),
+    );
+    (reg, digest)
+}
+
+fn pull(uri: &str, dest: &Path, env: &[(&str, String)]) -> Run {
+    let mut o = Ocimodel::new();
+    for (k, v) in env {
+        o = o.env(k, v);
+    }
+    o.run(&[uri, dest.to_str().unwrap()])
+}
+
+/// No token or secret in anything a person or a cluster reads.
+#[track_caller]
+fn leaks_nothing(run: &Run, secrets: &[&str]) {
+    for s in secrets {
+        assert!(
+            !run.stderr().contains(s) && !run.stdout().contains(s) && !run.termination.contains(s),
+            "{s} leaked: {}{}",
+            run.stderr(),
+            run.termination
+        );
+    }
+}
+
+/// ECR through moto: IRSA (STS AssumeRoleWithWebIdentity, then a SigV4
+/// GetAuthorizationToken signed with the session credentials), static keys,
+/// and explicit docker-config credentials, which win; a denied role names
+/// the step; OCIMODEL_CLOUD_AUTH=off asks anonymously.
+#[test]
+fn ecr_with_irsa_static_keys_and_a_denied_role() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    // moto's GetAuthorizationToken answers "AWS:<account>-auth-token".
+    let (reg, digest) = tls_registry(
+        work.path(),
+        Auth::Basic {
+            user: "AWS".into(),
+            password: "123456789012-auth-token".into(),
+        },
+    );
+    let moto = Moto::start();
+    let proxy = ConnectProxy::start(&[(ECR_HOST, &reg.addr)]);
+    let token_file = work.path().join("token");
+    fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bW9kZWxzOnJlYWRlciJ9.c2ln\n",
+    )
+    .unwrap();
+    let uri = format!("{ECR_HOST}/models/mnist@{digest}");
+    let base = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+    ];
+    let irsa = [
+        base.clone(),
+        vec![
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/model-reader".to_string(),
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    let dest = work.path().join("irsa");
+    let run = pull(&uri, &dest, &irsa);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        run.stderr()
+            .contains("credentials from the workload's cloud identity")
+            && run
+                .stderr()
+                .contains("role arn:aws:iam::123456789012:role/model-reader (IRSA)"),
+        "{}",
+        run.stderr()
+    );
+    leaks_nothing(&run, &["123456789012-auth-token", "c2ln"]);
+    assert!(proxy
+        .seen
+        .lock()
+        .unwrap()
+        .contains(&format!("CONNECT {ECR_HOST}:443")));
+
+    // Static keys in env, the SDKs' first choice.
+    let keys = [
+        base.clone(),
+        vec![
+            ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE".to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    pull(&uri, &work.path().join("keys"), &keys).assert_ok();
+
+    // Explicit docker-config credentials for the host win over the identity.
+    let explicit = [
+        irsa.clone(),
+        vec![(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            docker_config("AWS", "stale-token", ECR_HOST),
+        )],
+    ]
+    .concat();
+    pull(&uri, &work.path().join("explicit"), &explicit).assert_fails_with(&[
+        "rejected the credentials for user 'AWS' (from OCIMODEL_DOCKER_CONFIG_JSON)",
+    ]);
+
+    // Off: asked anonymously, and the registry says no.
+    let off = [
+        irsa.clone(),
+        vec![("OCIMODEL_CLOUD_AUTH", "off".to_string())],
+    ]
+    .concat();
+    pull(&uri, &work.path().join("off"), &off).assert_fails_with(&["requires authentication"]);
+
+    // A role STS refuses: STS's documented error answer, from a fake.
+    let sts = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sts_url = format!("http://{}", sts.local_addr().unwrap());
+    serve(sts, |req| {
+        assert_eq!(
+            req.form("Action").as_deref(),
+            Some("AssumeRoleWithWebIdentity")
+        );
+        response(
+            "403 Forbidden",
+            &[("Content-Type", "text/xml".into())],
+            b"<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>1</RequestId></ErrorResponse>",
+        )
+    });
+    let denied = [irsa.clone(), vec![("AWS_ENDPOINT_URL_STS", sts_url)]].concat();
+    let dest = work.path().join("denied");
+    let run = pull(&uri, &dest, &denied);
+    run.assert_fails_with(&[
+        "STS AssumeRoleWithWebIdentity",
+        "for role arn:aws:iam::123456789012:role/model-reader answered 403 Forbidden: AccessDenied Not authorized to perform sts:AssumeRoleWithWebIdentity",
+        "check AWS_ROLE_ARN",
+    ]);
+    assert!(!dest.join(MNIST_TITLE).exists());
+}
+
+/// EKS Pod Identity: the agent's endpoint (a fake: the agent is AWS's own
+/// binary) gets the token file's contents as `Authorization` and answers
+/// with credentials, which sign the ECR call to moto.
+#[test]
+fn ecr_with_eks_pod_identity() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let (reg, digest) = tls_registry(
+        work.path(),
+        Auth::Basic {
+            user: "AWS".into(),
+            password: "123456789012-auth-token".into(),
+        },
+    );
+    let moto = Moto::start();
+    let proxy = ConnectProxy::start(&[(ECR_HOST, &reg.addr)]);
+    let agent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent_url = format!("http://{}/v1/credentials", agent.local_addr().unwrap());
+    let asked: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = asked.clone();
+    serve(agent, move |req| {
+        log.lock().unwrap().push(req.authorization.clone());
+        if req.authorization.as_deref() != Some("pod-identity-token-1") {
+            return response("401 Unauthorized", &[], b"");
+        }
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"AccessKeyId":"ASIAPODIDENTITY","SecretAccessKey":"c2VjcmV0","Token":"session","AccountId":"123456789012","Expiration":"2030-01-01T00:00:00Z"}"#,
+        )
+    });
+    let token_file = work.path().join("eks-pod-identity-token");
+    fs::write(&token_file, "pod-identity-token-1").unwrap();
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent_url),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+    ];
+    let dest = work.path().join("m");
+    let run = pull(&format!("{ECR_HOST}/models/mnist@{digest}"), &dest, &env);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        run.stderr().contains("EKS Pod Identity"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!asked.lock().unwrap().is_empty());
+    // The kubelet rotated the token: the next exchange reads the new one.
+    fs::write(&token_file, "pod-identity-token-2").unwrap();
+    let run = pull(
+        &format!("{ECR_HOST}/models/mnist@{digest}"),
+        &work.path().join("n"),
+        &env,
+    );
+    run.assert_fails_with(&["EKS Pod Identity", "answered 401 Unauthorized"]);
+    assert_eq!(
+        asked.lock().unwrap().last().unwrap().as_deref(),
+        Some("pod-identity-token-2")
+    );
+}
+
+/// Our SigV4 against botocore's signer (PyPI, moto's own dependency) on the
+/// request ocimodel sends to ECR, with and without a session token.
+#[test]
+fn sigv4_matches_botocore() {
+    use ocimodel::cloud::sigv4::{sign, AwsCredentials, Request};
+    // botocore signs at its own clock; ours signs at the date it used.
+    let script = r#"
+import sys
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+url, body, key, secret, token = sys.argv[1:6]
+req = AWSRequest(method="POST", url=url, data=body.encode(), headers={
+    "content-type": "application/x-amz-json-1.1",
+    "x-amz-target": "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"})
+SigV4Auth(Credentials(key, secret, token or None), "ecr", "eu-west-1").add_auth(req)
+print(req.headers["X-Amz-Date"])
+print(req.headers["Authorization"])
+"#;
+    for token in ["", "FQoGZXIvYXdzEBYa//session+token=="] {
+        let url = reqwest::Url::parse("https://api.ecr.eu-west-1.amazonaws.com/").unwrap();
+        let body = r#"{"registryIds":["123456789012"]}"#;
+        let out = Command::new("python3")
+            .args(["-c", script, url.as_str(), body])
+            .args([
+                "AKIAIOSFODNN7EXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                token,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "botocore: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (amz_date, theirs) = stdout.trim().split_once('\n').unwrap();
+        let ours = sign(
+            &Request {
+                method: "POST",
+                url: &url,
+                headers: &[
+                    ("content-type", "application/x-amz-json-1.1"),
+                    (
+                        "x-amz-target",
+                        "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+                    ),
+                ],
+                body: body.as_bytes(),
+                region: "eu-west-1",
+                service: "ecr",
+                amz_date,
+            },
+            &AwsCredentials {
+                access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+                secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+                session_token: (!token.is_empty()).then(|| token.to_string()),
+            },
+        );
+        let ours = &ours.iter().find(|(k, _)| k == "authorization").unwrap().1;
+        assert_eq!(ours, theirs, "session token {token:?}");
+    }
+}
+
+/// Artifact Registry: the metadata server's token as Basic
+/// `oauth2accesstoken`; a token that expires is fetched again mid-pull;
+/// a metadata server that refuses names itself.
+#[test]
+fn artifact_registry_with_the_metadata_server() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let (reg, digest) = tls_registry(
+        work.path(),
+        Auth::Basic {
+            user: "oauth2accesstoken".into(),
+            password: "ya29.c.workload-token".into(),
+        },
+    );
+    let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metadata_host = metadata.local_addr().unwrap().to_string();
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let count = hits.clone();
+    serve(metadata, move |req| {
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
+            || req.header("metadata-flavor") != Some("Google")
+        {
+            return response("404 Not Found", &[], b"");
+        }
+        *count.lock().unwrap() += 1;
+        // 300 s: within the 5 minutes ocimodel renews ahead, so every
+        // challenge fetches a fresh one.
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"access_token":"ya29.c.workload-token","expires_in":300,"token_type":"Bearer"}"#,
+        )
+    });
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("GCE_METADATA_HOST", metadata_host),
+    ];
+    let uri = format!("{GAR_HOST}/models/mnist@{digest}");
+    let dest = work.path().join("m");
+    let run = pull(&uri, &dest, &env);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        *hits.lock().unwrap() >= 2,
+        "the expiring token was not fetched again"
+    );
+    leaks_nothing(&run, &["ya29.c.workload-token"]);
+
+    let refusing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_host = refusing.local_addr().unwrap().to_string();
+    serve(refusing, |_| {
+        response("403 Forbidden", &[], b"Permission denied on resource")
+    });
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("GCE_METADATA_HOST", refusing_host),
+    ];
+    pull(&uri, &work.path().join("n"), &env).assert_fails_with(&[
+        "the GCP metadata server",
+        "answered 403 Forbidden: Permission denied on resource",
+        "iam.gke.io/gcp-service-account",
+    ]);
+}
+
+/// A fake Entra ID token endpoint: the client-credentials grant with the
+/// projected token as a JWT-bearer assertion, for ACR's scope.
+fn entra(assertion: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    serve(listener, move |req| {
+        let ok = req.method == "POST"
+            && req.path == "/tenant-1/oauth2/v2.0/token"
+            && req.form("grant_type").as_deref() == Some("client_credentials")
+            && req.form("client_id").as_deref() == Some("client-1")
+            && req.form("client_assertion_type").as_deref()
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            && req.form("client_assertion").as_deref() == Some(assertion)
+            && req.form("scope").as_deref() == Some("https://containerregistry.azure.net/.default");
+        if !ok {
+            return response(
+                "400 Bad Request",
+                &[("Content-Type", "application/json".into())],
+                br#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject.\r\nTrace ID: 1"}"#,
+            );
+        }
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"token_type":"Bearer","expires_in":3599,"access_token":"aad-access-token"}"#,
+        )
+    });
+    url
+}
+
+/// ACR with Azure Workload Identity: Entra token → `/oauth2/exchange` on
+/// the registry host → a refresh token, traded at the registry's token
+/// realm with the refresh-token grant; docker-registry checks the JWT.
+#[test]
+fn acr_with_azure_workload_identity() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let issuer = TokenServer::start(|repo| repo.to_string());
+    let plain = Registry::start(Auth::None);
+    plain.oras_push_mnist("models/mnist:v1");
+    let digest = plain.digest_of("models/mnist", "v1");
+    let reg = Registry::start_in(
+        plain.stop(),
+        Auth::Token {
+            realm: format!("https://{ACR_HOST}/oauth2/token"),
+            cert_pem: issuer.cert.clone(),
+        },
+    );
+    let issuer_addr = issuer
+        .realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let mut front = KillOnDrop(
+        Command::new("python3")
+            .arg(repo_root().join("tests/support/acr_front.py"))
+            .arg(work.path().join("server.pem"))
+            .arg(work.path().join("server.key"))
+            .args([&reg.addr, &issuer_addr, "aad-access-token", IDENTITY_TOKEN])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut port = String::new();
+    BufReader::new(front.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let front_addr = format!("127.0.0.1:{}", port.trim());
+    let proxy = ConnectProxy::start(&[(ACR_HOST, &front_addr)]);
+    let token_file = work.path().join("azure-identity-token");
+    fs::write(&token_file, "projected-sa-token").unwrap();
+    let env = |authority: String| {
+        vec![
+            ("HTTPS_PROXY", proxy.url.clone()),
+            ("NO_PROXY", "127.0.0.1".to_string()),
+            (
+                "OCIMODEL_CA_BUNDLE",
+                work.path().join("ca.pem").display().to_string(),
+            ),
+            ("AZURE_CLIENT_ID", "client-1".to_string()),
+            ("AZURE_TENANT_ID", "tenant-1".to_string()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("AZURE_AUTHORITY_HOST", authority),
+        ]
+    };
+    let uri = format!("{ACR_HOST}/models/mnist@{digest}");
+    let dest = work.path().join("m");
+    let run = pull(&uri, &dest, &env(entra("projected-sa-token")));
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    leaks_nothing(
+        &run,
+        &["aad-access-token", IDENTITY_TOKEN, "projected-sa-token"],
+    );
+    assert!(issuer
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, scope)| scope == "repository:models/mnist:pull"));
+
+    // A federated credential Entra does not know: the step and what to check.
+    let run = pull(&uri, &work.path().join("n"), &env(entra("another-token")));
+    run.assert_fails_with(&[
+        "Entra ID token at",
+        "for client client-1 answered 400 Bad Request: invalid_client: AADSTS700213",
+        "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential",
+    ]);
+}
+
+/// A docker config `identitytoken` (what `az acr login` writes) is traded at
+/// the token realm with the refresh-token grant, not sent as a password or
+/// a Bearer; a wrong one is refused with its own line.
+#[test]
+fn docker_config_identity_tokens_use_the_refresh_grant() {
+    let issuer = TokenServer::start(|repo| repo.to_string());
+    let reg = registry_with(Auth::Token {
+        realm: issuer.realm.clone(),
+        cert_pem: issuer.cert.clone(),
+    });
+    let work = tempfile::tempdir().unwrap();
+    let config = |token: &str| {
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}","identitytoken":"{token}"}}}}}}"#,
+            reg.addr,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "<token>:"),
+        )
+    };
+    let run = Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_DOCKER_CONFIG_JSON", config(IDENTITY_TOKEN))
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            work.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    leaks_nothing(&run, &[IDENTITY_TOKEN]);
+    let run = Ocimodel::new()
+        .insecure(&reg)
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            config("expired-refresh-token"),
+        )
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            work.path().join("n").to_str().unwrap(),
+        ]);
+    run.assert_fails_with(&["refused the identity token (from OCIMODEL_DOCKER_CONFIG_JSON)"]);
+    leaks_nothing(&run, &["expired-refresh-token"]);
+}
