@@ -171,8 +171,15 @@ pub struct Ambient {
 }
 
 impl Ambient {
-    pub fn new(env: CloudEnv, http: reqwest::Client) -> Result<Ambient> {
+    /// `roots`: the CA roots `http` trusts (a scratch image has no system
+    /// store for a client to fall back on).
+    pub fn new(
+        env: CloudEnv,
+        http: reqwest::Client,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Result<Ambient> {
         let local = reqwest::Client::builder()
+            .tls_certs_only(roots)
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

@@ -211,7 +211,13 @@ impl RegistryClient {
             .context("cannot build the HTTP client")?;
         let cloud = options
             .cloud_auth
-            .then(|| crate::cloud::Ambient::new(crate::cloud::CloudEnv::from_env(), http.clone()))
+            .then(|| {
+                crate::cloud::Ambient::new(
+                    crate::cloud::CloudEnv::from_env(),
+                    http.clone(),
+                    roots.clone(),
+                )
+            })
             .transpose()?;
         Ok(RegistryClient {
             cloud,
