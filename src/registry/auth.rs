@@ -160,13 +160,10 @@ impl RegistryClient {
         if let Some(c) = creds {
             req = req.header(AUTHORIZATION, basic_header(c));
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the token service {realm} of registry {}: {}",
-                r.registry,
-                root_cause(&e)
-            )
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| unreachable_token_service(r, realm, &e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(match creds {
@@ -212,13 +209,7 @@ impl RegistryClient {
         let resp = crate::cloud::post_form(&self.http, url, &form)
             .send()
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot reach the token service {realm} of registry {}: {}",
-                    r.registry,
-                    root_cause(&e)
-                )
-            })?;
+            .map_err(|e| unreachable_token_service(r, realm, &e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
@@ -272,6 +263,14 @@ impl RegistryClient {
             r.repository
         )
     }
+}
+
+fn unreachable_token_service(r: &ImageRef, realm: &str, e: &reqwest::Error) -> anyhow::Error {
+    anyhow!(
+        "cannot reach the token service {realm} of registry {}: {}",
+        r.registry,
+        root_cause(e)
+    )
 }
 
 pub(super) fn basic_header(c: &Credentials) -> HeaderValue {

@@ -1142,6 +1142,12 @@ impl TokenServer {
 
 /// A CA and a server certificate for IP 127.0.0.1 only.
 pub fn make_certs(dir: &Path) {
+    make_certs_for(dir, "IP:127.0.0.1");
+}
+
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`)
+/// for `names`, a subjectAltName list (`DNS:a.example,IP:127.0.0.1`).
+pub fn make_certs_for(dir: &Path, names: &str) {
     openssl(
         &[
             "req",
@@ -1177,7 +1183,7 @@ pub fn make_certs(dir: &Path) {
     );
     fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={names}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     openssl(
