@@ -74,14 +74,15 @@ fn narrow(plan: &mut Plan, filter: &Filter) {
     }
     let mut kept = Vec::new();
     for step in plan.steps.drain(..) {
-        match &step.action {
-            Action::WriteFile(path) if !filter.allows(path) => {
-                plan.skipped.push((
-                    step.layer,
-                    format!("'{path}' excluded by OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE"),
-                ));
-            }
-            _ => kept.push(step),
+        let rejected = match &step.action {
+            Action::WriteFile(path) => filter.rejected_by(path).map(|by| (path.clone(), by)),
+            _ => None,
+        };
+        match rejected {
+            Some((path, by)) => plan
+                .skipped
+                .push((step.layer, format!("'{path}' excluded by {by}"))),
+            None => kept.push(step),
         }
     }
     plan.steps = kept;

@@ -376,6 +376,75 @@ fn signatures_and_unknown_types() {
     );
 }
 
+/// KServe's STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (fnmatch on
+/// the relative path, JSON or comma list) combine with our own filter; blobs
+/// they drop are never fetched.
+#[test]
+fn kserve_storage_patterns_skip_downloads() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    modelpack_source_dir(&src);
+    let config = work.path().join("config.json");
+    write(
+        &config,
+        br#"{"descriptor":{"name":"tiny"},"config":{"format":"safetensors"}}"#,
+    );
+    reg.modelpack_push(
+        "models/mp:v1",
+        &config,
+        &layer_args(
+            &src,
+            &[
+                ("model.safetensors", None),
+                ("config.json", Some("weight.config.v1.raw")),
+                ("tokenizer/vocab.txt", Some("weight.config.v1.raw")),
+                ("tokenizer/merges.txt", Some("weight.config.v1.raw")),
+                ("README.md", Some("doc.v1.raw")),
+            ],
+        ),
+    );
+    let weights = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
+    let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
+    let dest = work.path().join("out");
+    let run = Ocimodel::new()
+        .insecure(&reg)
+        // modelpack-client titles each layer with the file's name.
+        .env(
+            "STORAGE_ALLOW_PATTERNS",
+            r#"["config.json", "*.txt", "*.md"]"#,
+        )
+        .env("STORAGE_IGNORE_PATTERNS", "README*")
+        .env("OCIMODEL_EXCLUDE", "merges.txt")
+        .run(&[
+            &format!("{}/models/mp:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["config.json", "vocab.txt"]
+    );
+    assert_eq!(reg.blob_gets(&weights), 0, "the weights were not allowed");
+    assert_eq!(reg.blob_gets(&readme), 0, "README.md was ignored");
+    assert!(
+        marker(&dest)["selection"]
+            .as_str()
+            .unwrap()
+            .contains("storage-allow [config.json, *.txt, *.md] storage-ignore [README*]"),
+        "{}",
+        marker(&dest)["selection"]
+    );
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("STORAGE_ALLOW_PATTERNS", "[not json")
+        .run(&[
+            &format!("{}/models/mp:v1", reg.addr),
+            work.path().join("x").to_str().unwrap(),
+        ])
+        .assert_fails_with(&["STORAGE_ALLOW_PATTERNS starts like a JSON list but is not one"]);
+}
+
 #[test]
 fn include_filter_skips_downloads() {
     let reg = Registry::start(Auth::None);

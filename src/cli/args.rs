@@ -241,6 +241,15 @@ pub(super) struct SelectArgs {
     #[arg(long, env = "OCIMODEL_EXCLUDE", value_delimiter = ',')]
     pub(super) exclude: Vec<String>,
 
+    /// KServe's selective download: only files whose relative path matches one of these
+    /// fnmatch patterns (a JSON array or a comma list; `*` crosses `/`).
+    #[arg(long = "storage-allow-patterns", env = "STORAGE_ALLOW_PATTERNS")]
+    pub(super) storage_allow: Option<String>,
+
+    /// KServe's selective download: never files whose relative path matches one of these.
+    #[arg(long = "storage-ignore-patterns", env = "STORAGE_IGNORE_PATTERNS")]
+    pub(super) storage_ignore: Option<String>,
+
     /// KitOps layers to install: model, datasets, code, docs, prompts (comma-separated; default all).
     #[arg(long, env = "OCIMODEL_KIT_FILTER", value_delimiter = ',')]
     pub(super) kit_filter: Vec<String>,
@@ -674,7 +683,10 @@ pub(super) fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Setti
     Ok(Settings {
         subtree: Subtree::parse(&select.subpath)?,
         platform,
-        filter: Filter::new(&select.include, &select.exclude),
+        filter: Filter::new(&select.include, &select.exclude).with_kserve(
+            select.storage_allow.as_deref(),
+            select.storage_ignore.as_deref(),
+        )?,
         format: format::Options {
             unknown_raw: select.unknown == Unknown::Raw,
             kit_filter: clean_list(&select.kit_filter),
