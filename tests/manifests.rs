@@ -59,6 +59,8 @@ fn manifests_are_valid() {
         "InferenceService/ecr-mnist",
         "InferenceService/gar-mnist",
         "InferenceService/acr-mnist",
+        "LLMInferenceService/llama-single",
+        "LLMInferenceService/llama-multi-node",
         "ServiceAccount/models-ecr",
         "Pod/mnist-init",
         "Pod/mnist-sidecar",
