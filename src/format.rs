@@ -7,6 +7,7 @@
 //! | CNCF ModelPack (and legacy `cnai`) | artifactType or config type | `.raw` (and unknown suffixes) → file at `org.cncf.model.filepath`; `.tar[+gzip\|+zstd]` → extracted at the root |
 //! | KitOps ModelKit | config `application/vnd.kitops.modelkit.config.v1+json` | tar layers extracted as `kit unpack` does; `Kitfile` written |
 //! | Docker model | config `application/vnd.docker.ai.model.config.v0.{1,2}+json` | v0.2: file at the filepath annotation; v0.1: named by media type |
+//! | Ollama | a layer `application/vnd.ollama.image.*` | `model.gguf`, `mmproj.gguf`, `adapters/<i>.gguf`, `draft.gguf`, `template.gotmpl`, `system.txt`, `params.json`, `messages.json`, `LICENSE`, the config as `ollama-config.json`, `json` layers at their `name`; `tensor` refused |
 //! | container image (modelcar) | image config, tar layers, no titles | applied in order with whiteouts; the subpath kept |
 //! | ORAS | a layer has `org.opencontainers.image.title` | file at the title; `io.deis.oras.content.unpack` → tar+gzip extracted into `<title>/` |
 //! | anything else | | refused, or with `OCIMODEL_UNKNOWN=raw` each layer at `blobs/<alg>/<hex>` |
@@ -32,6 +33,7 @@ pub const KITOPS_CONFIG: &str = "application/vnd.kitops.modelkit.config.v1+json"
 pub const DOCKER_MODEL_CONFIG_V01: &str = "application/vnd.docker.ai.model.config.v0.1+json";
 pub const DOCKER_MODEL_CONFIG_V02: &str = "application/vnd.docker.ai.model.config.v0.2+json";
 pub const ORAS_UNPACK: &str = "io.deis.oras.content.unpack";
+pub const OLLAMA_LAYER_PREFIX: &str = "application/vnd.ollama.image.";
 pub const ORAS_CONTENT_DIGEST: &str = "io.deis.oras.content.digest";
 
 const SIGNATURE_TYPES: [&str; 5] = [
@@ -53,6 +55,8 @@ pub enum Format {
     ModelPack,
     KitOps,
     DockerModel,
+    /// Ollama's registry format (Docker schema2, `vnd.ollama.image.*` layers).
+    Ollama,
     /// An unknown artifact written blob by blob (`OCIMODEL_UNKNOWN=raw`).
     Raw,
 }
@@ -65,6 +69,7 @@ impl std::fmt::Display for Format {
             Format::ModelPack => "modelpack",
             Format::KitOps => "kitops",
             Format::DockerModel => "docker-model",
+            Format::Ollama => "ollama",
             Format::Raw => "raw",
         })
     }
@@ -204,6 +209,12 @@ pub fn classify(m: &ImageManifest, config: Option<&[u8]>, opts: &Options) -> Res
         kitops(m, config, opts)?
     } else if config_mt == DOCKER_MODEL_CONFIG_V01 || config_mt == DOCKER_MODEL_CONFIG_V02 {
         docker_model(m)
+    } else if m
+        .layers
+        .iter()
+        .any(|l| l.media_type.starts_with(OLLAMA_LAYER_PREFIX))
+    {
+        ollama(m)?
     } else if (config_mt == OCI_IMAGE_CONFIG || config_mt == DOCKER_IMAGE_CONFIG)
         && m.artifact_type.is_none()
         && !m.layers.iter().any(|l| l.title().is_some())
@@ -536,6 +547,71 @@ fn docker_model(m: &ImageManifest) -> Plan {
     plan
 }
 
+/// Ollama's layers as files a llama.cpp-based server can load (no
+/// standard layout exists; this one keeps Ollama's roles visible).
+fn ollama(m: &ImageManifest) -> Result<Plan> {
+    let mut plan = Plan::new(Format::Ollama);
+    let layers = non_empty(m, &mut plan);
+    let kind = |l: &Descriptor| {
+        l.media_type
+            .strip_prefix(OLLAMA_LAYER_PREFIX)
+            .unwrap_or("")
+            .to_string()
+    };
+    if let Some(t) = layers.iter().find(|l| kind(l) == "tensor") {
+        bail!(
+            "this Ollama model stores its weights as per-tensor layers (application/vnd.ollama.image.tensor, e.g. '{}'), which are not a loadable checkpoint; ocimodel installs GGUF Ollama models only",
+            crate::text::escape_controls(t.name.as_deref().unwrap_or("unnamed"))
+        );
+    }
+    let count = |k: &str| layers.iter().filter(|l| kind(l) == k).count();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for layer in &layers {
+        let k = kind(layer);
+        let n = {
+            let e = seen.entry(k.clone()).or_insert(0);
+            *e += 1;
+            *e
+        };
+        // One of a kind keeps the plain name; several are numbered from 1.
+        let numbered = |stem: &str, ext: &str| match count(&k) {
+            1 => format!("{stem}{ext}"),
+            _ => format!("{stem}-{n}{ext}"),
+        };
+        let path = match k.as_str() {
+            "model" => numbered("model", ".gguf"),
+            "projector" => numbered("mmproj", ".gguf"),
+            "adapter" => format!("adapters/{n}.gguf"),
+            "draft" => numbered("draft", ".gguf"),
+            "template" | "prompt" => numbered("template", ".gotmpl"),
+            "system" => numbered("system", ".txt"),
+            "params" => numbered("params", ".json"),
+            "messages" => numbered("messages", ".json"),
+            "license" => numbered("LICENSE", ""),
+            "json" => match &layer.name {
+                Some(name) => name.clone(),
+                None => bail!(
+                    "Ollama json layer {} has no name to install it at",
+                    layer.digest
+                ),
+            },
+            "embed" => {
+                plan.skip(layer, "deprecated Ollama embed layer");
+                continue;
+            }
+            other => {
+                plan.skip(layer, format!("Ollama layer type '{other}' is not known"));
+                continue;
+            }
+        };
+        plan.write(layer, path);
+    }
+    if !m.config.media_type.is_empty() && m.config.size > 0 {
+        plan.write(&m.config, "ollama-config.json");
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +634,7 @@ mod tests {
             platform: None,
             artifact_type: None,
             data: None,
+            name: None,
         }
     }
 
@@ -833,6 +910,73 @@ mod tests {
                 "blobs/sha256/{}",
                 l.digest.hex()
             ))]
+        );
+    }
+
+    #[test]
+    fn ollama_layers_become_files() {
+        let ol = |kind: &str, name: Option<&str>| {
+            let mut l = layer(&format!("{OLLAMA_LAYER_PREFIX}{kind}"), &[]);
+            l.digest = Digest::sha256_of(format!("{kind}{name:?}").as_bytes());
+            l.name = name.map(str::to_string);
+            l
+        };
+        let m = ImageManifest {
+            schema_version: 2,
+            media_type: Some("application/vnd.docker.distribution.manifest.v2+json".into()),
+            artifact_type: None,
+            config: layer(DOCKER_IMAGE_CONFIG, &[]),
+            layers: vec![
+                ol("model", None),
+                ol("projector", Some("a")),
+                ol("projector", Some("b")),
+                ol("adapter", None),
+                ol("template", None),
+                ol("system", None),
+                ol("params", None),
+                ol("license", Some("1")),
+                ol("license", Some("2")),
+                ol("json", Some("tokenizer/tokenizer.json")),
+                ol("embed", None),
+            ],
+            subject: None,
+            annotations: Default::default(),
+        };
+        let plan = classify(&m, None, &Options::default()).unwrap();
+        assert_eq!(plan.format, Format::Ollama);
+        let paths: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::WriteFile(p) => p.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "model.gguf",
+                "mmproj-1.gguf",
+                "mmproj-2.gguf",
+                "adapters/1.gguf",
+                "template.gotmpl",
+                "system.txt",
+                "params.json",
+                "LICENSE-1",
+                "LICENSE-2",
+                "tokenizer/tokenizer.json",
+                "ollama-config.json",
+            ]
+        );
+        assert_eq!(plan.skipped.len(), 1, "the embed layer");
+        let mut tensors = m.clone();
+        tensors.layers.push(ol("tensor", Some("model.layers.0")));
+        let err = classify(&tensors, None, &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("per-tensor layers") && err.contains("model.layers.0"),
+            "{err}"
         );
     }
 }

@@ -49,6 +49,9 @@ pub struct Descriptor {
     pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Ollama's own layer field: a `json` layer's path, a `tensor`'s name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Descriptor {
@@ -285,6 +288,7 @@ mod tests {
             platform: platform.map(|p| Platform::parse(p).unwrap()),
             artifact_type: None,
             data: None,
+            name: None,
         }
     }
 

@@ -567,3 +567,95 @@ fn malformed_artifacts_install_nothing() {
         assert!(!dest.path().parent().unwrap().join("etc/cron.d/x").exists());
     }
 }
+
+/// An Ollama model as `ollama push` stores it (Docker schema2 manifest,
+/// `application/vnd.ollama.image.*` layers, Ollama's `name` field on json
+/// layers), pushed to docker-registry by the registry API: installed as
+/// files a llama.cpp-based server loads; per-tensor models are refused.
+#[test]
+fn ollama_models_install_as_gguf_files() {
+    let reg = Registry::start(Auth::None);
+    let repo = "library/tinyllama";
+    let gguf = weights(50_000, 7);
+    let mut layers = Vec::new();
+    let mut layer = |kind: &str, bytes: &[u8], name: Option<&str>| {
+        let digest = reg.put_blob(repo, bytes);
+        let mut l = serde_json::json!({
+            "mediaType": format!("application/vnd.ollama.image.{kind}"),
+            "digest": digest,
+            "size": bytes.len(),
+        });
+        if let Some(n) = name {
+            l["name"] = n.into();
+        }
+        layers.push(l);
+        digest
+    };
+    let model = layer("model", &gguf, None);
+    layer("template", b"{{ .System }} {{ .Prompt }}", None);
+    layer("system", b"You are terse.", None);
+    layer("params", br#"{"stop":["</s>"]}"#, None);
+    layer("license", b"Apache-2.0", None);
+    layer("json", br#"{"model_type":"llama"}"#, Some("config.json"));
+    let config = br#"{"model_format":"gguf","model_family":"llama","model_type":"1B","file_type":"Q4_0","os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = reg.put_blob(repo, config);
+    let manifest = |layers: &Vec<serde_json::Value>| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": layers,
+        }))
+        .unwrap()
+    };
+    let docker_v2 = "application/vnd.docker.distribution.manifest.v2+json";
+    assert_eq!(
+        reg.put_manifest(repo, "1b", docker_v2, &manifest(&layers)),
+        201
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    reg.pull(&format!("{repo}:1b"), &dest).assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec![
+            "LICENSE",
+            "config.json",
+            "model.gguf",
+            "ollama-config.json",
+            "params.json",
+            "system.txt",
+            "template.gotmpl"
+        ]
+    );
+    assert_eq!(fs::read(dest.join("model.gguf")).unwrap(), gguf);
+    assert_eq!(fs::read(dest.join("ollama-config.json")).unwrap(), config);
+    assert_eq!(marker(&dest)["format"], "ollama");
+    assert_eq!(
+        marker(&dest)["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "model.gguf")
+            .unwrap()["digest"],
+        model.as_str()
+    );
+
+    let mut tensors = layers.clone();
+    tensors.push(serde_json::json!({
+        "mediaType": "application/vnd.ollama.image.tensor",
+        "digest": model,
+        "size": gguf.len(),
+        "name": "model.layers.0.attn",
+    }));
+    assert_eq!(
+        reg.put_manifest(repo, "mlx", docker_v2, &manifest(&tensors)),
+        201
+    );
+    reg.pull(&format!("{repo}:mlx"), &work.path().join("n"))
+        .assert_fails_with(&["per-tensor layers", "model.layers.0.attn"]);
+}

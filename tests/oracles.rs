@@ -254,6 +254,7 @@ fn containers_image(case: &str) -> SignedManifest {
         platform: None,
         artifact_type: None,
         data: None,
+        name: None,
     };
     SignedManifest {
         subject: sha256_digest(&manifest),

@@ -143,6 +143,7 @@ fn descriptor(
         platform: None,
         artifact_type: None,
         data: None,
+        name: None,
     }
 }
 

@@ -359,6 +359,7 @@ fn layout_select(store: &Store, selector: &Selector, label: &str) -> Result<Desc
                 platform: None,
                 artifact_type: None,
                 data: None,
+                name: None,
             })),
         Selector::Tag(tag) => index
             .manifests

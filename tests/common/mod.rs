@@ -428,13 +428,28 @@ pub struct HttpResponse {
 
 /// A minimal HTTP/1.0 GET on loopback (no client library in the way).
 pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(addr, "GET", path, headers, b"")
+}
+
+/// One HTTP/1.0 request, its whole response.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -853,6 +868,50 @@ impl Registry {
             .unwrap()
             .parse()
             .unwrap()
+    }
+
+    /// Uploads `bytes` as a blob of `repo` (the two-step upload: POST,
+    /// then PUT with the digest); returns the digest.
+    pub fn put_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = format!("sha256:{}", sha256_hex(bytes));
+        let start = http_request(
+            &self.addr,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            start.status,
+            202,
+            "upload start: {}",
+            String::from_utf8_lossy(&start.body)
+        );
+        let location = start
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let path = match location.find("/v2/") {
+            Some(i) => location[i..].to_string(),
+            None => location,
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let done = http_request(
+            &self.addr,
+            "PUT",
+            &format!("{path}{sep}digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            bytes,
+        );
+        assert_eq!(
+            done.status,
+            201,
+            "upload: {}",
+            String::from_utf8_lossy(&done.body)
+        );
+        digest
     }
 
     /// How many times the registry served blob `digest` (from its access log).
