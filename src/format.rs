@@ -111,6 +111,9 @@ pub struct Plan {
     pub generated: Vec<(String, Vec<u8>)>,
     /// Keep the config blob as `DEST/.ocimodel/config.json`.
     pub keep_config: bool,
+    /// A KitOps child kit's parent ModelKit (its Kitfile's `model.path` is a
+    /// reference): its model layers are installed first, as `kit unpack` does.
+    pub parent: Option<String>,
 }
 
 impl Plan {
@@ -121,6 +124,7 @@ impl Plan {
             skipped: Vec::new(),
             generated: Vec::new(),
             keep_config: false,
+            parent: None,
         }
     }
 
@@ -429,6 +433,9 @@ fn kitops(m: &ImageManifest, config: Option<&[u8]>, opts: &Options) -> Result<Pl
     entries.insert("dataset", kitfile.datasets.clone());
     entries.insert("docs", kitfile.docs.clone());
     entries.insert("prompt", kitfile.prompts.clone());
+    if let Some(model) = &kitfile.model {
+        plan.parent = kit_parent(&model.path)?;
+    }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for layer in non_empty(m, &mut plan) {
         let Some((kind, compression)) = kitops_kind(&layer.media_type) else {
@@ -479,6 +486,31 @@ fn kitops(m: &ImageManifest, config: Option<&[u8]>, opts: &Options) -> Result<Pl
     text.push(b'\n');
     plan.generated.push(("Kitfile".to_string(), text));
     Ok(plan)
+}
+
+/// A Kitfile `model.path` that names another ModelKit, as kit decides it
+/// (`kitfile.go`: it has `:` or `@` and parses as a reference). References
+/// with no registry host (`org/kit:v1`) or `localhost` name kit's local
+/// store on someone's machine, which a cluster cannot reach: refused.
+fn kit_parent(path: &str) -> Result<Option<String>> {
+    if !(path.contains(':') || path.contains('@')) {
+        return Ok(None);
+    }
+    if crate::reference::ImageRef::parse(path).is_err() {
+        return Ok(None);
+    }
+    let host = path.split_once('/').map(|(h, _)| h).unwrap_or("");
+    let local = host.is_empty()
+        || !(host.contains('.') || host.contains(':'))
+        || host == "localhost"
+        || host.starts_with("localhost:");
+    if local {
+        bail!(
+            "the ModelKit's model is the parent kit '{}' in kit's local store (a reference without a registry host, or localhost), which ocimodel cannot reach; push the parent to a registry and name it with its registry host",
+            crate::text::escape_controls(path)
+        );
+    }
+    Ok(Some(path.to_string()))
 }
 
 /// Docker's v0.1 file names, by media type.

@@ -59,6 +59,10 @@ pub struct Marker {
     /// The signatures that verified before install (empty when unchecked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<crate::verify::Signature>,
+    /// KitOps parent kits whose model layers were installed first, eldest
+    /// first, pinned by digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
     /// The model signature (OMS) that verified over the files, if checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_signature: Option<crate::verify::model::ModelSignature>,

@@ -197,6 +197,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
         return Ok(Outcome::up_to_date(marker));
     }
     let planned = plan(&source, top, settings).await?;
+    let parents = kit_parents(job, settings, clients, &planned).await?;
     if let (None, Some(min), Target::Registry(_)) =
         (&settings.cache, settings.resume_min, &job.target)
     {
@@ -231,6 +232,7 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
             &source,
             &dest,
             &planned,
+            &parents,
             &selection,
             &signatures,
         )
@@ -302,20 +304,108 @@ fn refuse_empty(plan: &Plan, settings: &Settings) -> Result<()> {
     )
 }
 
+/// A KitOps parent kit, resolved by digest and planned (model layers only).
+struct Parent {
+    source: Source,
+    planned: Planned,
+    /// Pinned by digest, for logs and the marker.
+    reference: String,
+}
+
+/// Longest chain of parent kits followed (kit's `MaxModelRefChain`).
+const MAX_KIT_PARENTS: usize = 10;
+
+/// The parent kits a child ModelKit's model comes from, eldest first, as
+/// `kit unpack` installs them: each resolved to a digest once, checked by
+/// the same signature policy and reached with the same registry settings;
+/// only their model layers, and none when `OCIMODEL_KIT_FILTER` leaves the
+/// model out. A chain longer than 10 or one that loops is refused.
+async fn kit_parents(
+    job: &Job,
+    settings: &Settings,
+    clients: &ClientFactory,
+    child: &Planned,
+) -> Result<Vec<Parent>> {
+    let mut chain = Vec::new();
+    let Some(mut next) = child.plan.parent.clone() else {
+        return Ok(chain);
+    };
+    let filter = &settings.format.kit_filter;
+    if !filter.is_empty() && !filter.iter().any(|f| f == "model") {
+        tracing::info!(uri = %job.uri, parent = %next, "the parent kit's model is left out by OCIMODEL_KIT_FILTER");
+        return Ok(chain);
+    }
+    let mut parent_settings = settings.clone();
+    parent_settings.format.kit_filter = vec!["model".to_string()];
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        if chain.len() == MAX_KIT_PARENTS {
+            bail!(
+                "the ModelKit's chain of parent kits is longer than {MAX_KIT_PARENTS} (at {next})"
+            );
+        }
+        if !seen.insert(next.clone()) {
+            bail!("the ModelKit's chain of parent kits loops back to {next}");
+        }
+        let step = || format!("parent kit {next}");
+        let image = crate::reference::ImageRef::parse(&next).with_context(step)?;
+        let source = Source::new(
+            &Target::Registry(image),
+            || clients(),
+            settings.cache.clone(),
+        )
+        .with_context(step)?;
+        let top = source.resolve().await.with_context(step)?;
+        if !settings.verify.is_off() {
+            for s in verify::verify(&source, &top, &settings.verify)
+                .await
+                .with_context(step)?
+            {
+                tracing::info!(uri = %job.uri, parent = %next, "verified {s}");
+            }
+        }
+        let planned = plan(&source, top, &parent_settings)
+            .await
+            .with_context(step)?;
+        if planned.plan.format != Format::KitOps {
+            bail!(
+                "parent kit {next} is a {} artifact, not a ModelKit",
+                planned.plan.format
+            );
+        }
+        let reference = source.pinned(&planned.top.digest);
+        tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
+        let up = planned.plan.parent.clone();
+        chain.push(Parent {
+            source,
+            planned,
+            reference,
+        });
+        match up {
+            Some(u) => next = u,
+            None => break,
+        }
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
 /// Fetches and unpacks the plan into staging, then installs it with its
 /// marker.
+#[allow(clippy::too_many_arguments)]
 async fn install_planned(
     job: &Job,
     settings: &Settings,
     source: &Source,
     dest: &Dest,
     planned: &Planned,
+    parents: &[Parent],
     selection: &str,
     signatures: &[verify::Signature],
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let contents = unpack_plan(source, plan, staging.path(), settings, &job.uri).await?;
+    let contents = unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
     let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
     if let Some(s) = &model_signature {
         tracing::info!(uri = %job.uri, "verified {s}");
@@ -334,6 +424,7 @@ async fn install_planned(
         installed_at: crate::install::now_rfc3339(),
         signatures: signatures.to_vec(),
         model_signature,
+        parents: parents.iter().map(|p| p.reference.clone()).collect(),
         entries: Vec::new(),
         contents,
     };
@@ -497,11 +588,13 @@ async fn apply_tar_layers(
 async fn unpack_plan(
     source: &Source,
     plan: &Plan,
+    parents: &[Parent],
     staging: &Path,
     settings: &Settings,
     uri: &str,
 ) -> Result<Contents> {
-    let progress = Progress::new(plan.total_bytes());
+    let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
+    let progress = Progress::new(plan.total_bytes() + parent_bytes);
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), "pulling");
     let reporter = {
         let progress = progress.clone();
@@ -527,6 +620,12 @@ async fn unpack_plan(
         }
         for r in records {
             tree.add_record(r);
+        }
+        // Parent kits' model layers first, eldest first; the child's over them.
+        for p in parents {
+            tree = apply_tar_layers(&p.source, &p.planned.plan, tree, settings, &progress)
+                .await
+                .with_context(|| format!("parent kit {}", p.reference))?;
         }
 
         let mut tree = apply_tar_layers(source, plan, tree, settings, &progress).await?;

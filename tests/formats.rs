@@ -659,3 +659,76 @@ fn ollama_models_install_as_gguf_files() {
     reg.pull(&format!("{repo}:mlx"), &work.path().join("n"))
         .assert_fails_with(&["per-tensor layers", "model.layers.0.attn"]);
 }
+
+/// A child ModelKit whose Kitfile's `model.path` names a parent kit: the
+/// parent's model layers (only those) land first, then the child's layers,
+/// as `kit unpack` does; the parent is pinned in the marker. The kit filter
+/// can leave the parent out; loops and kit's local store are refused.
+#[test]
+fn kitops_child_kits_install_their_parent_model() {
+    let reg = Registry::start(Auth::None);
+    reg.push_artifact("kits/parent:v1", &kitops_spec());
+    let kit = |model_path: String, code: &str| {
+        json!({
+            "config": {"mediaType": "application/vnd.kitops.modelkit.config.v1+json", "json": {
+                "manifestVersion": "1.0.0",
+                "package": {"name": "tiny-ft"},
+                "model": {"name": "tiny-ft", "path": model_path},
+                "code": [{"path": "ft", "digest": "$digest:0"}]
+            }},
+            "layers": [
+                {"mediaType": "application/vnd.kitops.modelkit.code.v1.tar",
+                 "tar": [{"name": "ft", "type": "dir"}, {"name": "ft/train.py", "data": code}]}
+            ]
+        })
+    };
+    reg.push_artifact(
+        "kits/child:v1",
+        &kit(format!("{}/kits/parent:v1", reg.addr), "fit()\n"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("child");
+    reg.pull("kits/child:v1", &dest).assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["Kitfile", "ft", "ft/train.py", "models", "models/tiny.gguf"],
+        "the parent's model, not its code, datasets or docs"
+    );
+    assert_eq!(
+        fs::read(dest.join("models/tiny.gguf")).unwrap(),
+        b"GGUF-weights"
+    );
+    let parent_digest = reg.digest_of("kits/parent", "v1");
+    assert_eq!(
+        marker(&dest)["parents"],
+        json!([format!("{}/kits/parent:v1@{parent_digest}", reg.addr)])
+    );
+
+    // Without the model in the kit filter, nothing comes from the parent.
+    let dest = work.path().join("code-only");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_KIT_FILTER", "code")
+        .run(&[
+            &format!("{}/kits/child:v1", reg.addr),
+            dest.to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert_eq!(
+        tree(&dest).into_keys().collect::<Vec<_>>(),
+        vec!["Kitfile", "ft", "ft/train.py"]
+    );
+
+    // Two kits naming each other.
+    reg.push_artifact("kits/a:v1", &kit(format!("{}/kits/b:v1", reg.addr), "a\n"));
+    reg.push_artifact("kits/b:v1", &kit(format!("{}/kits/a:v1", reg.addr), "b\n"));
+    let dest = work.path().join("loop");
+    reg.pull("kits/a:v1", &dest)
+        .assert_fails_with(&["chain of parent kits loops back to"]);
+    assert!(!dest.join("ft").exists());
+
+    // A parent in kit's local store, which no cluster can reach.
+    reg.push_artifact("kits/local:v1", &kit("tiny:latest".to_string(), "c\n"));
+    reg.pull("kits/local:v1", &work.path().join("local"))
+        .assert_fails_with(&["parent kit 'tiny:latest' in kit's local store"]);
+}
