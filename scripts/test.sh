@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc;
-# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto, cargo-fuzz), then checks formatting
+# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto, model-registry, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,8 @@ python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || python3
 python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install -q 'model-signing==1.1.1' pyopenssl
 # moto answers AWS's STS and ECR APIs for the cloud credential tests (botocore comes with it).
 python3 -c 'import moto.server, flask, botocore' 2>/dev/null || python3 -m pip install -q 'moto[server]==5.2.5'
+# Kubeflow Model Registry's Python client registers the models the model-registry:// tests resolve.
+python3 -c 'import model_registry' 2>/dev/null || python3 -m pip install -q 'model-registry==0.3.18'
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -36,6 +36,7 @@ pub(crate) mod inspect;
 pub(crate) mod install;
 pub mod manifest;
 pub mod mirrors;
+pub(crate) mod model_registry;
 pub(crate) mod plan;
 pub(crate) mod pull;
 pub(crate) mod push;

@@ -63,6 +63,8 @@ pub struct Settings {
     pub verify: Arc<Policy>,
     /// Which model signatures (OMS, over the files) to require.
     pub model_signature: Arc<ModelPolicy>,
+    /// Where `model-registry://` URIs are resolved.
+    pub model_registry: crate::model_registry::Config,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             recheck: Recheck::Size,
             verify: Arc::new(Policy::default()),
             model_signature: Arc::new(ModelPolicy::default()),
+            model_registry: crate::model_registry::Config::default(),
         }
     }
 }
@@ -141,10 +144,42 @@ impl Outcome {
     }
 }
 
+/// A `model-registry://` job as the OCI reference the registry records for
+/// it; the URI stays the job's (and the marker's `source`).
+async fn through_model_registry(
+    job: &Job,
+    uri: &str,
+    settings: &Settings,
+    clients: &ClientFactory,
+) -> Result<Job> {
+    let client = clients()?;
+    let r = crate::model_registry::resolve(client.http(), uri, &settings.model_registry).await?;
+    tracing::info!(uri = %job.uri, registry = %r.api, model = %r.model, version = %r.version, reference = %r.reference, "resolved through the model registry");
+    let image = crate::reference::ImageRef::parse(&r.reference).with_context(|| {
+        format!(
+            "the model registry's artifact URI for {uri} is not an OCI reference: oci://{}",
+            r.reference
+        )
+    })?;
+    Ok(Job {
+        uri: job.uri.clone(),
+        target: Target::Registry(image),
+        dest: job.dest.clone(),
+    })
+}
+
 /// Registry clients are built lazily, once, and shared by all jobs.
 pub type ClientFactory = Arc<dyn Fn() -> Result<Arc<RegistryClient>> + Send + Sync>;
 
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
+    let resolved;
+    let job = match &job.target {
+        Target::ModelRegistry(uri) => {
+            resolved = through_model_registry(job, uri, settings, clients).await?;
+            &resolved
+        }
+        _ => job,
+    };
     match settings.deadline {
         // Dropping the pull on timeout removes its staging directory.
         Some(d) => tokio::time::timeout(d, pull_model(job, settings, clients))

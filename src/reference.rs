@@ -33,6 +33,10 @@ pub enum Target {
         file: PathBuf,
         image: Option<String>,
     },
+    /// `model-registry://…`, as written: resolved to an OCI reference
+    /// through the Kubeflow Model Registry when pulled
+    /// ([`crate::model_registry`]).
+    ModelRegistry(String),
 }
 
 /// Which manifest of a local layout to use.
@@ -74,6 +78,9 @@ impl Target {
         let input = input.trim();
         if input.is_empty() {
             return Err(ReferenceError::Empty);
+        }
+        if input.starts_with(crate::model_registry::SCHEME) {
+            return Ok(Target::ModelRegistry(input.to_string()));
         }
         if let Some(rest) = input.strip_prefix("oci-layout://") {
             let (dir, selector) = parse_layout(rest)?;
@@ -134,6 +141,7 @@ impl fmt::Display for Target {
             Target::OciArchive { file, selector } => {
                 write!(f, "oci-archive://{}{selector}", file.display())
             }
+            Target::ModelRegistry(uri) => f.write_str(uri),
             Target::DockerArchive { file, image } => {
                 write!(f, "docker-archive://{}", file.display())?;
                 match image {

@@ -258,6 +258,7 @@ fn source_label(target: &Target) -> String {
         Target::Layout { .. } => "oci-layout".into(),
         Target::OciArchive { .. } => "oci-archive".into(),
         Target::DockerArchive { .. } => "docker-archive".into(),
+        Target::ModelRegistry(_) => "model-registry".into(),
     }
 }
 

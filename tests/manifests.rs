@@ -49,6 +49,7 @@ fn manifests_are_valid() {
         "ClusterStorageContainer/ocimodel",
         "ClusterStorageContainer/ocimodel-oci",
         "ClusterStorageContainer/ocimodel-localmodel",
+        "ClusterStorageContainer/ocimodel-model-registry",
         "LocalModelNodeGroup/gpu-nodes",
         "LocalModelCache/mnist",
         "Pod/mnist-node-cache",

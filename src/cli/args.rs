@@ -326,6 +326,54 @@ impl PolicyArgs {
     }
 }
 
+/// Where `model-registry://` URIs are resolved (names as the Kubeflow Model
+/// Registry's own storage initializer reads them).
+#[derive(Args, Debug, Clone)]
+pub(super) struct ModelRegistryArgs {
+    /// The model registry's host:port.
+    #[arg(
+        long = "model-registry-base-url",
+        env = "MODEL_REGISTRY_BASE_URL",
+        default_value = "localhost:8080"
+    )]
+    pub(super) base_url: String,
+
+    /// http or https.
+    #[arg(
+        long = "model-registry-scheme",
+        env = "MODEL_REGISTRY_SCHEME",
+        default_value = "http"
+    )]
+    pub(super) scheme: String,
+
+    /// The registry's Service name, for `?namespace=NS` URIs.
+    #[arg(
+        long = "model-registry-service-name",
+        env = "MODEL_REGISTRY_SERVICE_NAME",
+        default_value = "model-registry-service"
+    )]
+    pub(super) service: String,
+
+    /// The cluster's DNS domain, for `?namespace=NS` URIs.
+    #[arg(
+        long = "model-registry-cluster-domain",
+        env = "MODEL_REGISTRY_CLUSTER_DOMAIN",
+        default_value = "svc.cluster.local"
+    )]
+    pub(super) cluster_domain: String,
+}
+
+impl ModelRegistryArgs {
+    pub(super) fn config(&self) -> crate::model_registry::Config {
+        crate::model_registry::Config {
+            base_url: self.base_url.trim().to_string(),
+            scheme: self.scheme.trim().to_string(),
+            service: self.service.trim().to_string(),
+            cluster_domain: self.cluster_domain.trim().to_string(),
+        }
+    }
+}
+
 /// Model signature policy (see README "Model signatures"): OpenSSF model
 /// signing (`model_signing sign`) over the installed files.
 #[derive(Args, Debug, Clone)]
@@ -426,6 +474,9 @@ pub(super) struct PullArgs {
 
     #[command(flatten)]
     pub(super) model_policy: ModelPolicyArgs,
+
+    #[command(flatten)]
+    pub(super) model_registry: ModelRegistryArgs,
 
     /// Refuse references that are not pinned by digest.
     #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
@@ -668,6 +719,7 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
             .context("OCIMODEL_CACHE_DIR")?,
         verify: Arc::new(args.policy.policy()?),
         model_signature: Arc::new(args.model_policy.policy(args.policy.trusted_root.clone())?),
+        model_registry: args.model_registry.config(),
         ..settings(&args.access, &args.select)?
     };
     Ok((jobs, settings, client_factory(&args.access)))

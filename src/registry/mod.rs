@@ -238,6 +238,12 @@ impl RegistryClient {
         })
     }
 
+    /// The HTTP client (proxies, CA bundles, timeouts): for the few other
+    /// services ocimodel talks to, such as a model registry's API.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Whether `host` is a mirror: its failures move on to the next host
     /// at once instead of being retried.
     fn is_mirror(&self, host: &str) -> bool {

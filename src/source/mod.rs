@@ -92,6 +92,9 @@ impl Source {
                 label: format!("OCI archive {}", file.display()),
             },
             Target::DockerArchive { file, image } => docker_archive(file, image.as_deref())?,
+            Target::ModelRegistry(uri) => bail!(
+                "{uri} must be resolved through the model registry first; `pull` does that (inspect the oci:// reference it names)"
+            ),
         })
     }
 

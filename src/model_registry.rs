@@ -1,0 +1,303 @@
+//! `model-registry://[HOST/]MODEL[/VERSION][?namespace=NS]`: a model in a
+//! Kubeflow Model Registry, resolved through its REST API to the artifact
+//! URI it records, exactly as the registry's own storage initializer does
+//! (kubeflow/model-registry `cmd/csi`), then pulled like any OCI reference.
+//! Its initializer cannot download `oci://` artifacts; this is the point.
+//!
+//! Resolution:
+//! 1. the query is dropped (`?namespace=NS` noted first: the registry is then
+//!    `SERVICE.NS.CLUSTER_DOMAIN:PORT`); the rest splits on `/` into at most
+//!    3 tokens; a token equal to the configured host is dropped;
+//! 2. 3 tokens: HOST/MODEL/VERSION. 2 tokens: the first is tried as a host
+//!    (a `GET …/registered_models` probe), else MODEL/VERSION on the
+//!    configured registry. 1 token: MODEL, its newest version;
+//! 3. `GET /registered_model?name=MODEL`; `GET /model_version?name=VERSION&
+//!    parentResourceId=ID` or, with no version, the first of
+//!    `GET /registered_models/ID/versions?orderBy=CREATE_TIME&sortOrder=DESC`;
+//!    the first of `GET /model_versions/VID/artifacts?orderBy=CREATE_TIME&
+//!    sortOrder=DESC` must be a `model-artifact` with a `uri`;
+//! 4. that `uri` must be an OCI reference (`oci://`); anything else is refused
+//!    with the scheme named.
+//!
+//! The API base path is `/api/model_registry/v1alpha3` (the spec the
+//! initializer was written against), or `/v1` where a newer registry serves
+//! only that: the probe decides.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+pub const SCHEME: &str = "model-registry://";
+const API_VERSIONS: [&str; 2] = ["v1alpha3", "v1"];
+
+/// Where the registry is when the URI does not say (names as the
+/// registry's initializer reads them).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `MODEL_REGISTRY_BASE_URL`: `host:port`.
+    pub base_url: String,
+    /// `MODEL_REGISTRY_SCHEME`: `http` or `https`.
+    pub scheme: String,
+    /// `MODEL_REGISTRY_SERVICE_NAME`, for `?namespace=`.
+    pub service: String,
+    /// `MODEL_REGISTRY_CLUSTER_DOMAIN`, for `?namespace=`.
+    pub cluster_domain: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            base_url: "localhost:8080".into(),
+            scheme: "http".into(),
+            service: "model-registry-service".into(),
+            cluster_domain: "svc.cluster.local".into(),
+        }
+    }
+}
+
+/// What a `model-registry://` URI resolved to.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The OCI reference the artifact's `uri` names (without `oci://`).
+    pub reference: String,
+    pub model: String,
+    pub version: String,
+    /// The registry's API root that answered.
+    pub api: String,
+}
+
+/// A `model-registry://` URI taken apart: the registry it names by default
+/// (the configured one, or the namespace's) and its 1 to 3 path tokens.
+struct Parsed<'a> {
+    configured: String,
+    tokens: Vec<&'a str>,
+}
+
+fn parse<'a>(uri: &'a str, cfg: &Config) -> Result<Parsed<'a>> {
+    let rest = uri
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| anyhow!("not a {SCHEME} URI"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let namespace = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("namespace="));
+    if let Some(ns) = namespace {
+        if ns.is_empty()
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "namespace '{}' in {uri} is not a namespace name",
+                crate::text::escape_controls(ns)
+            );
+        }
+    }
+    let configured = match namespace {
+        Some(ns) => {
+            let port = cfg
+                .base_url
+                .rsplit_once(':')
+                .map(|(_, p)| p)
+                .unwrap_or("8080");
+            format!("{}.{ns}.{}:{port}", cfg.service, cfg.cluster_domain)
+        }
+        None => cfg.base_url.clone(),
+    };
+    let mut tokens: Vec<&str> = path.splitn(3, '/').filter(|t| !t.is_empty()).collect();
+    if tokens.len() > 1 && tokens[0] == configured {
+        tokens.remove(0);
+    }
+    if tokens.is_empty() {
+        bail!("{uri} names no model; write {SCHEME}[HOST/]MODEL[/VERSION]");
+    }
+    Ok(Parsed { configured, tokens })
+}
+
+/// Resolves `uri` (a `model-registry://` URI) through the registry's API.
+pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<Resolved> {
+    let Parsed { configured, tokens } = parse(uri, cfg)?;
+    let scheme = cfg.scheme.trim_end_matches("://");
+    let (api, model, version) = match tokens.as_slice() {
+        [model] => (api_root(http, scheme, &configured).await?, *model, None),
+        [first, second] => match probe(http, scheme, first).await {
+            Some(api) => (api, *second, None),
+            None => (
+                api_root(http, scheme, &configured).await?,
+                *first,
+                Some(*second),
+            ),
+        },
+        [host, model, version] => (api_root(http, scheme, host).await?, *model, Some(*version)),
+        _ => bail!("{uri} names no model; write {SCHEME}[HOST/]MODEL[/VERSION]"),
+    };
+    let found = |what: &str, v: Value| -> Result<String> {
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the model registry at {api} answered {what} without an id"))
+    };
+    let model_obj = get(http, &format!("{api}/registered_model?name={}", enc(model)))
+        .await?
+        .ok_or_else(|| anyhow!("model '{model}' is not in the model registry at {api}"))?;
+    let model_id = found("the model", model_obj)?;
+    let version_obj = match version {
+        Some(v) => get(
+            http,
+            &format!(
+                "{api}/model_version?name={}&parentResourceId={}",
+                enc(v),
+                enc(&model_id)
+            ),
+        )
+        .await?
+        .ok_or_else(|| {
+            anyhow!("model '{model}' has no version '{v}' in the model registry at {api}")
+        })?,
+        None => first_item(
+            get(
+                http,
+                &format!(
+                    "{api}/registered_models/{}/versions?orderBy=CREATE_TIME&sortOrder=DESC",
+                    enc(&model_id)
+                ),
+            )
+            .await?,
+        )
+        .ok_or_else(|| anyhow!("model '{model}' has no versions in the model registry at {api}"))?,
+    };
+    let version_name = version_obj["name"].as_str().unwrap_or_default().to_string();
+    let version_id = found("the version", version_obj)?;
+    let artifact = first_item(
+        get(
+            http,
+            &format!(
+                "{api}/model_versions/{}/artifacts?orderBy=CREATE_TIME&sortOrder=DESC",
+                enc(&version_id)
+            ),
+        )
+        .await?,
+    )
+    .ok_or_else(|| anyhow!("version '{version_name}' of model '{model}' has no artifact in the model registry at {api}"))?;
+    let kind = artifact["artifactType"].as_str().unwrap_or_default();
+    if kind != "model-artifact" {
+        bail!("the newest artifact of model '{model}' version '{version_name}' is a '{kind}', not a model artifact");
+    }
+    let target = artifact["uri"].as_str().unwrap_or_default().trim();
+    if target.is_empty() {
+        bail!("the model artifact of model '{model}' version '{version_name}' has no URI");
+    }
+    let reference = match target.split_once("://") {
+        Some(("oci", r)) => r.to_string(),
+        Some((other, _)) => bail!(
+            "model '{model}' version '{version_name}' is stored at a {other}:// URI; ocimodel pulls oci:// artifacts only"
+        ),
+        None => bail!(
+            "the model artifact URI of model '{model}' version '{version_name}' has no scheme ('{}')",
+            crate::text::escape_controls(target)
+        ),
+    };
+    Ok(Resolved {
+        reference,
+        model: model.to_string(),
+        version: version_name,
+        api,
+    })
+}
+
+/// The API root of the registry at `host` (v1alpha3, else v1).
+async fn api_root(http: &reqwest::Client, scheme: &str, host: &str) -> Result<String> {
+    probe(http, scheme, host).await.ok_or_else(|| {
+        anyhow!("no model registry answers at {scheme}://{host} (GET /api/model_registry/{{v1alpha3,v1}}/registered_models); check MODEL_REGISTRY_BASE_URL or the host in the URI")
+    })
+}
+
+/// `Some(api root)` when `host` answers the registry's list call.
+async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> Option<String> {
+    for v in API_VERSIONS {
+        let api = format!("{scheme}://{host}/api/model_registry/{v}");
+        let ok = http
+            .get(format!("{api}/registered_models?pageSize=1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Some(api);
+        }
+    }
+    None
+}
+
+/// A JSON object, `None` on 404.
+async fn get(http: &reqwest::Client, url: &str) -> Result<Option<Value>> {
+    let resp = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "model registry call {url}: {}",
+                crate::registry::root_cause(&e)
+            )
+        })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .context("reading the model registry's answer")?;
+    if !status.is_success() {
+        bail!(
+            "model registry call {url} answered {status}: {}",
+            crate::text::escape_controls(&String::from_utf8_lossy(&body[..body.len().min(300)]))
+        );
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .with_context(|| format!("model registry call {url}: not JSON"))
+}
+
+fn first_item(list: Option<Value>) -> Option<Value> {
+    list?["items"].as_array()?.first().cloned()
+}
+
+fn enc(s: &str) -> String {
+    crate::cloud::sigv4::encode(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_taken_apart_as_the_registry_s_initializer_does() {
+        let cfg = Config::default();
+        let p = parse("model-registry://mnist/v1", &cfg).unwrap();
+        assert_eq!(
+            (p.configured.as_str(), p.tokens),
+            ("localhost:8080", vec!["mnist", "v1"])
+        );
+        let p = parse("model-registry://localhost:8080/mnist/v1", &cfg).unwrap();
+        assert_eq!(
+            p.tokens,
+            vec!["mnist", "v1"],
+            "the configured host is dropped"
+        );
+        let p = parse("model-registry://mnist?namespace=team-a", &cfg).unwrap();
+        assert_eq!(
+            p.configured,
+            "model-registry-service.team-a.svc.cluster.local:8080"
+        );
+        assert_eq!(
+            parse("model-registry://h:1/m/v/extra", &cfg)
+                .unwrap()
+                .tokens,
+            vec!["h:1", "m", "v/extra"]
+        );
+        let err = |u: &str| format!("{:#}", parse(u, &cfg).err().unwrap());
+        assert!(err("model-registry://?namespace=a").contains("names no model"));
+        assert!(err("model-registry://m?namespace=a.b").contains("is not a namespace name"));
+    }
+}
