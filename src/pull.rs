@@ -334,7 +334,7 @@ fn refuse_empty(plan: &Plan, settings: &Settings) -> Result<()> {
         bail!("the manifest has no layers to install");
     }
     bail!(
-        "no file matches OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE ({})",
+        "no file passes the file filter ({}); check OCIMODEL_INCLUDE/OCIMODEL_EXCLUDE and KServe's STORAGE_ALLOW_PATTERNS/STORAGE_IGNORE_PATTERNS",
         settings.filter.describe().unwrap_or_default()
     )
 }

@@ -511,7 +511,7 @@ fn include_filter_skips_downloads() {
             &format!("{}/models/mp:v1", reg.addr),
             work.path().join("none").to_str().unwrap(),
         ])
-        .assert_fails_with(&["no file matches", "*.gguf"]);
+        .assert_fails_with(&["no file passes the file filter", "*.gguf"]);
 }
 
 #[test]
