@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc;
-# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto, model-registry, cargo-fuzz), then checks formatting
+# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto, model-registry, openvino, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install
 python3 -c 'import moto.server, flask, botocore' 2>/dev/null || python3 -m pip install -q 'moto[server]==5.2.5'
 # Kubeflow Model Registry's Python client registers the models the model-registry:// tests resolve.
 python3 -c 'import model_registry' 2>/dev/null || python3 -m pip install -q 'model-registry==0.3.18'
+# OpenVINO loads the installed model in the pod end-to-end test (tests/podman.rs).
+python3 -c 'import openvino' 2>/dev/null || python3 -m pip install -q 'openvino==2026.4.1'
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

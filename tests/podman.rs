@@ -525,3 +525,113 @@ fn pods_on_one_node_share_the_node_cache() {
         "one download for the node"
     );
 }
+
+/// A real runtime reads what ocimodel installed (the seed 003 workflow):
+/// the seed's `mnist.onnx` in OpenVINO Model Server's versioned layout
+/// (`1/model.onnx`), pushed as a modelcar with no shell, installed by the
+/// ocimodel init container as UID 1000930000, then loaded by OpenVINO in
+/// the server container as UID 1000940000 (group 0, read-only root, no
+/// capabilities), which must read three drawn digits right. No base image
+/// can be pulled here: the server container is ocimodel's own scratch image
+/// with the machine's `/usr` and Python (with `openvino` from PyPI, which
+/// scripts/test.sh installs) mounted read-only.
+#[test]
+fn openvino_loads_the_installed_model_in_a_pod() {
+    let podman = Podman::new();
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let car_ref = format!("{}/models/mnist-ovms:v1", reg.addr);
+    push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
+    build_ocimodel_image(&podman, work.path());
+    let prefix = String::from_utf8(
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.base_prefix)"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let script = repo_root().join("tests/support/openvino_classify.py");
+    let host = |path: &str, mount: &str, name: &str| {
+        (
+            format!("    - name: {name}\n      hostPath: {{path: {path}}}\n"),
+            format!("        - {{name: {name}, mountPath: {mount}, readOnly: true}}\n"),
+        )
+    };
+    let mounts = [
+        host("/usr", "/usr", "usr"),
+        host("/usr/lib", "/lib", "lib"),
+        host("/usr/lib64", "/lib64", "lib64"),
+        host(&prefix, "/opt/python", "python"),
+        host(script.to_str().unwrap(), "/opt/serve/classify.py", "script"),
+    ];
+    let volumes: String = mounts.iter().map(|(v, _)| v.as_str()).collect();
+    let volume_mounts: String = mounts.iter().map(|(_, m)| m.as_str()).collect();
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ovms
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000930000
+    runAsGroup: 0
+  initContainers:
+    - name: ocimodel
+      image: localhost/ocimodel:e2e
+      args: ["ocimodel://{car_ref}", "/mnt/models"]
+      env:
+        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: "{addr}"}}
+      volumeMounts:
+        - {{name: models, mountPath: /mnt/models}}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+  containers:
+    - name: server
+      image: localhost/ocimodel:e2e
+      command: ["/opt/python/bin/python3", "/opt/serve/classify.py", "/mnt/models"]
+      env:
+        - {{name: LD_LIBRARY_PATH, value: /opt/python/lib}}
+        - {{name: HOME, value: /tmp}}
+      volumeMounts:
+        - {{name: models, mountPath: /mnt/models, readOnly: true}}
+        - {{name: tmp, mountPath: /tmp}}
+{volume_mounts}      securityContext:
+        runAsUser: 1000940000
+        runAsGroup: 0
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+  volumes:
+    - name: models
+      emptyDir: {{}}
+    - name: tmp
+      emptyDir: {{}}
+{volumes}"#,
+        addr = reg.addr
+    );
+    let (code, logs) = play_and_wait(&podman, work.path(), "ovms", &pod, "ovms-server");
+    assert_eq!(code, "0", "the model server failed:\n{logs}");
+    assert!(
+        logs.contains(r#"{"0": 0, "1": 1, "7": 7}"#),
+        "OpenVINO read the digits wrong:\n{logs}"
+    );
+    let user = podman.ok(
+        &[
+            "inspect",
+            "ovms-server",
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work.path(),
+    );
+    assert_eq!(user.trim(), "1000940000:0 true");
+    podman.ok(&["pod", "rm", "-f", "ovms"], work.path());
+}
