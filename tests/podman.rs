@@ -440,16 +440,14 @@ print(yaml.safe_dump(pod))
         0,
         "a modelcar has one tar layer, not the file blob"
     );
-    // Two serving pods, other UIDs in group 0, the copy mounted read-only.
+    // Two serving pods, other UIDs in group 0, the copy mounted read-only:
+    // OpenVINO loads it in each and reads the digits.
     for (name, uid) in [("server-a", 1000930000u32), ("server-b", 1000940000)] {
-        let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  securityContext:\n    runAsUser: {uid}\n    runAsGroup: 0\n  containers:\n    - name: server\n      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]\n      securityContext:\n        readOnlyRootFilesystem: true\n        capabilities: {{drop: [\"ALL\"]}}\n      volumeMounts:\n        - {{name: models, mountPath: /mnt/models, readOnly: true}}\n  volumes:\n    - name: models\n      hostPath: {{path: {}, type: Directory}}\n",
-            copy.display()
-        );
+        let models = format!("hostPath: {{path: {}, type: Directory}}", copy.display());
+        let pod = openvino_pod(name, uid, "", &models);
         let (code, logs) =
             play_and_wait(&podman, work.path(), name, &pod, &format!("{name}-server"));
-        assert_eq!(code, "0", "{name} could not read the cached model:\n{logs}");
-        assert!(logs.contains("/mnt/models: ok, 1 files match"), "{logs}");
+        assert_reads_digits(&code, &logs);
         podman.ok(&["pod", "rm", "-f", name], work.path());
     }
     // The agent re-creates the Job: it re-hashes, finds it complete, fetches nothing.
@@ -543,6 +541,47 @@ fn openvino_loads_the_installed_model_in_a_pod() {
     let car_ref = format!("{}/models/mnist-ovms:v1", reg.addr);
     push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
     build_ocimodel_image(&podman, work.path());
+    let init = format!(
+        r#"  initContainers:
+    - name: ocimodel
+      image: localhost/ocimodel:e2e
+      args: ["ocimodel://{car_ref}", "/mnt/models"]
+      env:
+        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: "{addr}"}}
+      volumeMounts:
+        - {{name: models, mountPath: /mnt/models}}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+"#,
+        addr = reg.addr
+    );
+    let pod = openvino_pod("ovms", 1000940000, &init, "emptyDir: {}");
+    let (code, logs) = play_and_wait(&podman, work.path(), "ovms", &pod, "ovms-server");
+    assert_reads_digits(&code, &logs);
+    let user = podman.ok(
+        &[
+            "inspect",
+            "ovms-server",
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work.path(),
+    );
+    assert_eq!(user.trim(), "1000940000:0 true");
+    podman.ok(&["pod", "rm", "-f", "ovms"], work.path());
+}
+
+/// A pod whose `server` container loads `/mnt/models/1/model.onnx` with
+/// OpenVINO (tests/support/openvino_classify.py) as `uid` in group 0 with a
+/// read-only root and no capabilities. No base image can be pulled here, so
+/// it is ocimodel's scratch image with the machine's `/usr` and Python
+/// (where scripts/test.sh installs `openvino`) mounted read-only. `init`:
+/// init containers (YAML under `spec:`, or empty); `models`: the models
+/// volume's source (`emptyDir: {}`, a hostPath). The pod runs as
+/// 1000930000 unless a container says otherwise.
+fn openvino_pod(name: &str, uid: u32, init: &str, models: &str) -> String {
     let prefix = String::from_utf8(
         Command::new("python3")
             .args(["-c", "import sys; print(sys.base_prefix)"])
@@ -569,11 +608,11 @@ fn openvino_loads_the_installed_model_in_a_pod() {
     ];
     let volumes: String = mounts.iter().map(|(v, _)| v.as_str()).collect();
     let volume_mounts: String = mounts.iter().map(|(_, m)| m.as_str()).collect();
-    let pod = format!(
+    format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
-  name: ovms
+  name: {name}
 spec:
   hostNetwork: true
   restartPolicy: Never
@@ -581,19 +620,7 @@ spec:
     runAsNonRoot: true
     runAsUser: 1000930000
     runAsGroup: 0
-  initContainers:
-    - name: ocimodel
-      image: localhost/ocimodel:e2e
-      args: ["ocimodel://{car_ref}", "/mnt/models"]
-      env:
-        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: "{addr}"}}
-      volumeMounts:
-        - {{name: models, mountPath: /mnt/models}}
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {{drop: ["ALL"]}}
-  containers:
+{init}  containers:
     - name: server
       image: localhost/ocimodel:e2e
       command: ["/opt/python/bin/python3", "/opt/serve/classify.py", "/mnt/models"]
@@ -604,34 +631,26 @@ spec:
         - {{name: models, mountPath: /mnt/models, readOnly: true}}
         - {{name: tmp, mountPath: /tmp}}
 {volume_mounts}      securityContext:
-        runAsUser: 1000940000
+        runAsUser: {uid}
         runAsGroup: 0
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
         capabilities: {{drop: ["ALL"]}}
   volumes:
     - name: models
-      emptyDir: {{}}
+      {models}
     - name: tmp
       emptyDir: {{}}
-{volumes}"#,
-        addr = reg.addr
-    );
-    let (code, logs) = play_and_wait(&podman, work.path(), "ovms", &pod, "ovms-server");
+{volumes}"#
+    )
+}
+
+/// The server's digits must be right; its log is the failure message.
+#[track_caller]
+fn assert_reads_digits(code: &str, logs: &str) {
     assert_eq!(code, "0", "the model server failed:\n{logs}");
     assert!(
         logs.contains(r#"{"0": 0, "1": 1, "7": 7}"#),
         "OpenVINO read the digits wrong:\n{logs}"
     );
-    let user = podman.ok(
-        &[
-            "inspect",
-            "ovms-server",
-            "--format",
-            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
-        ],
-        work.path(),
-    );
-    assert_eq!(user.trim(), "1000940000:0 true");
-    podman.ok(&["pod", "rm", "-f", "ovms"], work.path());
 }
