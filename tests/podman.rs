@@ -10,6 +10,7 @@
 mod common;
 
 use std::fs;
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -541,22 +542,7 @@ fn openvino_loads_the_installed_model_in_a_pod() {
     let car_ref = format!("{}/models/mnist-ovms:v1", reg.addr);
     push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
     build_ocimodel_image(&podman, work.path());
-    let init = format!(
-        r#"  initContainers:
-    - name: ocimodel
-      image: localhost/ocimodel:e2e
-      args: ["ocimodel://{car_ref}", "/mnt/models"]
-      env:
-        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: "{addr}"}}
-      volumeMounts:
-        - {{name: models, mountPath: /mnt/models}}
-      securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {{drop: ["ALL"]}}
-"#,
-        addr = reg.addr
-    );
+    let init = ocimodel_init(&format!("ocimodel://{car_ref}"), &reg.addr);
     let pod = openvino_pod("ovms", 1000940000, &init, "emptyDir: {}");
     let (code, logs) = play_and_wait(&podman, work.path(), "ovms", &pod, "ovms-server");
     assert_reads_digits(&code, &logs);
@@ -582,16 +568,7 @@ fn openvino_loads_the_installed_model_in_a_pod() {
 /// volume's source (`emptyDir: {}`, a hostPath). The pod runs as
 /// 1000930000 unless a container says otherwise.
 fn openvino_pod(name: &str, uid: u32, init: &str, models: &str) -> String {
-    let prefix = String::from_utf8(
-        Command::new("python3")
-            .args(["-c", "import sys; print(sys.base_prefix)"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let prefix = python_prefix();
     let script = repo_root().join("tests/support/openvino_classify.py");
     let host = |path: &str, mount: &str, name: &str| {
         (
@@ -653,4 +630,241 @@ fn assert_reads_digits(code: &str, logs: &str) {
         logs.contains(r#"{"0": 0, "1": 1, "7": 7}"#),
         "OpenVINO read the digits wrong:\n{logs}"
     );
+}
+
+/// KServe's own Python model server (`kserve` 0.21 with `onnxruntime`, in a
+/// venv under target/test-deps, made on first use), in a pod whose server
+/// container mounts the machine's Python and that venv read-only.
+fn kserve_venv() -> std::path::PathBuf {
+    let venv = repo_root().join("target/test-deps/kserve-venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import kserve, onnxruntime"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "python3 -m venv: {made:?}");
+        let pip = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "kserve==0.21.0", "onnxruntime==1.32.0"])
+            .output()
+            .unwrap();
+        assert!(
+            pip.status.success(),
+            "pip install kserve onnxruntime: {pip:?}"
+        );
+    }
+    venv
+}
+
+/// A drawn digit (0, 1 or 7) as the 28×28 values 0..1 the seed's network
+/// reads (the same drawings as tests/support/openvino_classify.py).
+fn drawn_digit(d: u8) -> Vec<f32> {
+    let mut img = vec![0f32; 28 * 28];
+    let mut set = |y: usize, x: usize| img[y * 28 + x] = 1.0;
+    match d {
+        0 => {
+            for y in 0..28 {
+                for x in 0..28 {
+                    let (dy, dx) = (y as f32 - 14.0, (x as f32 - 14.0) * 1.3);
+                    let r = (dy * dy + dx * dx).sqrt();
+                    if r > 6.0 && r < 10.0 {
+                        set(y, x);
+                    }
+                }
+            }
+        }
+        1 => (4..24).for_each(|y| (13..16).for_each(|x| set(y, x))),
+        7 => {
+            (5..8).for_each(|y| (7..21).for_each(|x| set(y, x)));
+            for y in 8..24 {
+                let c = 20 - (y - 8) / 2;
+                (c - 1..c + 2).for_each(|x| set(y, x));
+            }
+        }
+        _ => unreachable!(),
+    }
+    img
+}
+
+/// The seed 000 workflow in a pod: the ORAS artifact of `mnist.onnx`
+/// installed by the ocimodel init container (UID 1000930000), served by
+/// KServe's Python model server with ONNX Runtime (UID 1000940000, read-only
+/// root, no capabilities), which answers V2 `infer` requests over HTTP with
+/// the right digit for three drawn inputs.
+#[test]
+fn kserve_model_server_answers_v2_infer_in_a_pod() {
+    let podman = Podman::new();
+    let (reg, digest) = Registry::with_mnist();
+    let work = tempfile::tempdir().unwrap();
+    build_ocimodel_image(&podman, work.path());
+    let venv = kserve_venv();
+    let prefix = python_prefix();
+    let port = free_port();
+    let script = repo_root().join("tests/support/kserve_mnist.py");
+    let mut volumes = String::new();
+    let mut mounts = String::new();
+    // The venv's python links to the base install by absolute path: both
+    // are mounted where they are on the machine.
+    for (i, (path, at)) in [
+        ("/usr", "/usr"),
+        ("/usr/lib", "/lib"),
+        ("/usr/lib64", "/lib64"),
+        (prefix.as_str(), prefix.as_str()),
+        (venv.to_str().unwrap(), venv.to_str().unwrap()),
+        (script.to_str().unwrap(), "/opt/serve/kserve_mnist.py"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        volumes.push_str(&format!(
+            "    - name: host-{i}\n      hostPath: {{path: {path}}}\n"
+        ));
+        mounts.push_str(&format!(
+            "        - {{name: host-{i}, mountPath: {at}, readOnly: true}}\n"
+        ));
+    }
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: kserve-mnist
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000930000
+    runAsGroup: 0
+{init}  containers:
+    - name: kserve-container
+      image: localhost/ocimodel:e2e
+      command: ["{venv}/bin/python", "/opt/serve/kserve_mnist.py", "/mnt/models/{title}",
+                "--http_port", "{port}", "--enable_grpc", "false"]
+      env:
+        - {{name: HOME, value: /tmp}}
+      volumeMounts:
+        - {{name: models, mountPath: /mnt/models, readOnly: true}}
+        - {{name: tmp, mountPath: /tmp}}
+{mounts}      securityContext:
+        runAsUser: 1000940000
+        runAsGroup: 0
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+  volumes:
+    - name: models
+      emptyDir: {{}}
+    - name: tmp
+      emptyDir: {{}}
+{volumes}"#,
+        init = ocimodel_init(
+            &format!("ocimodel://{}/models/mnist@{digest}", reg.addr),
+            &reg.addr
+        ),
+        venv = venv.display(),
+        title = MNIST_TITLE,
+    );
+    let file = work.path().join("kserve.yaml");
+    fs::write(&file, pod).unwrap();
+    podman.ok(&["kube", "play", file.to_str().unwrap()], work.path());
+    let logs = || {
+        let l = podman.run(&["logs", "kserve-mnist-kserve-container"], work.path());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&l.stdout),
+            String::from_utf8_lossy(&l.stderr)
+        )
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if TcpStream::connect(&addr).is_ok()
+            && http_get(&addr, "/v2/models/mnist/ready", &[]).status == 200
+        {
+            break;
+        }
+        let state = podman.ok(
+            &[
+                "inspect",
+                "kserve-mnist-kserve-container",
+                "--format",
+                "{{.State.Status}}",
+            ],
+            work.path(),
+        );
+        assert!(
+            state.trim() == "running" && std::time::Instant::now() < deadline,
+            "the model server is {} and not ready:\n{}",
+            state.trim(),
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    for d in [0u8, 1, 7] {
+        let body = serde_json::json!({"inputs": [{
+            "name": "x", "shape": [1, 28, 28], "datatype": "FP32", "data": drawn_digit(d)
+        }]});
+        let resp = http_request(
+            &addr,
+            "POST",
+            "/v2/models/mnist/infer",
+            &[("Content-Type", "application/json")],
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        assert_eq!(
+            resp.status,
+            200,
+            "{}\n{}",
+            String::from_utf8_lossy(&resp.body),
+            logs()
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(answer["outputs"][0]["data"][0], d, "{answer}");
+    }
+    let user = podman.ok(
+        &[
+            "inspect",
+            "kserve-mnist-kserve-container",
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work.path(),
+    );
+    assert_eq!(user.trim(), "1000940000:0 true");
+    podman.ok(&["pod", "rm", "-f", "kserve-mnist"], work.path());
+}
+
+/// Where the machine's Python lives (`sys.base_prefix`), to mount it into
+/// a server container.
+fn python_prefix() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The ocimodel init container (YAML under `spec:`) installing `uri` into
+/// the `models` volume, with `insecure` a plain-HTTP registry.
+fn ocimodel_init(uri: &str, insecure: &str) -> String {
+    format!(
+        r#"  initContainers:
+    - name: ocimodel
+      image: localhost/ocimodel:e2e
+      args: ["{uri}", "/mnt/models"]
+      env:
+        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: "{insecure}"}}
+      volumeMounts:
+        - {{name: models, mountPath: /mnt/models}}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+"#
+    )
 }
