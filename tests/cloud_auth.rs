@@ -184,6 +184,36 @@ fn leaks_nothing(run: &Run, secrets: &[&str]) {
     }
 }
 
+/// The ECR side: the seed model behind the ECR host name on a TLS
+/// docker-registry that takes what moto's GetAuthorizationToken issues
+/// ("AWS:<account>-auth-token"), moto itself, and the proxy to the name.
+struct Ecr {
+    _reg: Registry,
+    digest: String,
+    moto: Moto,
+    proxy: ConnectProxy,
+}
+
+impl Ecr {
+    fn start(work: &Path) -> Ecr {
+        cloud_certs(work);
+        let (reg, digest) = tls_registry(
+            work,
+            Auth::Basic {
+                user: "AWS".into(),
+                password: "123456789012-auth-token".into(),
+            },
+        );
+        let proxy = ConnectProxy::start(&[(ECR_HOST, &reg.addr)]);
+        Ecr {
+            _reg: reg,
+            digest,
+            moto: Moto::start(),
+            proxy,
+        }
+    }
+}
+
 /// ECR through moto: IRSA (STS AssumeRoleWithWebIdentity, then a SigV4
 /// GetAuthorizationToken signed with the session credentials), static keys,
 /// and explicit docker-config credentials, which win; a denied role names
@@ -191,17 +221,9 @@ fn leaks_nothing(run: &Run, secrets: &[&str]) {
 #[test]
 fn ecr_with_irsa_static_keys_and_a_denied_role() {
     let work = tempfile::tempdir().unwrap();
-    cloud_certs(work.path());
-    // moto's GetAuthorizationToken answers "AWS:<account>-auth-token".
-    let (reg, digest) = tls_registry(
-        work.path(),
-        Auth::Basic {
-            user: "AWS".into(),
-            password: "123456789012-auth-token".into(),
-        },
-    );
-    let moto = Moto::start();
-    let proxy = ConnectProxy::start(&[(ECR_HOST, &reg.addr)]);
+    // Kept whole: its registry and moto stop when it drops.
+    let ecr = Ecr::start(work.path());
+    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
     let token_file = work.path().join("token");
     fs::write(
         &token_file,
@@ -319,16 +341,9 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
 #[test]
 fn ecr_with_eks_pod_identity() {
     let work = tempfile::tempdir().unwrap();
-    cloud_certs(work.path());
-    let (reg, digest) = tls_registry(
-        work.path(),
-        Auth::Basic {
-            user: "AWS".into(),
-            password: "123456789012-auth-token".into(),
-        },
-    );
-    let moto = Moto::start();
-    let proxy = ConnectProxy::start(&[(ECR_HOST, &reg.addr)]);
+    // Kept whole: its registry and moto stop when it drops.
+    let ecr = Ecr::start(work.path());
+    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
     let agent = TcpListener::bind("127.0.0.1:0").unwrap();
     let agent_url = format!("http://{}/v1/credentials", agent.local_addr().unwrap());
     let asked: Arc<Mutex<Vec<Option<String>>>> = Arc::default();

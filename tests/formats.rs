@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::json;
@@ -33,6 +33,20 @@ fn layer_args(src: &Path, files: &[(&str, Option<&str>)]) -> Vec<String> {
             None => src.join(f).display().to_string(),
         })
         .collect()
+}
+
+/// modelpack_source_dir's files pushed by modelpack-client as `models/mp:v1`
+/// (path, media type suffix); returns the source directory.
+fn push_tiny_modelpack(reg: &Registry, work: &Path, files: &[(&str, Option<&str>)]) -> PathBuf {
+    let src = work.join("src");
+    modelpack_source_dir(&src);
+    let config = work.join("config.json");
+    write(
+        &config,
+        br#"{"descriptor":{"name":"tiny"},"config":{"format":"safetensors"}}"#,
+    );
+    reg.modelpack_push("models/mp:v1", &config, &layer_args(&src, files));
+    src
 }
 
 /// A small model directory, as a user would have it before `modelpack push`.
@@ -383,26 +397,16 @@ fn signatures_and_unknown_types() {
 fn kserve_storage_patterns_skip_downloads() {
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    modelpack_source_dir(&src);
-    let config = work.path().join("config.json");
-    write(
-        &config,
-        br#"{"descriptor":{"name":"tiny"},"config":{"format":"safetensors"}}"#,
-    );
-    reg.modelpack_push(
-        "models/mp:v1",
-        &config,
-        &layer_args(
-            &src,
-            &[
-                ("model.safetensors", None),
-                ("config.json", Some("weight.config.v1.raw")),
-                ("tokenizer/vocab.txt", Some("weight.config.v1.raw")),
-                ("tokenizer/merges.txt", Some("weight.config.v1.raw")),
-                ("README.md", Some("doc.v1.raw")),
-            ],
-        ),
+    let src = push_tiny_modelpack(
+        &reg,
+        work.path(),
+        &[
+            ("model.safetensors", None),
+            ("config.json", Some("weight.config.v1.raw")),
+            ("tokenizer/vocab.txt", Some("weight.config.v1.raw")),
+            ("tokenizer/merges.txt", Some("weight.config.v1.raw")),
+            ("README.md", Some("doc.v1.raw")),
+        ],
     );
     let weights = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
     let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
@@ -449,24 +453,14 @@ fn kserve_storage_patterns_skip_downloads() {
 fn include_filter_skips_downloads() {
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    modelpack_source_dir(&src);
-    let config = work.path().join("config.json");
-    write(
-        &config,
-        br#"{"descriptor":{"name":"tiny"},"config":{"format":"safetensors"}}"#,
-    );
-    reg.modelpack_push(
-        "models/mp:v1",
-        &config,
-        &layer_args(
-            &src,
-            &[
-                ("model.safetensors", None),
-                ("config.json", Some("weight.config.v1.raw")),
-                ("README.md", Some("doc.v1.raw")),
-            ],
-        ),
+    let src = push_tiny_modelpack(
+        &reg,
+        work.path(),
+        &[
+            ("model.safetensors", None),
+            ("config.json", Some("weight.config.v1.raw")),
+            ("README.md", Some("doc.v1.raw")),
+        ],
     );
     let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
     let weights_digest = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));

@@ -198,16 +198,7 @@ fn run_pod_init_with_key(
     );
     assert_reads_digits(code.trim(), &logs);
     // It ran as the arbitrary UID, in group 0, read-only root.
-    let inspect = podman.ok(
-        &[
-            "inspect",
-            "mnist-init-server",
-            "--format",
-            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
-        ],
-        work,
-    );
-    assert_eq!(inspect.trim(), "1000930000:0 true");
+    assert_runs_as(podman, "mnist-init-server", "1000930000:0", work);
     podman.ok(&["pod", "rm", "-f", "mnist-init"], work);
 }
 
@@ -548,16 +539,7 @@ fn openvino_loads_the_installed_model_in_a_pod() {
     let pod = openvino_pod("ovms", 1000940000, &init, "emptyDir: {}");
     let (code, logs) = play_and_wait(&podman, work.path(), "ovms", &pod, "ovms-server");
     assert_reads_digits(&code, &logs);
-    let user = podman.ok(
-        &[
-            "inspect",
-            "ovms-server",
-            "--format",
-            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
-        ],
-        work.path(),
-    );
-    assert_eq!(user.trim(), "1000940000:0 true");
+    assert_runs_as(&podman, "ovms-server", "1000940000:0", work.path());
     podman.ok(&["pod", "rm", "-f", "ovms"], work.path());
 }
 
@@ -808,16 +790,12 @@ spec:
         let answer: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(answer["outputs"][0]["data"][0], d, "{answer}");
     }
-    let user = podman.ok(
-        &[
-            "inspect",
-            "kserve-mnist-kserve-container",
-            "--format",
-            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
-        ],
+    assert_runs_as(
+        &podman,
+        "kserve-mnist-kserve-container",
+        "1000940000:0",
         work.path(),
     );
-    assert_eq!(user.trim(), "1000940000:0 true");
     podman.ok(&["pod", "rm", "-f", "kserve-mnist"], work.path());
 }
 
@@ -876,4 +854,19 @@ fn openvino_mounts() -> (String, String) {
         mounts.iter().map(|(v, _)| v.as_str()).collect(),
         mounts.iter().map(|(_, m)| m.as_str()).collect(),
     )
+}
+
+/// The container ran as `user` (`uid:gid`) on a read-only root filesystem.
+#[track_caller]
+fn assert_runs_as(podman: &Podman, container: &str, user: &str, work: &Path) {
+    let seen = podman.ok(
+        &[
+            "inspect",
+            container,
+            "--format",
+            "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        ],
+        work,
+    );
+    assert_eq!(seen.trim(), format!("{user} true"), "{container}");
 }
