@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc;
-# the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto, model-registry, openvino, cargo-fuzz), then checks formatting
+# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc,
+# debootstrap; the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto,
+# model-registry, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils containerd:containerd \
-            zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit; do
+            zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
+            debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,8 +28,8 @@ python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install
 python3 -c 'import moto.server, flask, botocore' 2>/dev/null || python3 -m pip install -q 'moto[server]==5.2.5'
 # Kubeflow Model Registry's Python client registers the models the model-registry:// tests resolve.
 python3 -c 'import model_registry' 2>/dev/null || python3 -m pip install -q 'model-registry==0.3.18'
-# OpenVINO loads the installed model in the pod end-to-end test (tests/podman.rs).
-python3 -c 'import openvino' 2>/dev/null || python3 -m pip install -q 'openvino==2026.4.1'
+# The pod tests' model servers (OpenVINO, KServe) run in an image that
+# tests/support/server_image.sh makes from debootstrap and PyPI on first use.
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

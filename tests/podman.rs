@@ -4,11 +4,13 @@
 //! manifests/pod-init.yaml with `podman kube play`. The Pod is adapted only
 //! where it must be: image names, the registry address (a plain-HTTP registry
 //! on the host's loopback, hence hostNetwork and OCIMODEL_INSECURE_REGISTRIES),
-//! and the model server: no base image can be pulled here, so OpenVINO
-//! (`openvino` from PyPI) runs in the scratch image with the machine's `/usr`
-//! and Python mounted read-only, loads `/mnt/models/1/model.onnx` and must
-//! read three drawn digits right. KServe's own Python model server does the
-//! same over V2 `infer` for the seed's ORAS artifact.
+//! and the model server's command. No base image can be pulled here, so the
+//! servers' image is made from packages (tests/support/server_image.sh:
+//! Debian from debootstrap, OpenVINO, KServe and ONNX Runtime from PyPI,
+//! cached under target/test-deps) and imported with `podman import`. OpenVINO
+//! loads `/mnt/models/1/model.onnx` and must read three drawn digits right;
+//! KServe's own Python model server answers V2 `infer` for the seed's ORAS
+//! artifact.
 
 mod common;
 
@@ -20,9 +22,12 @@ use std::process::{Command, Output};
 
 use common::*;
 
+/// A rootful podman with its own storage in a temporary directory, and the
+/// model servers' image from a shared read-only image store.
 struct Podman {
     root: tempfile::TempDir,
     conf: std::path::PathBuf,
+    servers: &'static Path,
 }
 
 impl Podman {
@@ -41,26 +46,23 @@ impl Podman {
             "[containers]\ndefault_ulimits = [\"nofile=4096:4096\",\"nproc=4096:4096\"]\n",
         )
         .unwrap();
-        Podman { root, conf }
+        let servers = server_image_store(&conf, root.path());
+        Podman {
+            root,
+            conf,
+            servers,
+        }
     }
 
     fn run(&self, args: &[&str], dir: &Path) -> Output {
         let r = self.root.path();
-        Command::new("podman")
-            .arg("--root")
-            .arg(r.join("root"))
-            .arg("--runroot")
-            .arg(r.join("run"))
-            .args([
-                "--runtime",
-                "runc",
-                "--cgroup-manager=cgroupfs",
-                "--storage-driver",
-                "vfs",
-            ])
+        let mut store = std::ffi::OsString::from("overlay.imagestore=");
+        store.push(self.servers);
+        podman(&self.conf, &r.join("root"), &r.join("run"))
+            .arg("--storage-opt")
+            .arg(store)
             .args(args)
             .current_dir(dir)
-            .env("CONTAINERS_CONF", &self.conf)
             .output()
             .unwrap()
     }
@@ -135,7 +137,6 @@ fn run_pod_init_with_key(
     key: Option<&str>,
 ) {
     let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
-    let (volumes, mounts) = openvino_mounts();
     let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
     assert!(
         yaml.contains(server),
@@ -151,13 +152,11 @@ fn run_pod_init_with_key(
         .replace(server, OPENVINO_SERVER)
         .replace(
             "        - {name: models, mountPath: /mnt/models, readOnly: true}\n",
-            &format!(
-                "        - {{name: models, mountPath: /mnt/models, readOnly: true}}\n        - {{name: tmp, mountPath: /tmp}}\n{mounts}"
-            ),
+            "        - {name: models, mountPath: /mnt/models, readOnly: true}\n        - {name: tmp, mountPath: /tmp}\n",
         )
         .replace(
             "      emptyDir: {}",
-            &format!("      emptyDir: {{}}\n    - name: tmp\n      emptyDir: {{}}\n{}", volumes.trim_end()),
+            "      emptyDir: {}\n    - name: tmp\n      emptyDir: {}",
         )
         .replace(
             "spec:\n  securityContext:",
@@ -544,15 +543,12 @@ fn openvino_loads_the_installed_model_in_a_pod() {
 }
 
 /// A pod whose `server` container loads `/mnt/models/1/model.onnx` with
-/// OpenVINO (tests/support/openvino_classify.py) as `uid` in group 0 with a
-/// read-only root and no capabilities. No base image can be pulled here, so
-/// it is ocimodel's scratch image with the machine's `/usr` and Python
-/// (where scripts/test.sh installs `openvino`) mounted read-only. `init`:
-/// init containers (YAML under `spec:`, or empty); `models`: the models
-/// volume's source (`emptyDir: {}`, a hostPath). The pod runs as
-/// 1000930000 unless a container says otherwise.
+/// OpenVINO (tests/support/openvino_classify.py in the servers' image) as
+/// `uid` in group 0 with a read-only root and no capabilities. `init`: init
+/// containers (YAML under `spec:`, or empty); `models`: the models volume's
+/// source (`emptyDir: {}`, a hostPath). The pod runs as 1000930000 unless a
+/// container says otherwise.
 fn openvino_pod(name: &str, uid: u32, init: &str, models: &str) -> String {
-    let (volumes, volume_mounts) = openvino_mounts();
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -571,7 +567,7 @@ spec:
       volumeMounts:
         - {{name: models, mountPath: /mnt/models, readOnly: true}}
         - {{name: tmp, mountPath: /tmp}}
-{volume_mounts}      securityContext:
+      securityContext:
         runAsUser: {uid}
         runAsGroup: 0
         allowPrivilegeEscalation: false
@@ -582,7 +578,7 @@ spec:
       {models}
     - name: tmp
       emptyDir: {{}}
-{volumes}"#
+"#
     )
 }
 
@@ -596,34 +592,88 @@ fn assert_reads_digits(code: &str, logs: &str) {
     );
 }
 
-/// KServe's own Python model server (`kserve` 0.21 with `onnxruntime`, in a
-/// venv under target/test-deps, made on first use), in a pod whose server
-/// container mounts the machine's Python and that venv read-only.
-fn kserve_venv() -> std::path::PathBuf {
-    let venv = repo_root().join("target/test-deps/kserve-venv");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import kserve, onnxruntime"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "python3 -m venv: {made:?}");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "kserve==0.21.0", "onnxruntime==1.32.0"])
+/// podman on the storage at `graph`, as podman-here.md says it runs here.
+fn podman(conf: &Path, graph: &Path, runroot: &Path) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.arg("--root")
+        .arg(graph)
+        .arg("--runroot")
+        .arg(runroot)
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager=cgroupfs",
+            "--storage-driver",
+            "overlay",
+        ])
+        .env("CONTAINERS_CONF", conf);
+    cmd
+}
+
+/// The model servers' image `localhost/model-servers:e2e`
+/// (tests/support/server_image.sh: Debian bookworm from debootstrap,
+/// `openvino`, `kserve` and `onnxruntime` from PyPI, the server scripts),
+/// imported with `podman import` into an image store under
+/// target/test-deps named by the hash of what makes it. Made once (about
+/// 2 minutes), kept between test runs, and shared read-only by every test's
+/// podman (`overlay.imagestore`), so no test copies its 800 MB.
+fn server_image_store(conf: &Path, scratch: &Path) -> &'static Path {
+    static STORE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| {
+        let support = repo_root().join("tests/support");
+        let recipe: Vec<u8> = ["server_image.sh", "openvino_classify.py", "kserve_mnist.py"]
+            .iter()
+            .flat_map(|f| fs::read(support.join(f)).unwrap())
+            .collect();
+        let deps = repo_root().join("target/test-deps");
+        let store = deps.join(format!("server-store-{}", &sha256_hex(&recipe)[..16]));
+        let complete = store.join("complete");
+        if complete.exists() {
+            return store;
+        }
+        // Earlier recipes' stores, and a half-made one, go.
+        fs::create_dir_all(&deps).unwrap();
+        for old in fs::read_dir(&deps).unwrap().flatten() {
+            if old
+                .file_name()
+                .to_string_lossy()
+                .starts_with("server-store-")
+            {
+                fs::remove_dir_all(old.path()).unwrap();
+            }
+        }
+        let tar = deps.join("server-rootfs.tar");
+        let out = Command::new("sh")
+            .arg(support.join("server_image.sh"))
+            .arg(&tar)
             .output()
             .unwrap();
         assert!(
-            pip.status.success(),
-            "pip install kserve onnxruntime: {pip:?}"
+            out.status.success() && tar.exists(),
+            "building the servers' image failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    }
-    venv
+        let imported = podman(conf, &store, &scratch.join("store-run"))
+            .args([
+                "import",
+                "-q",
+                "--change",
+                "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+                "--change",
+                "ENV PYTHONPATH=/opt/site",
+                tar.to_str().unwrap(),
+                SERVER_IMAGE,
+            ])
+            .output()
+            .unwrap();
+        assert!(imported.status.success(), "podman import: {imported:?}");
+        fs::remove_file(&tar).unwrap();
+        fs::write(&complete, "").unwrap();
+        store
+    })
 }
+
+const SERVER_IMAGE: &str = "localhost/model-servers:e2e";
 
 /// A drawn digit (0, 1 or 7) as the 28×28 values 0..1 the seed's network
 /// reads (the same drawings as tests/support/openvino_classify.py).
@@ -666,32 +716,7 @@ fn kserve_model_server_answers_v2_infer_in_a_pod() {
     let (reg, digest) = Registry::with_mnist();
     let work = tempfile::tempdir().unwrap();
     build_ocimodel_image(&podman, work.path());
-    let venv = kserve_venv();
-    let prefix = python_prefix();
     let port = free_port();
-    let script = repo_root().join("tests/support/kserve_mnist.py");
-    let mut volumes = String::new();
-    let mut mounts = String::new();
-    // The venv's python links to the base install by absolute path: both
-    // are mounted where they are on the machine.
-    for (i, (path, at)) in [
-        ("/usr", "/usr"),
-        ("/usr/lib", "/lib"),
-        ("/usr/lib64", "/lib64"),
-        (prefix.as_str(), prefix.as_str()),
-        (venv.to_str().unwrap(), venv.to_str().unwrap()),
-        (script.to_str().unwrap(), "/opt/serve/kserve_mnist.py"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        volumes.push_str(&format!(
-            "    - name: host-{i}\n      hostPath: {{path: {path}}}\n"
-        ));
-        mounts.push_str(&format!(
-            "        - {{name: host-{i}, mountPath: {at}, readOnly: true}}\n"
-        ));
-    }
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -706,15 +731,15 @@ spec:
     runAsGroup: 0
 {init}  containers:
     - name: kserve-container
-      image: localhost/ocimodel:e2e
-      command: ["{venv}/bin/python", "/opt/serve/kserve_mnist.py", "/mnt/models/{title}",
+      image: {SERVER_IMAGE}
+      command: ["python3", "/opt/serve/kserve_mnist.py", "/mnt/models/{title}",
                 "--http_port", "{port}", "--enable_grpc", "false"]
       env:
         - {{name: HOME, value: /tmp}}
       volumeMounts:
         - {{name: models, mountPath: /mnt/models, readOnly: true}}
         - {{name: tmp, mountPath: /tmp}}
-{mounts}      securityContext:
+      securityContext:
         runAsUser: 1000940000
         runAsGroup: 0
         allowPrivilegeEscalation: false
@@ -725,12 +750,11 @@ spec:
       emptyDir: {{}}
     - name: tmp
       emptyDir: {{}}
-{volumes}"#,
+"#,
         init = ocimodel_init(
             &format!("ocimodel://{}/models/mnist@{digest}", reg.addr),
             &reg.addr
         ),
-        venv = venv.display(),
         title = MNIST_TITLE,
     );
     let file = work.path().join("kserve.yaml");
@@ -799,16 +823,6 @@ spec:
     podman.ok(&["pod", "rm", "-f", "kserve-mnist"], work.path());
 }
 
-/// Where the machine's Python lives (`sys.base_prefix`), to mount it into
-/// a server container.
-fn python_prefix() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.base_prefix)"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// The ocimodel init container (YAML under `spec:`) installing `uri` into
 /// the `models` volume, with `insecure` a plain-HTTP registry.
 fn ocimodel_init(uri: &str, insecure: &str) -> String {
@@ -829,32 +843,8 @@ fn ocimodel_init(uri: &str, insecure: &str) -> String {
     )
 }
 
-/// The OpenVINO server container's command and env, and its mounts of the
-/// machine's `/usr` and Python and of the classifier script: (pod volumes,
-/// container volumeMounts), as YAML list items.
-const OPENVINO_SERVER: &str = "      image: localhost/ocimodel:e2e\n      command: [\"/opt/python/bin/python3\", \"/opt/serve/classify.py\", \"/mnt/models\"]\n      env:\n        - {name: LD_LIBRARY_PATH, value: /opt/python/lib}\n        - {name: HOME, value: /tmp}";
-
-fn openvino_mounts() -> (String, String) {
-    let prefix = python_prefix();
-    let script = repo_root().join("tests/support/openvino_classify.py");
-    let host = |path: &str, mount: &str, name: &str| {
-        (
-            format!("    - name: {name}\n      hostPath: {{path: {path}}}\n"),
-            format!("        - {{name: {name}, mountPath: {mount}, readOnly: true}}\n"),
-        )
-    };
-    let mounts = [
-        host("/usr", "/usr", "usr"),
-        host("/usr/lib", "/lib", "lib"),
-        host("/usr/lib64", "/lib64", "lib64"),
-        host(&prefix, "/opt/python", "python"),
-        host(script.to_str().unwrap(), "/opt/serve/classify.py", "script"),
-    ];
-    (
-        mounts.iter().map(|(v, _)| v.as_str()).collect(),
-        mounts.iter().map(|(_, m)| m.as_str()).collect(),
-    )
-}
+/// The OpenVINO server container's image, command and env (YAML).
+const OPENVINO_SERVER: &str = "      image: localhost/model-servers:e2e\n      command: [\"python3\", \"/opt/serve/classify.py\", \"/mnt/models\"]\n      env:\n        - {name: HOME, value: /tmp}";
 
 /// The container ran as `user` (`uid:gid`) on a read-only root filesystem.
 #[track_caller]
