@@ -166,13 +166,7 @@ fn run_pod_init_with_key(
     let mut play = vec!["kube".to_string(), "play".to_string()];
     let pod = match key {
         Some(pem) => {
-            let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
-            let cm = work.join("configmap.yaml");
-            fs::write(
-                &cm,
-                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: model-signing-key\ndata:\n  cosign.pub: |\n{indented}"),
-            )
-            .unwrap();
+            let cm = signing_key_configmap(work, pem);
             play.extend(["--configmap".to_string(), cm.display().to_string()]);
             let insecure = format!("          value: \"{}\"\n", reg.addr);
             assert!(pod.contains(&insecure));
@@ -294,37 +288,8 @@ fn signed_modelcar_with_the_key_from_a_configmap() {
     let work = tempfile::tempdir().unwrap();
     let car_ref = format!("{}/models/signed-car:v1", reg.addr);
     let digest = push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
-
-    // A cosign legacy signature made with openssl (see tests/signatures.rs).
     let public = ec_keypair(work.path(), "k");
-    let payload = serde_json::json!({
-        "critical": {"identity": {"docker-reference": format!("{}/models/signed-car", reg.addr)},
-                     "image": {"docker-manifest-digest": digest},
-                     "type": "cosign container image signature"},
-        "optional": null
-    })
-    .to_string();
-    fs::write(work.path().join("payload"), &payload).unwrap();
-    openssl(
-        &[
-            "dgst", "-sha256", "-sign", "k.key", "-out", "sig", "payload",
-        ],
-        work.path(),
-    );
-    let sig = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        fs::read(work.path().join("sig")).unwrap(),
-    );
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    reg.push_artifact(
-        &format!("models/signed-car:{tag}"),
-        &serde_json::json!({
-            "tag": tag,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "json": {}},
-            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "data": payload,
-                        "annotations": {"dev.cosignproject.cosign/signature": sig}}],
-        }),
-    );
+    let tag = sign_legacy(&reg, work.path(), "models/signed-car", &digest);
 
     build_ocimodel_image(&podman, work.path());
     run_pod_init_with_key(&podman, &reg, &car_ref, work.path(), Some(&public));
@@ -333,6 +298,53 @@ fn signed_modelcar_with_the_key_from_a_configmap() {
             .contains(&format!("GET /v2/models/signed-car/manifests/{tag}")),
         "the init container looked up the signature"
     );
+}
+
+/// The ConfigMap `model-signing-key` the manifests mount or read: the PEM
+/// public key `pem` as `cosign.pub`. Returns its file, for `--configmap`.
+fn signing_key_configmap(work: &Path, pem: &str) -> std::path::PathBuf {
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    let cm = work.join("configmap.yaml");
+    fs::write(
+        &cm,
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: model-signing-key\ndata:\n  cosign.pub: |\n{indented}"),
+    )
+    .unwrap();
+    cm
+}
+
+/// Signs `repo@digest` with a cosign legacy signature made with openssl and
+/// the key `k.key` in `work` (see tests/signatures.rs); returns its tag.
+fn sign_legacy(reg: &Registry, work: &Path, repo: &str, digest: &str) -> String {
+    let payload = serde_json::json!({
+        "critical": {"identity": {"docker-reference": format!("{}/{repo}", reg.addr)},
+                     "image": {"docker-manifest-digest": digest},
+                     "type": "cosign container image signature"},
+        "optional": null
+    })
+    .to_string();
+    fs::write(work.join("payload"), &payload).unwrap();
+    openssl(
+        &[
+            "dgst", "-sha256", "-sign", "k.key", "-out", "sig", "payload",
+        ],
+        work,
+    );
+    let sig = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        fs::read(work.join("sig")).unwrap(),
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    reg.push_artifact(
+        &format!("{repo}:{tag}"),
+        &serde_json::json!({
+            "tag": tag,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "json": {}},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "data": payload,
+                        "annotations": {"dev.cosignproject.cosign/signature": sig}}],
+        }),
+    );
+    tag
 }
 
 /// Plays one pod from YAML text and waits for container `wait_for`; returns
@@ -859,4 +871,164 @@ fn assert_runs_as(podman: &Podman, container: &str, user: &str, work: &Path) {
         work,
     );
     assert_eq!(seen.trim(), format!("{user} true"), "{container}");
+}
+
+/// manifests/pod-sidecar.yaml, ocimodel as a native sidecar: the server
+/// starts only once the sidecar's startupProbe (`/startupz`) says 200, and
+/// then serves. podman 4.3 runs no restartable init containers, so the test
+/// plays the kubelet's part (tests/support/sidecar_pods.py): the sidecar runs
+/// as an ordinary container, the test runs its startupProbe as declared, and
+/// plays the pod's containers only after it succeeds. The probe must hold
+/// the server back while the model is not in the registry, then while it is
+/// there unsigned (the manifest requires a signature by the key in the
+/// mounted ConfigMap); the signature comes, the probe says 200, and OpenVINO
+/// in the server (UID 1000940000) reads the digits from what the sidecar
+/// installed. SIGTERM then stops the sidecar with exit code 0.
+#[test]
+fn native_sidecar_holds_the_server_until_startupz_says_installed() {
+    let podman = Podman::new();
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    build_ocimodel_image(&podman, work);
+    let public = ec_keypair(work, "k");
+    let car_ref = format!("{}/models/sidecar-car:v1", reg.addr);
+    let models = work.join("models");
+    fs::create_dir(&models).unwrap();
+    std::os::unix::fs::chown(&models, Some(1000930000), Some(0)).unwrap();
+    fs::set_permissions(&models, fs::Permissions::from_mode(0o770)).unwrap();
+
+    let port = free_port();
+    let adapt = serde_json::json!({
+        "images": {"quay.io/ocimodel/ocimodel:0.1.0": "localhost/ocimodel:e2e"},
+        "model": ["registry.example.com/models/mnist:v1", car_ref],
+        "registry": reg.addr,
+        "port": port,
+        "models": models,
+        "server": {"image": SERVER_IMAGE, "command": ["python3", "/opt/serve/classify.py", "/mnt/models"],
+                   "env": [{"name": "HOME", "value": "/tmp"}]},
+        "server_uid": 1000940000,
+    });
+    fs::write(work.join("adapt.json"), adapt.to_string()).unwrap();
+    let split = Command::new("python3")
+        .arg(repo_root().join("tests/support/sidecar_pods.py"))
+        .arg(repo_root().join("manifests/pod-sidecar.yaml"))
+        .args(["adapt.json", "sidecar.yaml", "servers.yaml"])
+        .current_dir(work)
+        .output()
+        .unwrap();
+    assert!(split.status.success(), "{split:?}");
+    let probe: serde_json::Value = serde_json::from_slice(&split.stdout).unwrap();
+    let (path, period) = (
+        probe["path"].as_str().unwrap().to_string(),
+        std::time::Duration::from_secs(probe["periodSeconds"].as_u64().unwrap()),
+    );
+    assert_eq!((path.as_str(), period.as_secs()), ("/startupz", 2));
+
+    let cm = signing_key_configmap(work, &public);
+    podman.ok(
+        &[
+            "kube",
+            "play",
+            "--configmap",
+            cm.to_str().unwrap(),
+            "sidecar.yaml",
+        ],
+        work,
+    );
+    let sidecar = "mnist-sidecar-ocimodel";
+    let sidecar_log = || {
+        let l = podman.run(&["logs", sidecar], work);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&l.stdout),
+            String::from_utf8_lossy(&l.stderr)
+        )
+    };
+    // The kubelet's startupProbe: an HTTP GET every periodSeconds; a refused
+    // connection is a failure like any status outside 200..400.
+    let addr = format!("127.0.0.1:{port}");
+    let probe_once = || -> (u16, String) {
+        if TcpStream::connect(&addr).is_err() {
+            return (0, "connection refused".into());
+        }
+        let r = http_get(&addr, &path, &[]);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+    // Probes until one says 200 or `until` holds of a failed one; returns
+    // the last answer.
+    let probe_until = |until: &dyn Fn(&str) -> bool| -> (u16, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let (status, body) = probe_once();
+            if status == 200 || (status != 0 && until(&body)) {
+                return (status, body);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the startupProbe still fails ({status} {body}):\n{}",
+                sidecar_log()
+            );
+            std::thread::sleep(period);
+        }
+    };
+    let servers_started = || {
+        podman
+            .run(&["pod", "exists", "mnist-sidecar-servers"], work)
+            .status
+            .success()
+    };
+
+    // Nothing in the registry yet: the probe fails and says why.
+    let (status, body) = probe_until(&|b| b.contains("failed"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("sidecar-car"), "{body}");
+    assert!(!servers_started());
+    // The model, unsigned: still 503, now for the signature.
+    let digest = push_mnist_modelcar(&reg, work, &car_ref, &[]);
+    let (status, body) = probe_until(&|b| b.contains("signature"));
+    assert_eq!(status, 503, "an unsigned model passed the probe: {body}");
+    assert!(
+        !models.join(".ocimodel.json").exists() && !models.join("1/model.onnx").exists(),
+        "an unverified model was installed"
+    );
+    // Signed: the probe says 200 within the sidecar's retry backoff.
+    sign_legacy(&reg, work, "models/sidecar-car", &digest);
+    let (status, body) = probe_until(&|_| false);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sha256_file(&models.join("1/model.onnx")), MNIST_SHA256);
+
+    // The kubelet starts the pod's containers now; the server reads the digits.
+    let (code, logs) = {
+        podman.ok(&["kube", "play", "servers.yaml"], work);
+        let name = "mnist-sidecar-servers-server";
+        let code = podman.ok(&["wait", name], work);
+        let logs = podman.run(&["logs", name], work);
+        (
+            code.trim().to_string(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ),
+        )
+    };
+    assert_reads_digits(&code, &logs);
+    assert_runs_as(
+        &podman,
+        "mnist-sidecar-servers-server",
+        "1000940000:0",
+        work,
+    );
+    assert_runs_as(&podman, sidecar, "1000930000:0", work);
+    // Still ready after serving; SIGTERM stops the sidecar cleanly.
+    assert_eq!(http_get(&addr, "/readyz", &[]).status, 200);
+    podman.ok(&["stop", "-t", "10", sidecar], work);
+    let exit = podman.ok(
+        &["inspect", sidecar, "--format", "{{.State.ExitCode}}"],
+        work,
+    );
+    assert_eq!(exit.trim(), "0", "{}", sidecar_log());
+    podman.ok(&["pod", "rm", "-f", "mnist-sidecar"], work);
+    podman.ok(&["pod", "rm", "-f", "mnist-sidecar-servers"], work);
 }
