@@ -22,12 +22,25 @@
 //! The API base path is `/api/model_registry/v1alpha3` (the spec the
 //! initializer was written against), or `/v1` where a newer registry serves
 //! only that: the probe decides.
+//!
+//! Authentication, as the registry's Python client does it (its API declares
+//! a Bearer scheme; behind OpenShift's proxy a Kubernetes token is required):
+//! `Authorization: Bearer` with the token in the file `KF_PIPELINES_SA_TOKEN_PATH`
+//! names (unreadable or empty: an error), else the pod's service-account token
+//! when there is one, else none. The file is read at each resolution (the
+//! kubelet rotates projected tokens). The token goes to the configured
+//! registry (or the namespace's Service) and, over https only, to a host the
+//! URI names: a URI cannot send it in the clear to a host of its choosing.
+
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 pub const SCHEME: &str = "model-registry://";
 const API_VERSIONS: [&str; 2] = ["v1alpha3", "v1"];
+/// The token the Python client falls back to.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// Where the registry is when the URI does not say (names as the
 /// registry's initializer reads them).
@@ -41,6 +54,9 @@ pub struct Config {
     pub service: String,
     /// `MODEL_REGISTRY_CLUSTER_DOMAIN`, for `?namespace=`.
     pub cluster_domain: String,
+    /// `KF_PIPELINES_SA_TOKEN_PATH`: the bearer token's file; `None`: the
+    /// service-account token if the pod has one.
+    pub token_path: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -50,6 +66,7 @@ impl Default for Config {
             scheme: "http".into(),
             service: "model-registry-service".into(),
             cluster_domain: "svc.cluster.local".into(),
+            token_path: None,
         }
     }
 }
@@ -117,50 +134,56 @@ fn parse<'a>(uri: &'a str, cfg: &Config) -> Result<Parsed<'a>> {
 pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<Resolved> {
     let Parsed { configured, tokens } = parse(uri, cfg)?;
     let scheme = cfg.scheme.trim_end_matches("://");
-    let (api, model, version) = match tokens.as_slice() {
-        [model] => (api_root(http, scheme, &configured).await?, *model, None),
-        [first, second] => match probe(http, scheme, first).await {
-            Some(api) => (api, *second, None),
-            None => (
-                api_root(http, scheme, &configured).await?,
-                *first,
-                Some(*second),
-            ),
-        },
-        [host, model, version] => (api_root(http, scheme, host).await?, *model, Some(*version)),
+    let token = bearer_token(cfg)?;
+    let client = |host: &str| {
+        let allowed = host == configured || scheme == "https";
+        Api {
+            http,
+            scheme,
+            host: host.to_string(),
+            token: token.as_ref().filter(|_| allowed),
+            withheld: token.is_some() && !allowed,
+        }
+    };
+    let (reg, model, version) = match tokens.as_slice() {
+        [model] => (client(&configured), *model, None),
+        [first, second] => {
+            let named = client(first);
+            match named.probe().await? {
+                Some(_) => (named, *second, None),
+                None => (client(&configured), *first, Some(*second)),
+            }
+        }
+        [host, model, version] => (client(host), *model, Some(*version)),
         _ => bail!("{uri} names no model; write {SCHEME}[HOST/]MODEL[/VERSION]"),
     };
+    let api = reg.api_root().await?;
+    let get = |url: String| reg.get(url);
     let found = |what: &str, v: Value| -> Result<String> {
         v["id"]
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| anyhow!("the model registry at {api} answered {what} without an id"))
     };
-    let model_obj = get(http, &format!("{api}/registered_model?name={}", enc(model)))
+    let model_obj = get(format!("{api}/registered_model?name={}", enc(model)))
         .await?
         .ok_or_else(|| anyhow!("model '{model}' is not in the model registry at {api}"))?;
     let model_id = found("the model", model_obj)?;
     let version_obj = match version {
-        Some(v) => get(
-            http,
-            &format!(
-                "{api}/model_version?name={}&parentResourceId={}",
-                enc(v),
-                enc(&model_id)
-            ),
-        )
+        Some(v) => get(format!(
+            "{api}/model_version?name={}&parentResourceId={}",
+            enc(v),
+            enc(&model_id)
+        ))
         .await?
         .ok_or_else(|| {
             anyhow!("model '{model}' has no version '{v}' in the model registry at {api}")
         })?,
         None => first_item(
-            get(
-                http,
-                &format!(
-                    "{api}/registered_models/{}/versions?orderBy=CREATE_TIME&sortOrder=DESC",
-                    enc(&model_id)
-                ),
-            )
+            get(format!(
+                "{api}/registered_models/{}/versions?orderBy=CREATE_TIME&sortOrder=DESC",
+                enc(&model_id)
+            ))
             .await?,
         )
         .ok_or_else(|| anyhow!("model '{model}' has no versions in the model registry at {api}"))?,
@@ -168,9 +191,7 @@ pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<
     let version_name = version_obj["name"].as_str().unwrap_or_default().to_string();
     let version_id = found("the version", version_obj)?;
     let artifact = first_item(
-        get(
-            http,
-            &format!(
+        get(format!(
                 "{api}/model_versions/{}/artifacts?orderBy=CREATE_TIME&sortOrder=DESC",
                 enc(&version_id)
             ),
@@ -204,59 +225,119 @@ pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<
     })
 }
 
-/// The API root of the registry at `host` (v1alpha3, else v1).
-async fn api_root(http: &reqwest::Client, scheme: &str, host: &str) -> Result<String> {
-    probe(http, scheme, host).await.ok_or_else(|| {
-        anyhow!("no model registry answers at {scheme}://{host} (GET /api/model_registry/{{v1alpha3,v1}}/registered_models); check MODEL_REGISTRY_BASE_URL or the host in the URI")
-    })
+/// The bearer token for the registry, read now: (token, where from).
+fn bearer_token(cfg: &Config) -> Result<Option<Token>> {
+    let (path, setting) = match &cfg.token_path {
+        Some(p) => (p.clone(), "KF_PIPELINES_SA_TOKEN_PATH"),
+        None if std::path::Path::new(SERVICE_ACCOUNT_TOKEN).is_file() => (
+            PathBuf::from(SERVICE_ACCOUNT_TOKEN),
+            "the service-account token",
+        ),
+        None => return Ok(None),
+    };
+    let path = path.to_string_lossy().into_owned();
+    let value = crate::cloud::read_token_file(&path, setting)?;
+    Ok(Some(Token { value, from: path }))
 }
 
-/// `Some(api root)` when `host` answers the registry's list call.
-async fn probe(http: &reqwest::Client, scheme: &str, host: &str) -> Option<String> {
-    for v in API_VERSIONS {
-        let api = format!("{scheme}://{host}/api/model_registry/{v}");
-        let ok = http
-            .get(format!("{api}/registered_models?pageSize=1"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            return Some(api);
+struct Token {
+    value: String,
+    /// The file it was read from, for error messages (never the token).
+    from: String,
+}
+
+/// The registry at `host`, and the token it gets, if any.
+struct Api<'a> {
+    http: &'a reqwest::Client,
+    scheme: &'a str,
+    host: String,
+    token: Option<&'a Token>,
+    /// A token exists but this host may not have it (plain http, not the
+    /// configured registry).
+    withheld: bool,
+}
+
+impl Api<'_> {
+    fn request(&self, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(url).header("accept", "application/json");
+        match self.token {
+            Some(t) => req.bearer_auth(&t.value),
+            None => req,
         }
     }
-    None
-}
 
-/// A JSON object, `None` on 404.
-async fn get(http: &reqwest::Client, url: &str) -> Result<Option<Value>> {
-    let resp = http
-        .get(url)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| {
+    /// The API root (v1alpha3, else v1).
+    async fn api_root(&self) -> Result<String> {
+        self.probe().await?.ok_or_else(|| {
+            anyhow!("no model registry answers at {}://{} (GET /api/model_registry/{{v1alpha3,v1}}/registered_models); check MODEL_REGISTRY_BASE_URL or the host in the URI", self.scheme, self.host)
+        })
+    }
+
+    /// `Some(api root)` when the host answers the registry's list call; an
+    /// error when it answers that the token is missing or refused.
+    async fn probe(&self) -> Result<Option<String>> {
+        for v in API_VERSIONS {
+            let api = format!("{}://{}/api/model_registry/{v}", self.scheme, self.host);
+            let Ok(resp) = self
+                .request(&format!("{api}/registered_models?pageSize=1"))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(Some(api));
+            }
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN
+            {
+                bail!("{}", self.refused(&api, status));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What to say when the registry refuses the call.
+    fn refused(&self, api: &str, status: reqwest::StatusCode) -> String {
+        match self.token {
+            Some(t) => format!("the model registry at {api} answered {status} to the token from {}; check that the token's account may read the registry", t.from),
+            None if self.withheld => format!("the model registry at {api} answered {status}: the token is sent over plain http only to the configured registry (MODEL_REGISTRY_BASE_URL or the namespace's Service); use https for {}", self.host),
+            None => format!("the model registry at {api} answered {status} and no token was sent; set KF_PIPELINES_SA_TOKEN_PATH to a token file it accepts"),
+        }
+    }
+
+    /// A JSON object, `None` on 404.
+    async fn get(&self, url: String) -> Result<Option<Value>> {
+        let resp = self.request(&url).send().await.map_err(|e| {
             anyhow!(
                 "model registry call {url}: {}",
                 crate::registry::root_cause(&e)
             )
         })?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            bail!("{}", self.refused(&url, status));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .context("reading the model registry's answer")?;
+        if !status.is_success() {
+            bail!(
+                "model registry call {url} answered {status}: {}",
+                crate::text::escape_controls(&String::from_utf8_lossy(
+                    &body[..body.len().min(300)]
+                ))
+            );
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .with_context(|| format!("model registry call {url}: not JSON"))
     }
-    let body = resp
-        .bytes()
-        .await
-        .context("reading the model registry's answer")?;
-    if !status.is_success() {
-        bail!(
-            "model registry call {url} answered {status}: {}",
-            crate::text::escape_controls(&String::from_utf8_lossy(&body[..body.len().min(300)]))
-        );
-    }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .with_context(|| format!("model registry call {url}: not JSON"))
 }
 
 fn first_item(list: Option<Value>) -> Option<Value> {

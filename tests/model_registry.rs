@@ -18,8 +18,14 @@ struct ModelRegistry {
 
 impl ModelRegistry {
     fn start() -> ModelRegistry {
+        ModelRegistry::start_with(&[])
+    }
+
+    /// With `--token T`: the API wants `Authorization: Bearer T`.
+    fn start_with(args: &[&str]) -> ModelRegistry {
         let mut child = Command::new("python3")
             .arg(repo_root().join("tests/support/model_registry_server.py"))
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -36,11 +42,20 @@ impl ModelRegistry {
     /// `ModelRegistry(...).register_model(name, uri, version=...)` with the
     /// real client.
     fn register(&self, name: &str, uri: &str, version: &str) {
+        self.register_as(name, uri, version, None)
+    }
+
+    /// `register`, the client given `user_token` (which it sends as Bearer).
+    fn register_as(&self, name: &str, uri: &str, version: &str, token: Option<&str>) {
         let (host, port) = self.addr.split_once(':').unwrap();
+        let token = match token {
+            Some(t) => format!("{t:?}"),
+            None => "None".to_string(),
+        };
         let script = format!(
             r#"
 from model_registry import ModelRegistry
-r = ModelRegistry("http://{host}", {port}, author="ml-engineer", is_secure=False)
+r = ModelRegistry("http://{host}", {port}, author="ml-engineer", is_secure=False, user_token={token})
 r.register_model({name:?}, {uri:?}, version={version:?}, model_format_name="onnx", model_format_version="1")
 "#
         );
@@ -124,4 +139,85 @@ fn model_registry_uris_resolve_to_the_oci_artifact() {
     pull("model-registry://mnist/v9", "no-version")
         .assert_fails_with(&["model 'mnist' has no version 'v9'"]);
     assert!(!work.path().join("newest").join(MNIST_TITLE).exists());
+}
+
+/// A registry that wants a bearer token (its API's Bearer scheme, as behind
+/// OpenShift's proxy): the token comes from `KF_PIPELINES_SA_TOKEN_PATH` as
+/// the Python client reads it, goes only where it may, and each refusal says
+/// what to do without showing the token.
+#[test]
+fn model_registry_bearer_token_from_kf_pipelines_sa_token_path() {
+    let (reg, digest) = Registry::with_mnist();
+    let secret = "eyJhbGciOi.registry-token.sig";
+    let mr = ModelRegistry::start_with(&["--token", secret]);
+    // The real client registers with its user token (sent as Bearer).
+    let oci = format!("oci://{}/models/mnist@{digest}", reg.addr);
+    mr.register_as("mnist", &oci, "v1", Some(secret));
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("token");
+    let wrong_file = work.path().join("wrong");
+    std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    std::fs::write(&wrong_file, "another-token").unwrap();
+    let pull = |dest: &str, token: Option<&std::path::Path>, uri: &str| {
+        let mut cmd = Ocimodel::new()
+            .insecure(&reg)
+            .env("MODEL_REGISTRY_BASE_URL", &mr.addr);
+        if let Some(t) = token {
+            cmd = cmd.env("KF_PIPELINES_SA_TOKEN_PATH", t.to_str().unwrap());
+        }
+        let run = cmd.run(&[uri, work.path().join(dest).to_str().unwrap()]);
+        assert!(!run.stderr().contains(secret), "{}", run.stderr());
+        run
+    };
+
+    pull("none", None, "model-registry://mnist/v1").assert_fails_with(&[
+        "answered 401 Unauthorized and no token was sent; set KF_PIPELINES_SA_TOKEN_PATH",
+    ]);
+    pull("wrong", Some(&wrong_file), "model-registry://mnist/v1").assert_fails_with(&[&format!(
+        "answered 401 Unauthorized to the token from {}",
+        wrong_file.display()
+    )]);
+    let missing = work.path().join("no-such-token");
+    pull("missing", Some(&missing), "model-registry://mnist/v1").assert_fails_with(&[&format!(
+        "cannot read KF_PIPELINES_SA_TOKEN_PATH ({})",
+        missing.display()
+    )]);
+    for dest in ["none", "wrong", "missing"] {
+        assert!(!work.path().join(dest).join(MNIST_TITLE).exists());
+    }
+
+    let before = mr.requests().len();
+    pull("ok", Some(&token_file), "model-registry://mnist/v1").assert_ok();
+    assert_eq!(
+        sha256_file(&work.path().join("ok").join(MNIST_TITLE)),
+        MNIST_SHA256
+    );
+    let calls = mr.requests().split_off(before);
+    assert!(calls.len() >= 4, "{calls:?}");
+    assert!(calls.iter().all(|c| c.ends_with(" [bearer]")), "{calls:?}");
+
+    // A host the URI names over plain http is not the configured registry:
+    // it does not get the token (the configured one is elsewhere here).
+    let before = mr.requests().len();
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("KF_PIPELINES_SA_TOKEN_PATH", token_file.to_str().unwrap())
+        .run(&[
+            &format!("model-registry://{}/mnist/v1", mr.addr),
+            work.path().join("named").to_str().unwrap(),
+        ])
+        .assert_fails_with(&[
+            "the token is sent over plain http only to the configured registry",
+            "use https for 127.0.0.1:",
+        ]);
+    let calls = mr.requests().split_off(before);
+    assert!(!calls.is_empty(), "the named host was not asked");
+    assert!(calls.iter().all(|c| !c.contains("[bearer]")), "{calls:?}");
+    // Named and configured alike: it is the configured registry.
+    pull(
+        "named-configured",
+        Some(&token_file),
+        &format!("model-registry://{}/mnist/v1", mr.addr),
+    )
+    .assert_ok();
 }

@@ -361,6 +361,10 @@ pub(super) struct ModelRegistryArgs {
         default_value = "svc.cluster.local"
     )]
     pub(super) cluster_domain: String,
+
+    /// A file holding the registry's bearer token (default: the pod's service-account token, if any).
+    #[arg(long = "model-registry-token-path", env = "KF_PIPELINES_SA_TOKEN_PATH")]
+    pub(super) token_path: Option<std::path::PathBuf>,
 }
 
 impl ModelRegistryArgs {
@@ -370,6 +374,7 @@ impl ModelRegistryArgs {
             scheme: self.scheme.trim().to_string(),
             service: self.service.trim().to_string(),
             cluster_domain: self.cluster_domain.trim().to_string(),
+            token_path: self.token_path.clone(),
         }
     }
 }

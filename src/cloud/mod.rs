@@ -254,7 +254,7 @@ pub fn post_form(
 }
 
 /// A projected token file, read now (the kubelet rotates it).
-fn read_token_file(path: &str, setting: &str) -> Result<String> {
+pub(crate) fn read_token_file(path: &str, setting: &str) -> Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {setting} ({path})"))?;
     let t = text.trim();

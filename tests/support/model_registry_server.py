@@ -22,9 +22,14 @@ to resolve one, keeping everything in memory:
     PATCH any of the above by id                  merge fields
 
 Every request is appended to REQUESTS (served at GET /requests) so a test
-can see what the initializer asked.
+can see what the initializer asked; " [bearer]" follows one that carried an
+`Authorization: Bearer` header.
 
-usage: model_registry_server.py   (prints the port it listens on, then serves)
+With --token TOKEN, the API answers 401 (the spec's Unauthorized response,
+as the registry behind OpenShift's proxy does) unless a request carries
+`Authorization: Bearer TOKEN`, as the Python client sends its user token.
+
+usage: model_registry_server.py [--token TOKEN]   (prints its port, then serves)
 """
 import http.server
 import itertools
@@ -39,6 +44,7 @@ IDS = itertools.count(1)
 MODELS, VERSIONS, ARTIFACTS = {}, {}, {}
 VERSION_ARTIFACTS = {}
 REQUESTS = []
+TOKEN = None
 
 
 def now():
@@ -89,12 +95,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def route(self):
         url = urllib.parse.urlparse(self.path)
         q = urllib.parse.parse_qs(url.query)
-        REQUESTS.append(f"{self.command} {self.path}")
         if url.path == "/requests":
             return self.reply(200, REQUESTS)
+        auth = self.headers.get("Authorization") or ""
+        REQUESTS.append(f"{self.command} {self.path}" + (" [bearer]" if auth.startswith("Bearer ") else ""))
         base = next((b for b in BASES if url.path.startswith(b + "/")), None)
         if base is None:
             return self.not_found(url.path)
+        if TOKEN is not None and auth != f"Bearer {TOKEN}":
+            return self.reply(401, {"code": "401", "message": "Unauthorized"})
         parts = [p for p in url.path[len(base):].split("/") if p]
         m, body = self.command, (self.body() if self.command in ("POST", "PATCH") else None)
         first = lambda key: q.get(key, [None])[0]  # noqa: E731
@@ -169,6 +178,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
+    global TOKEN
+    if sys.argv[1:2] == ["--token"]:
+        TOKEN = sys.argv[2]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
