@@ -67,6 +67,22 @@ impl Podman {
             .unwrap()
     }
 
+    /// A container's log, stdout then stderr.
+    fn logs(&self, container: &str, dir: &Path) -> String {
+        let l = self.run(&["logs", container], dir);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&l.stdout),
+            String::from_utf8_lossy(&l.stderr)
+        )
+    }
+
+    /// Waits for a container to exit: its exit code and log.
+    fn wait(&self, container: &str, dir: &Path) -> (String, String) {
+        let code = self.ok(&["wait", container], dir);
+        (code.trim().to_string(), self.logs(container, dir))
+    }
+
     #[track_caller]
     fn ok(&self, args: &[&str], dir: &Path) -> String {
         let out = self.run(args, dir);
@@ -182,14 +198,8 @@ fn run_pod_init_with_key(
     play.push(pod_file.display().to_string());
     let play: Vec<&str> = play.iter().map(String::as_str).collect();
     podman.ok(&play, work);
-    let code = podman.ok(&["wait", "mnist-init-server"], work);
-    let logs = podman.run(&["logs", "mnist-init-server"], work);
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
-    assert_reads_digits(code.trim(), &logs);
+    let (code, logs) = podman.wait("mnist-init-server", work);
+    assert_reads_digits(&code, &logs);
     // It ran as the arbitrary UID, in group 0, read-only root.
     assert_runs_as(podman, "mnist-init-server", "1000930000:0", work);
     podman.ok(&["pod", "rm", "-f", "mnist-init"], work);
@@ -359,14 +369,7 @@ fn play_and_wait(
     let file = work.join(format!("{name}.yaml"));
     fs::write(&file, yaml).unwrap();
     podman.ok(&["kube", "play", file.to_str().unwrap()], work);
-    let code = podman.ok(&["wait", wait_for], work);
-    let logs = podman.run(&["logs", wait_for], work);
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
-    (code.trim().to_string(), logs)
+    podman.wait(wait_for, work)
 }
 
 /// KServe's LocalModelCache flow with ocimodel's ClusterStorageContainer:
@@ -772,14 +775,7 @@ spec:
     let file = work.path().join("kserve.yaml");
     fs::write(&file, pod).unwrap();
     podman.ok(&["kube", "play", file.to_str().unwrap()], work.path());
-    let logs = || {
-        let l = podman.run(&["logs", "kserve-mnist-kserve-container"], work.path());
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&l.stdout),
-            String::from_utf8_lossy(&l.stderr)
-        )
-    };
+    let logs = || podman.logs("kserve-mnist-kserve-container", work.path());
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -937,14 +933,7 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
         work,
     );
     let sidecar = "mnist-sidecar-ocimodel";
-    let sidecar_log = || {
-        let l = podman.run(&["logs", sidecar], work);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&l.stdout),
-            String::from_utf8_lossy(&l.stderr)
-        )
-    };
+    let sidecar_log = || podman.logs(sidecar, work);
     // The kubelet's startupProbe: an HTTP GET every periodSeconds; a refused
     // connection is a failure like any status outside 200..400.
     let addr = format!("127.0.0.1:{port}");
@@ -999,20 +988,8 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
     assert_eq!(sha256_file(&models.join("1/model.onnx")), MNIST_SHA256);
 
     // The kubelet starts the pod's containers now; the server reads the digits.
-    let (code, logs) = {
-        podman.ok(&["kube", "play", "servers.yaml"], work);
-        let name = "mnist-sidecar-servers-server";
-        let code = podman.ok(&["wait", name], work);
-        let logs = podman.run(&["logs", name], work);
-        (
-            code.trim().to_string(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&logs.stdout),
-                String::from_utf8_lossy(&logs.stderr)
-            ),
-        )
-    };
+    podman.ok(&["kube", "play", "servers.yaml"], work);
+    let (code, logs) = podman.wait("mnist-sidecar-servers-server", work);
     assert_reads_digits(&code, &logs);
     assert_runs_as(
         &podman,
