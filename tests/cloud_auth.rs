@@ -535,6 +535,63 @@ fn artifact_registry_with_the_metadata_server() {
     ]);
 }
 
+/// Several models from one cloud registry in one run (`uri dest uri dest
+/// …`, pulled together): their first challenges arrive together, and the
+/// workload's identity is asked once, not once per model.
+#[test]
+fn models_pulled_together_ask_the_cloud_once() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let (reg, digest) = tls_registry(
+        work.path(),
+        Auth::Basic {
+            user: "oauth2accesstoken".into(),
+            password: "ya29.c.shared-token".into(),
+        },
+    );
+    let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metadata_host = metadata.local_addr().unwrap().to_string();
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let count = hits.clone();
+    serve(metadata, move |req| {
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token" {
+            return response("404 Not Found", &[], b"");
+        }
+        *count.lock().unwrap() += 1;
+        // Slow enough that every model's challenge comes while it answers.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"access_token":"ya29.c.shared-token","expires_in":3600,"token_type":"Bearer"}"#,
+        )
+    });
+    let uri = format!("{GAR_HOST}/models/mnist@{digest}");
+    let dests: Vec<_> = (0..4).map(|i| work.path().join(format!("m{i}"))).collect();
+    let mut args = Vec::new();
+    for d in &dests {
+        args.push(uri.clone());
+        args.push(d.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = Ocimodel::new()
+        .env("HTTPS_PROXY", &proxy.url)
+        .env("NO_PROXY", "127.0.0.1")
+        .env(
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").to_str().unwrap(),
+        )
+        .env("GCE_METADATA_HOST", &metadata_host)
+        .run(&args);
+    run.assert_ok();
+    for d in &dests {
+        assert_eq!(sha256_file(&d.join(MNIST_TITLE)), MNIST_SHA256);
+    }
+    assert_eq!(*hits.lock().unwrap(), 1, "{}", run.stderr());
+    leaks_nothing(&run, &["ya29.c.shared-token"]);
+}
+
 /// A fake Entra ID token endpoint: the client-credentials grant with the
 /// projected token as a JWT-bearer assertion, for ACR's scope.
 fn entra(assertion: &'static str) -> String {

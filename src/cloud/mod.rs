@@ -20,7 +20,7 @@ pub mod gcp;
 pub mod sigv4;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -158,6 +158,8 @@ pub struct Expiring {
 const EARLY: Duration = Duration::from_secs(300);
 /// Keep credentials whose expiry is not given this long.
 const UNSTATED: Duration = Duration::from_secs(600);
+/// How long "this workload has no identity in that cloud" is believed.
+const NO_IDENTITY: Duration = Duration::from_secs(60);
 
 /// The cloud flows for one run, with what they produced cached per host.
 pub struct Ambient {
@@ -167,7 +169,12 @@ pub struct Ambient {
     /// For link-local credential endpoints (metadata server, Pod Identity
     /// agent): never through a proxy.
     local: reqwest::Client,
-    cache: Mutex<HashMap<String, (Credentials, Instant)>>,
+    /// Per host: the credentials its flow gave (`None`: no identity), and
+    /// until when they hold.
+    cache: Mutex<HashMap<String, (Option<Credentials>, Instant)>>,
+    /// Per host: held while its flow runs, so challenges arriving together
+    /// (several models from one registry) run it once and share the answer.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Ambient {
@@ -191,11 +198,17 @@ impl Ambient {
             http,
             local,
             cache: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
         })
     }
 
     /// Unexpired credentials already fetched for `host`.
     pub fn cached(&self, host: &str) -> Option<Credentials> {
+        self.known(host).flatten()
+    }
+
+    /// What the last flow for `host` gave, while it holds.
+    fn known(&self, host: &str) -> Option<Option<Credentials>> {
         let cache = self.cache.lock().unwrap();
         let (c, until) = cache.get(host)?;
         (*until > Instant::now()).then(|| c.clone())
@@ -208,12 +221,27 @@ impl Ambient {
         let Some(provider) = Provider::of(host) else {
             return Ok(None);
         };
+        let flight = self
+            .flights
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        let _turn = flight.lock().await;
+        if let Some(known) = self.known(host) {
+            return Ok(known);
+        }
         let got = match &provider {
             Provider::Ecr { .. } => aws::ecr_credentials(self, &provider).await,
             Provider::Google => gcp::credentials(self, host).await,
             Provider::Azure => azure::credentials(self, host).await,
         };
         let Some(e) = got.with_context(|| format!("cloud credentials for {host}"))? else {
+            self.cache
+                .lock()
+                .unwrap()
+                .insert(host.to_string(), (None, Instant::now() + NO_IDENTITY));
             return Ok(None);
         };
         let left = match e.expires {
@@ -226,7 +254,7 @@ impl Ambient {
         tracing::info!(registry = host, source = %e.credentials.source, valid_for = ?left, "credentials from the workload's cloud identity");
         self.cache.lock().unwrap().insert(
             host.to_string(),
-            (e.credentials.clone(), Instant::now() + left),
+            (Some(e.credentials.clone()), Instant::now() + left),
         );
         Ok(Some(e.credentials))
     }
