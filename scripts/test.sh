@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need
 # (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc,
 # debootstrap; the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto,
-# model-registry, cargo-fuzz), then checks formatting
+# model-registry, huggingface_hub, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install
 python3 -c 'import moto.server, flask, botocore' 2>/dev/null || python3 -m pip install -q 'moto[server]==5.2.5'
 # Kubeflow Model Registry's Python client registers the models the model-registry:// tests resolve.
 python3 -c 'import model_registry' 2>/dev/null || python3 -m pip install -q 'model-registry==0.3.18'
+# huggingface_hub reads the Hugging Face cache layout OCIMODEL_HF_REPO installs (tests/local.rs).
+python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q 'huggingface_hub==0.36.0'
 # The pod tests' model servers (OpenVINO, KServe) run in an image that
 # tests/support/server_image.sh makes from debootstrap and PyPI on first use.
 

@@ -66,6 +66,10 @@ pub struct Marker {
     /// The model signature (OMS) that verified over the files, if checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_signature: Option<crate::verify::model::ModelSignature>,
+    /// Installed as this repository of a Hugging Face hub cache: the files
+    /// are under `models--ORG--NAME/snapshots/REVISION/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_repo: Option<String>,
     /// Top-level names in DEST that this install owns.
     pub entries: Vec<String>,
     #[serde(flatten)]
@@ -417,6 +421,36 @@ async fn take_lock(book: &Dir, path: &Path, lock_wait: Duration) -> Result<fs::F
 }
 
 impl Marker {
+    /// The model's own tree: where its files are under `dest` and their
+    /// records relative to that (DEST itself, or the snapshot of a Hugging
+    /// Face cache install, without the cache's `refs/`).
+    pub fn model_tree(&self, dest: &Path) -> (PathBuf, Contents) {
+        let Some(snapshot) = self
+            .hf_repo
+            .as_deref()
+            .and_then(|r| crate::hf_cache::HfRepo::parse(r).ok())
+            .map(|r| r.snapshot(&self.digest))
+        else {
+            return (dest.to_path_buf(), self.contents.clone());
+        };
+        let prefix = format!("{snapshot}/");
+        let inside = |p: &str| p.strip_prefix(&prefix).map(str::to_string);
+        let contents = Contents {
+            files: (self.contents.files.iter())
+                .filter_map(|f| {
+                    Some(crate::unpack::FileRecord {
+                        path: inside(&f.path)?,
+                        ..f.clone()
+                    })
+                })
+                .collect(),
+            links: (self.contents.links.iter())
+                .filter_map(|(l, t)| Some((inside(l)?, t.clone())))
+                .collect(),
+        };
+        (dest.join(snapshot), contents)
+    }
+
     /// Every path a marker names must stay inside DEST: it is read back from
     /// a directory others can write.
     pub fn check_paths(&self) -> Result<()> {

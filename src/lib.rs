@@ -32,6 +32,7 @@ pub(crate) mod dirfd;
 pub(crate) mod error;
 pub(crate) mod fetch;
 pub mod format;
+pub(crate) mod hf_cache;
 pub(crate) mod inspect;
 pub(crate) mod install;
 pub mod manifest;

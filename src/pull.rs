@@ -65,6 +65,8 @@ pub struct Settings {
     pub model_signature: Arc<ModelPolicy>,
     /// Where `model-registry://` URIs are resolved.
     pub model_registry: crate::model_registry::Config,
+    /// Install as this repository of a Hugging Face hub cache.
+    pub hf_repo: Option<crate::hf_cache::HfRepo>,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             verify: Arc::new(Policy::default()),
             model_signature: Arc::new(ModelPolicy::default()),
             model_registry: crate::model_registry::Config::default(),
+            hf_repo: None,
         }
     }
 }
@@ -109,6 +112,9 @@ impl Settings {
         }
         if let Some(m) = self.model_signature.describe() {
             s.push_str(&format!("; {m}"));
+        }
+        if let Some(r) = &self.hf_repo {
+            s.push_str(&format!("; hf={}", r.id()));
         }
         s
     }
@@ -440,12 +446,16 @@ async fn install_planned(
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let contents = unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
+    let mut contents =
+        unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
     let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
     if let Some(s) = &model_signature {
         tracing::info!(uri = %job.uri, "verified {s}");
     }
     let top = &planned.top;
+    if let Some(repo) = &settings.hf_repo {
+        repo.arrange(staging.path(), &top.digest, &mut contents, settings.owner)?;
+    }
     let marker = Marker {
         version: MARKER_VERSION,
         source: job.uri.clone(),
@@ -460,6 +470,7 @@ async fn install_planned(
         signatures: signatures.to_vec(),
         model_signature,
         parents: parents.iter().map(|p| p.reference.clone()).collect(),
+        hf_repo: settings.hf_repo.as_ref().map(|r| r.id().to_string()),
         entries: Vec::new(),
         contents,
     };

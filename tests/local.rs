@@ -257,3 +257,102 @@ fn many_files_in_one_new_directory_install_concurrently() {
         assert_eq!(fs::read_dir(dest.join("a/b")).unwrap().count(), 16);
     }
 }
+
+/// `OCIMODEL_HF_REPO`: the model as a repository of a Hugging Face hub
+/// cache. The real `huggingface_hub` (offline, DEST as `HF_HUB_CACHE`) finds
+/// the snapshot by repository id, downloads nothing, reads the file, and its
+/// cache scan sees the repository, revision and `main` ref. `check` covers
+/// the ref too; another id replaces the install; a bad id installs nothing.
+#[test]
+fn hf_repo_installs_a_hub_cache_huggingface_hub_reads() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("hub");
+    let pull = |repo: &str| {
+        Ocimodel::new()
+            .env("OCIMODEL_HF_REPO", repo)
+            .run(&[&layout_uri(""), dest.to_str().unwrap()])
+    };
+    pull("acme/mnist").assert_ok();
+    // The revision: the digest's first 40 hex digits.
+    let revision = &DEMO_DIGEST["sha256:".len()..][..40];
+    let snapshot = dest.join(format!("models--acme--mnist/snapshots/{revision}"));
+    assert_eq!(sha256_file(&snapshot.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(mode(&snapshot.join(MNIST_TITLE)), 0o664);
+    assert_eq!(
+        fs::read_to_string(dest.join("models--acme--mnist/refs/main")).unwrap(),
+        revision
+    );
+    let m = marker(&dest);
+    assert_eq!(m["hfRepo"], "acme/mnist");
+    assert_eq!(m["entries"], serde_json::json!(["models--acme--mnist"]));
+
+    let script = format!(
+        r#"
+import hashlib, json, sys
+from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
+snap = snapshot_download("acme/mnist")
+path = hf_hub_download("acme/mnist", {MNIST_TITLE:?})
+repos = [(r.repo_id, sorted((v.commit_hash, sorted(v.refs)) for v in r.revisions)) for r in scan_cache_dir().repos]
+print(json.dumps({{"snapshot": snap, "path": path, "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(), "repos": repos}}))
+"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &dest)
+        .env("HF_HOME", work.path().join("hf-home"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "huggingface_hub: {out:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["snapshot"], snapshot.display().to_string());
+    assert_eq!(
+        seen["path"],
+        snapshot.join(MNIST_TITLE).display().to_string()
+    );
+    assert_eq!(seen["sha256"], MNIST_SHA256);
+    assert_eq!(
+        seen["repos"],
+        serde_json::json!([["acme/mnist", [[revision, ["main"]]]]])
+    );
+
+    // A rerun is up to date; check re-hashes the files and the ref.
+    let again = pull("acme/mnist");
+    again.assert_ok();
+    assert!(
+        again.stderr().contains("up_to_date=true"),
+        "{}",
+        again.stderr()
+    );
+    let check = || Ocimodel::new().run(&["check", dest.to_str().unwrap()]);
+    check().assert_ok();
+    fs::write(dest.join("models--acme--mnist/refs/main"), "0".repeat(40)).unwrap();
+    let changed = check();
+    assert_eq!(changed.code(), 1);
+    assert!(
+        changed
+            .stdout()
+            .contains("models--acme--mnist/refs/main: expected 40 bytes"),
+        "{}",
+        changed.stdout()
+    );
+
+    // Another id: the new repository replaces the old one.
+    pull("other/digits").assert_ok();
+    assert!(!dest.join("models--acme--mnist").exists());
+    assert_eq!(
+        sha256_file(
+            &dest
+                .join(format!("models--other--digits/snapshots/{revision}"))
+                .join(MNIST_TITLE)
+        ),
+        MNIST_SHA256
+    );
+    // Not a repository id: refused before anything is fetched.
+    let bad = work.path().join("bad");
+    Ocimodel::new()
+        .env("OCIMODEL_HF_REPO", "acme/../mnist")
+        .run(&[&layout_uri(""), bad.to_str().unwrap()])
+        .assert_fails_with(&["OCIMODEL_HF_REPO", "is not a Hugging Face repository id"]);
+    assert!(!bad.join(".ocimodel.json").exists());
+}

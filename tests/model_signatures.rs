@@ -169,8 +169,10 @@ fn key_signed_models_install_from_every_format() {
         .as_str()
         .unwrap();
     let key = public.to_str().unwrap();
+    let mut uris = Vec::new();
     for format in ["modelpack", "oras", "modelcar"] {
         let uri = pack(&m, work.path(), format);
+        uris.push(uri.clone());
         let dest = work.path().join(format!("dest-{format}"));
         pull(&uri, &dest, &[("OCIMODEL_MODEL_KEY", key)]).assert_ok();
         assert_eq!(tree(&dest), tree(&m), "{format}");
@@ -248,6 +250,29 @@ fn key_signed_models_install_from_every_format() {
             run.stdout()
         );
     }
+
+    // Installed as a Hugging Face cache repository: the signature covers the
+    // snapshot (not the cache's refs), at install and when verified again.
+    let hub = work.path().join("hub");
+    let run = Ocimodel::new()
+        .env("OCIMODEL_MODEL_KEY", key)
+        .env("OCIMODEL_HF_REPO", "acme/signed")
+        .run(&[&uris[0], hub.to_str().unwrap()]);
+    run.assert_ok();
+    let digest = marker(&hub)["digest"].as_str().unwrap().to_string();
+    let revision = &digest["sha256:".len()..][..40];
+    let snapshot = hub.join(format!("models--acme--signed/snapshots/{revision}"));
+    assert_eq!(tree(&snapshot), tree(&m));
+    assert!(tool_verifies(&snapshot, &public), "model_signing disagrees");
+    let again = Ocimodel::new()
+        .env("OCIMODEL_MODEL_KEY", key)
+        .run(&["verify", hub.to_str().unwrap()]);
+    again.assert_ok();
+    assert!(
+        again.stdout().contains(&format!("verified now: model signature model.sig by ECDSA P-256 key OCIMODEL_MODEL_KEY ({key}) (4 files/sha256")),
+        "{}",
+        again.stdout()
+    );
 }
 
 /// Every tampering refuses the whole model with one line naming what is

@@ -257,6 +257,10 @@ pub(super) struct SelectArgs {
     /// Artifacts of unknown type: "refuse", or "raw" to write each layer as blobs/<alg>/<hex>.
     #[arg(long, env = "OCIMODEL_UNKNOWN", value_enum, default_value_t = Unknown::Refuse)]
     pub(super) unknown: Unknown,
+
+    /// Install as this Hugging Face repository (ORG/NAME) of a hub cache: DEST is then HF_HUB_CACHE.
+    #[arg(long = "hf-repo", env = "OCIMODEL_HF_REPO")]
+    pub(super) hf_repo: Option<String>,
 }
 
 /// Signature policy (see README "Signatures"). Env names are cosign's and
@@ -748,6 +752,13 @@ pub(super) fn settings(access: &AccessArgs, select: &SelectArgs) -> Result<Setti
             unknown_raw: select.unknown == Unknown::Raw,
             kit_filter: clean_list(&select.kit_filter),
         },
+        hf_repo: select
+            .hf_repo
+            .as_deref()
+            .filter(|r| !r.trim().is_empty())
+            .map(crate::hf_cache::HfRepo::parse)
+            .transpose()
+            .context("OCIMODEL_HF_REPO")?,
         ..Settings::default()
     })
 }

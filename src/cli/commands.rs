@@ -269,7 +269,8 @@ fn report_signatures(dest: &Path, m: &Marker, model_policy: &ModelPolicy, indent
     if model_policy.is_off() {
         return true;
     }
-    match crate::verify::model::check(dest, &m.contents, model_policy) {
+    let (root, contents) = m.model_tree(dest);
+    match crate::verify::model::check(&root, &contents, model_policy) {
         Ok(Some(s)) => println!("{indent}verified now: {s}"),
         Ok(None) => println!("{indent}not signed (allowed by OCIMODEL_MODEL_SIGNATURE=if-present)"),
         Err(e) => {
