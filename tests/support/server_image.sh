@@ -22,8 +22,14 @@ fi
 [ -n "$mirror" ] || { echo "server_image.sh: no Debian mirror in /etc/apt" >&2; exit 1; }
 
 root=$work/root
-debootstrap --variant=minbase --include=python3 bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-    { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
+# A mirror hiccup should not fail the suite: one more try from scratch.
+for attempt in 1 2; do
+    rm -rf "$root"
+    if debootstrap --variant=minbase --include=python3 bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1; then
+        break
+    fi
+    [ "$attempt" = 2 ] && { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
+done
 
 # The wheels are cp311 manylinux, for bookworm's Python 3.11 and glibc 2.36;
 # pip runs on the machine (its index settings and CA), installing into the tree.
