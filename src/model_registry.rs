@@ -145,19 +145,18 @@ pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<
             withheld: token.is_some() && !allowed,
         }
     };
-    let (reg, model, version) = match tokens.as_slice() {
-        [model] => (client(&configured), *model, None),
+    let ((reg, api), model, version) = match tokens.as_slice() {
+        [model] => (client(&configured).rooted().await?, *model, None),
         [first, second] => {
             let named = client(first);
             match named.probe().await? {
-                Some(_) => (named, *second, None),
-                None => (client(&configured), *first, Some(*second)),
+                Some(api) => ((named, api), *second, None),
+                None => (client(&configured).rooted().await?, *first, Some(*second)),
             }
         }
-        [host, model, version] => (client(host), *model, Some(*version)),
+        [host, model, version] => (client(host).rooted().await?, *model, Some(*version)),
         _ => bail!("{uri} names no model; write {SCHEME}[HOST/]MODEL[/VERSION]"),
     };
-    let api = reg.api_root().await?;
     let get = |url: String| reg.get(url);
     let found = |what: &str, v: Value| -> Result<String> {
         v["id"]
@@ -266,11 +265,12 @@ impl Api<'_> {
         }
     }
 
-    /// The API root (v1alpha3, else v1).
-    async fn api_root(&self) -> Result<String> {
-        self.probe().await?.ok_or_else(|| {
-            anyhow!("no model registry answers at {}://{} (GET /api/model_registry/{{v1alpha3,v1}}/registered_models); check MODEL_REGISTRY_BASE_URL or the host in the URI", self.scheme, self.host)
-        })
+    /// This registry with its API root (v1alpha3, else v1).
+    async fn rooted(self) -> Result<(Self, String)> {
+        match self.probe().await? {
+            Some(api) => Ok((self, api)),
+            None => bail!("no model registry answers at {}://{} (GET /api/model_registry/{{v1alpha3,v1}}/registered_models); check MODEL_REGISTRY_BASE_URL or the host in the URI", self.scheme, self.host),
+        }
     }
 
     /// `Some(api root)` when the host answers the registry's list call; an
