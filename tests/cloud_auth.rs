@@ -463,55 +463,92 @@ print(req.headers["Authorization"])
 /// Artifact Registry: the metadata server's token as Basic
 /// `oauth2accesstoken`; a token that expires is fetched again mid-pull;
 /// a metadata server that refuses names itself.
+/// Artifact Registry behind the CONNECT proxy (docker-registry with Basic
+/// `oauth2accesstoken:TOKEN`) and a metadata server that hands out TOKEN,
+/// valid `expires_in` seconds, after `delay`; it counts the token requests.
+struct Gar {
+    _reg: Registry,
+    digest: String,
+    proxy: ConnectProxy,
+    metadata_host: String,
+    hits: Arc<Mutex<usize>>,
+}
+
+impl Gar {
+    fn start(work: &Path, token: &'static str, expires_in: u64, delay: Duration) -> Gar {
+        cloud_certs(work);
+        let (reg, digest) = tls_registry(
+            work,
+            Auth::Basic {
+                user: "oauth2accesstoken".into(),
+                password: token.into(),
+            },
+        );
+        let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
+        let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+        let metadata_host = metadata.local_addr().unwrap().to_string();
+        let hits: Arc<Mutex<usize>> = Arc::default();
+        let count = hits.clone();
+        serve(metadata, move |req| {
+            if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
+                || req.header("metadata-flavor") != Some("Google")
+            {
+                return response("404 Not Found", &[], b"");
+            }
+            *count.lock().unwrap() += 1;
+            std::thread::sleep(delay);
+            let body = format!(
+                r#"{{"access_token":"{token}","expires_in":{expires_in},"token_type":"Bearer"}}"#
+            );
+            response(
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                body.as_bytes(),
+            )
+        });
+        Gar {
+            _reg: reg,
+            digest,
+            proxy,
+            metadata_host,
+            hits,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("{GAR_HOST}/models/mnist@{}", self.digest)
+    }
+
+    /// The pull's env, with the metadata server at `metadata_host`.
+    fn env(&self, work: &Path, metadata_host: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("HTTPS_PROXY", self.proxy.url.clone()),
+            ("NO_PROXY", "127.0.0.1".to_string()),
+            (
+                "OCIMODEL_CA_BUNDLE",
+                work.join("ca.pem").display().to_string(),
+            ),
+            ("GCE_METADATA_HOST", metadata_host.to_string()),
+        ]
+    }
+
+    fn hits(&self) -> usize {
+        *self.hits.lock().unwrap()
+    }
+}
+
 #[test]
 fn artifact_registry_with_the_metadata_server() {
     let work = tempfile::tempdir().unwrap();
-    cloud_certs(work.path());
-    let (reg, digest) = tls_registry(
-        work.path(),
-        Auth::Basic {
-            user: "oauth2accesstoken".into(),
-            password: "ya29.c.workload-token".into(),
-        },
-    );
-    let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
-    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
-    let metadata_host = metadata.local_addr().unwrap().to_string();
-    let hits: Arc<Mutex<usize>> = Arc::default();
-    let count = hits.clone();
-    serve(metadata, move |req| {
-        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
-            || req.header("metadata-flavor") != Some("Google")
-        {
-            return response("404 Not Found", &[], b"");
-        }
-        *count.lock().unwrap() += 1;
-        // 300 s: within the 5 minutes ocimodel renews ahead, so every
-        // challenge fetches a fresh one.
-        response(
-            "200 OK",
-            &[("Content-Type", "application/json".into())],
-            br#"{"access_token":"ya29.c.workload-token","expires_in":300,"token_type":"Bearer"}"#,
-        )
-    });
-    let env = vec![
-        ("HTTPS_PROXY", proxy.url.clone()),
-        ("NO_PROXY", "127.0.0.1".to_string()),
-        (
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").display().to_string(),
-        ),
-        ("GCE_METADATA_HOST", metadata_host),
-    ];
-    let uri = format!("{GAR_HOST}/models/mnist@{digest}");
+    // 300 s: within the 5 minutes ocimodel renews ahead, so every challenge
+    // fetches a fresh one.
+    let gar = Gar::start(work.path(), "ya29.c.workload-token", 300, Duration::ZERO);
+    let uri = gar.uri();
     let dest = work.path().join("m");
-    let run = pull(&uri, &dest, &env);
+    let run = pull(&uri, &dest, &gar.env(work.path(), &gar.metadata_host));
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
-    assert!(
-        *hits.lock().unwrap() >= 2,
-        "the expiring token was not fetched again"
-    );
+    assert!(gar.hits() >= 2, "the expiring token was not fetched again");
     leaks_nothing(&run, &["ya29.c.workload-token"]);
 
     let refusing = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -519,16 +556,12 @@ fn artifact_registry_with_the_metadata_server() {
     serve(refusing, |_| {
         response("403 Forbidden", &[], b"Permission denied on resource")
     });
-    let env = vec![
-        ("HTTPS_PROXY", proxy.url.clone()),
-        ("NO_PROXY", "127.0.0.1".to_string()),
-        (
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").display().to_string(),
-        ),
-        ("GCE_METADATA_HOST", refusing_host),
-    ];
-    pull(&uri, &work.path().join("n"), &env).assert_fails_with(&[
+    pull(
+        &uri,
+        &work.path().join("n"),
+        &gar.env(work.path(), &refusing_host),
+    )
+    .assert_fails_with(&[
         "the GCP metadata server",
         "answered 403 Forbidden: Permission denied on resource",
         "iam.gke.io/gcp-service-account",
@@ -541,33 +574,14 @@ fn artifact_registry_with_the_metadata_server() {
 #[test]
 fn models_pulled_together_ask_the_cloud_once() {
     let work = tempfile::tempdir().unwrap();
-    cloud_certs(work.path());
-    let (reg, digest) = tls_registry(
+    // Slow enough that every model's challenge comes while it answers.
+    let gar = Gar::start(
         work.path(),
-        Auth::Basic {
-            user: "oauth2accesstoken".into(),
-            password: "ya29.c.shared-token".into(),
-        },
+        "ya29.c.shared-token",
+        3600,
+        Duration::from_millis(300),
     );
-    let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
-    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
-    let metadata_host = metadata.local_addr().unwrap().to_string();
-    let hits: Arc<Mutex<usize>> = Arc::default();
-    let count = hits.clone();
-    serve(metadata, move |req| {
-        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token" {
-            return response("404 Not Found", &[], b"");
-        }
-        *count.lock().unwrap() += 1;
-        // Slow enough that every model's challenge comes while it answers.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        response(
-            "200 OK",
-            &[("Content-Type", "application/json".into())],
-            br#"{"access_token":"ya29.c.shared-token","expires_in":3600,"token_type":"Bearer"}"#,
-        )
-    });
-    let uri = format!("{GAR_HOST}/models/mnist@{digest}");
+    let uri = gar.uri();
     let dests: Vec<_> = (0..4).map(|i| work.path().join(format!("m{i}"))).collect();
     let mut args = Vec::new();
     for d in &dests {
@@ -575,20 +589,16 @@ fn models_pulled_together_ask_the_cloud_once() {
         args.push(d.display().to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = Ocimodel::new()
-        .env("HTTPS_PROXY", &proxy.url)
-        .env("NO_PROXY", "127.0.0.1")
-        .env(
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").to_str().unwrap(),
-        )
-        .env("GCE_METADATA_HOST", &metadata_host)
-        .run(&args);
+    let mut o = Ocimodel::new();
+    for (k, v) in gar.env(work.path(), &gar.metadata_host) {
+        o = o.env(k, &v);
+    }
+    let run = o.run(&args);
     run.assert_ok();
     for d in &dests {
         assert_eq!(sha256_file(&d.join(MNIST_TITLE)), MNIST_SHA256);
     }
-    assert_eq!(*hits.lock().unwrap(), 1, "{}", run.stderr());
+    assert_eq!(gar.hits(), 1, "{}", run.stderr());
     leaks_nothing(&run, &["ya29.c.shared-token"]);
 }
 
