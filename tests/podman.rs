@@ -558,12 +558,26 @@ fn openvino_loads_the_installed_model_in_a_pod() {
 }
 
 /// A pod whose `server` container loads `/mnt/models/1/model.onnx` with
-/// OpenVINO (tests/support/openvino_classify.py in the servers' image) as
-/// `uid` in group 0 with a read-only root and no capabilities. `init`: init
-/// containers (YAML under `spec:`, or empty); `models`: the models volume's
-/// source (`emptyDir: {}`, a hostPath). The pod runs as 1000930000 unless a
-/// container says otherwise.
+/// OpenVINO (tests/support/openvino_classify.py in the servers' image); see
+/// [`server_pod`].
 fn openvino_pod(name: &str, uid: u32, init: &str, models: &str) -> String {
+    server_pod(name, "server", OPENVINO_SERVER, uid, init, models)
+}
+
+/// A pod whose container `container` (`server`: its image, command and env
+/// as YAML) reads the `models` volume at `/mnt/models` as `uid` in group 0
+/// with a read-only root and no capabilities. `init`: init containers (YAML
+/// under `spec:`, or empty); `models`: the volume's source (`emptyDir: {}`,
+/// a hostPath). The pod runs as 1000930000 unless a container says
+/// otherwise.
+fn server_pod(
+    name: &str,
+    container: &str,
+    server: &str,
+    uid: u32,
+    init: &str,
+    models: &str,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -577,8 +591,8 @@ spec:
     runAsUser: 1000930000
     runAsGroup: 0
 {init}  containers:
-    - name: server
-{OPENVINO_SERVER}
+    - name: {container}
+{server}
       volumeMounts:
         - {{name: models, mountPath: /mnt/models, readOnly: true}}
         - {{name: tmp, mountPath: /tmp}}
@@ -732,45 +746,24 @@ fn kserve_model_server_answers_v2_infer_in_a_pod() {
     let work = tempfile::tempdir().unwrap();
     build_ocimodel_image(&podman, work.path());
     let port = free_port();
-    let pod = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: kserve-mnist
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000930000
-    runAsGroup: 0
-{init}  containers:
-    - name: kserve-container
-      image: {SERVER_IMAGE}
-      command: ["python3", "/opt/serve/kserve_mnist.py", "/mnt/models/{title}",
+    let server = format!(
+        r#"      image: {SERVER_IMAGE}
+      command: ["python3", "/opt/serve/kserve_mnist.py", "/mnt/models/{MNIST_TITLE}",
                 "--http_port", "{port}", "--enable_grpc", "false"]
       env:
-        - {{name: HOME, value: /tmp}}
-      volumeMounts:
-        - {{name: models, mountPath: /mnt/models, readOnly: true}}
-        - {{name: tmp, mountPath: /tmp}}
-      securityContext:
-        runAsUser: 1000940000
-        runAsGroup: 0
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {{drop: ["ALL"]}}
-  volumes:
-    - name: models
-      emptyDir: {{}}
-    - name: tmp
-      emptyDir: {{}}
-"#,
-        init = ocimodel_init(
-            &format!("ocimodel://{}/models/mnist@{digest}", reg.addr),
-            &reg.addr
-        ),
-        title = MNIST_TITLE,
+        - {{name: HOME, value: /tmp}}"#
+    );
+    let init = ocimodel_init(
+        &format!("ocimodel://{}/models/mnist@{digest}", reg.addr),
+        &reg.addr,
+    );
+    let pod = server_pod(
+        "kserve-mnist",
+        "kserve-container",
+        &server,
+        1000940000,
+        &init,
+        "emptyDir: {}",
     );
     let file = work.path().join("kserve.yaml");
     fs::write(&file, pod).unwrap();
