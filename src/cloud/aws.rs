@@ -8,11 +8,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use base64::Engine;
 
 use super::sigv4::{self, AwsCredentials};
-use super::{excerpt, read_token_file, small_body, Ambient, Expiring, Provider};
+use super::{call, excerpt, read_token_file, Ambient, Expiring, Provider};
 use crate::auth::{CredentialKind, Credentials};
 
 /// Where AWS credentials came from, for messages.
@@ -77,18 +77,14 @@ pub(super) async fn ecr_credentials(
         "ECR GetAuthorizationToken at {endpoint} (with {})",
         identity.source
     );
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
-    let status = resp.status();
-    let bytes = small_body(resp, "ECR").await?;
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {}; check that the identity may call ecr:GetAuthorizationToken and pull from account {account}",
-            excerpt(&bytes)
-        );
-    }
+    let bytes = call(
+        req,
+        &step,
+        "ECR",
+        excerpt,
+        &format!("check that the identity may call ecr:GetAuthorizationToken and pull from account {account}"),
+    )
+    .await?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Data {
@@ -175,7 +171,7 @@ async fn web_identity(
         .clone()
         .unwrap_or_else(|| "ocimodel".into());
     let step = format!("STS AssumeRoleWithWebIdentity at {endpoint} for role {role}");
-    let resp = super::post_form(
+    let req = super::post_form(
         &ambient.http,
         &endpoint,
         &[
@@ -185,20 +181,16 @@ async fn web_identity(
             ("RoleSessionName", session.as_str()),
             ("WebIdentityToken", token.as_str()),
         ],
+    );
+    let body = call(
+        req,
+        &step,
+        "STS",
+        sts_error,
+        "check AWS_ROLE_ARN and that the role's trust policy allows this service account's token (AWS_WEB_IDENTITY_TOKEN_FILE)",
     )
-    .send()
-    .await
-    .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
-    let status = resp.status();
-    let body = small_body(resp, "STS").await?;
+    .await?;
     let text = String::from_utf8_lossy(&body);
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {} {}; check AWS_ROLE_ARN and that the role's trust policy allows this service account's token (AWS_WEB_IDENTITY_TOKEN_FILE)",
-            xml_field(&text, "Code").unwrap_or_default(),
-            xml_field(&text, "Message").map(|m| crate::text::escape_controls(&m)).unwrap_or_default()
-        );
-    }
     let field = |name: &str| {
         xml_field(&text, name).ok_or_else(|| anyhow!("{step}: the answer has no {name}"))
     };
@@ -232,18 +224,14 @@ async fn pod_identity(ambient: &Ambient, uri: &str) -> Result<Identity> {
     if let Some(t) = token {
         req = req.header("authorization", t);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
-    let status = resp.status();
-    let body = small_body(resp, "container credentials").await?;
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {}; check the pod's Pod Identity association and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            excerpt(&body)
-        );
-    }
+    let body = call(
+        req,
+        &step,
+        "container credentials",
+        excerpt,
+        "check the pod's Pod Identity association and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    )
+    .await?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
@@ -261,6 +249,18 @@ async fn pod_identity(ambient: &Ambient, uri: &str) -> Result<Identity> {
         },
         source: "EKS Pod Identity".into(),
     })
+}
+
+/// STS's error, `Code Message`, from its XML answer.
+fn sts_error(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    format!(
+        "{} {}",
+        xml_field(&text, "Code").unwrap_or_default(),
+        xml_field(&text, "Message")
+            .map(|m| crate::text::escape_controls(&m))
+            .unwrap_or_default()
+    )
 }
 
 /// The text of the first `<name>…</name>` (STS answers are flat enough).

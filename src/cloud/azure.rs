@@ -4,9 +4,9 @@
 //! `/oauth2/exchange`, which then serves as an identity token (the
 //! refresh-token grant at the registry's token realm).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::{excerpt, read_token_file, small_body, Ambient, Expiring};
+use super::{call, excerpt, read_token_file, Ambient, Expiring};
 use crate::auth::{CredentialKind, Credentials};
 
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
@@ -33,7 +33,7 @@ pub(super) async fn credentials(ambient: &Ambient, host: &str) -> Result<Option<
         authority.trim_end_matches('/')
     );
     let step = format!("Entra ID token at {token_url} for client {client}");
-    let resp = super::post_form(
+    let req = super::post_form(
         &ambient.http,
         &token_url,
         &[
@@ -46,18 +46,15 @@ pub(super) async fn credentials(ambient: &Ambient, host: &str) -> Result<Option<
             ("client_assertion", assertion.as_str()),
             ("scope", ACR_SCOPE),
         ],
+    );
+    let body = call(
+        req,
+        &step,
+        "Entra ID",
+        oauth_error,
+        "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential of the managed identity (issuer and subject of this service account)",
     )
-    .send()
-    .await
-    .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
-    let status = resp.status();
-    let body = small_body(resp, "Entra ID").await?;
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {}; check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential of the managed identity (issuer and subject of this service account)",
-            oauth_error(&body)
-        );
-    }
+    .await?;
     #[derive(serde::Deserialize)]
     struct Token {
         access_token: String,
@@ -67,27 +64,23 @@ pub(super) async fn credentials(ambient: &Ambient, host: &str) -> Result<Option<
 
     let exchange = format!("https://{host}/oauth2/exchange");
     let step = format!("ACR token exchange at {exchange}");
-    let resp = super::post_form(
-        &ambient.http,
-        &exchange,
-        &[
-            ("grant_type", "access_token"),
-            ("service", host),
-            ("tenant", tenant.as_str()),
-            ("access_token", aad.access_token.as_str()),
-        ],
+    let body = call(
+        super::post_form(
+            &ambient.http,
+            &exchange,
+            &[
+                ("grant_type", "access_token"),
+                ("service", host),
+                ("tenant", tenant.as_str()),
+                ("access_token", aad.access_token.as_str()),
+            ],
+        ),
+        &step,
+        "ACR exchange",
+        oauth_error,
+        &format!("check that the identity has the AcrPull role on {host}"),
     )
-    .send()
-    .await
-    .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
-    let status = resp.status();
-    let body = small_body(resp, "ACR exchange").await?;
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {}; check that the identity has the AcrPull role on {host}",
-            oauth_error(&body)
-        );
-    }
+    .await?;
     #[derive(serde::Deserialize)]
     struct Refresh {
         refresh_token: String,

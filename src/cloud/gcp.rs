@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{excerpt, small_body, Ambient, Expiring};
+use super::{excerpt, success_body, Ambient, Expiring};
 use crate::auth::{CredentialKind, Credentials};
 
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -42,14 +42,14 @@ pub(super) async fn credentials(ambient: &Ambient, _host: &str) -> Result<Option
             crate::registry::root_cause(&e)
         ),
     };
-    let status = resp.status();
-    let body = small_body(resp, "metadata server").await?;
-    if !status.is_success() {
-        bail!(
-            "{step} answered {status}: {}; check the Kubernetes service account's iam.gke.io/gcp-service-account annotation and its roles/iam.workloadIdentityUser binding",
-            excerpt(&body)
-        );
-    }
+    let body = success_body(
+        resp,
+        &step,
+        "metadata server",
+        excerpt,
+        "check the Kubernetes service account's iam.gke.io/gcp-service-account annotation and its roles/iam.workloadIdentityUser binding",
+    )
+    .await?;
     #[derive(serde::Deserialize)]
     struct Answer {
         access_token: String,

@@ -292,6 +292,39 @@ pub(crate) fn read_token_file(path: &str, setting: &str) -> Result<String> {
     Ok(t.to_string())
 }
 
+/// Sends one request of a credential flow: the answer's body when it
+/// succeeds, else one line naming the `step`, the status, `detail` of the
+/// body, and `check` (what the user should look at).
+async fn call(
+    req: reqwest::RequestBuilder,
+    step: &str,
+    what: &str,
+    detail: fn(&[u8]) -> String,
+    check: &str,
+) -> Result<Vec<u8>> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+    success_body(resp, step, what, detail, check).await
+}
+
+/// The body of a credential endpoint's answer, as [`call`] says.
+async fn success_body(
+    resp: reqwest::Response,
+    step: &str,
+    what: &str,
+    detail: fn(&[u8]) -> String,
+    check: &str,
+) -> Result<Vec<u8>> {
+    let status = resp.status();
+    let body = small_body(resp, what).await?;
+    if !status.is_success() {
+        bail!("{step} answered {status}: {}; {check}", detail(&body));
+    }
+    Ok(body)
+}
+
 /// A response body of at most 1 MiB.
 async fn small_body(resp: reqwest::Response, what: &str) -> Result<Vec<u8>> {
     const CAP: usize = 1 << 20;
