@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::cosign::{verify_bundle, Signed};
-use super::{keys, matcher, sigstore, trusted_root, Mode, Policy};
+use super::{keys, matcher, set, sigstore, trusted_root, Mode, Policy};
 use crate::digest::{Algorithm, Hasher};
 use crate::error::SignatureError;
 use crate::unpack::Contents;
@@ -78,10 +78,6 @@ pub struct ModelInputs {
     pub trusted_root: Option<String>,
     /// OCIMODEL_MODEL_SIGNATURE_PATH.
     pub path: Option<String>,
-}
-
-fn set(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 impl ModelPolicy {
