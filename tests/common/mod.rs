@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -997,9 +997,29 @@ pub fn slow_layout(
         .success());
     let model = fs::read(mnist_path()).unwrap();
     let writer = std::thread::spawn(move || {
-        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
-            return;
+        // A reader may never come (a test kills the pull before it opens
+        // the blob): wait for one a bounded time, never forever.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut fifo = loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&blob)
+            {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return,
+            }
         };
+        // Blocking writes from here on: the reader sets the pace.
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: F_SETFL on a descriptor this thread owns.
+        unsafe {
+            let flags = libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
         for chunk in model.chunks(model.len() / chunks + 1) {
             if fifo.write_all(chunk).is_err() {
                 return;
