@@ -184,6 +184,100 @@ fn leaks_nothing(run: &Run, secrets: &[&str]) {
     }
 }
 
+/// `serve` over TLS, with the server certificate `cloud_certs` made in
+/// `certs` (its CA is the one `OCIMODEL_CA_BUNDLE` names).
+fn serve_tls(
+    listener: TcpListener,
+    certs: &Path,
+    handler: impl Fn(&Request) -> Vec<u8> + Send + 'static,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            answer_one(rustls::StreamOwned::new(conn, tcp), &handler);
+        }
+    });
+}
+
+/// A server that answers every request with the same bytes and records
+/// each one as `METHOD path` and its `Authorization`, if any.
+struct Recorder {
+    addr: String,
+    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+}
+
+impl Recorder {
+    /// Over plain http.
+    fn start(answer: Vec<u8>) -> Recorder {
+        Recorder::start_with(answer, None)
+    }
+
+    /// Over TLS (`cloud_certs` in `certs`) when given.
+    fn start_with(answer: Vec<u8>, certs: Option<&Path>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+        let log = seen.clone();
+        let handler = move |req: &Request| {
+            log.lock().unwrap().push((
+                format!("{} {}", req.method, req.path),
+                req.authorization.clone(),
+            ));
+            answer.clone()
+        };
+        match certs {
+            Some(dir) => serve_tls(listener, dir, handler),
+            None => serve(listener, handler),
+        }
+        Recorder { addr, seen }
+    }
+
+    /// A 401 with this `WWW-Authenticate` challenge, to every request.
+    fn challenging(challenge: &str) -> Recorder {
+        Recorder::start(response(
+            "401 Unauthorized",
+            &[("WWW-Authenticate", challenge.to_string())],
+            b"",
+        ))
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Every `Authorization` it was sent.
+    fn authorizations(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, a)| a.clone())
+            .collect()
+    }
+}
+
 /// The ECR side: the seed model behind the ECR host name on a TLS
 /// docker-registry that takes what moto's GetAuthorizationToken issues
 /// ("AWS:<account>-auth-token"), moto itself, and the proxy to the name.
@@ -485,27 +579,7 @@ impl Gar {
             },
         );
         let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
-        let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
-        let metadata_host = metadata.local_addr().unwrap().to_string();
-        let hits: Arc<Mutex<usize>> = Arc::default();
-        let count = hits.clone();
-        serve(metadata, move |req| {
-            if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
-                || req.header("metadata-flavor") != Some("Google")
-            {
-                return response("404 Not Found", &[], b"");
-            }
-            *count.lock().unwrap() += 1;
-            std::thread::sleep(delay);
-            let body = format!(
-                r#"{{"access_token":"{token}","expires_in":{expires_in},"token_type":"Bearer"}}"#
-            );
-            response(
-                "200 OK",
-                &[("Content-Type", "application/json".into())],
-                body.as_bytes(),
-            )
-        });
+        let (metadata_host, hits) = metadata_server(token, expires_in, delay);
         Gar {
             _reg: reg,
             digest,
@@ -535,6 +609,37 @@ impl Gar {
     fn hits(&self) -> usize {
         *self.hits.lock().unwrap()
     }
+}
+
+/// A GCP metadata server that hands out `token`, valid `expires_in`
+/// seconds, after `delay`: its `host:port`, and how many tokens it gave.
+fn metadata_server(
+    token: &'static str,
+    expires_in: u64,
+    delay: Duration,
+) -> (String, Arc<Mutex<usize>>) {
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metadata_host = metadata.local_addr().unwrap().to_string();
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let count = hits.clone();
+    serve(metadata, move |req| {
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
+            || req.header("metadata-flavor") != Some("Google")
+        {
+            return response("404 Not Found", &[], b"");
+        }
+        *count.lock().unwrap() += 1;
+        std::thread::sleep(delay);
+        let body = format!(
+            r#"{{"access_token":"{token}","expires_in":{expires_in},"token_type":"Bearer"}}"#
+        );
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+        )
+    });
+    (metadata_host, hits)
 }
 
 #[test]
@@ -754,4 +859,210 @@ fn docker_config_identity_tokens_use_the_refresh_grant() {
         ]);
     run.assert_fails_with(&["refused the identity token (from OCIMODEL_DOCKER_CONFIG_JSON)"]);
     leaks_nothing(&run, &["expired-refresh-token"]);
+}
+
+/// S3-9: a cloud registry set to plain http (`KSERVE_OCI_INSECURE_REGISTRY`,
+/// or listed in `OCIMODEL_INSECURE_REGISTRIES`) gets no cloud credential.
+/// Whoever answers `http://<cloud host>` (here an `HTTP_PROXY` that
+/// challenges every request and records it) is sent none, no flow runs
+/// (the metadata server, ECR's API and Entra are never asked), and the line
+/// says why. A lookalike host is no cloud's and gets nothing either.
+#[test]
+fn cloud_credentials_never_go_over_plain_http() {
+    let work = tempfile::tempdir().unwrap();
+    let (metadata_host, metadata_hits) = metadata_server("ya29.c.clear-text", 3600, Duration::ZERO);
+    let on_path = Recorder::challenging(r#"Basic realm="registry""#);
+    let base = vec![
+        ("HTTP_PROXY", on_path.url()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        ("GCE_METADATA_HOST", metadata_host.clone()),
+    ];
+    // Artifact Registry, as the review reproduced it: both switches.
+    for (setting, value, named) in [
+        (
+            "KSERVE_OCI_INSECURE_REGISTRY",
+            "true",
+            "KSERVE_OCI_INSECURE_REGISTRY=true",
+        ),
+        (
+            "OCIMODEL_INSECURE_REGISTRIES",
+            GAR_HOST,
+            "listed in OCIMODEL_INSECURE_REGISTRIES",
+        ),
+    ] {
+        let env = [base.clone(), vec![(setting, value.to_string())]].concat();
+        let run = pull(
+            &format!("{GAR_HOST}/proj/repo/m:v1"),
+            &work.path().join(setting),
+            &env,
+        );
+        run.assert_fails_with(&[
+            &format!("registry {GAR_HOST} is set to plain http ({named})"),
+            "sends the workload's cloud credentials only over TLS",
+        ]);
+        leaks_nothing(&run, &["ya29.c.clear-text"]);
+    }
+    assert!(
+        on_path.requests() > 0,
+        "the pull never reached the registry"
+    );
+    assert_eq!(
+        *metadata_hits.lock().unwrap(),
+        0,
+        "the metadata server was asked"
+    );
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+
+    // ECR (static keys): its API, a recorder here, is never asked.
+    let ecr_api = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let ecr = [
+        base.clone(),
+        vec![
+            ("KSERVE_OCI_INSECURE_REGISTRY", "true".to_string()),
+            ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE".to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string(),
+            ),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", ecr_api.url()),
+        ],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("ecr"),
+        &ecr,
+    )
+    .assert_fails_with(&[&format!(
+        "registry {ECR_HOST} is set to plain http (KSERVE_OCI_INSECURE_REGISTRY=true)"
+    )]);
+    assert_eq!(ecr_api.requests(), 0, "ECR's API was asked");
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+
+    // ACR: a Bearer challenge naming a plain-http realm on the same host.
+    let acr_on_path = Recorder::challenging(&format!(
+        r#"Bearer realm="http://{ACR_HOST}/oauth2/token",service="{ACR_HOST}""#
+    ));
+    cloud_certs(work.path());
+    let entra_fake = Recorder::start_with(
+        response("500 Internal Server Error", &[], b""),
+        Some(work.path()),
+    );
+    let token_file = work.path().join("azure-identity-token");
+    fs::write(&token_file, "projected-sa-token").unwrap();
+    let acr = vec![
+        ("HTTP_PROXY", acr_on_path.url()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        ("OCIMODEL_INSECURE_REGISTRIES", ACR_HOST.to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AZURE_CLIENT_ID", "client-1".to_string()),
+        ("AZURE_TENANT_ID", "tenant-1".to_string()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        (
+            "AZURE_AUTHORITY_HOST",
+            format!("https://{}/", entra_fake.addr),
+        ),
+    ];
+    let run = pull(
+        &format!("{ACR_HOST}/models/mnist:v1"),
+        &work.path().join("acr"),
+        &acr,
+    );
+    run.assert_fails_with(&[&format!(
+        "registry {ACR_HOST} is set to plain http (listed in OCIMODEL_INSECURE_REGISTRIES)"
+    )]);
+    leaks_nothing(&run, &["projected-sa-token"]);
+    assert_eq!(entra_fake.requests(), 0, "Entra ID was asked");
+    assert!(acr_on_path.requests() > 0);
+    assert_eq!(acr_on_path.authorizations(), Vec::<String>::new());
+    assert!(
+        acr_on_path
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(line, _)| !line.contains("oauth2")),
+        "the plain-http realm was asked"
+    );
+
+    // A lookalike is no cloud's: asked anonymously, no flow.
+    let lookalike = format!("{GAR_HOST}.evil.io");
+    let env = [
+        base.clone(),
+        vec![("KSERVE_OCI_INSECURE_REGISTRY", "true".to_string())],
+    ]
+    .concat();
+    pull(
+        &format!("{lookalike}/proj/repo/m:v1"),
+        &work.path().join("lookalike"),
+        &env,
+    )
+    .assert_fails_with(&[&format!("registry {lookalike} requires authentication")]);
+    assert_eq!(*metadata_hits.lock().unwrap(), 0);
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+}
+
+/// S3-9, over TLS: a cloud registry's Bearer challenge that names a realm
+/// on a host that is not that cloud's gets no cloud credential (the realm
+/// is sent nothing, the metadata server is not asked) and a line saying why.
+#[test]
+fn cloud_credentials_go_only_to_the_clouds_own_token_realm() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let (metadata_host, metadata_hits) =
+        metadata_server("ya29.c.foreign-realm", 3600, Duration::ZERO);
+    let realm = Recorder::start_with(
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"token":"t"}"#,
+        ),
+        Some(work.path()),
+    );
+    let realm_url = format!("https://{}/token", realm.addr);
+    let registry = Recorder::start_with(
+        response(
+            "401 Unauthorized",
+            &[(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm_url}",service="{GAR_HOST}""#),
+            )],
+            b"",
+        ),
+        Some(work.path()),
+    );
+    let proxy = ConnectProxy::start(&[(GAR_HOST, &registry.addr)]);
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("GCE_METADATA_HOST", metadata_host),
+    ];
+    let run = pull(
+        &format!("{GAR_HOST}/proj/repo/m:v1"),
+        &work.path().join("m"),
+        &env,
+    );
+    run.assert_fails_with(&[
+        &format!("registry {GAR_HOST} names the token realm {realm_url}"),
+        "cloud credentials only over TLS to the cloud's own hosts",
+    ]);
+    leaks_nothing(&run, &["ya29.c.foreign-realm"]);
+    assert!(registry.requests() > 0);
+    assert_eq!(
+        *metadata_hits.lock().unwrap(),
+        0,
+        "the metadata server was asked"
+    );
+    assert_eq!(realm.authorizations(), Vec::<String>::new());
 }

@@ -9,7 +9,9 @@
 //! | `*.azurecr.io` (and `.cn`, `.de`, `.us`) | Azure Workload Identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`) | Entra token → ACR `/oauth2/exchange` → a refresh token, used as an identity token |
 //!
 //! Explicit docker-config credentials for a host win; `OCIMODEL_CLOUD_AUTH=off`
-//! turns all of this off. Projected token files are read again on every
+//! turns all of this off. What a flow gives goes over TLS only, to the
+//! cloud's own hosts: a cloud registry set to plain http gets none
+//! (`registry::auth`, `cloud_may_answer`). Projected token files are read again on every
 //! exchange (the kubelet rotates them); results are cached until shortly
 //! before they expire. No token or secret ever reaches a log line, a
 //! marker or an error message.
@@ -61,6 +63,15 @@ impl Provider {
             }
         }
         None
+    }
+
+    /// The cloud's registry hosts, in words (for messages).
+    pub fn hosts(&self) -> &'static str {
+        match self {
+            Provider::Ecr { .. } => "AWS's ECR hosts (<account>.dkr.ecr.<region>.amazonaws.com)",
+            Provider::Google => "Google's registry hosts (gcr.io, *.gcr.io, *.pkg.dev)",
+            Provider::Azure => "Azure's registry hosts (<name>.azurecr.io)",
+        }
     }
 }
 
