@@ -493,6 +493,125 @@ fn ecr_with_eks_pod_identity() {
     );
 }
 
+/// An ECR host name that only challenges (Basic, as ECR does), on TLS
+/// behind a CONNECT proxy: enough for the credential flow to run on its
+/// first challenge. The env to reach it; the proxy is kept with the guard.
+fn ecr_stand_in(work: &Path) -> (Vec<(&'static str, String)>, ConnectProxy, Recorder) {
+    cloud_certs(work);
+    let registry = Recorder::start_with(
+        response(
+            "401 Unauthorized",
+            &[("WWW-Authenticate", r#"Basic realm="ecr""#.to_string())],
+            b"",
+        ),
+        Some(work),
+    );
+    let proxy = ConnectProxy::start(&[(ECR_HOST, &registry.addr)]);
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.join("ca.pem").display().to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    (env, proxy, registry)
+}
+
+/// The AWS SDKs take `AWS_CONTAINER_CREDENTIALS_FULL_URI` over plain http
+/// only to a loopback address, `localhost`, 169.254.170.2, 169.254.170.23
+/// or fd00:ec2::23 (botocore's `ContainerMetadataFetcher`); any other http
+/// host would get the Pod Identity token in clear. 0.0.0.0 is such a host
+/// (not loopback), and on Linux it reaches this machine's listeners, so the
+/// agent below would see the token if it were sent.
+#[test]
+fn container_credentials_over_plain_http_only_to_the_sdks_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let (base, _proxy, registry) = ecr_stand_in(work.path());
+    let agent = Recorder::start(response(
+        "200 OK",
+        &[("Content-Type", "application/json".into())],
+        br#"{"AccessKeyId":"ASIAPODIDENTITY","SecretAccessKey":"c2VjcmV0","Token":"session","Expiration":"2030-01-01T00:00:00Z"}"#,
+    ));
+    let port = agent.addr.rsplit_once(':').unwrap().1;
+    let token_file = work.path().join("eks-pod-identity-token");
+    fs::write(&token_file, "pod-identity-token-in-clear").unwrap();
+    let ecr_api = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let uri = format!("http://0.0.0.0:{port}/v1/credentials");
+    let env = [
+        base,
+        vec![
+            ("AWS_ENDPOINT_URL", ecr_api.url()),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.clone()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    let run = pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("m"),
+        &env,
+    );
+    run.assert_fails_with(&[
+        &format!("AWS_CONTAINER_CREDENTIALS_FULL_URI ({uri}) is plain http to a host"),
+        "loopback, localhost, 169.254.170.2, 169.254.170.23 or fd00:ec2::23",
+        "the AWS SDKs refuse it",
+    ]);
+    leaks_nothing(&run, &["pod-identity-token-in-clear"]);
+    assert!(registry.requests() > 0, "the registry never challenged");
+    assert_eq!(agent.requests(), 0, "the token went over plain http");
+    assert_eq!(ecr_api.requests(), 0);
+
+    // ECS: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI wins over the full URI,
+    // appended as written to http://169.254.170.2, and the same rule checks
+    // the result (nothing here may reach 169.254.170.2: this relative URI
+    // moves the host, which the rule refuses before any request).
+    let loopback_agent = format!("http://{}/v1/credentials", agent.addr);
+    let ecs = [
+        env.clone(),
+        vec![
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", loopback_agent.clone()),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "@credentials.example/v2/credentials/task".to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("ecs"),
+        &ecs,
+    )
+    .assert_fails_with(&[
+        // The line masks user info in URLs: here, 169.254.170.2.
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (http://",
+        "@credentials.example/v2/credentials/task) is plain http to a host other than",
+    ]);
+    assert_eq!(agent.requests(), 0, "the full URI was asked");
+
+    // The same agent at a loopback address is the SDKs' own case.
+    let env = [
+        env,
+        vec![("AWS_CONTAINER_CREDENTIALS_FULL_URI", loopback_agent)],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("n"),
+        &env,
+    )
+    .assert_fails_with(&["ECR GetAuthorizationToken", "answered 500"]);
+    assert_eq!(
+        agent.authorizations(),
+        vec!["pod-identity-token-in-clear".to_string()]
+    );
+}
+
 /// Our SigV4 against botocore's signer (PyPI, moto's own dependency) on the
 /// request ocimodel sends to ECR, with and without a session token.
 #[test]

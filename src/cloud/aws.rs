@@ -1,5 +1,6 @@
 //! ECR: AWS credentials from the environment the SDKs read (static keys,
-//! then IRSA's web identity, then the EKS Pod Identity agent), then a
+//! then IRSA's web identity, then container credentials: the ECS agent or
+//! the EKS Pod Identity agent), then a
 //! SigV4-signed `GetAuthorizationToken` whose token is the registry's Basic
 //! password for user `AWS`.
 //!
@@ -8,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 
 use super::sigv4::{self, AwsCredentials};
@@ -126,7 +127,7 @@ pub(super) async fn ecr_credentials(
 }
 
 /// The SDKs' order: static keys, web identity (IRSA), container
-/// credentials (EKS Pod Identity). `None`: the environment names none.
+/// credentials (ECS, EKS Pod Identity). `None`: the environment names none.
 async fn aws_identity(ambient: &Ambient, region: &str, china: bool) -> Result<Option<Identity>> {
     let env = &ambient.env;
     if let (Some(id), Some(secret)) = (&env.aws_access_key_id, &env.aws_secret_access_key) {
@@ -144,10 +145,86 @@ async fn aws_identity(ambient: &Ambient, region: &str, china: bool) -> Result<Op
             .await
             .map(Some);
     }
-    if let Some(uri) = &env.aws_container_credentials_full_uri {
-        return pod_identity(ambient, uri).await.map(Some);
+    if let Some(endpoint) = container_endpoint(env)? {
+        return container_credentials(ambient, &endpoint).await.map(Some);
     }
     Ok(None)
+}
+
+/// The host the SDKs append `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` to.
+const ECS_CREDENTIALS_HOST: &str = "169.254.170.2";
+
+/// A container credentials endpoint, and what named it (for messages).
+#[derive(Debug, PartialEq)]
+struct ContainerEndpoint {
+    url: reqwest::Url,
+    setting: &'static str,
+    /// Who answers there: the ECS agent or the EKS Pod Identity agent.
+    source: &'static str,
+}
+
+/// The container credentials endpoint the AWS SDKs would ask (botocore's
+/// `ContainerProvider`): `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (ECS)
+/// wins, appended as written to `http://169.254.170.2`; else
+/// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (EKS Pod Identity and others).
+/// Either is then checked by botocore's rule (`ContainerMetadataFetcher.
+/// _validate_allowed_url`): https to any host; plain http only to a
+/// loopback address, `localhost`, 169.254.170.2 (ECS), 169.254.170.23 or
+/// fd00:ec2::23 (the EKS Pod Identity agent), since the authorization token
+/// goes with the request.
+fn container_endpoint(env: &super::CloudEnv) -> Result<Option<ContainerEndpoint>> {
+    let (raw, setting, source) = match (
+        &env.aws_container_credentials_relative_uri,
+        &env.aws_container_credentials_full_uri,
+    ) {
+        (Some(relative), _) => (
+            format!("http://{ECS_CREDENTIALS_HOST}{}", relative.trim()),
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "ECS container credentials",
+        ),
+        (None, Some(full)) => (
+            full.trim().to_string(),
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "EKS Pod Identity",
+        ),
+        (None, None) => return Ok(None),
+    };
+    let shown = crate::text::escape_controls(&raw);
+    let url =
+        reqwest::Url::parse(&raw).map_err(|e| anyhow!("{setting} ({shown}) is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if plain_http_allowed(&url) => {}
+        "http" => bail!(
+            "{setting} ({shown}) is plain http to a host other than loopback, localhost, 169.254.170.2, 169.254.170.23 or fd00:ec2::23; the AWS SDKs refuse it (the authorization token would go in clear), and so does ocimodel: use https, or the credentials agent's own address"
+        ),
+        other => bail!("{setting} ({shown}) is {other}, not http or https"),
+    }
+    Ok(Some(ContainerEndpoint {
+        url,
+        setting,
+        source,
+    }))
+}
+
+/// Whether botocore's container credentials rule lets plain http go to
+/// `url`'s host (see [`container_endpoint`]).
+fn plain_http_allowed(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip == std::net::Ipv4Addr::new(169, 254, 170, 2)
+                || ip == std::net::Ipv4Addr::new(169, 254, 170, 23)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)
+        }
+        Err(_) => host == "localhost",
+    }
 }
 
 /// STS `AssumeRoleWithWebIdentity` (unsigned: the token is the proof).
@@ -204,9 +281,12 @@ async fn web_identity(
     })
 }
 
-/// The EKS Pod Identity agent (or any container credential endpoint):
-/// `GET` with the token file's contents as `Authorization`.
-async fn pod_identity(ambient: &Ambient, uri: &str) -> Result<Identity> {
+/// A container credentials endpoint (the EKS Pod Identity agent, the ECS
+/// agent): `GET` with the token file's contents as `Authorization`.
+async fn container_credentials(
+    ambient: &Ambient,
+    endpoint: &ContainerEndpoint,
+) -> Result<Identity> {
     let env = &ambient.env;
     let token = match (
         &env.aws_container_authorization_token_file,
@@ -219,19 +299,20 @@ async fn pod_identity(ambient: &Ambient, uri: &str) -> Result<Identity> {
         (None, Some(t)) => Some(t.clone()),
         _ => None,
     };
-    let step = format!("the container credentials endpoint {uri} (EKS Pod Identity)");
-    let mut req = ambient.local.get(uri);
+    let step = format!(
+        "the container credentials endpoint {} ({}, {})",
+        endpoint.url, endpoint.source, endpoint.setting
+    );
+    let mut req = ambient.local.get(endpoint.url.clone());
     if let Some(t) = token {
         req = req.header("authorization", t);
     }
-    let body = call(
-        req,
-        &step,
-        "container credentials",
-        excerpt,
-        "check the pod's Pod Identity association and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-    )
-    .await?;
+    let check = if endpoint.setting == "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" {
+        "check the task role and AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)"
+    } else {
+        "check the pod's Pod Identity association and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+    };
+    let body = call(req, &step, "container credentials", excerpt, check).await?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
@@ -247,7 +328,7 @@ async fn pod_identity(ambient: &Ambient, uri: &str) -> Result<Identity> {
             secret_access_key: a.secret_access_key,
             session_token: a.token,
         },
-        source: "EKS Pod Identity".into(),
+        source: endpoint.source.into(),
     })
 }
 
@@ -280,6 +361,85 @@ fn xml_field(xml: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(relative: Option<&str>, full: Option<&str>) -> Result<Option<ContainerEndpoint>> {
+        container_endpoint(&super::super::CloudEnv {
+            aws_container_credentials_relative_uri: relative.map(Into::into),
+            aws_container_credentials_full_uri: full.map(Into::into),
+            ..Default::default()
+        })
+    }
+
+    /// ECS: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` is appended to
+    /// `http://169.254.170.2` and wins over the full URI (botocore's
+    /// `ContainerProvider`); then botocore's host rule applies to it too.
+    #[test]
+    fn relative_uri_is_the_ecs_agent_and_wins() {
+        let e = endpoint(
+            Some("/v2/credentials/3f5a-task"),
+            Some("http://169.254.170.23/v1/credentials"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            e.url.as_str(),
+            "http://169.254.170.2/v2/credentials/3f5a-task"
+        );
+        assert_eq!(e.setting, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+        assert_eq!(e.source, "ECS container credentials");
+        // Appended as written: what is not a path moves the host, and
+        // the rule refuses it.
+        for bad in ["@evil.example/creds", ".evil.example/creds"] {
+            let err = endpoint(Some(bad), None).unwrap_err().to_string();
+            assert!(
+                err.contains("is plain http to a host other than"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(endpoint(None, None).unwrap(), None);
+    }
+
+    /// botocore's `ContainerMetadataFetcher._validate_allowed_url`: https
+    /// anywhere; http only to loopback, `localhost`, 169.254.170.2,
+    /// 169.254.170.23 and fd00:ec2::23.
+    #[test]
+    fn full_uri_over_http_only_to_the_sdks_hosts() {
+        for ok in [
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "http://169.254.170.2/v2/credentials/x",
+            "http://127.0.0.1:8080/creds",
+            "http://127.4.5.6/creds",
+            "http://[::1]:9000/creds",
+            "http://localhost:9000/creds",
+            "https://credentials.example.com/creds",
+            "https://10.0.0.5/creds",
+        ] {
+            let e = endpoint(None, Some(ok)).unwrap().unwrap();
+            assert_eq!(e.setting, "AWS_CONTAINER_CREDENTIALS_FULL_URI", "{ok}");
+            assert_eq!(e.source, "EKS Pod Identity");
+        }
+        for refused in [
+            "http://credentials.example.com/creds",
+            "http://10.0.0.5/creds",
+            "http://0.0.0.0:8080/creds",
+            "http://169.254.170.3/creds",
+            "http://[fd00:ec2::24]/creds",
+            "http://localhost.example.com/creds",
+        ] {
+            let err = endpoint(None, Some(refused)).unwrap_err().to_string();
+            assert!(
+                err.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                    && err.contains("the AWS SDKs refuse it"),
+                "{refused}: {err}"
+            );
+        }
+        let err = endpoint(None, Some("ftp://127.0.0.1/creds"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not http or https"), "{err}");
+        assert!(endpoint(None, Some("169.254.170.23/v1")).is_err());
+    }
 
     #[test]
     fn sts_errors_and_answers_are_read() {

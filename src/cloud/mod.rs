@@ -4,7 +4,7 @@
 //!
 //! | registry host | identity | exchange |
 //! |---|---|---|
-//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI`) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
+//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), container credentials (ECS `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, EKS Pod Identity `AWS_CONTAINER_CREDENTIALS_FULL_URI`) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
 //! | `gcr.io`, `*.gcr.io`, `*.pkg.dev` | the metadata server (GKE Workload Identity answers as the pod's service account; `GCE_METADATA_HOST`) | Basic `oauth2accesstoken:<access token>` |
 //! | `*.azurecr.io` (and `.cn`, `.de`, `.us`) | Azure Workload Identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`) | Entra token → ACR `/oauth2/exchange` → a refresh token, used as an identity token |
 //!
@@ -122,6 +122,8 @@ pub struct CloudEnv {
     pub aws_endpoint_url_sts: Option<String>,
     pub aws_endpoint_url_ecr: Option<String>,
     pub aws_container_credentials_full_uri: Option<String>,
+    /// ECS: appended to `http://169.254.170.2`; wins over the full URI.
+    pub aws_container_credentials_relative_uri: Option<String>,
     pub aws_container_authorization_token_file: Option<String>,
     pub aws_container_authorization_token: Option<String>,
     /// `host[:port]` of the GCP metadata server.
@@ -147,6 +149,7 @@ impl CloudEnv {
             aws_endpoint_url_sts: v("AWS_ENDPOINT_URL_STS"),
             aws_endpoint_url_ecr: v("AWS_ENDPOINT_URL_ECR"),
             aws_container_credentials_full_uri: v("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            aws_container_credentials_relative_uri: v("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
             aws_container_authorization_token_file: v("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
             aws_container_authorization_token: v("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
             gce_metadata_host: v("GCE_METADATA_HOST"),
