@@ -493,6 +493,160 @@ fn ecr_with_eks_pod_identity() {
     );
 }
 
+/// A fake EC2 instance metadata service that answers IMDSv2 as documented
+/// ("Use the Instance Metadata Service to access instance metadata",
+/// "Retrieve security credentials from instance metadata"): `PUT
+/// /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1 to
+/// 21600) gives a session token; `GET /latest/meta-data/iam/security-credentials/`
+/// with `X-aws-ec2-metadata-token` gives the role's name, and that path
+/// plus the name its credentials. No token, or another one: 401. Its base
+/// URL and every request it saw (`METHOD path`).
+fn imds(role: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    const TOKEN: &str = "AQAEAImdsSessionToken==";
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    serve(listener, move |req| {
+        log.lock()
+            .unwrap()
+            .push(format!("{} {}", req.method, req.path));
+        const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+        if req.method == "PUT" && req.path == "/latest/api/token" {
+            let ttl = req
+                .header("x-aws-ec2-metadata-token-ttl-seconds")
+                .and_then(|t| t.parse::<u32>().ok());
+            if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {
+                return response("400 Bad Request", &[], b"");
+            }
+            return response(
+                "200 OK",
+                &[(
+                    "X-aws-ec2-metadata-token-ttl-seconds",
+                    ttl.unwrap().to_string(),
+                )],
+                TOKEN.as_bytes(),
+            );
+        }
+        if req.method != "GET" || !req.path.starts_with(CREDS) {
+            return response("404 Not Found", &[], b"");
+        }
+        if req.header("x-aws-ec2-metadata-token") != Some(TOKEN) {
+            return response("401 Unauthorized", &[], b"");
+        }
+        match &req.path[CREDS.len()..] {
+            "" => response("200 OK", &[("Content-Type", "text/plain".into())], role.as_bytes()),
+            r if r == role => response(
+                "200 OK",
+                &[("Content-Type", "text/plain".into())],
+                br#"{"Code":"Success","LastUpdated":"2026-01-01T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIANODEROLE","SecretAccessKey":"bm9kZS1zZWNyZXQ","Token":"node-role-session","Expiration":"2030-01-01T00:00:00Z"}"#,
+            ),
+            _ => response("404 Not Found", &[], b""),
+        }
+    });
+    (url, seen)
+}
+
+/// The node's instance role through IMDSv2 (what most EKS clusters pull
+/// from ECR with, as the kubelet's ECR credential provider does): after the
+/// pod's own identities, for ECR hosts only, at
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`; `AWS_EC2_METADATA_DISABLED=true`
+/// turns it off.
+#[test]
+fn ecr_with_the_node_instance_role_through_imdsv2() {
+    let work = tempfile::tempdir().unwrap();
+    // Kept whole: its registry and moto stop when it drops.
+    let ecr = Ecr::start(work.path());
+    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
+    let (endpoint, seen) = imds("model-node-role");
+    let uri = format!("{ECR_HOST}/models/mnist@{digest}");
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint),
+    ];
+    let dest = work.path().join("m");
+    let run = pull(&uri, &dest, &env);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        run.stderr()
+            .contains("the node's instance role model-node-role (EC2 instance metadata, IMDSv2)"),
+        "{}",
+        run.stderr()
+    );
+    leaks_nothing(
+        &run,
+        &[
+            "node-role-session",
+            "bm9kZS1zZWNyZXQ",
+            "AQAEAImdsSessionToken",
+        ],
+    );
+    // Token, role name, credentials: once per flow (moto's ECR tokens say
+    // they have expired already, so each challenge runs the flow again).
+    let flows = seen.lock().unwrap().clone();
+    assert!(!flows.is_empty() && flows.len() % 3 == 0, "{flows:?}");
+    for flow in flows.chunks(3) {
+        assert_eq!(
+            flow,
+            [
+                "PUT /latest/api/token",
+                "GET /latest/meta-data/iam/security-credentials/",
+                "GET /latest/meta-data/iam/security-credentials/model-node-role",
+            ]
+        );
+    }
+
+    // The pod's own identity (IRSA here) comes first: IMDS is not asked.
+    seen.lock().unwrap().clear();
+    let token_file = work.path().join("token");
+    fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwb2QifQ.c2ln\n",
+    )
+    .unwrap();
+    let irsa = [
+        env.clone(),
+        vec![
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/model-reader".to_string(),
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    let run = pull(&uri, &work.path().join("irsa"), &irsa);
+    run.assert_ok();
+    assert!(run.stderr().contains("(IRSA)"), "{}", run.stderr());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "IMDS was asked before IRSA"
+    );
+
+    // AWS_EC2_METADATA_DISABLED=true: not asked; the registry wants credentials.
+    let off = [
+        env.clone(),
+        vec![("AWS_EC2_METADATA_DISABLED", "true".to_string())],
+    ]
+    .concat();
+    pull(&uri, &work.path().join("off"), &off).assert_fails_with(&["requires authentication"]);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "IMDS was asked while disabled"
+    );
+}
+
 /// An ECR host name that only challenges (Basic, as ECR does), on TLS
 /// behind a CONNECT proxy: enough for the credential flow to run on its
 /// first challenge. The env to reach it; the proxy is kept with the guard.

@@ -1,6 +1,7 @@
 //! ECR: AWS credentials from the environment the SDKs read (static keys,
 //! then IRSA's web identity, then container credentials: the ECS agent or
-//! the EKS Pod Identity agent), then a
+//! the EKS Pod Identity agent), else the node's instance role through
+//! IMDSv2, then a
 //! SigV4-signed `GetAuthorizationToken` whose token is the registry's Basic
 //! password for user `AWS`.
 //!
@@ -127,7 +128,8 @@ pub(super) async fn ecr_credentials(
 }
 
 /// The SDKs' order: static keys, web identity (IRSA), container
-/// credentials (ECS, EKS Pod Identity). `None`: the environment names none.
+/// credentials (ECS, EKS Pod Identity), then the instance's role (IMDSv2).
+/// `None`: none of them gives an identity.
 async fn aws_identity(ambient: &Ambient, region: &str, china: bool) -> Result<Option<Identity>> {
     let env = &ambient.env;
     if let (Some(id), Some(secret)) = (&env.aws_access_key_id, &env.aws_secret_access_key) {
@@ -148,7 +150,159 @@ async fn aws_identity(ambient: &Ambient, region: &str, china: bool) -> Result<Op
     if let Some(endpoint) = container_endpoint(env)? {
         return container_credentials(ambient, &endpoint).await.map(Some);
     }
-    Ok(None)
+    instance_role(ambient).await
+}
+
+/// Where the EC2 instance metadata service answers unless
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT` says otherwise (botocore's
+/// `METADATA_BASE_URL`).
+const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254/";
+/// How long one IMDS request may take. Off EC2, or in a pod behind a hop
+/// limit of 1 (the answer to the token `PUT` never arrives), nothing
+/// answers; the SDKs give up after a second (botocore's
+/// `DEFAULT_METADATA_SERVICE_TIMEOUT`), this allows two.
+const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The node's instance role through IMDSv2, as the SDKs' instance metadata
+/// provider (botocore's `InstanceMetadataFetcher`) and the kubelet's ECR
+/// credential provider get it: `PUT /latest/api/token` with
+/// `X-aws-ec2-metadata-token-ttl-seconds`, then, with the token as
+/// `X-aws-ec2-metadata-token`, `GET
+/// /latest/meta-data/iam/security-credentials/` for the role's name and that
+/// path plus the name for its credentials. `AWS_EC2_METADATA_DISABLED=true`
+/// (any case, botocore's test) turns it off. Only IMDSv2: a service that
+/// refuses the token `PUT` gives no identity (the SDKs would try IMDSv1).
+async fn instance_role(ambient: &Ambient) -> Result<Option<Identity>> {
+    let env = &ambient.env;
+    if env
+        .aws_ec2_metadata_disabled
+        .as_deref()
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Ok(None);
+    }
+    let configured = env.aws_ec2_metadata_service_endpoint.clone();
+    let base = configured
+        .clone()
+        .unwrap_or_else(|| IMDS_DEFAULT_ENDPOINT.into());
+    reqwest::Url::parse(&base).map_err(|e| {
+        anyhow!(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT ({}) is not a URL: {e}",
+            crate::text::escape_controls(&base)
+        )
+    })?;
+    // botocore's `_construct_url`: the base, a `/` unless it ends with one,
+    // the path.
+    let url = |path: &str| format!("{}/{path}", base.trim_end_matches('/'));
+    let step = format!("the EC2 instance metadata service (IMDSv2) at {base}");
+    let check = "check the node's instance profile and its role's ECR permissions (a pod reaches IMDSv2 only with an instance metadata hop limit of 2 or more)";
+    let resp = ambient
+        .local
+        .put(url("latest/api/token"))
+        .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .timeout(IMDS_TIMEOUT)
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        // Not on EC2, or the answer is dropped on its way to the pod (hop
+        // limit 1): no instance role. An address set on purpose that
+        // fails is an error.
+        Err(e) if configured.is_none() => {
+            tracing::debug!(
+                "{step} did not answer ({}); no instance role (in a pod, the instance metadata hop limit must be 2 or more)",
+                crate::registry::root_cause(&e)
+            );
+            return Ok(None);
+        }
+        Err(e) => bail!(
+            "{step}: {}; check AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            crate::registry::root_cause(&e)
+        ),
+    };
+    // botocore `_fetch_metadata_token`: these mean no IMDSv2 here.
+    if matches!(resp.status().as_u16(), 403 | 404 | 405) {
+        tracing::debug!(
+            "{step} answered {} to the token request; no instance role (IMDSv1 is not used)",
+            resp.status()
+        );
+        return Ok(None);
+    }
+    let token =
+        super::success_body(resp, &format!("{step}, token"), "IMDS", excerpt, check).await?;
+    let token = String::from_utf8(token)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("{step}: the session token is not text"))?;
+    let get = |path: String| {
+        ambient
+            .local
+            .get(url(&path))
+            .header("x-aws-ec2-metadata-token", token.as_str())
+            .timeout(IMDS_TIMEOUT)
+    };
+    const CREDENTIALS: &str = "latest/meta-data/iam/security-credentials/";
+    let resp = get(CREDENTIALS.into())
+        .send()
+        .await
+        .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        tracing::debug!("{step}: the instance has no role (no instance profile)");
+        return Ok(None);
+    }
+    let names =
+        super::success_body(resp, &format!("{step}, role name"), "IMDS", excerpt, check).await?;
+    let text = String::from_utf8_lossy(&names);
+    let Some(role) = text.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    // IAM's role-name characters: the name goes into the next path.
+    if !role
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
+        bail!("{step}: the role name it gave is not an IAM role name");
+    }
+    let body = call(
+        get(format!("{CREDENTIALS}{role}")),
+        &format!("{step}, credentials of role {role}"),
+        "IMDS",
+        excerpt,
+        check,
+    )
+    .await?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        code: Option<String>,
+        message: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        token: Option<String>,
+    }
+    let a: Answer = serde_json::from_slice(&body).with_context(|| {
+        format!("{step}: the credentials of role {role} are not the expected JSON")
+    })?;
+    if let Some(code) = a.code.as_deref().filter(|c| *c != "Success") {
+        bail!(
+            "{step}: the credentials of role {role} are not available: {} {}; {check}",
+            crate::text::escape_controls(code),
+            crate::text::escape_controls(a.message.as_deref().unwrap_or_default())
+        );
+    }
+    let (Some(access_key_id), Some(secret_access_key)) = (a.access_key_id, a.secret_access_key)
+    else {
+        bail!("{step}: the credentials of role {role} lack AccessKeyId or SecretAccessKey");
+    };
+    Ok(Some(Identity {
+        creds: AwsCredentials {
+            access_key_id,
+            secret_access_key,
+            session_token: a.token,
+        },
+        source: format!("the node's instance role {role} (EC2 instance metadata, IMDSv2)"),
+    }))
 }
 
 /// The host the SDKs append `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` to.

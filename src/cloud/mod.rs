@@ -4,7 +4,7 @@
 //!
 //! | registry host | identity | exchange |
 //! |---|---|---|
-//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), container credentials (ECS `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, EKS Pod Identity `AWS_CONTAINER_CREDENTIALS_FULL_URI`) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
+//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), container credentials (ECS `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, EKS Pod Identity `AWS_CONTAINER_CREDENTIALS_FULL_URI`), the node's instance role (IMDSv2) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
 //! | `gcr.io`, `*.gcr.io`, `*.pkg.dev` | the metadata server (GKE Workload Identity answers as the pod's service account; `GCE_METADATA_HOST`) | Basic `oauth2accesstoken:<access token>` |
 //! | `*.azurecr.io` (and `.cn`, `.de`, `.us`) | Azure Workload Identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`) | Entra token → ACR `/oauth2/exchange` → a refresh token, used as an identity token |
 //!
@@ -126,6 +126,10 @@ pub struct CloudEnv {
     pub aws_container_credentials_relative_uri: Option<String>,
     pub aws_container_authorization_token_file: Option<String>,
     pub aws_container_authorization_token: Option<String>,
+    /// The EC2 instance metadata service's base URL (IMDSv2).
+    pub aws_ec2_metadata_service_endpoint: Option<String>,
+    /// `true` (any case): the instance metadata service is not asked.
+    pub aws_ec2_metadata_disabled: Option<String>,
     /// `host[:port]` of the GCP metadata server.
     pub gce_metadata_host: Option<String>,
     pub azure_client_id: Option<String>,
@@ -152,6 +156,8 @@ impl CloudEnv {
             aws_container_credentials_relative_uri: v("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
             aws_container_authorization_token_file: v("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
             aws_container_authorization_token: v("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+            aws_ec2_metadata_service_endpoint: v("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+            aws_ec2_metadata_disabled: v("AWS_EC2_METADATA_DISABLED"),
             gce_metadata_host: v("GCE_METADATA_HOST"),
             azure_client_id: v("AZURE_CLIENT_ID"),
             azure_tenant_id: v("AZURE_TENANT_ID"),
