@@ -980,12 +980,13 @@ fn models_pulled_together_ask_the_cloud_once() {
     leaks_nothing(&run, &["ya29.c.shared-token"]);
 }
 
-/// A fake Entra ID token endpoint: the client-credentials grant with the
-/// projected token as a JWT-bearer assertion, for ACR's scope.
-fn entra(assertion: &'static str) -> String {
+/// A fake Entra ID token endpoint on TLS (`cloud_certs` in `certs`): the
+/// client-credentials grant with the projected token as a JWT-bearer
+/// assertion, for ACR's scope. Its `host:port`.
+fn entra(assertion: &'static str, certs: &Path) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    serve(listener, move |req| {
+    let addr = listener.local_addr().unwrap().to_string();
+    serve_tls(listener, certs, move |req| {
         let ok = req.method == "POST"
             && req.path == "/tenant-1/oauth2/v2.0/token"
             && req.form("grant_type").as_deref() == Some("client_credentials")
@@ -1007,7 +1008,7 @@ fn entra(assertion: &'static str) -> String {
             br#"{"token_type":"Bearer","expires_in":3599,"access_token":"aad-access-token"}"#,
         )
     });
-    url
+    addr
 }
 
 /// ACR with Azure Workload Identity: Entra token → `/oauth2/exchange` on
@@ -1070,7 +1071,8 @@ fn acr_with_azure_workload_identity() {
     };
     let uri = format!("{ACR_HOST}/models/mnist@{digest}");
     let dest = work.path().join("m");
-    let run = pull(&uri, &dest, &env(entra("projected-sa-token")));
+    // Without a scheme, as azure-identity takes it: https:// is added.
+    let run = pull(&uri, &dest, &env(entra("projected-sa-token", work.path())));
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     leaks_nothing(
@@ -1085,12 +1087,31 @@ fn acr_with_azure_workload_identity() {
         .any(|(_, scope)| scope == "repository:models/mnist:pull"));
 
     // A federated credential Entra does not know: the step and what to check.
-    let run = pull(&uri, &work.path().join("n"), &env(entra("another-token")));
+    let run = pull(
+        &uri,
+        &work.path().join("n"),
+        &env(format!("https://{}/", entra("another-token", work.path()))),
+    );
     run.assert_fails_with(&[
         "Entra ID token at",
         "for client client-1 answered 400 Bad Request: invalid_client: AADSTS700213",
         "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential",
     ]);
+
+    // A plain-http authority: azure-identity refuses it (the projected
+    // token would go in clear), and so does ocimodel, before any request.
+    let plain = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let run = pull(&uri, &work.path().join("o"), &env(plain.url()));
+    run.assert_fails_with(&[
+        &format!("AZURE_AUTHORITY_HOST ({}) is not https", plain.url()),
+        "azure-identity refuses it",
+    ]);
+    leaks_nothing(&run, &["projected-sa-token"]);
+    assert_eq!(
+        plain.requests(),
+        0,
+        "the authority was asked over plain http"
+    );
 }
 
 /// A docker config `identitytoken` (what `az acr login` writes) is traded at
