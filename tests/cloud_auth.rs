@@ -1096,6 +1096,7 @@ fn acr_with_azure_workload_identity() {
         "Entra ID token at",
         "for client client-1 answered 400 Bad Request: invalid_client: AADSTS700213",
         "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential",
+        "AZURE_FEDERATED_TOKEN_FILE",
     ]);
 
     // A plain-http authority: azure-identity refuses it (the projected

@@ -46,7 +46,10 @@ pub(super) async fn credentials(ambient: &Ambient, host: &str) -> Result<Option<
         &step,
         "Entra ID",
         oauth_error,
-        "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential of the managed identity (issuer and subject of this service account)",
+        &format!(
+            "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential of the managed identity: its issuer and subject must be those of the service-account token in AZURE_FEDERATED_TOKEN_FILE ({})",
+            crate::text::escape_controls(file)
+        ),
     )
     .await?;
     #[derive(serde::Deserialize)]
