@@ -217,11 +217,14 @@ fn serve_tls(
     });
 }
 
+/// Requests as a [`Recorder`] saw them: `METHOD path`, and `Authorization`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A server that answers every request with the same bytes and records
 /// each one as `METHOD path` and its `Authorization`, if any.
 struct Recorder {
     addr: String,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
 
 impl Recorder {
@@ -234,7 +237,7 @@ impl Recorder {
     fn start_with(answer: Vec<u8>, certs: Option<&Path>) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let log = seen.clone();
         let handler = move |req: &Request| {
             log.lock().unwrap().push((

@@ -221,7 +221,7 @@ async fn instance_role(ambient: &Ambient) -> Result<Option<Identity>> {
         ),
     };
     // botocore `_fetch_metadata_token`: these mean no IMDSv2 here.
-    if matches!(resp.status().as_u16(), 403 | 404 | 405) {
+    if matches!(resp.status().as_u16(), 403..=405) {
         tracing::debug!(
             "{step} answered {} to the token request; no instance role (IMDSv1 is not used)",
             resp.status()
