@@ -676,49 +676,58 @@ fn percent_decode(s: &str) -> String {
 /// A minimal HTTP server for fault injection and token issuing: one request
 /// per connection, answered by `handler` with raw response bytes.
 pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) {
-    use std::io::BufRead;
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let method = line.split_whitespace().next().unwrap_or("").to_string();
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let mut authorization = None;
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("authorization") {
-                        authorization = Some(v.trim().to_string());
-                    }
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let length = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .and_then(|(_, v)| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; length.min(1 << 20)];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = stream.write_all(&handler(&Request {
-                method,
-                path,
-                authorization,
-                headers,
-                body,
-            }));
+            let Ok(stream) = stream else { continue };
+            answer_one(stream, &handler);
         }
     });
+}
+
+/// Reads one request from `stream` (plain TCP, or TLS over it) and writes
+/// `handler`'s answer.
+pub fn answer_one<S: Read + Write>(stream: S, handler: &dyn Fn(&Request) -> Vec<u8>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut authorization = None;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length.min(1 << 20)];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let answer = handler(&Request {
+        method,
+        path,
+        authorization,
+        headers,
+        body,
+    });
+    let stream = reader.get_mut();
+    let _ = stream.write_all(&answer);
+    let _ = stream.flush();
 }
 
 /// Raw HTTP/1.1 response bytes.
