@@ -186,12 +186,81 @@ pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Re
         }
         _ => job,
     };
-    match settings.deadline {
+    let before = DestBefore::observe(&job.dest);
+    let result = match settings.deadline {
         // Dropping the pull on timeout removes its staging directory.
         Some(d) => tokio::time::timeout(d, pull_model(job, settings, clients))
             .await
-            .map_err(|_| anyhow!("gave up after {}s (OCIMODEL_TIMEOUT)", d.as_secs()))?,
+            .map_err(|_| anyhow!("gave up after {}s (OCIMODEL_TIMEOUT)", d.as_secs()))
+            .and_then(|r| r),
         None => pull_model(job, settings, clients).await,
+    };
+    if result.is_err() {
+        // The pull (and its lock) is gone: take back what this run made.
+        before.undo(&job.dest);
+    }
+    result
+}
+
+/// What DEST looked like before a pull, so that a failed pull leaves
+/// neither a directory it created nor ocimodel's bookkeeping in a user's
+/// folder behind.
+struct DestBefore {
+    /// The topmost directory of DEST's path that did not exist.
+    created: Option<PathBuf>,
+    /// Whether `DEST/.ocimodel` was there.
+    bookkeeping: bool,
+}
+
+impl DestBefore {
+    fn observe(dest: &Path) -> DestBefore {
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let mut created = None;
+        let mut p = dest.to_path_buf();
+        while !p.as_os_str().is_empty() && !exists(&p) {
+            created = Some(p.clone());
+            match p.parent() {
+                Some(parent) => p = parent.to_path_buf(),
+                None => break,
+            }
+        }
+        DestBefore {
+            created,
+            bookkeeping: exists(&dest.join(crate::install::BOOKKEEPING)),
+        }
+    }
+
+    /// Removes `DEST/.ocimodel` when this run made it and it holds only the
+    /// lock (an interrupted install's journal, staging that could not go,
+    /// or partial downloads to resume are kept), then the directories this
+    /// run created, when empty.
+    fn undo(&self, dest: &Path) {
+        if !self.bookkeeping {
+            let book = dest.join(crate::install::BOOKKEEPING);
+            let only_lock = std::fs::read_dir(&book).is_ok_and(|rd| {
+                rd.filter_map(|e| e.ok()).all(|e| {
+                    let name = e.file_name();
+                    name == "lock"
+                        || (name == "partials"
+                            && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none()))
+                })
+            });
+            let is_dir = std::fs::symlink_metadata(&book).is_ok_and(|m| m.is_dir());
+            if is_dir && only_lock {
+                if let Err(e) = std::fs::remove_dir_all(&book) {
+                    tracing::debug!(path = %book.display(), "cannot remove: {e}");
+                }
+            }
+        }
+        let Some(top) = &self.created else { return };
+        let mut p = dest.to_path_buf();
+        // Empty directories only: remove_dir refuses anything else.
+        while std::fs::remove_dir(&p).is_ok() && p != *top {
+            match p.parent() {
+                Some(parent) => p = parent.to_path_buf(),
+                None => break,
+            }
+        }
     }
 }
 
@@ -202,18 +271,19 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     let selection = settings.selection();
     let policy = &settings.verify;
 
-    // A digest reference can be checked against DEST without any network,
-    // unless signatures must be checked: then nothing, not even DEST's
-    // bookkeeping, is touched before they verify.
+    // A digest reference can be checked against an installed DEST without
+    // any network, unless signatures must be checked. Otherwise nothing,
+    // not even DEST's bookkeeping, is touched before the reference
+    // resolves (and its signatures verify).
     let mut opened = None;
-    if policy.is_off() {
-        let dest = Dest::open(&job.dest, settings.lock_timeout).await?;
-        if let Some(d) = job.target.pinned_digest() {
+    if let (true, Some(d)) = (policy.is_off(), job.target.pinned_digest()) {
+        if job.dest.join(crate::install::MARKER).is_file() {
+            let dest = Dest::open(&job.dest, settings.lock_timeout).await?;
             if let Some(marker) = up_to_date(&dest, job, d, &selection, settings.recheck) {
                 return Ok(Outcome::up_to_date(marker));
             }
+            opened = Some(dest);
         }
-        opened = Some(dest);
     }
 
     let mut source = Source::new(&job.target, || clients(), settings.cache.clone())?;

@@ -59,7 +59,7 @@ fn odd_or_missing_arguments() {
     assert!(run.stderr().contains("usage"));
 
     Ocimodel::new()
-        .run(&["a", "/tmp/x", "b"])
+        .run(&["reg.example/a:v1", "/tmp/x", "b"])
         .assert_fails_with(&["usage", "got 3 arguments"]);
 
     let none: [&str; 0] = [];

@@ -41,6 +41,11 @@ pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
         .chain(["help".to_string()])
         .collect::<Vec<_>>();
     if argv.len() > 1 && !argv[1].starts_with('-') && !known.contains(&argv[1]) {
+        // Only a word that can be a reference starts a pull: `inspcet`,
+        // `ls` or `login` are mistakes, not Docker Hub repositories.
+        if !looks_like_reference(&argv[1]) {
+            return unknown_command(&argv[1], &known);
+        }
         let sidecar = std::env::var("OCIMODEL_MODE").is_ok_and(|m| m.trim() == "sidecar");
         argv.insert(1, if sidecar { "sidecar" } else { "pull" }.to_string());
     }
@@ -76,6 +81,33 @@ pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(&e, log.as_deref()),
     }
+}
+
+/// Whether a first argument that is no subcommand can be a model
+/// reference: a URI (`oci://…`, `hf://…`), `host/repo[:tag]`, `repo:tag`.
+fn looks_like_reference(word: &str) -> bool {
+    word.contains('/') || word.contains(':')
+}
+
+/// `ocimodel inspcet REF`: a usage error (exit 2) naming the nearest
+/// command, if one is near; nothing is pulled and nothing is created.
+fn unknown_command(word: &str, known: &[String]) -> ExitCode {
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), k))
+        .filter(|(d, k)| *d <= 2 && *d < word.len().max(k.len()) / 2 + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k);
+    let hint = match nearest {
+        Some(k) => format!("; did you mean '{k}'?"),
+        None => String::new(),
+    };
+    let line = crate::text::for_output(&format!(
+        "ocimodel: unknown command '{word}'{hint} (see ocimodel --help; a model reference has a '/' or ':', as in registry/repo:tag or oci-layout://DIR)"
+    ));
+    eprintln!("{line}");
+    write_termination(None, &line);
+    ExitCode::from(2)
 }
 
 /// Dispatches to the command.
