@@ -22,6 +22,10 @@ pub struct SignatureError(pub String);
 #[error("cannot resolve {host}: {source}")]
 pub struct DnsError {
     pub host: String,
+    /// The resolver answered that the name does not exist (NXDOMAIN,
+    /// `EAI_NONAME`), as opposed to a resolver that failed or timed out:
+    /// asking again will not help.
+    pub no_such_host: bool,
     #[source]
     pub source: std::io::Error,
 }
@@ -54,6 +58,30 @@ pub fn is_tls_failure(e: &(dyn StdError + 'static)) -> bool {
     walk(e).any(|c| c.is::<rustls::Error>())
 }
 
+/// A TLS client hello answered in plain HTTP: the server speaks HTTP on
+/// that port (rustls reads `HTTP/1.1 …` as a record of an invalid type).
+pub fn is_plain_http_answer(e: &(dyn StdError + 'static)) -> bool {
+    walk(e).any(|c| {
+        matches!(
+            c.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))
+        )
+    })
+}
+
+/// A host name TLS cannot even ask for (not a DNS name or an address).
+pub fn is_invalid_host_name(e: &(dyn StdError + 'static)) -> bool {
+    walk(e).any(|c| c.is::<rustls_pki_types::InvalidDnsNameError>())
+}
+
+/// What retrying cannot fix: a TLS failure, a name that does not exist or
+/// cannot be a host name, an HTTP server on an HTTPS port.
+pub fn is_permanent_transport_failure(e: &(dyn StdError + 'static)) -> bool {
+    is_tls_failure(e) || is_invalid_host_name(e) || dns_failure(e).is_some_and(|d| d.no_such_host)
+}
+
 /// The DNS failure inside a transport error, if that is what it was.
 pub fn dns_failure<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a DnsError> {
     walk(e).find_map(|c| c.downcast_ref::<DnsError>())
@@ -84,8 +112,22 @@ mod tests {
 
         let dns = std::io::Error::other(DnsError {
             host: "registry.invalid".into(),
+            no_such_host: true,
             source: std::io::Error::other("no such host"),
         });
+        assert!(is_permanent_transport_failure(&dns));
+        let flaky = std::io::Error::other(DnsError {
+            host: "registry.example".into(),
+            no_such_host: false,
+            source: std::io::Error::other("temporary failure"),
+        });
+        assert!(!is_permanent_transport_failure(&flaky));
+        let plain = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert!(is_plain_http_answer(&plain));
+        assert!(is_permanent_transport_failure(&plain));
         assert_eq!(
             dns_failure(&dns).map(|d| d.host.as_str()),
             Some("registry.invalid")

@@ -67,8 +67,11 @@ pub enum ReferenceError {
     Repository(String),
     #[error("invalid tag '{0}' (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)")]
     Tag(String),
-    #[error("invalid registry host '{0}'")]
+    #[error("invalid registry host '{0}' (a DNS name or IP address, with an optional :port)")]
     Registry(String),
+    /// A local path where a reference was expected: `./examples/mnist`.
+    #[error("'{input}' is a local path, not a registry reference; did you mean {suggestion}?")]
+    LocalPath { input: String, suggestion: String },
     #[error(transparent)]
     Digest(#[from] crate::digest::DigestError),
 }
@@ -109,6 +112,9 @@ impl Target {
                 other => return Err(ReferenceError::Scheme(other.to_string())),
             }
         } else {
+            if let Some(e) = local_path(input) {
+                return Err(e);
+            }
             input
         };
         Ok(Target::Registry(ImageRef::parse(rest)?))
@@ -161,6 +167,45 @@ impl fmt::Display for Selector {
             Selector::Digest(d) => write!(f, "@{d}"),
         }
     }
+}
+
+/// A plain reference that names a local path (`./dir`, `/dir`, `~/dir`,
+/// an existing directory or file) or uses skopeo's `oci:DIR` form: the
+/// scheme that reads it, as a suggestion. No registry is ever asked.
+fn local_path(input: &str) -> Option<ReferenceError> {
+    let suggest = |suggestion: String| {
+        Some(ReferenceError::LocalPath {
+            input: input.to_string(),
+            suggestion,
+        })
+    };
+    for (skopeo, ours) in [
+        ("oci:", "oci-layout://"),
+        ("oci-archive:", "oci-archive://"),
+        ("docker-archive:", "docker-archive://"),
+    ] {
+        if let Some(rest) = input.strip_prefix(skopeo) {
+            if !rest.is_empty() && !rest.starts_with(|c: char| c.is_ascii_digit()) {
+                return suggest(format!("{ours}{rest}"));
+            }
+        }
+    }
+    let path_syntax = input.starts_with('/')
+        || input.starts_with("./")
+        || input.starts_with("../")
+        || input.starts_with('~')
+        || input == "."
+        || input == "..";
+    let path = std::path::Path::new(input);
+    if path.is_file() {
+        return suggest(format!(
+            "oci-archive://{input} (or docker-archive://{input} for a docker save archive)"
+        ));
+    }
+    if path_syntax || path.is_dir() {
+        return suggest(format!("oci-layout://{input}"));
+    }
+    None
 }
 
 /// `PATH[:TAG|@DIGEST]` of a layout or OCI archive.
@@ -276,10 +321,34 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// `host[:port]`: DNS labels (letters, digits, inner '-') or an IPv4
+/// address, or `[IPv6]`; a port of digits.
 fn validate_registry(r: &str) -> Result<(), ReferenceError> {
-    let ok = !r.is_empty()
-        && r.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let port_ok = |p: Option<&str>| {
+        p.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let ok = if let Some(rest) = r.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, tail)) => {
+                ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (tail.is_empty() || (tail.starts_with(':') && port_ok(Some(&tail[1..]))))
+            }
+            None => false,
+        }
+    } else {
+        let (host, port) = match r.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (r, None),
+        };
+        host.len() <= 253 && host.split('.').all(label_ok) && port_ok(port)
+    };
     if ok {
         Ok(())
     } else {
@@ -409,6 +478,57 @@ mod tests {
             Target::parse("quay.io/a..b"),
             Err(ReferenceError::Repository(_))
         ));
+        for bad in [
+            "my_registry.io/a",
+            "-x.io/a",
+            "a..io/a",
+            "reg.io:/a",
+            "reg.io:80x/a",
+            "[::1/a",
+        ] {
+            assert!(
+                matches!(Target::parse(bad), Err(ReferenceError::Registry(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            "[::1]:5000/a",
+            "127.0.0.1:5000/a",
+            "reg-1.example.com:443/a",
+            "localhost:5000/a",
+        ] {
+            Target::parse(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn local_paths_suggest_the_scheme_that_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.tar");
+        std::fs::write(&file, b"").unwrap();
+        let d = dir.path().display().to_string();
+        let f = file.display().to_string();
+        for (input, suggestion) in [
+            (
+                "./examples/mnist",
+                "oci-layout://./examples/mnist".to_string(),
+            ),
+            ("../m", "oci-layout://../m".into()),
+            ("/mnt/models", "oci-layout:///mnt/models".into()),
+            ("~/models", "oci-layout://~/models".into()),
+            ("oci:examples/mnist", "oci-layout://examples/mnist".into()),
+            (d.as_str(), format!("oci-layout://{d}")),
+            (f.as_str(), format!("oci-archive://{f}")),
+        ] {
+            match Target::parse(input) {
+                Err(ReferenceError::LocalPath { suggestion: s, .. }) => {
+                    assert!(s.starts_with(&suggestion), "{input}: {s}")
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        // A registry on a port still reads as one.
+        assert!(Target::parse("oci:5000/m").is_ok());
     }
 
     #[test]

@@ -168,8 +168,10 @@ fn plain_http_registry_without_opt_in() {
         ])
         .assert_fails_with(&[
             "cannot reach registry",
-            &reg.addr,
-            "OCIMODEL_INSECURE_REGISTRIES",
+            &format!(
+                "the server answered plain HTTP; use --insecure-registry {}",
+                reg.addr
+            ),
         ]);
     assert_nothing_installed(dest.path());
 }

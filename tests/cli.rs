@@ -134,3 +134,129 @@ fn a_failed_pull_leaves_nothing_behind() {
         .assert_fails_with(&["digest mismatch"]);
     assert!(!fresh.exists());
 }
+
+/// #9: a local path is not a registry reference: it fails at once and
+/// names the scheme that reads it, without asking any registry.
+#[test]
+fn local_paths_suggest_oci_layout_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let abs = repo_root().join("examples/mnist");
+    for (uri, suggestion) in [
+        (
+            "./examples/mnist".to_string(),
+            "did you mean oci-layout://./examples/mnist?".to_string(),
+        ),
+        (
+            "examples/mnist".into(),
+            "did you mean oci-layout://examples/mnist?".into(),
+        ),
+        (
+            abs.display().to_string(),
+            format!("did you mean oci-layout://{}?", abs.display()),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let mut o = Ocimodel::new().env("OCIMODEL_RETRIES", "5");
+        o.cmd.current_dir(repo_root());
+        let run = o.run(&[&uri, dest.to_str().unwrap()]);
+        run.assert_fails_with(&[&suggestion]);
+        assert!(!run.stderr().contains("retrying"), "{}", run.stderr());
+        assert!(started.elapsed().as_secs() < 3, "{uri} was slow");
+    }
+    assert!(!dest.exists());
+}
+
+/// A resolver on 127.0.0.1:53 that answers NXDOMAIN for names under
+/// `nx.test` and SERVFAIL for all others.
+const FAKE_DNS: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+open(sys.argv[1], "w").close()
+while True:
+    q, peer = s.recvfrom(512)
+    i = 12
+    while q[i]:
+        i += q[i] + 1
+    question = q[12:i + 5]
+    name = q[12:i].lower()
+    rcode = 3 if name.endswith(b"\x02nx\x04test") else 2
+    s.sendto(q[:2] + bytes([0x81, 0x80 | rcode]) + b"\x00\x01" + b"\x00" * 6 + question, peer)
+"#;
+
+/// Runs ocimodel in a network and mount namespace of its own, where
+/// /etc/resolv.conf names the fake resolver above: no query leaves loopback.
+fn pull_with_fake_dns(host: &str, retries: &str) -> (std::process::Output, String, f64) {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("dns.py"), FAKE_DNS).unwrap();
+    fs::write(
+        t.path().join("resolv.conf"),
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:2\n",
+    )
+    .unwrap();
+    let script = r#"set -e
+ip link set lo up
+mount --bind "$T/resolv.conf" /etc/resolv.conf
+python3 "$T/dns.py" "$T/ready" >/dev/null 2>&1 &
+dns=$!
+trap 'kill $dns' EXIT
+while [ ! -e "$T/ready" ]; do sleep 0.05; done
+start=$(date +%s.%N)
+set +e
+env -i OCIMODEL_RETRIES="$RETRIES" OCIMODEL_TERMINATION_LOG="$T/termination" "$BIN" "$URI" "$T/dest"
+rc=$?
+echo "$(date +%s.%N) - $start" | bc > "$T/seconds"
+exit $rc"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--mount", "sh", "-c", script])
+        .env("T", t.path())
+        .env("BIN", env!("CARGO_BIN_EXE_ocimodel"))
+        .env("URI", format!("{host}/models/m:v1"))
+        .env("RETRIES", retries)
+        .output()
+        .unwrap();
+    let termination = fs::read_to_string(t.path().join("termination")).unwrap_or_default();
+    let seconds = fs::read_to_string(t.path().join("seconds"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(f64::MAX);
+    assert!(!t.path().join("dest").exists());
+    (out, termination, seconds)
+}
+
+/// #14: a host name that does not exist (NXDOMAIN) is not retried (5
+/// retries took ~20 s); a resolver that failed (SERVFAIL) or a refused
+/// connection, which can heal, still are.
+#[test]
+fn unknown_hosts_fail_at_once_what_can_heal_is_retried() {
+    require_root("a network and mount namespace with a fake resolver");
+    let (out, termination, seconds) = pull_with_fake_dns("registry.nx.test", "5");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        termination.contains("cannot resolve registry host registry.nx.test"),
+        "{termination}"
+    );
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    assert!(seconds < 2.0, "{seconds}s: {stderr}");
+
+    let (out, termination, _) = pull_with_fake_dns("registry.flaky.test", "1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        termination.contains("cannot resolve registry host registry.flaky.test"),
+        "{termination}"
+    );
+    assert!(stderr.contains("retrying"), "{stderr}");
+
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let refused = format!("127.0.0.1:{}", free_port());
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &refused)
+        .run(&[&format!("{refused}/m:v1"), dest.to_str().unwrap()]);
+    run.assert_fails_with(&["cannot reach registry", &refused]);
+    assert!(run.stderr().contains("retrying"), "{}", run.stderr());
+    assert!(!dest.exists());
+}

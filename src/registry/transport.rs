@@ -94,7 +94,7 @@ impl RegistryClient {
                 Err(e)
                     if attempt < retries
                         && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && !crate::error::is_tls_failure(&e) =>
+                        && !crate::error::is_permanent_transport_failure(&e) =>
                 {
                     attempt += 1;
                     let wait = backoff(attempt);
@@ -176,6 +176,14 @@ impl RegistryClient {
                 dns.source
             );
         }
+        if crate::error::is_plain_http_answer(&e) {
+            return anyhow!(
+                "cannot reach registry {} ({}): the server answered plain HTTP; use --insecure-registry {} (OCIMODEL_INSECURE_REGISTRIES) if it serves plain HTTP",
+                r.registry,
+                self.base_url(r),
+                r.registry
+            );
+        }
         let cause = root_cause(&e);
         let hint = if self.is_insecure(&r.registry) {
             "check the address and that the registry is running"
@@ -199,16 +207,89 @@ impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found = tokio::net::lookup_host((host.as_str(), 0))
+            let lookup = host.clone();
+            let found = tokio::task::spawn_blocking(move || getaddrinfo(&lookup))
                 .await
-                .map(|addrs| addrs.collect::<Vec<_>>());
+                .unwrap_or_else(|e| Err((false, std::io::Error::other(e))));
             match found {
                 Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
-                Err(source) => Err(Box::new(crate::error::DnsError { host, source })
+                Err((no_such_host, source)) => Err(Box::new(crate::error::DnsError {
+                    host,
+                    no_such_host,
+                    source,
+                })
                     as Box<dyn std::error::Error + Send + Sync>),
             }
         })
     }
+}
+
+/// The system resolver, as std's `lookup_host` calls it, but keeping
+/// what std drops: whether the answer was "no such name" (`EAI_NONAME`,
+/// `EAI_NODATA`: permanent) or a failure to ask (`EAI_AGAIN`, ...).
+fn getaddrinfo(
+    host: &str,
+) -> std::result::Result<Vec<std::net::SocketAddr>, (bool, std::io::Error)> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    let c_host = std::ffi::CString::new(host)
+        .map_err(|_| (true, std::io::Error::other("a NUL byte in the host name")))?;
+    // SAFETY: all-zero is a valid addrinfo (null pointers, no flags).
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated host, no service, valid hints; `res` is
+    // written only on success and freed below.
+    let rc = unsafe { libc::getaddrinfo(c_host.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if rc != 0 {
+        if rc == libc::EAI_SYSTEM {
+            return Err((false, std::io::Error::last_os_error()));
+        }
+        // SAFETY: gai_strerror returns a static NUL-terminated string.
+        let detail = unsafe { std::ffi::CStr::from_ptr(libc::gai_strerror(rc)) }
+            .to_string_lossy()
+            .into_owned();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let no_such_host = rc == libc::EAI_NONAME || rc == libc::EAI_NODATA;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let no_such_host = rc == libc::EAI_NONAME;
+        return Err((
+            no_such_host,
+            std::io::Error::other(format!("failed to lookup address information: {detail}")),
+        ));
+    }
+    let mut addrs = Vec::new();
+    let mut cur = res;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getaddrinfo returned; its
+        // ai_addr points to a sockaddr of the family it names.
+        unsafe {
+            let ai = &*cur;
+            if !ai.ai_addr.is_null() {
+                match ai.ai_family {
+                    libc::AF_INET => {
+                        let sa = &*(ai.ai_addr as *const libc::sockaddr_in);
+                        let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+                        addrs.push(SocketAddr::V4(SocketAddrV4::new(ip, 0)));
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ai.ai_addr as *const libc::sockaddr_in6);
+                        let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                        addrs.push(SocketAddr::V6(SocketAddrV6::new(
+                            ip,
+                            0,
+                            sa.sin6_flowinfo,
+                            sa.sin6_scope_id,
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            cur = ai.ai_next;
+        }
+    }
+    // SAFETY: `res` came from a successful getaddrinfo and is freed once.
+    unsafe { libc::freeaddrinfo(res) };
+    Ok(addrs)
 }
 
 /// The innermost error message: what actually went wrong on the wire.
