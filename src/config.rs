@@ -125,10 +125,33 @@ pub fn check_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result
             bail!("OCIMODEL_MODE must be pull or sidecar, not '{value}'");
         }
         if name == "OCIMODEL_LOG" {
-            if let Err(e) = tracing_subscriber::EnvFilter::try_new(value.as_ref()) {
-                bail!("OCIMODEL_LOG is not a log filter (info, debug, warn, ...): '{value}': {e}");
-            }
+            check_log_filter(&value)?;
         }
+    }
+    Ok(())
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `OCIMODEL_LOG`: a level, or tracing filter directives that each end in
+/// one (`ocimodel=debug,warn`). tracing reads a bare word as a target to
+/// log at TRACE, so `verbose` would silently mute everything else.
+fn check_log_filter(value: &str) -> Result<()> {
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    let bad = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .find(|d| match d.rsplit_once('=') {
+            Some((target, level)) => target.trim().is_empty() || !is_level(level),
+            None => !is_level(d),
+        });
+    let parsed = tracing_subscriber::EnvFilter::try_new(value);
+    if bad.is_some() || parsed.is_err() {
+        bail!(
+            "OCIMODEL_LOG must be a level ({}) or tracing filter directives such as 'ocimodel=debug,warn', not '{value}'",
+            LEVELS.join(", ")
+        );
     }
     Ok(())
 }
@@ -137,25 +160,8 @@ pub fn check_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result
 fn closest(name: &str) -> &'static str {
     SETTINGS
         .iter()
-        .min_by_key(|s| edit_distance(name, s))
+        .min_by_key(|s| strsim::levenshtein(name, s))
         .expect("SETTINGS is not empty")
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diagonal + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            diagonal = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -192,6 +198,35 @@ mod tests {
         .unwrap();
         let e = check_env(env(&[("OCIMODEL_MODE", "sidecars")])).unwrap_err();
         assert!(e.to_string().contains("pull or sidecar"), "{e}");
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_directives() {
+        for ok in [
+            "",
+            "debug",
+            "WARN",
+            "ocimodel=debug,warn",
+            "info,ocimodel::fetch=trace",
+            "[pulling]=debug",
+        ] {
+            check_log_filter(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "verbose",
+            "verbose!",
+            "quiet",
+            "ocimodel",
+            "debug,loud",
+            "x=loud",
+            "=debug",
+        ] {
+            let e = check_env(env(&[("OCIMODEL_LOG", bad)])).unwrap_err();
+            assert!(
+                e.to_string().starts_with("OCIMODEL_LOG must be"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

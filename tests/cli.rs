@@ -260,3 +260,109 @@ fn unknown_hosts_fail_at_once_what_can_heal_is_retried() {
     assert!(run.stderr().contains("retrying"), "{}", run.stderr());
     assert!(!dest.exists());
 }
+
+/// #26: --help and --version answer whatever stray OCIMODEL_* is set; a
+/// command still refuses it.
+#[test]
+fn help_and_version_ignore_stray_settings() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["pull", "--help"],
+        &["-h"],
+    ] {
+        let run = Ocimodel::new().env("OCIMODEL_FOO", "1").run(args);
+        assert_eq!(run.code(), 0, "{args:?}: {}", run.stderr());
+        assert!(run.stdout().contains("ocimodel"), "{}", run.stdout());
+    }
+    let dest = tempfile::tempdir().unwrap();
+    Ocimodel::new()
+        .env("OCIMODEL_FOO", "1")
+        .run(&[&layout_uri(), dest.path().join("m").to_str().unwrap()])
+        .assert_fails_with(&["unknown setting OCIMODEL_FOO"]);
+}
+
+/// #28: OCIMODEL_LOG takes levels and filter directives; a bare word is
+/// refused naming the variable (`verbose!` silently muted every log).
+#[test]
+fn log_filter_is_a_level_or_directives() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    for bad in ["verbose!", "verbose", "quiet"] {
+        let run = Ocimodel::new()
+            .env("OCIMODEL_LOG", bad)
+            .run(&[&layout_uri(), dest.to_str().unwrap()]);
+        run.assert_fails_with(&["OCIMODEL_LOG must be a level", &format!("'{bad}'")]);
+        assert!(run.stderr().contains("OCIMODEL_LOG"), "{}", run.stderr());
+        assert!(!dest.exists());
+    }
+    let run = Ocimodel::new()
+        .env("OCIMODEL_LOG", "warn")
+        .run(&[&layout_uri(), dest.to_str().unwrap()]);
+    run.assert_ok();
+    assert!(!run.stderr().contains("INFO"), "{}", run.stderr());
+    fs::remove_dir_all(&dest).unwrap();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_LOG", "warn,ocimodel=debug")
+        .run(&[&layout_uri(), dest.to_str().unwrap()]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains("DEBUG") || run.stderr().contains("INFO"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// #27: a bad value from a variable names the variable on stderr too, not
+/// only in the termination log; a bad flag value names no variable.
+#[test]
+fn bad_values_name_their_variable_on_stderr() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let run = Ocimodel::new()
+        .env("OCIMODEL_LOG_FORMAT", "jsn")
+        .run(&[&layout_uri(), dest.to_str().unwrap()]);
+    run.assert_fails_with(&["invalid value 'jsn'", "(from OCIMODEL_LOG_FORMAT)"]);
+    assert!(
+        run.stderr().contains("invalid value 'jsn'")
+            && run.stderr().contains("(from OCIMODEL_LOG_FORMAT)"),
+        "{}",
+        run.stderr()
+    );
+    let run = Ocimodel::new().env("OCIMODEL_LOG_FORMAT", "text").run(&[
+        "pull",
+        "--log-format",
+        "jsn",
+        &layout_uri(),
+        dest.to_str().unwrap(),
+    ]);
+    run.assert_fails_with(&["invalid value 'jsn'"]);
+    assert!(!run.stderr().contains("(from"), "{}", run.stderr());
+    assert!(!run.termination.contains("(from"), "{}", run.termination);
+    assert!(!dest.exists());
+}
+
+/// #2/#4: oras's --plain-http and skopeo's --tls-verify=false reach a
+/// plain-HTTP registry, and a near miss is not pointed at --verify (the
+/// signature policy).
+#[test]
+fn plain_http_and_tls_verify_false_are_insecure_registry() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!("{}/models/mnist:v1", reg.addr);
+    for (i, flag) in ["--plain-http", "--tls-verify=false"].iter().enumerate() {
+        let dest = work.path().join(format!("m{i}"));
+        Ocimodel::new()
+            .run(&["pull", flag, &uri, dest.to_str().unwrap()])
+            .assert_ok();
+        assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    }
+    let dest = work.path().join("m");
+    Ocimodel::new()
+        .run(&["pull", "--tls-verify=true", &uri, dest.to_str().unwrap()])
+        .assert_fails_with(&["the server answered plain HTTP"]);
+    let run = Ocimodel::new().run(&["pull", "--tls-verfy=false", &uri, dest.to_str().unwrap()]);
+    assert!(run.stderr().contains("'--tls-verify'"), "{}", run.stderr());
+    assert!(!dest.exists());
+}

@@ -156,6 +156,22 @@ pub(super) struct AccessArgs {
     )]
     pub(super) insecure_registries: Vec<String>,
 
+    /// Every registry this command reaches over plain HTTP (oras's spelling).
+    #[arg(long = "plain-http")]
+    pub(super) plain_http: bool,
+
+    /// --tls-verify=false (skopeo's spelling) is --plain-http.
+    #[arg(
+        long = "tls-verify",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub(super) tls_verify: bool,
+
     /// Extra PEM CA bundle to trust (in addition to the built-in roots).
     #[arg(long = "ca-bundle", env = "OCIMODEL_CA_BUNDLE")]
     pub(super) ca_bundle: Option<PathBuf>,
@@ -807,7 +823,7 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
     let mut ca_bundles: Vec<PathBuf> = access.ca_bundle.iter().cloned().collect();
     let kserve = config::KserveOverrides::from_env();
     ca_bundles.extend(kserve.ca_bundle);
-    let insecure_all = kserve.insecure_all;
+    let insecure_all = kserve.insecure_all || access.plain_http || !access.tls_verify;
     let options = ClientOptions {
         insecure_registries: clean_list(&access.insecure_registries),
         insecure_all,

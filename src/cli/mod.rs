@@ -28,9 +28,6 @@ const USAGE: &str = "usage: ocimodel [pull] URI DEST [URI DEST ...]";
 /// Runs the command line; returns the process exit code.
 pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
     crate::cpus::limit_malloc_arenas();
-    if let Err(e) = crate::config::check_env(std::env::vars_os()) {
-        return fail(&e, None);
-    }
     // KServe's bare `URI DEST ...` form means `pull` (or `sidecar`, for images
     // whose arguments KServe fixes, with OCIMODEL_MODE=sidecar).
     let known = Cli::command()
@@ -54,27 +51,20 @@ pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
         write_termination(None, &format!("ocimodel: {USAGE} (no arguments given)"));
         return ExitCode::FAILURE;
     }
-    let cli = match Cli::try_parse_from(&argv) {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print(); // --help, --version
+    let parsed = Cli::try_parse_from(&argv);
+    // --help and --version answer whatever the environment holds.
+    if let Err(e) = &parsed {
+        if !e.use_stderr() {
+            let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            let _ = e.print();
-            // The error with its choices, up to clap's "For more information".
-            let text = e.to_string();
-            let head: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            write_termination(
-                None,
-                &format!("ocimodel: {}", name_the_env(&head.join(" "))),
-            );
-            return ExitCode::FAILURE;
-        }
+    }
+    if let Err(e) = crate::config::check_env(std::env::vars_os()) {
+        return fail(&e, None);
+    }
+    let cli = match parsed {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e, &argv),
     };
     let log = cli.termination_log.clone();
     match run(cli) {
@@ -168,22 +158,55 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// A clap error line, with the variable named when the value came from one
-/// (a ClusterStorageContainer sets `OCIMODEL_VERIFY`, not `--verify`).
-fn name_the_env(line: &str) -> String {
-    let line = line.trim_start_matches("error: ");
+/// A clap error: on stderr and in the termination log, with the variable
+/// named when the value came from one (a ClusterStorageContainer sets
+/// `OCIMODEL_VERIFY`, not `--verify`).
+fn usage_error(e: &clap::Error, argv: &[String]) -> ExitCode {
+    // The error with its choices, up to clap's "For more information".
+    let text = e.to_string();
+    let head: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let head = head.join(" ");
+    let head = head.trim_start_matches("error: ");
+    match env_behind(head, argv) {
+        Some(env) => {
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            eprintln!("{first} (from {env})");
+            for l in lines {
+                eprintln!("{l}");
+            }
+            write_termination(None, &format!("ocimodel: {head} (from {env})"));
+        }
+        None => {
+            let _ = e.print();
+            write_termination(None, &format!("ocimodel: {head}"));
+        }
+    }
+    ExitCode::FAILURE
+}
+
+/// The variable a flag's bad value came from: the flag the error names
+/// reads it, it is set, and the flag was not given.
+fn env_behind(line: &str, argv: &[String]) -> Option<String> {
     for sub in Cli::command().get_subcommands() {
         for a in sub.get_arguments() {
             let (Some(long), Some(env)) = (a.get_long(), a.get_env()) else {
                 continue;
             };
-            let env = env.to_string_lossy();
-            if line.contains(&format!("'--{long}")) && std::env::var_os(env.as_ref()).is_some() {
-                return format!("{line} (from {env})");
+            let flag = format!("--{long}");
+            let given = argv
+                .iter()
+                .any(|w| w == &flag || w.starts_with(&format!("{flag}=")));
+            if line.contains(&format!("'{flag}")) && !given && std::env::var_os(env).is_some() {
+                return Some(env.to_string_lossy().into_owned());
             }
         }
     }
-    line.to_string()
+    None
 }
 
 fn init_logging(format: LogFormat) {
