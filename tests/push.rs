@@ -509,3 +509,48 @@ fn symlinks_leaving_the_model_directory_are_refused() {
     let (run, _) = push(&repo.join("snapshots/abc123"), &[]);
     run.assert_ok();
 }
+
+/// #35: pushing an installed DEST ships the model, not ocimodel's
+/// bookkeeping (`.ocimodel.json`, `.ocimodel/lock`), so the result pulls
+/// back; a log line says what was left out.
+#[test]
+fn pushing_an_installed_dest_skips_the_bookkeeping() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("model");
+    model_dir(&src);
+    let installed = work.path().join("installed");
+    let layout = work.path().join("layout");
+    let first = push_layout(&src, &layout, "oras");
+    Ocimodel::new()
+        .run(&[&first, installed.to_str().unwrap()])
+        .assert_ok();
+    assert!(installed.join(".ocimodel.json").is_file());
+    assert!(installed.join(".ocimodel/lock").is_file());
+    for format in ["oras", "modelpack", "modelcar"] {
+        let again = work.path().join(format!("again-{format}"));
+        let run = Ocimodel::new().run(&[
+            "push",
+            installed.to_str().unwrap(),
+            "v1",
+            "--oci-layout",
+            again.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        run.assert_ok();
+        assert!(
+            run.stderr()
+                .contains("not pushing ocimodel's bookkeeping (.ocimodel, .ocimodel.json)"),
+            "{}",
+            run.stderr()
+        );
+        let back = work.path().join(format!("back-{format}"));
+        Ocimodel::new()
+            .run(&[
+                &format!("oci-layout://{}:v1", again.display()),
+                back.to_str().unwrap(),
+            ])
+            .assert_ok();
+        assert_eq!(files_of(&back), files_of(&src), "{format}");
+    }
+}

@@ -40,10 +40,21 @@ pub(super) fn walk(dir: &Path, follow_outside: bool) -> Result<Vec<File>> {
     let root = link_root(dir)?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut skipped = Vec::new();
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))? {
             let e = e?;
             let path = e.path();
+            // An installed DEST: its marker and .ocimodel/ are ocimodel's
+            // bookkeeping, not the model (and a pull refuses those names).
+            if d == dir
+                && crate::unpack::RESERVED_NAMES
+                    .iter()
+                    .any(|r| e.file_name() == *r)
+            {
+                skipped.push(e.file_name().to_string_lossy().into_owned());
+                continue;
+            }
             // Follow symlinks (a Hugging Face cache snapshot is all symlinks):
             // the content is what gets published; but only inside the model,
             // unless asked (a link to /etc/shadow must not be published).
@@ -80,6 +91,15 @@ pub(super) fn walk(dir: &Path, follow_outside: bool) -> Result<Vec<File>> {
                 bail!("{} is not a regular file or directory", path.display());
             }
         }
+    }
+    if !skipped.is_empty() {
+        skipped.sort();
+        tracing::info!(
+            dir = %dir.display(),
+            "not pushing ocimodel's bookkeeping ({}): {} is an installed DEST",
+            skipped.join(", "),
+            dir.display()
+        );
     }
     if out.is_empty() {
         bail!("{} holds no files to push", dir.display());
