@@ -262,22 +262,8 @@ impl Dest {
         owner: Option<(u32, u32)>,
     ) -> Result<Marker> {
         let new_entries = staging.dir.names()?;
-        let writer = self.dir.stat(MARKER)?.map(|st| st.st_uid);
-        let mut old = BTreeSet::new();
-        for name in self.marker().map(|m| m.entries).unwrap_or_default() {
-            if is_plain_name(&name) && self.owned_by(&name, writer)? {
-                old.insert(name);
-            }
-        }
-        // Refuse to clobber files this tool did not put there.
-        for name in &new_entries {
-            if !old.contains(name) && self.dir.stat(name)?.is_some() {
-                bail!(
-                    "{} already exists and was not installed by ocimodel; remove it or use an empty destination",
-                    self.path.join(name).display()
-                );
-            }
-        }
+        let old = self.installed_entries()?;
+        self.refuse_clobbering(&new_entries, &old)?;
         self.dir.remove_file(MARKER)?;
         let touched: BTreeSet<String> = old.iter().chain(new_entries.iter()).cloned().collect();
         let journal = Journal {
@@ -308,6 +294,40 @@ impl Dest {
             .context("cannot write the completion marker")?;
         self.book.remove_file("journal.json")?;
         Ok(marker)
+    }
+
+    /// The top-level entries the current install owns (listed by its
+    /// marker and owned by the marker's writer).
+    fn installed_entries(&self) -> Result<BTreeSet<String>> {
+        let writer = self.dir.stat(MARKER)?.map(|st| st.st_uid);
+        let mut old = BTreeSet::new();
+        for name in self.marker().map(|m| m.entries).unwrap_or_default() {
+            if is_plain_name(&name) && self.owned_by(&name, writer)? {
+                old.insert(name);
+            }
+        }
+        Ok(old)
+    }
+
+    /// Refuses to clobber files this tool did not put there.
+    fn refuse_clobbering(&self, names: &[String], old: &BTreeSet<String>) -> Result<()> {
+        for name in names {
+            if !old.contains(name) && self.dir.stat(name)?.is_some() {
+                bail!(
+                    "{} already exists and was not installed by ocimodel; remove it or use an empty destination",
+                    self.path.join(name).display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Before any download: refuses when one of these top-level names (those
+    /// a plan is known to write) is a file of the user's in DEST, as the
+    /// install would at the end.
+    pub fn check_conflicts(&self, names: &[String]) -> Result<()> {
+        let old = self.installed_entries()?;
+        self.refuse_clobbering(names, &old)
     }
 
     /// Writes bookkeeping file `name` afresh (never through what is there).

@@ -268,6 +268,12 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     if settings.require_digest && job.target.pinned_digest().is_none() {
         bail!("the reference has no digest and OCIMODEL_REQUIRE_DIGEST is set; pin it as REF@sha256:...");
     }
+    if std::fs::metadata(&job.dest).is_ok_and(|m| !m.is_dir()) {
+        bail!(
+            "destination {} is not a directory; name a directory (it is created when missing)",
+            job.dest.display()
+        );
+    }
     let selection = settings.selection();
     let policy = &settings.verify;
 
@@ -333,6 +339,9 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
     refuse_empty(&planned.plan, settings)?;
     check_paths(&planned.plan)?;
     check_space(dest.path(), &planned.plan)?;
+    if settings.hf_repo.is_none() {
+        dest.check_conflicts(&known_entries(&planned.plan))?;
+    }
     // A node-cache entry or a mirror whose bytes failed their digest is
     // dropped or skipped: then again, from the next host.
     let mut retries = 0;
@@ -399,6 +408,33 @@ pub enum Recheck {
     Size,
     /// The same, and every file re-hashed against the marker.
     Digest,
+}
+
+/// The top-level names of DEST a plan is known to write before anything is
+/// downloaded: whole files, generated files, and tar layers bound to a
+/// directory (what other tar layers hold is known once they unpack).
+fn known_entries(plan: &Plan) -> Vec<String> {
+    let first = |p: &str| {
+        clean_path(Path::new(p))
+            .ok()
+            .and_then(|c| c.into_iter().next())
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for step in &plan.steps {
+        let name = match &step.action {
+            Action::WriteFile(p) => first(p),
+            Action::ExtractTar { into: Some(d), .. } => first(d),
+            Action::ExtractTar {
+                into: None,
+                within: Some(d),
+                ..
+            } => first(d),
+            _ => None,
+        };
+        names.extend(name);
+    }
+    names.extend(plan.generated.iter().filter_map(|(p, _)| first(p)));
+    names.into_iter().collect()
 }
 
 /// A plan with nothing to install is an error that says why.

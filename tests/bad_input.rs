@@ -295,3 +295,47 @@ fn misspelled_choices_are_errors() {
     );
     assert!(!m.exists());
 }
+
+/// #18/#20: a DEST that is a file, or a user's folder holding a name the
+/// model would overwrite, is refused before any blob is downloaded (it was
+/// refused after the whole download), and leaves no `.ocimodel/` behind.
+#[test]
+fn dest_conflicts_are_found_before_the_download() {
+    let reg = Registry::start(Auth::None);
+    reg.oras_push_mnist("models/mnist:v1");
+    let work = tempfile::tempdir().unwrap();
+    let top = MNIST_TITLE.split('/').next().unwrap();
+    let mine = work.path().join("mine");
+    fs::create_dir_all(mine.join(top)).unwrap();
+    fs::write(mine.join(top).join("notes.txt"), "mine").unwrap();
+    reg.pull("models/mnist:v1", &mine)
+        .assert_fails_with(&[&format!(
+            "{top} already exists and was not installed by ocimodel"
+        )]);
+    assert_eq!(
+        reg.blob_gets(&format!("sha256:{MNIST_SHA256}")),
+        0,
+        "the blob was downloaded"
+    );
+    assert!(!mine.join(".ocimodel").exists(), "bookkeeping left behind");
+    assert_eq!(fs::read(mine.join(top).join("notes.txt")).unwrap(), b"mine");
+
+    let file = work.path().join("afile");
+    fs::write(&file, "not a dir").unwrap();
+    reg.pull("models/mnist:v1", &file)
+        .assert_fails_with(&["destination", "afile is not a directory"]);
+    assert_eq!(
+        reg.blob_gets(&format!("sha256:{MNIST_SHA256}")),
+        0,
+        "the blob was downloaded"
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"not a dir");
+
+    // Unrelated files of the user's stay, and the model installs beside them.
+    let beside = work.path().join("beside");
+    fs::create_dir(&beside).unwrap();
+    fs::write(beside.join("notes.txt"), "mine").unwrap();
+    reg.pull("models/mnist:v1", &beside).assert_ok();
+    assert_eq!(sha256_file(&beside.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(fs::read(beside.join("notes.txt")).unwrap(), b"mine");
+}
