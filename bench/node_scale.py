@@ -43,8 +43,9 @@ def release_binary():
     b = os.environ.get("BIN")
     if b:
         return os.path.abspath(b)
-    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=REPO, check=True)
-    return str(REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel")
+    out = subprocess.run([str(REPO / "scripts/build-static.sh")], cwd=REPO, check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip()
 
 
 def cpuinfo():

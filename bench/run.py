@@ -238,7 +238,7 @@ def versions(podman):
         except Exception:
             return "n/a"
     return {
-        "ocimodel": v(f"{REPO}/target/x86_64-unknown-linux-gnu/release/ocimodel --version"),
+        "ocimodel": v(f"{REPO}/target/static/linux-*/ocimodel --version"),
         "oras-py": v("python3 -c 'import importlib.metadata as m; print(m.version(\"oras\"))'"),
         "kserve-storage": KSERVE_STORAGE,
         "aria2c": v("aria2c --version"),
@@ -254,8 +254,9 @@ def versions(podman):
 def release_binary():
     """Builds ocimodel (release) and returns its path."""
     print("building ocimodel (release)", flush=True)
-    sh(["cargo", "build", "--release", "--quiet"], cwd=REPO)
-    return REPO / "target/x86_64-unknown-linux-gnu/release/ocimodel"
+    out = subprocess.run([str(REPO / "scripts/build-static.sh")], cwd=REPO, check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip())
 
 
 def fresh_dir(path):

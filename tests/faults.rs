@@ -4,6 +4,8 @@
 //! retries running out, 404 not retried, and the overall deadline.
 
 mod common;
+#[path = "support/static_binary.rs"]
+mod static_binary;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -392,7 +394,11 @@ fn connect_timeout_is_reported() {
 fn dns_failure_is_reported() {
     require_root("unshare and chroot need root");
     let root = tempfile::tempdir().unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_ocimodel"), root.path().join("ocimodel")).unwrap();
+    std::fs::copy(
+        static_binary::static_ocimodel(),
+        root.path().join("ocimodel"),
+    )
+    .unwrap();
     let out = std::process::Command::new("/usr/bin/unshare")
         .args(["--net", "/usr/sbin/chroot"])
         .arg(root.path())

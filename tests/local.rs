@@ -2,6 +2,8 @@
 //! unrelated env, JSON logs, and the static binary in an empty root.
 
 mod common;
+#[path = "support/static_binary.rs"]
+mod static_binary;
 
 use std::fs;
 use std::process::Command;
@@ -84,7 +86,11 @@ fn static_binary_runs_in_an_empty_root() {
     let reg = Registry::start(Auth::None);
     reg.oras_push_mnist("models/mnist:v1");
     let root = tempfile::tempdir().unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_ocimodel"), root.path().join("ocimodel")).unwrap();
+    fs::copy(
+        static_binary::static_ocimodel(),
+        root.path().join("ocimodel"),
+    )
+    .unwrap();
     copy_dir(
         &repo_root().join("examples/mnist"),
         &root.path().join("layout"),
@@ -122,6 +128,25 @@ fn static_binary_runs_in_an_empty_root() {
         !entries.contains(&"dev".to_string()),
         "nothing written outside DEST: {entries:?}"
     );
+}
+
+/// `cargo run`, `cargo build` and `cargo install --path .` build for the
+/// host (macOS, arm64): no target is forced, and no static flags reach
+/// build scripts and proc-macros; scripts/build-static.sh makes the static
+/// binary for the image.
+#[test]
+fn cargo_builds_for_the_host_by_default() {
+    let config = repo_root().join(".cargo/config.toml");
+    if let Ok(text) = fs::read_to_string(&config) {
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert!(
+            v.get("build").and_then(|b| b.get("target")).is_none(),
+            "{} forces a target",
+            config.display()
+        );
+        assert!(!text.contains("crt-static"), "{text}");
+    }
+    assert!(static_binary::is_static(&static_binary::static_ocimodel()));
 }
 
 /// A layout whose model blob is a FIFO fed slowly: the pull takes a few

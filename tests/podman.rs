@@ -13,6 +13,8 @@
 //! artifact.
 
 mod common;
+#[path = "support/static_binary.rs"]
+mod static_binary;
 
 use std::fs;
 use std::net::TcpStream;
@@ -107,9 +109,13 @@ impl Drop for Podman {
 /// Builds ocimodel's image from the repository's Containerfile (prebuilt path).
 fn build_ocimodel_image(podman: &Podman, work: &Path) {
     let ctx = work.join("ctx");
-    let bin_dir = ctx.join("target/x86_64-unknown-linux-gnu/release");
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let bin_dir = ctx.join(format!("target/static/linux-{arch}"));
     fs::create_dir_all(&bin_dir).unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_ocimodel"), bin_dir.join("ocimodel")).unwrap();
+    fs::copy(static_binary::static_ocimodel(), bin_dir.join("ocimodel")).unwrap();
     fs::copy(repo_root().join("Containerfile"), ctx.join("Containerfile")).unwrap();
     podman.ok(
         &[
