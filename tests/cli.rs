@@ -366,3 +366,101 @@ fn plain_http_and_tls_verify_false_are_insecure_registry() {
     assert!(run.stderr().contains("'--tls-verify'"), "{}", run.stderr());
     assert!(!dest.exists());
 }
+
+/// `--version` and `version` name the git commit the binary was built from
+/// (build.rs), whatever stray setting is set.
+#[test]
+fn version_names_the_commit() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let expected = format!("ocimodel {} (commit {head})", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["version"]] {
+        let run = Ocimodel::new().env("OCIMODEL_FOO", "1").run(args);
+        assert_eq!(run.code(), 0, "{args:?}: {}", run.stderr());
+        assert_eq!(run.stdout().trim(), expected, "{args:?}");
+    }
+}
+
+/// Shell completion and a man page come from the clap definitions.
+#[test]
+fn completion_and_man_page() {
+    for (shell, needle) in [
+        ("bash", "complete -F _ocimodel"),
+        ("zsh", "#compdef ocimodel"),
+        ("fish", "complete -c ocimodel"),
+    ] {
+        let (run, left) = run_in_empty_cwd(&["completion", shell]);
+        assert_eq!(run.code(), 0, "{shell}: {}", run.stderr());
+        assert!(run.stdout().contains(needle), "{shell}: {}", run.stdout());
+        assert!(run.stdout().contains("inspect"), "{shell}");
+        assert!(left.is_empty(), "completion {shell} left {left:?}");
+    }
+    // bash reads it: the function completes ocimodel's words.
+    let run = Ocimodel::new().run(&["completion", "bash"]);
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "eval \"$SCRIPT\"; COMP_WORDS=(ocimodel insp); COMP_CWORD=1; _ocimodel ocimodel insp ocimodel; echo \"${COMPREPLY[*]}\"",
+        ])
+        .env("SCRIPT", run.stdout())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inspect");
+    let run = Ocimodel::new().run(&["man"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stdout().contains(".TH ocimodel 1"), "{}", run.stdout());
+    assert!(run.stdout().contains("inspect"), "{}", run.stdout());
+    let run = Ocimodel::new().run(&["completion", "nushell"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr().contains("possible values: bash"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// `--help` is grouped under headings, and the download tuning is not
+/// shown where it does nothing (inspect, referrers, push).
+#[test]
+fn help_is_grouped_and_shows_what_applies() {
+    let help = |args: &[&str]| {
+        let run = Ocimodel::new().run(args);
+        assert_eq!(run.code(), 0, "{args:?}: {}", run.stderr());
+        run.stdout()
+    };
+    let pull = help(&["pull", "--help"]);
+    for heading in [
+        "Registry access:",
+        "Transfers:",
+        "File selection:",
+        "Signatures:",
+        "Install:",
+    ] {
+        assert!(
+            pull.contains(&format!("\n{heading}\n")),
+            "pull lacks {heading}:\n{pull}"
+        );
+    }
+    assert!(pull.contains("--range-size"));
+    for cmd in ["inspect", "referrers", "push"] {
+        let text = help(&[cmd, "--help"]);
+        for hidden in [
+            "--range-size",
+            "--range-connections",
+            "--split-below",
+            "--host-connections",
+        ] {
+            assert!(!text.contains(hidden), "{cmd} shows {hidden}");
+        }
+    }
+    assert!(!help(&["inspect", "--help"]).contains("--hf-repo"));
+    let push = help(&["push", "--help"]);
+    assert!(push.contains("Platform of a modelcar image"), "{push}");
+    assert!(!push.contains("Platform to pick from an index"), "{push}");
+}

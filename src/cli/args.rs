@@ -25,10 +25,18 @@ use crate::verify::{self, Policy};
 
 use super::USAGE;
 
+/// `0.1.0 (commit 1a2b3c4)`: the commit is embedded by build.rs.
+pub(super) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OCIMODEL_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ocimodel",
-    version,
+    version = VERSION,
     about = "Pull ML models from OCI registries and layouts onto disk, verified by digest",
     after_help = "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models"
 )]
@@ -64,6 +72,59 @@ pub(super) enum Command {
     /// Package a model directory and push it (ModelPack, ORAS or modelcar),
     /// or write it as an OCI layout. Prints the pushed digest.
     Push(PushArgs),
+    /// Print the version and the git commit it was built from.
+    Version,
+    /// Print a shell completion script: ocimodel completion bash|zsh|fish > FILE.
+    Completion(CompletionArgs),
+    /// Print the man page (roff): ocimodel man > ocimodel.1.
+    Man,
+}
+
+impl Command {
+    /// Commands that only print about ocimodel itself: no setting applies.
+    pub(super) fn is_informational(&self) -> bool {
+        matches!(
+            self,
+            Command::Version | Command::Completion(_) | Command::Man
+        )
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub(super) shell: clap_complete::Shell,
+}
+
+/// The command line as clap sees it: the derived definition, with the
+/// flags that do nothing in a command hidden from its help (the download
+/// tuning of read-only commands and push) and push's words for --platform.
+/// Help, completion and the man page all come from it.
+pub(super) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    const DOWNLOAD_TUNING: [&str; 4] = [
+        "range_connections",
+        "range_size",
+        "split_below",
+        "host_connections",
+    ];
+    let hide = |mut c: clap::Command, ids: &[&str]| {
+        for id in ids {
+            c = c.mut_arg(*id, |a| a.hide(true));
+        }
+        c
+    };
+    Cli::command()
+        .mut_subcommand("inspect", |c| {
+            hide(hide(c, &DOWNLOAD_TUNING), &["hf_repo"])
+        })
+        .mut_subcommand("referrers", |c| hide(c, &DOWNLOAD_TUNING))
+        .mut_subcommand("push", |c| {
+            hide(c, &DOWNLOAD_TUNING).mut_arg("platform", |a| {
+                a.help("Platform of a modelcar image, os/arch[/variant] (default linux/<this machine>)")
+            })
+        })
 }
 
 #[derive(Args, Debug)]
@@ -113,11 +174,11 @@ pub(super) struct SidecarArgs {
     pub(super) pull: PullArgs,
 
     /// Address of the probe and metrics server.
-    #[arg(long, env = "OCIMODEL_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    #[arg(help_heading = "Sidecar", long, env = "OCIMODEL_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub(super) listen: String,
 
     /// Exit 1 on the first failed pull instead of retrying (for those who prefer a restart).
-    #[arg(long, env = "OCIMODEL_SIDECAR_EXIT_ON_FAILURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(help_heading = "Sidecar", long, env = "OCIMODEL_SIDECAR_EXIT_ON_FAILURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub(super) exit_on_failure: bool,
 }
 
@@ -143,6 +204,7 @@ pub(super) struct CheckArgs {
 
 /// How to reach sources.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Registry access")]
 pub(super) struct AccessArgs {
     /// Platform to pick from an index, os/arch[/variant] (default linux/<this machine>).
     #[arg(long, env = "OCIMODEL_PLATFORM")]
@@ -181,22 +243,23 @@ pub(super) struct AccessArgs {
     pub(super) auth_file: Option<PathBuf>,
 
     /// Log format: text or json.
-    #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
     pub(super) log_format: LogFormat,
 
     /// Seconds a registry may send no bytes before the transfer is abandoned.
-    #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = config::DEFAULT_STALL_TIMEOUT)]
+    #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = config::DEFAULT_STALL_TIMEOUT, help_heading = "Transfers")]
     pub(super) stall_timeout: u64,
 
     /// Bytes per second a transfer must average over each stall window (e.g. 1K); a trickling registry fails.
-    #[arg(long = "min-rate", env = "OCIMODEL_MIN_RATE", default_value = config::DEFAULT_MIN_RATE, value_parser = parse_size)]
+    #[arg(long = "min-rate", env = "OCIMODEL_MIN_RATE", default_value = config::DEFAULT_MIN_RATE, value_parser = parse_size, help_heading = "Transfers")]
     pub(super) min_rate: u64,
 
     /// Seconds a connection to a registry may take to open.
     #[arg(
         long = "connect-timeout",
         env = "OCIMODEL_CONNECT_TIMEOUT",
-        default_value_t = config::DEFAULT_CONNECT_TIMEOUT
+        default_value_t = config::DEFAULT_CONNECT_TIMEOUT,
+        help_heading = "Transfers"
     )]
     pub(super) connect_timeout: u64,
 
@@ -221,29 +284,30 @@ pub(super) struct AccessArgs {
     pub(super) cloud_auth: OnOff,
 
     /// Retries of transient failures (connection errors, 429/502/503/504, broken transfers).
-    #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES)]
+    #[arg(long, env = "OCIMODEL_RETRIES", default_value_t = config::DEFAULT_RETRIES, help_heading = "Transfers")]
     pub(super) retries: u32,
 
     /// Connections one big blob is downloaded over, in ranges (1: one stream).
-    #[arg(long = "range-connections", env = "OCIMODEL_RANGE_CONNECTIONS", default_value_t = config::DEFAULT_RANGE_CONNECTIONS)]
+    #[arg(long = "range-connections", env = "OCIMODEL_RANGE_CONNECTIONS", default_value_t = config::DEFAULT_RANGE_CONNECTIONS, help_heading = "Transfers")]
     pub(super) range_connections: usize,
 
     /// Bytes per ranged GET (e.g. 2M, at most 32M); blobs under twice this are one stream.
-    #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = "2M", value_parser = parse_range_size)]
+    #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = "2M", value_parser = parse_range_size, help_heading = "Transfers")]
     pub(super) range_size: u64,
 
     /// Split a big blob only when its first range arrived slower than this per second
     /// (e.g. 128M; 1T: always); a faster connection keeps up on its own.
-    #[arg(long = "split-below", env = "OCIMODEL_SPLIT_BELOW", default_value = "128M", value_parser = parse_size)]
+    #[arg(long = "split-below", env = "OCIMODEL_SPLIT_BELOW", default_value = "128M", value_parser = parse_size, help_heading = "Transfers")]
     pub(super) split_below: u64,
 
     /// Blob requests open at once to one host, across all blobs.
-    #[arg(long = "host-connections", env = "OCIMODEL_HOST_CONNECTIONS", default_value_t = config::DEFAULT_HOST_CONNECTIONS)]
+    #[arg(long = "host-connections", env = "OCIMODEL_HOST_CONNECTIONS", default_value_t = config::DEFAULT_HOST_CONNECTIONS, help_heading = "Transfers")]
     pub(super) host_connections: usize,
 }
 
 /// Which files of a model to install.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "File selection")]
 pub(super) struct SelectArgs {
     /// Only take images' files under this directory ("/" for all).
     #[arg(long, env = "OCIMODEL_SUBPATH", default_value = config::DEFAULT_SUBPATH)]
@@ -282,6 +346,7 @@ pub(super) struct SelectArgs {
 /// Signature policy (see README "Signatures"). Env names are cosign's and
 /// kitops-init's, so existing ClusterStorageContainers carry over.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Signatures")]
 pub(super) struct PolicyArgs {
     /// off, if-present or required (default: required when a key, identity or cert is set).
     #[arg(long, env = "OCIMODEL_VERIFY", value_enum)]
@@ -349,6 +414,7 @@ impl PolicyArgs {
 /// Where `model-registry://` URIs are resolved (names as the Kubeflow Model
 /// Registry's own storage initializer reads them).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Kubeflow Model Registry")]
 pub(super) struct ModelRegistryArgs {
     /// The model registry's host:port.
     #[arg(
@@ -402,6 +468,7 @@ impl ModelRegistryArgs {
 /// Model signature policy (see README "Model signatures"): OpenSSF model
 /// signing (`model_signing sign`) over the installed files.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Model signatures (OpenSSF model signing)")]
 pub(super) struct ModelPolicyArgs {
     /// off, if-present or required (default: required when a model key, chain or identity is set).
     #[arg(long = "model-signature", env = "OCIMODEL_MODEL_SIGNATURE", value_enum)]
@@ -477,7 +544,7 @@ pub(super) struct VerifyArgs {
     pub(super) model_policy: ModelPolicyArgs,
 
     /// Output: text or json.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long, value_enum, default_value_t = Output::Text, help_heading = "Output")]
     pub(super) format: Output,
 }
 
@@ -504,56 +571,60 @@ pub(super) struct PullArgs {
     pub(super) model_registry: ModelRegistryArgs,
 
     /// Refuse references that are not pinned by digest.
-    #[arg(long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_REQUIRE_DIGEST", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub(super) require_digest: bool,
 
     /// How many blobs of one model to download at once.
-    #[arg(long, env = "OCIMODEL_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
     pub(super) concurrency: usize,
 
     /// Seconds between progress lines on long pulls.
-    #[arg(long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = config::DEFAULT_PROGRESS_INTERVAL)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_PROGRESS_INTERVAL", default_value_t = config::DEFAULT_PROGRESS_INTERVAL)]
     pub(super) progress_interval: u64,
 
     /// Most bytes tar layers may expand to, e.g. 500G (default: unlimited, but never over 1000:1 past 1 GiB).
-    #[arg(long, env = "OCIMODEL_MAX_EXPANDED", value_parser = parse_size)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_MAX_EXPANDED", value_parser = parse_size)]
     pub(super) max_expanded: Option<u64>,
 
     /// Most files, links and directories one model may have.
-    #[arg(long, env = "OCIMODEL_MAX_FILES", default_value_t = config::DEFAULT_MAX_FILES)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_MAX_FILES", default_value_t = config::DEFAULT_MAX_FILES)]
     pub(super) max_files: u64,
 
     /// The node cache: a directory shared by every ocimodel on the node
     /// (hostPath or a local PV), so each blob is downloaded once per node.
-    #[arg(long = "cache-dir", env = "OCIMODEL_CACHE_DIR")]
+    #[arg(
+        help_heading = "Install",
+        long = "cache-dir",
+        env = "OCIMODEL_CACHE_DIR"
+    )]
     pub(super) cache_dir: Option<PathBuf>,
 
     /// Most bytes of blobs the node cache keeps (e.g. 500G); least recently used go first.
-    #[arg(long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
+    #[arg(help_heading = "Install", long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
     pub(super) cache_max: Option<u64>,
 
     /// Without a node cache: blobs at least this big (default 4G; 0 for all) are
     /// kept as they download under DEST/.ocimodel, so a killed run resumes;
     /// "off" for none.
-    #[arg(long = "resume-min", env = "OCIMODEL_RESUME_MIN", default_value = "4G", value_parser = parse_resume_min)]
+    #[arg(help_heading = "Install", long = "resume-min", env = "OCIMODEL_RESUME_MIN", default_value = "4G", value_parser = parse_resume_min)]
     pub(super) resume_min: ResumeMin,
 
     /// How a DEST that already holds the model is checked: size (every file
     /// there with its size) or digest (every file re-hashed; what differs is
     /// installed again).
-    #[arg(long, env = "OCIMODEL_RECHECK", value_enum, default_value_t = RecheckMode::Size)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_RECHECK", value_enum, default_value_t = RecheckMode::Size)]
     pub(super) recheck: RecheckMode,
 
     /// Seconds to wait for another ocimodel holding the same DEST's lock.
-    #[arg(long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = config::DEFAULT_LOCK_TIMEOUT)]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_LOCK_TIMEOUT", default_value_t = config::DEFAULT_LOCK_TIMEOUT)]
     pub(super) lock_timeout: u64,
 
     /// Give up on a model after this many seconds in all (default: no limit).
-    #[arg(long, env = "OCIMODEL_TIMEOUT")]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_TIMEOUT")]
     pub(super) timeout: Option<u64>,
 
     /// uid:gid to own installed files (needs root).
-    #[arg(long, env = "OCIMODEL_OWNER")]
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_OWNER")]
     pub(super) owner: Option<String>,
 }
 
@@ -569,7 +640,7 @@ pub(super) struct InspectArgs {
     pub(super) select: SelectArgs,
 
     /// Output: text (a table for people) or json.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long, value_enum, default_value_t = Output::Text, help_heading = "Output")]
     pub(super) format: Output,
 }
 
@@ -578,15 +649,15 @@ pub(super) struct ReferrersArgs {
     /// The model reference (any form `pull` takes).
     pub(super) uri: String,
 
-    #[command(flatten)]
-    pub(super) access: AccessArgs,
-
     /// Only referrers of this artifact type.
     #[arg(long = "artifact-type")]
     pub(super) artifact_type: Option<String>,
 
+    #[command(flatten)]
+    pub(super) access: AccessArgs,
+
     /// Output: text (a table for people) or json.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long, value_enum, default_value_t = Output::Text, help_heading = "Output")]
     pub(super) format: Output,
 }
 

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser};
+#[cfg(test)]
+use clap::CommandFactory;
+use clap::FromArgMatches;
 
 use args::{Cli, Command, LogFormat};
 
@@ -30,7 +32,7 @@ pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
     crate::cpus::limit_malloc_arenas();
     // KServe's bare `URI DEST ...` form means `pull` (or `sidecar`, for images
     // whose arguments KServe fixes, with OCIMODEL_MODE=sidecar).
-    let known = Cli::command()
+    let known = args::command()
         .get_subcommands()
         .flat_map(|c| {
             std::iter::once(c.get_name().to_string()).chain(c.get_all_aliases().map(str::to_string))
@@ -51,16 +53,22 @@ pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
         write_termination(None, &format!("ocimodel: {USAGE} (no arguments given)"));
         return ExitCode::FAILURE;
     }
-    let parsed = Cli::try_parse_from(&argv);
-    // --help and --version answer whatever the environment holds.
+    let parsed = args::command()
+        .try_get_matches_from(&argv)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    // --help and --version answer whatever the environment holds, and so
+    // do `version`, `completion` and `man`.
     if let Err(e) = &parsed {
         if !e.use_stderr() {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
     }
-    if let Err(e) = crate::config::check_env(std::env::vars_os()) {
-        return fail(&e, None);
+    let informational = matches!(&parsed, Ok(c) if c.command.is_informational());
+    if !informational {
+        if let Err(e) = crate::config::check_env(std::env::vars_os()) {
+            return fail(&e, None);
+        }
     }
     let cli = match parsed {
         Ok(c) => c,
@@ -129,6 +137,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             commands::push(a)
         }
         Command::Check(a) => commands::check(a),
+        Command::Version => {
+            println!("ocimodel {}", args::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completion(a) => {
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut args::command(), "ocimodel", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(args::command()).render(&mut page)?;
+            print_bytes(&page)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`)
+/// is not an error.
+fn print_bytes(bytes: &[u8]) -> Result<ExitCode> {
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -192,7 +225,7 @@ fn usage_error(e: &clap::Error, argv: &[String]) -> ExitCode {
 /// The variable a flag's bad value came from: the flag the error names
 /// reads it, it is set, and the flag was not given.
 fn env_behind(line: &str, argv: &[String]) -> Option<String> {
-    for sub in Cli::command().get_subcommands() {
+    for sub in args::command().get_subcommands() {
         for a in sub.get_arguments() {
             let (Some(long), Some(env)) = (a.get_long(), a.get_env()) else {
                 continue;
