@@ -464,3 +464,264 @@ fn help_is_grouped_and_shows_what_applies() {
     assert!(push.contains("Platform of a modelcar image"), "{push}");
     assert!(!push.contains("Platform to pick from an index"), "{push}");
 }
+
+/// A registry on 127.0.0.1 serving one 3 MiB blob that, while `stall` is
+/// set, sends its first MiB and then holds the connection; ranged GETs
+/// get the rest. Every blob GET's Range header is recorded.
+struct StallingRegistry {
+    addr: String,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    blob: Vec<u8>,
+}
+
+impl StallingRegistry {
+    const SENT_BEFORE_STALL: usize = 1 << 20;
+
+    fn start() -> StallingRegistry {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let blob: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let (manifest, digest) = one_blob_manifest(&blob);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = StallingRegistry {
+            addr: listener.local_addr().unwrap().to_string(),
+            stall: Default::default(),
+            stalled: Default::default(),
+            ranges: Default::default(),
+            blob: blob.clone(),
+        };
+        let (stall, stalled, ranges) = (r.stall.clone(), r.stalled.clone(), r.ranges.clone());
+        let blob = std::sync::Arc::new(blob);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (manifest, digest, blob) = (manifest.clone(), digest.clone(), blob.clone());
+                let (stall, stalled, ranges) = (stall.clone(), stalled.clone(), ranges.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let (method, path) = {
+                            let mut w = line.split_whitespace();
+                            (
+                                w.next().unwrap_or("").to_string(),
+                                w.next().unwrap_or("").to_string(),
+                            )
+                        };
+                        let mut range = None;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                if k.eq_ignore_ascii_case("range") {
+                                    range = Some(v.trim().to_string());
+                                }
+                            }
+                        }
+                        let head = method == "HEAD";
+                        if path.ends_with(&format!("/blobs/{digest}")) {
+                            ranges.lock().unwrap().push(range.clone());
+                            let from = range
+                                .as_deref()
+                                .and_then(|r| r.strip_prefix("bytes="))
+                                .and_then(|r| r.split('-').next())
+                                .and_then(|n| n.parse::<usize>().ok())
+                                .unwrap_or(0);
+                            let status = if from > 0 {
+                                "206 Partial Content"
+                            } else {
+                                "200 OK"
+                            };
+                            let body = &blob[from..];
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {from}-{}/{}\r\nAccept-Ranges: bytes\r\n\r\n",
+                                body.len(),
+                                blob.len() - 1,
+                                blob.len()
+                            );
+                            if from == 0 && stall.load(SeqCst) {
+                                let _ =
+                                    stream.write_all(&body[..StallingRegistry::SENT_BEFORE_STALL]);
+                                let _ = stream.flush();
+                                stalled.store(true, SeqCst);
+                                std::thread::sleep(std::time::Duration::from_secs(30));
+                                return;
+                            }
+                            if stream.write_all(body).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        let (status, ctype, body): (&str, &str, &[u8]) =
+                            if path.contains("/manifests/") {
+                                (
+                                    "200 OK",
+                                    "application/vnd.oci.image.manifest.v1+json",
+                                    manifest.as_bytes(),
+                                )
+                            } else if path == "/v2/" {
+                                ("200 OK", "application/json", b"{}")
+                            } else {
+                                ("404 Not Found", "application/json", b"{}")
+                            };
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: {ctype}\r\nDocker-Content-Digest: {}\r\n\r\n",
+                            body.len(),
+                            if path.contains("/manifests/") {
+                                format!("sha256:{}", sha256_hex(manifest.as_bytes()))
+                            } else {
+                                String::new()
+                            }
+                        );
+                        if !head && stream.write_all(body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        r
+    }
+}
+
+/// Runs ocimodel with its stderr on a terminal (`script` gives it a pty),
+/// as a person on a laptop does; `input` is typed into that terminal once
+/// `when` says so. Returns the exit code and what the terminal showed.
+fn on_a_terminal(
+    home: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    input: Option<(&[u8], &dyn Fn() -> bool)>,
+) -> (i32, String) {
+    use std::io::{Read, Write};
+    let mut line = format!("exec {}", env!("CARGO_BIN_EXE_ocimodel"));
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qefc", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SHELL", "/bin/sh")
+        .env("HOME", home)
+        .env("TERM", "dumb")
+        .env("NO_PROXY", "*")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("script (util-linux) is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some((bytes, when)) = input {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !when() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the moment never came"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), out)
+}
+
+/// Ctrl-C on a laptop: `interrupted; run the same command again to
+/// resume`, exit 130, and the rerun fetches only the rest, from the
+/// per-user cache a terminal gets by default (~/.cache/ocimodel). Without a
+/// terminal (a pod) there is no default cache.
+#[test]
+fn ctrl_c_on_a_laptop_resumes_from_the_per_user_cache() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let reg = StallingRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let uri = format!("{}/models/big:v1", reg.addr);
+    let env = [("OCIMODEL_INSECURE_REGISTRIES", reg.addr.as_str())];
+
+    // A pod (no terminal): no cache appears in HOME.
+    let pod = work.path().join("pod");
+    Ocimodel::new()
+        .env("HOME", &home)
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .run(&[&uri, pod.to_str().unwrap()])
+        .assert_ok();
+    assert!(!home.join(".cache").exists(), "a cache without a terminal");
+
+    let dest = work.path().join("laptop");
+    reg.stall.store(true, SeqCst);
+    let stalled = || reg.stalled.load(SeqCst);
+    let (code, shown) = on_a_terminal(
+        &home,
+        &env,
+        &[&uri, dest.to_str().unwrap()],
+        Some((b"\x03", &stalled)),
+    );
+    assert_eq!(code, 130, "{shown}");
+    assert!(
+        shown.contains("interrupted; run the same command again to resume"),
+        "{shown}"
+    );
+    assert!(home.join(".cache/ocimodel/ingest").is_dir(), "{shown}");
+    let partial: u64 = fs::read_dir(home.join(".cache/ocimodel/ingest/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(partial > 0, "nothing kept to resume: {shown}");
+
+    assert!(!dest.join("w.bin").exists());
+
+    reg.stall.store(false, SeqCst);
+    let (code, shown) = on_a_terminal(&home, &env, &[&uri, dest.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("resuming a partial download"), "{shown}");
+    assert_eq!(fs::read(dest.join("w.bin")).unwrap(), reg.blob);
+    let ranges = reg.ranges.lock().unwrap().clone();
+    let last = ranges.last().unwrap().clone().unwrap_or_default();
+    let from: usize = last
+        .trim_start_matches("bytes=")
+        .split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        from > 0,
+        "the rerun asked for the whole blob again: {ranges:?}"
+    );
+
+    // OCIMODEL_CACHE_DIR=off: no cache, even on a terminal.
+    let other_home = work.path().join("other-home");
+    fs::create_dir(&other_home).unwrap();
+    let off = work.path().join("off");
+    let env_off = [env[0], ("OCIMODEL_CACHE_DIR", "off")];
+    let (code, shown) = on_a_terminal(&other_home, &env_off, &[&uri, off.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{shown}");
+    assert!(!other_home.join(".cache").exists(), "{shown}");
+    assert!(!off.join("off").exists());
+}

@@ -592,6 +592,8 @@ pub(super) struct PullArgs {
 
     /// The node cache: a directory shared by every ocimodel on the node
     /// (hostPath or a local PV), so each blob is downloaded once per node.
+    /// On a terminal the default is the per-user cache
+    /// ($XDG_CACHE_HOME/ocimodel, else ~/.cache/ocimodel); "off" for none.
     #[arg(
         help_heading = "Install",
         long = "cache-dir",
@@ -756,7 +758,55 @@ impl From<Compress> for Compression {
 /// A pull's jobs, settings and client factory.
 pub(super) type Prepared = (Vec<Job>, Settings, ClientFactory);
 
-pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
+/// `pull` and `unpack` on a terminal (a person at a laptop, not a pod):
+/// the per-user cache is the default, so an interrupted pull resumes.
+pub(super) fn interactive() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// `$XDG_CACHE_HOME/ocimodel`, else `~/.cache/ocimodel`.
+fn user_cache_dir() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_CACHE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })
+        .map(|d| d.join("ocimodel"))
+}
+
+/// The cache a pull uses: the one named (none for "off"), else on a
+/// laptop the per-user one (none, with a warning, when it cannot be made).
+fn open_cache(args: &PullArgs, laptop: bool) -> Result<Option<Arc<crate::cache::Cache>>> {
+    let lock_wait = Duration::from_secs(args.lock_timeout);
+    let open = |dir: &Path| crate::cache::Cache::open(dir, args.cache_max, lock_wait).map(Arc::new);
+    match args.cache_dir.as_deref() {
+        Some(d) if d.as_os_str() == "off" => Ok(None),
+        Some(d) => open(d).map(Some).context("OCIMODEL_CACHE_DIR"),
+        None if laptop => {
+            let Some(dir) = user_cache_dir() else {
+                return Ok(None);
+            };
+            match open(&dir) {
+                Ok(c) => {
+                    tracing::info!(cache = %dir.display(), "using the per-user cache, so an interrupted pull resumes (OCIMODEL_CACHE_DIR moves it; off for none)");
+                    Ok(Some(c))
+                }
+                Err(e) => {
+                    tracing::warn!(cache = %dir.display(), "no per-user cache: {e:#}");
+                    Ok(None)
+                }
+            }
+        }
+        None => Ok(None),
+    }
+}
+
+/// `laptop`: the per-user cache is the default (`pull` and `unpack` on a
+/// terminal; never in pods, whose stderr is no terminal).
+pub(super) fn prepare(args: &PullArgs, laptop: bool) -> Result<Prepared> {
     if args.pairs.is_empty() || !args.pairs.len().is_multiple_of(2) {
         bail!(
             "{USAGE} (got {} argument{}; URIs and destinations must come in pairs)",
@@ -800,19 +850,7 @@ pub(super) fn prepare(args: &PullArgs) -> Result<Prepared> {
             RecheckMode::Size => crate::pull::Recheck::Size,
             RecheckMode::Digest => crate::pull::Recheck::Digest,
         },
-        cache: args
-            .cache_dir
-            .as_deref()
-            .map(|dir| {
-                crate::cache::Cache::open(
-                    dir,
-                    args.cache_max,
-                    Duration::from_secs(args.lock_timeout),
-                )
-                .map(Arc::new)
-            })
-            .transpose()
-            .context("OCIMODEL_CACHE_DIR")?,
+        cache: open_cache(args, laptop)?,
         verify: Arc::new(args.policy.policy()?),
         model_signature: Arc::new(args.model_policy.policy(args.policy.trusted_root.clone())?),
         model_registry: args.model_registry.config(),

@@ -25,7 +25,7 @@ use crate::verify::model::ModelPolicy;
 
 /// `pull` (and `unpack`): every pair, then one termination line.
 pub(super) fn pull_all(args: PullArgs, log: Option<&Path>) -> Result<ExitCode> {
-    let (jobs, settings, clients) = prepare(&args)?;
+    let (jobs, settings, clients) = prepare(&args, super::args::interactive())?;
     execute(jobs, settings, clients, log)
 }
 
@@ -43,7 +43,17 @@ fn execute(
             let job = job.clone();
             async move { pull(&job, &settings, &clients).await }
         });
-        futures_util::future::join_all(tasks).await
+        // Exits from inside the poll, before select! would drop the pulls.
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted(log);
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            results = futures_util::future::join_all(tasks) => results,
+            () = ctrl_c => unreachable!("ctrl_c never completes"),
+        }
     });
 
     let mut done = Vec::new();
@@ -92,9 +102,21 @@ fn execute(
     Err(anyhow!("{}", failed.join("; ")))
 }
 
+/// Ctrl-C: says how to go on and exits 130 at once, as SIGINT's default
+/// would, so every partial download (the cache's ingest, DEST's partials)
+/// stays as it is for the rerun to resume; dropping the pulls instead
+/// would let their blob readers see a short stream and discard them. The
+/// rerun clears the staging directory left behind.
+fn interrupted(log: Option<&Path>) -> ! {
+    let line = "ocimodel: interrupted; run the same command again to resume";
+    eprintln!("{line}");
+    write_termination(log, line);
+    std::process::exit(130)
+}
+
 /// `sidecar`: pull, then serve probes until SIGTERM.
 pub(super) fn sidecar(args: SidecarArgs) -> Result<ExitCode> {
-    let (jobs, settings, clients) = prepare(&args.pull)?;
+    let (jobs, settings, clients) = prepare(&args.pull, false)?;
     let options = serve::Options {
         listen: serve::parse_listen(&args.listen)?,
         exit_on_failure: args.exit_on_failure,
