@@ -25,7 +25,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The seed model: from ../shared when present, else the bundled layout blob.
+/// The seed model: its blob in the bundled layout (examples/mnist).
 pub fn mnist_path() -> PathBuf {
     repo_root()
         .join("examples/mnist/blobs/sha256")
@@ -331,9 +331,10 @@ impl Registry {
         (reg, digest)
     }
 
-    /// Pushes the seed's mnist artifact with the oras Python SDK, exactly as
-    /// `../shared/models/mnist/oras-manifest.json` shows it. Returns the
-    /// manifest as the registry stored it.
+    /// Pushes the seed's mnist artifact with the oras Python SDK, in the
+    /// shape of the manifest `oras push` wrote for it (the bundled layout's
+    /// examples/mnist/blobs/sha256/52154286…; only its description is
+    /// shorter here). Returns the manifest as the registry stored it.
     pub fn oras_push_mnist(&self, repo_tag: &str) -> serde_json::Value {
         let spec = serde_json::json!({
             "artifactType": "application/vnd.unknown.artifact.v1",
