@@ -491,6 +491,8 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// The ocimodel binary with a clean environment: no credentials or proxies
 /// from the machine leak in, and the termination log goes to a temp file.
+/// It runs in that temp dir, so a relative path (a DEST, a cache) lands
+/// there and never in the checkout; tests pass absolute paths.
 pub struct Ocimodel {
     pub cmd: Command,
     pub termination_log: PathBuf,
@@ -509,6 +511,7 @@ impl Ocimodel {
             .env("OCIMODEL_TERMINATION_LOG", &termination_log)
             // One quick retry keeps failure tests fast; retry tests set their own.
             .env("OCIMODEL_RETRIES", "1")
+            .current_dir(tmp.path())
             .stdin(Stdio::null());
         Ocimodel {
             cmd,
@@ -523,7 +526,8 @@ impl Ocimodel {
     }
 
     /// Runs as `uid:gid` with no supplementary groups (the test runs as
-    /// root); the termination log's directory is opened up for it.
+    /// root); the termination log's directory (its working directory) is
+    /// opened up for it.
     pub fn run_as(mut self, uid: u32, gid: u32) -> Ocimodel {
         use std::os::unix::process::CommandExt;
         fs::set_permissions(self._tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
