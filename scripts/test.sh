@@ -63,7 +63,7 @@ cargo fuzz --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuz
 scripts/fuzz.sh 10
 
 # Nothing a test writes may land in the work tree, where it could be committed
-# by accident: everything goes to temp dirs or to ignored ones (target/, fuzz/corpus/).
+# by accident: everything goes to temp dirs or to ignored ones (target/, fuzz/artifacts/).
 dirty=$(git status --porcelain --untracked-files=all)
 if [ -n "$dirty" ]; then
   echo "the work tree is not clean after the run:" >&2
