@@ -223,7 +223,11 @@ fn a_second_run_waits_for_the_first() {
     let (slow, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(150));
     let dest = work.path().join("models");
     let mut first = Ocimodel::new().spawn(&[&slow, dest.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "the first run to hold DEST's lock",
+        Duration::from_secs(10),
+        || holds_lock(first.child.id(), &dest.join(".ocimodel/lock")),
+    );
     // The same model from elsewhere, into the same DEST, while the first runs.
     let run = Ocimodel::new().run(&[&demo_uri(), dest.to_str().unwrap()]);
     let status = first.child.wait().unwrap();

@@ -972,6 +972,35 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Polls `cond` every 20 ms until it holds; fails naming `what` after
+/// `limit`. For waiting on a real condition instead of sleeping.
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` holds a lock (flock or fcntl) on `path`, as the
+/// kernel lists it in /proc/locks (`N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE
+/// ...`; a waiter's line has `->` after `N:`, so it never matches).
+pub fn holds_lock(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    let (pid, inode) = (pid.to_string(), format!(":{}", meta.ino()));
+    fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 5 && f[4] == pid && f[5].ends_with(&inode)
+    })
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
