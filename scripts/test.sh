@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc,
+# (Debian's registry, skopeo, htpasswd, containerd, zstd, openssl, curl, podman with runc,
 # debootstrap; the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto,
 # model-registry, huggingface_hub, cargo-fuzz), then checks formatting
 # and lints, then runs every test and a fuzzing smoke.
@@ -29,7 +29,7 @@ case $rc in
 esac
 
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils containerd:containerd \
+for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \
             zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
             debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
