@@ -3,7 +3,9 @@
 # (Debian's registry, skopeo, htpasswd, containerd, zstd, openssl, curl, podman with runc,
 # debootstrap; the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto,
 # model-registry, huggingface_hub, cargo-fuzz), then checks formatting
-# and lints, then runs every test and a fuzzing smoke.
+# and lints, then runs every test and a fuzzing smoke. It fails first when
+# anything reads the shared folder beside the checkout, and last when the
+# run left the work tree dirty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
