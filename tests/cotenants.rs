@@ -418,12 +418,15 @@ fn another_uid_in_group_zero_checks_updates_and_replaces() {
 fn a_held_lock_is_waited_on_with_a_bound() {
     let s = Scene::new();
     s.pull(&[]).assert_ok();
+    let lock = s.book().join("lock");
     let mut holder = std::process::Command::new("flock")
-        .arg(s.book().join("lock"))
+        .arg(&lock)
         .args(["sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("flock to hold the lock", Duration::from_secs(10), || {
+        holds_lock(holder.id(), &lock)
+    });
     let started = Instant::now();
     let run = s.pull(&[
         ("OCIMODEL_LOCK_TIMEOUT", "2"),

@@ -46,12 +46,20 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
             .assert_ok();
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
         if node == "node-a" {
-            // The proxy's own copy is fetched in the background.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while upstream.blob_gets(&blob) < 2 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            // The proxy's own copy is fetched in the background (a second
+            // upstream GET) and is stored once it is linked into the
+            // mirror's repository; from then on it serves the blob itself.
+            let link = mirror
+                .dir
+                .path()
+                .join("data/docker/registry/v2/repositories/models/mnist/_layers/sha256")
+                .join(MNIST_SHA256)
+                .join("link");
+            wait_until(
+                "the mirror to store its copy of the blob",
+                std::time::Duration::from_secs(10),
+                || link.is_file(),
+            );
             after_first = upstream.blob_gets(&blob);
             assert_eq!(after_first, 2, "upstream GETs for the first node");
         }

@@ -195,18 +195,26 @@ fn sigterm_during_a_slow_pull_exits_cleanly() {
     let (_, _writer) = slow_layout(&layout, 20, Duration::from_millis(500));
     let dest = work.path().join("models");
     let s = Sidecar::start(&format!("oci-layout://{}", layout.display()), &dest, &[]);
+    // Under way: the first bytes of the model are in a staged file.
+    fn has_bytes(dir: &Path) -> bool {
+        fs::read_dir(dir).is_ok_and(|d| {
+            d.flatten().any(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => has_bytes(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().is_ok_and(|m| m.len() > 0),
+                _ => false,
+            })
+        })
+    }
     s.wait_for(
         || {
-            fs::read_dir(dest.join(".ocimodel"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+            fs::read_dir(dest.join(".ocimodel")).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("staging-") && has_bytes(&e.path())
                 })
-                .unwrap_or(false)
+            })
         },
-        "the pull to be under way",
+        "the first bytes of the model in staging",
     );
-    std::thread::sleep(Duration::from_millis(300));
     let (code, took, stderr) = s.terminate();
     assert_eq!(code, 0, "{stderr}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
