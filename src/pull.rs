@@ -360,7 +360,9 @@ const MAX_KIT_PARENTS: usize = 10;
 /// `kit unpack` installs them: each resolved to a digest once, checked by
 /// the same signature policy and reached with the same registry settings;
 /// only their model layers, and none when `OCIMODEL_KIT_FILTER` leaves the
-/// model out. A chain longer than 10 or one that loops is refused.
+/// model out. A chain longer than 10 or one that loops is refused. A parent
+/// named by tag is not pinned by its child's digest: refused under
+/// `OCIMODEL_REQUIRE_DIGEST`, else followed with a warning.
 async fn kit_parents(
     job: &Job,
     settings: &Settings,
@@ -390,6 +392,12 @@ async fn kit_parents(
         }
         let step = || format!("parent kit {next}");
         let image = crate::reference::ImageRef::parse(&next).with_context(step)?;
+        // A tag in the Kitfile is not pinned by the child's digest: whoever
+        // moves it changes the weights a pinned child installs.
+        let by_tag = image.digest.is_none();
+        if by_tag && settings.require_digest {
+            bail!("parent kit {next} is named by tag in the ModelKit's Kitfile, so the child's digest does not pin the parent's model, and OCIMODEL_REQUIRE_DIGEST is set; the Kitfile's model.path must name the parent by digest (REGISTRY/REPO@sha256:...)");
+        }
         let source = Source::new(
             &Target::Registry(image),
             || clients(),
@@ -415,7 +423,11 @@ async fn kit_parents(
             );
         }
         let reference = source.pinned(&planned.top.digest);
-        tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
+        if by_tag {
+            tracing::warn!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit, named by tag: the child's digest does not pin it (it resolved to {})", planned.top.digest);
+        } else {
+            tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
+        }
         let up = planned.plan.parent.clone();
         chain.push(Parent {
             source,
