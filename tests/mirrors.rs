@@ -556,3 +556,120 @@ fn our_reading_of_registries_conf_matches_skopeo() {
         "ours {ours:?}, skopeo's {theirs:?}"
     );
 }
+
+/// S3-7: a mirror that sends a blob's headers and its first bytes, then
+/// stalls (a wedged pull-through cache, an overloaded dfdaemon), is left
+/// like a dead one: the download resumes from the registry at the bytes
+/// already verified, instead of asking the stalled mirror again until the
+/// pull fails.
+#[test]
+fn a_mirror_that_stalls_mid_blob_is_left_for_the_registry() {
+    use std::io::{BufRead, BufReader, Write};
+    let (upstream, digest) = Registry::with_mnist();
+    let up = upstream.addr.clone();
+    let blob = format!("sha256:{MNIST_SHA256}");
+    let stalling = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalling_addr = stalling.local_addr().unwrap().to_string();
+    let blob_asks = Arc::new(Mutex::new(Vec::<String>::new()));
+    let asks = blob_asks.clone();
+    std::thread::spawn(move || {
+        for conn in stalling.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (up, asks) = (up.clone(), asks.clone());
+            // A thread per connection: a stalled one holds only itself.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let Some(path) = head.first().and_then(|l| l.split_whitespace().nth(1)) else {
+                    return;
+                };
+                let path = path.split('?').next().unwrap_or("").to_string();
+                let resp = http_get(
+                    &up,
+                    &path,
+                    &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+                );
+                if !path.contains("/blobs/") || resp.status != 200 {
+                    let _ = conn.write_all(&response(
+                        &format!("{} X", resp.status),
+                        &[(
+                            "Content-Type",
+                            "application/vnd.oci.image.manifest.v1+json".into(),
+                        )],
+                        &resp.body,
+                    ));
+                    return;
+                }
+                let range = head.iter().find_map(|h| {
+                    h.to_ascii_lowercase()
+                        .strip_prefix("range: ")
+                        .map(str::to_string)
+                });
+                asks.lock().unwrap().push(range.clone().unwrap_or_default());
+                let from = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = resp.body.len();
+                let head = match range {
+                    Some(_) => format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{total}\r\n\r\n",
+                        total - from,
+                        total - 1
+                    ),
+                    None => format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n"),
+                };
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&resp.body[from..(from + 1000).min(total)]);
+                let _ = conn.flush();
+                // Then nothing, for longer than the pull may take.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            });
+        }
+    });
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{stalling_addr}"), "")]);
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let started = std::time::Instant::now();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env(
+            "OCIMODEL_INSECURE_REGISTRIES",
+            format!("{},{stalling_addr}", upstream.addr),
+        )
+        .env("OCIMODEL_STALL_TIMEOUT", "2")
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            dest.to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(
+        *blob_asks.lock().unwrap(),
+        vec![String::new()],
+        "the stalled mirror was asked again; stderr:\n{}",
+        run.stderr()
+    );
+    // The rest came from the registry, from where the mirror stopped.
+    let resumed = upstream.get_responses(&format!("/blobs/{blob}"));
+    assert!(
+        resumed.iter().any(|(status, _)| *status == 206),
+        "{resumed:?}; stderr:\n{}",
+        run.stderr()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}

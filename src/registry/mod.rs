@@ -598,9 +598,10 @@ impl RegistryClient {
                 headers: ep.headers.clone(),
                 digest: digest.clone(),
                 size,
+                mirror: !ep.upstream,
             };
             if ep.upstream {
-                self.served_by.lock().unwrap().remove(digest);
+                self.not_served_by_a_mirror(digest, offset);
                 return self.blob_at(at, offset).await;
             }
             match self.blob_at(at, offset).await {
@@ -610,22 +611,58 @@ impl RegistryClient {
                         .lock()
                         .unwrap()
                         .insert(digest.clone(), ep.host.clone());
-                    return Ok(stream);
+                    return Ok(self.left_when_broken(stream, &ep.host, digest));
                 }
                 Err(e) => {
                     tracing::info!(mirror = %ep.host, blob = %digest, "mirror failed ({e:#}); trying the next host")
                 }
             }
         }
-        self.served_by.lock().unwrap().remove(digest);
+        self.not_served_by_a_mirror(digest, offset);
         let at = BlobAt {
             r: r.clone(),
             url: format!("{}/blobs/{digest}", self.base_url(r)),
             headers: Vec::new(),
             digest: digest.clone(),
             size,
+            mirror: false,
         };
         self.blob_at(at, offset).await
+    }
+
+    /// The registry serves `digest` from `offset`: from the start, no
+    /// mirror is to blame for its bytes; resumed, the mirror that served
+    /// the first part still is (its bytes are in the digest too).
+    fn not_served_by_a_mirror(&self, digest: &Digest, offset: u64) {
+        if offset == 0 {
+            self.served_by.lock().unwrap().remove(digest);
+        }
+    }
+
+    /// A mirror's blob stream that, when it breaks off mid-body, leaves the
+    /// mirror as a dead one is left: skipped for that blob (and, stalled or
+    /// trickling, for every request of this process), so the caller's resume
+    /// goes to the next host at the bytes it has verified instead of asking
+    /// the mirror again until the pull fails.
+    fn left_when_broken(
+        self: &Arc<Self>,
+        stream: ByteStream,
+        host: &str,
+        digest: &Digest,
+    ) -> ByteStream {
+        let (client, host, digest) = (self.clone(), host.to_string(), digest.clone());
+        Box::pin(stream.inspect(move |item| {
+            let Err(e) = item else { return };
+            tracing::warn!(mirror = %host, blob = %digest, "the mirror broke off the blob ({e}); resuming from the next host");
+            client
+                .bad
+                .lock()
+                .unwrap()
+                .insert((host.clone(), digest.clone()));
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                client.mirror_down(&host);
+            }
+        }))
     }
 
     /// Opens the blob at one host. A big one is asked for its first range;
@@ -676,7 +713,9 @@ impl RegistryClient {
                     seen.get_or_init(|| (Instant::now(), c.len()));
                 }
             }));
-            let (retries, size, digest) = (self.options.retries, at.size, at.digest.clone());
+            // A mirror's range is not asked again: the next host is the retry.
+            let retries = if at.mirror { 0 } else { self.options.retries };
+            let (size, digest) = (at.size, at.digest.clone());
             let (client, at) = (self.clone(), Arc::new(at));
             let open: ranges::OpenRange = Arc::new(move |start, end| {
                 let (client, at, location) = (client.clone(), at.clone(), location.clone());
@@ -789,20 +828,27 @@ impl RegistryClient {
         let mut rate = self.throughput();
         let stream = resp.bytes_stream().filter_map(move |chunk| {
             let out = match chunk {
+                // Stalls and trickles are `TimedOut`: a mirror that does
+                // either is left for good (see `left_when_broken`).
                 Err(e) => {
-                    let cause = if e.is_timeout() {
-                        format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
+                    let (kind, cause) = if e.is_timeout() {
+                        (
+                            std::io::ErrorKind::TimedOut,
+                            format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs()),
+                        )
                     } else {
-                        root_cause(&e)
+                        (std::io::ErrorKind::Other, root_cause(&e))
                     };
-                    Some(Err(std::io::Error::other(format!(
-                        "download interrupted: {cause}"
-                    ))))
+                    Some(Err(std::io::Error::new(
+                        kind,
+                        format!("download interrupted: {cause}"),
+                    )))
                 }
                 Ok(mut b) => match rate.observe(b.len()) {
-                    Err(e) => Some(Err(std::io::Error::other(format!(
-                        "download interrupted: {e}"
-                    )))),
+                    Err(e) => Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("download interrupted: {e}"),
+                    ))),
                     Ok(()) if skip > 0 => {
                         let n = skip.min(b.len() as u64) as usize;
                         skip -= n as u64;
@@ -827,6 +873,8 @@ struct BlobAt {
     headers: Vec<(String, String)>,
     digest: Digest,
     size: u64,
+    /// A mirror (its failures move on to the next host, never retried).
+    mirror: bool,
 }
 
 impl BlobAt {
