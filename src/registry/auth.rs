@@ -55,11 +55,14 @@ impl RegistryClient {
         }
     }
 
+    /// Answers challenge `ch` from `r`'s host, reached over plain http when
+    /// `plain` (its token realm may then be plain http too).
     pub(super) async fn answer(
         &self,
         r: &ImageRef,
         scope: &str,
         ch: &Challenge,
+        plain: bool,
     ) -> Result<HeaderValue> {
         let creds = self.credentials_now(r).await?;
         if ch.is_basic() {
@@ -97,10 +100,11 @@ impl RegistryClient {
         let service = ch.params.get("service");
         let (value, lifetime) = match creds {
             Some(c) if c.kind == CredentialKind::IdentityToken => {
-                self.refresh_grant(r, &realm, service, scope, &c).await?
+                self.refresh_grant(r, &realm, service, scope, &c, plain)
+                    .await?
             }
             creds => {
-                let url = self.token_url(r, &realm, service, scope)?;
+                let url = self.token_url(r, &realm, service, scope, plain)?;
                 self.fetch_token(r, &realm, url, creds.as_ref()).await?
             }
         };
@@ -115,14 +119,15 @@ impl RegistryClient {
         Ok(header)
     }
 
-    /// The token request URL: the realm (never plain http for an https
-    /// registry) with the service and scope.
+    /// The token request URL: the realm (never plain http for a host
+    /// reached over https) with the service and scope.
     fn token_url(
         &self,
         r: &ImageRef,
         realm: &str,
         service: Option<&String>,
         scope: &str,
+        plain: bool,
     ) -> Result<reqwest::Url> {
         let mut url = reqwest::Url::parse(realm).map_err(|e| {
             anyhow!(
@@ -131,7 +136,7 @@ impl RegistryClient {
                 crate::text::escape_controls(realm)
             )
         })?;
-        if url.scheme() == "http" && !self.is_insecure(&r.registry) {
+        if url.scheme() == "http" && !plain {
             bail!(
                 "registry {} (https) names a plain-http token realm {url}; refusing to send credentials in clear (list the registry in OCIMODEL_INSECURE_REGISTRIES only if it really is plain http)",
                 r.registry
@@ -193,8 +198,9 @@ impl RegistryClient {
         service: Option<&String>,
         scope: &str,
         creds: &Credentials,
+        plain: bool,
     ) -> Result<(String, Duration)> {
-        let url = self.token_url(r, realm, None, scope)?;
+        let url = self.token_url(r, realm, None, scope, plain)?;
         let mut url = url;
         url.set_query(None);
         let mut form = vec![

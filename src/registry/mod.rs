@@ -132,17 +132,14 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// The CA roots `http` trusts, for mirrors' own clients.
     roots: Vec<reqwest::Certificate>,
-    /// Clients for mirror hosts with their own TLS or dial settings.
-    host_clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// Clients for endpoints with their own TLS or dial settings (hosts.toml
+    /// `ca`, `client`, `skip_verify`, `dial_timeout`), by those settings:
+    /// used for requests to the host in that endpoint's role only.
+    endpoint_clients: Mutex<HashMap<String, reqwest::Client>>,
     creds: CredentialStore,
     options: ClientOptions,
     /// What each registry asked for, so later requests authenticate up front.
     host_auth: Mutex<HashMap<String, HostAuth>>,
-    /// Mirror hosts reached over plain HTTP.
-    mirror_insecure: Mutex<std::collections::HashSet<String>>,
-    /// Mirror hosts (as opposed to registries): asked once, never retried,
-    /// because the next host is the retry.
-    mirror_hosts: Mutex<std::collections::HashSet<String>>,
     /// Mirrors that could not be reached: not asked again by this process.
     mirrors_down: Mutex<std::collections::HashSet<String>>,
     /// The configuration's endpoints per (registry, repository, by digest,
@@ -223,12 +220,10 @@ impl RegistryClient {
             cloud,
             http,
             roots,
-            host_clients: Mutex::new(HashMap::new()),
+            endpoint_clients: Mutex::new(HashMap::new()),
             creds,
             options,
             host_auth: Mutex::new(HashMap::new()),
-            mirror_insecure: Mutex::new(Default::default()),
-            mirror_hosts: Mutex::new(Default::default()),
             mirrors_down: Mutex::new(Default::default()),
             endpoints: Mutex::new(HashMap::new()),
             served_by: Mutex::new(HashMap::new()),
@@ -244,12 +239,6 @@ impl RegistryClient {
         &self.http
     }
 
-    /// Whether `host` is a mirror: its failures move on to the next host
-    /// at once instead of being retried.
-    fn is_mirror(&self, host: &str) -> bool {
-        self.mirror_hosts.lock().unwrap().contains(host)
-    }
-
     /// A mirror that could not be reached is skipped from now on.
     fn mirror_down(&self, host: &str) {
         if self.mirrors_down.lock().unwrap().insert(host.to_string()) {
@@ -257,9 +246,11 @@ impl RegistryClient {
         }
     }
 
+    /// Whether `registry`, reached as itself, is plain HTTP. (A host's
+    /// settings as some registry's mirror or `server` travel with that
+    /// [`Endpoint`], never with the host.)
     fn is_insecure(&self, registry: &str) -> bool {
-        self.mirror_insecure.lock().unwrap().contains(registry)
-            || self.options.insecure_all
+        self.options.insecure_all
             || self
                 .options
                 .insecure_registries
@@ -332,22 +323,11 @@ impl RegistryClient {
                     }
                 }
             }
-            if !ep.upstream {
-                if self.mirrors_down.lock().unwrap().contains(&ep.host) {
-                    continue;
-                }
-                self.mirror_hosts.lock().unwrap().insert(ep.host.clone());
+            if !ep.upstream && self.mirrors_down.lock().unwrap().contains(&ep.host) {
+                continue;
             }
-            if ep.scheme == "http" {
-                self.mirror_insecure.lock().unwrap().insert(ep.host.clone());
-            }
-            if ep.own_transport() && !self.host_clients.lock().unwrap().contains_key(&ep.host) {
-                let client = self.endpoint_client(&ep)?;
-                self.host_clients
-                    .lock()
-                    .unwrap()
-                    .insert(ep.host.clone(), client);
-            }
+            // Built now, so a bad CA or key file fails the pull at once.
+            self.client_for(Some(&ep))?;
             let mref = ImageRef {
                 registry: ep.host.clone(),
                 repository: ep.repository.clone(),
@@ -403,14 +383,25 @@ impl RegistryClient {
             .context("cannot build an HTTP client for a mirror")
     }
 
-    /// The HTTP client for requests to `host`.
-    fn http_for(&self, host: &str) -> reqwest::Client {
-        self.host_clients
+    /// The HTTP client for requests through `via` (an endpoint with its own
+    /// TLS or dial settings), else the shared one.
+    fn client_for(&self, via: Option<&Endpoint>) -> Result<reqwest::Client> {
+        let Some(ep) = via.filter(|ep| ep.own_transport()) else {
+            return Ok(self.http.clone());
+        };
+        let key = format!(
+            "{:?}",
+            (ep.skip_verify, &ep.ca, &ep.client, ep.dial_timeout)
+        );
+        if let Some(c) = self.endpoint_clients.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let client = self.endpoint_client(ep)?;
+        self.endpoint_clients
             .lock()
             .unwrap()
-            .get(host)
-            .cloned()
-            .unwrap_or_else(|| self.http.clone())
+            .insert(key, client.clone());
+        Ok(client)
     }
 
     /// Blames the mirror that served `digest`, if one did: it is skipped
@@ -447,11 +438,11 @@ impl RegistryClient {
                 if ep.upstream {
                     // The moved registry: its answer is the answer.
                     return self
-                        .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, missing_ok)
+                        .fetch_manifest_at(&mref, &url, Some(&ep), reference, scope, missing_ok)
                         .await;
                 }
                 match self
-                    .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, true)
+                    .fetch_manifest_at(&mref, &url, Some(&ep), reference, scope, true)
                     .await
                 {
                     Ok(Some(m)) => {
@@ -472,7 +463,7 @@ impl RegistryClient {
             }
         }
         let url = format!("{}/manifests/{reference}", self.base_url(r));
-        self.fetch_manifest_at(r, &url, &[], reference, scope, missing_ok)
+        self.fetch_manifest_at(r, &url, None, reference, scope, missing_ok)
             .await
     }
 
@@ -480,20 +471,18 @@ impl RegistryClient {
         &self,
         r: &ImageRef,
         url: &str,
-        headers: &[(String, String)],
+        via: Option<&Endpoint>,
         reference: &str,
         scope: Scope,
         missing_ok: bool,
     ) -> Result<Option<FetchedManifest>> {
         let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
         let resp = self
-            .send_as(r, scope, |c| {
+            .send_via(r, scope, via, |c| {
                 let req = MANIFEST_ACCEPT
                     .iter()
                     .fold(c.get(url), |req, t| req.header(ACCEPT, *t));
-                headers
-                    .iter()
-                    .fold(req, |req, (k, v)| req.header(k.as_str(), v.as_str()))
+                with_headers(req, via)
             })
             .await?;
         if missing_ok && resp.status() == StatusCode::NOT_FOUND {
@@ -595,10 +584,9 @@ impl RegistryClient {
             let at = BlobAt {
                 r: mref,
                 url: ep.url("blobs", &digest.to_string()),
-                headers: ep.headers.clone(),
+                via: Some(ep.clone()),
                 digest: digest.clone(),
                 size,
-                mirror: !ep.upstream,
             };
             if ep.upstream {
                 self.not_served_by_a_mirror(digest, offset);
@@ -622,10 +610,9 @@ impl RegistryClient {
         let at = BlobAt {
             r: r.clone(),
             url: format!("{}/blobs/{digest}", self.base_url(r)),
-            headers: Vec::new(),
+            via: None,
             digest: digest.clone(),
             size,
-            mirror: false,
         };
         self.blob_at(at, offset).await
     }
@@ -686,10 +673,8 @@ impl RegistryClient {
             (false, _) => Some(format!("bytes={offset}-")),
         };
         let resp = self
-            .send(&at.r, |c| {
-                let req = at.headers.iter().fold(c.get(&at.url), |req, (k, v)| {
-                    req.header(k.as_str(), v.as_str())
-                });
+            .send_via(&at.r, Scope::Pull, at.via.as_ref(), |c| {
+                let req = with_headers(c.get(&at.url), at.via.as_ref());
                 match &range {
                     Some(range) => req.header(RANGE, range),
                     None => req,
@@ -714,7 +699,7 @@ impl RegistryClient {
                 }
             }));
             // A mirror's range is not asked again: the next host is the retry.
-            let retries = if at.mirror { 0 } else { self.options.retries };
+            let retries = if at.mirror() { 0 } else { self.options.retries };
             let (size, digest) = (at.size, at.digest.clone());
             let (client, at) = (self.clone(), Arc::new(at));
             let open: ranges::OpenRange = Arc::new(move |start, end| {
@@ -791,13 +776,8 @@ impl RegistryClient {
             *location.lock().unwrap() = None;
         }
         let resp = self
-            .send(&at.r, |c| {
-                at.headers
-                    .iter()
-                    .fold(c.get(&at.url), |req, (k, v)| {
-                        req.header(k.as_str(), v.as_str())
-                    })
-                    .header(RANGE, &range)
+            .send_via(&at.r, Scope::Pull, at.via.as_ref(), |c| {
+                with_headers(c.get(&at.url), at.via.as_ref()).header(RANGE, &range)
             })
             .await?;
         let resp = self
@@ -869,15 +849,27 @@ struct BlobAt {
     /// The repository the requests authenticate as.
     r: ImageRef,
     url: String,
-    /// A mirror's own headers (hosts.toml).
-    headers: Vec<(String, String)>,
+    /// The endpoint it is reached through (a mirror, or the registry's
+    /// configured `server`), with its scheme, transport and headers; `None`:
+    /// the registry as itself.
+    via: Option<Endpoint>,
     digest: Digest,
     size: u64,
-    /// A mirror (its failures move on to the next host, never retried).
-    mirror: bool,
+}
+
+/// A request with an endpoint's own headers (hosts.toml `header`).
+fn with_headers(req: reqwest::RequestBuilder, via: Option<&Endpoint>) -> reqwest::RequestBuilder {
+    via.map_or(&[][..], |ep| &ep.headers[..])
+        .iter()
+        .fold(req, |req, (k, v)| req.header(k.as_str(), v.as_str()))
 }
 
 impl BlobAt {
+    /// A mirror's failures move on to the next host, never retried.
+    fn mirror(&self) -> bool {
+        self.via.as_ref().is_some_and(|ep| !ep.upstream)
+    }
+
     fn what(&self) -> String {
         format!(
             "blob {} of {}/{}",

@@ -66,14 +66,38 @@ impl RegistryClient {
         scope_kind: Scope,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        self.send_via(r, scope_kind, None, build).await
+    }
+
+    /// [`Self::send_as`] to `r.registry` reached through `via`, an endpoint
+    /// of the configuration (a mirror, or a registry's `server`): its
+    /// scheme, TLS and dial settings, and a mirror's no-retry rule, apply to
+    /// this request only, never to the host in another role.
+    pub(super) async fn send_via(
+        &self,
+        r: &ImageRef,
+        scope_kind: Scope,
+        via: Option<&Endpoint>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let scope = format!("repository:{}:{}", r.repository, scope_kind.actions());
         let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
         let mut attempt = 0;
-        let origin = reqwest::Url::parse(&self.base_url(r))
+        let base = match via {
+            Some(ep) => format!(
+                "{}://{}{}/{}",
+                ep.scheme,
+                ep.host,
+                ep.api_root.trim_end_matches('/'),
+                ep.repository
+            ),
+            None => self.base_url(r),
+        };
+        let origin = reqwest::Url::parse(&base)
             .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
-        let http = self.http_for(&r.registry);
-        let mirror = self.is_mirror(&r.registry);
+        let http = self.client_for(via)?;
+        let mirror = via.is_some_and(|ep| !ep.upstream);
         let retries = if mirror { 0 } else { self.options.retries };
         loop {
             let mut req = build(&http)
@@ -89,7 +113,7 @@ impl RegistryClient {
                 Ok(resp) => resp,
                 Err(e) if mirror && (e.is_connect() || e.is_timeout()) => {
                     self.mirror_down(&r.registry);
-                    return Err(self.transport_error(r, e));
+                    return Err(self.transport_error(r, &base, e));
                 }
                 Err(e)
                     if attempt < retries
@@ -102,7 +126,7 @@ impl RegistryClient {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                Err(e) => return Err(self.transport_error(r, e)),
+                Err(e) => return Err(self.transport_error(r, &base, e)),
             };
             if is_transient(resp.status()) && attempt < retries {
                 attempt += 1;
@@ -133,7 +157,8 @@ impl RegistryClient {
             let Some(challenge) = challenge else {
                 return Ok(resp);
             };
-            authorization = Some(self.answer(r, &scope, &challenge).await?);
+            let plain = origin.scheme() == "http";
+            authorization = Some(self.answer(r, &scope, &challenge, plain).await?);
         }
     }
 
@@ -146,7 +171,14 @@ impl RegistryClient {
         )
     }
 
-    pub(super) fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
+    /// `e`, from a request to `base` (the registry's or an endpoint's API
+    /// URL for the repository), in words.
+    pub(super) fn transport_error(
+        &self,
+        r: &ImageRef,
+        base: &str,
+        e: reqwest::Error,
+    ) -> anyhow::Error {
         if e.is_timeout() && !e.is_connect() {
             let stall = self
                 .options
@@ -177,15 +209,14 @@ impl RegistryClient {
             );
         }
         let cause = root_cause(&e);
-        let hint = if self.is_insecure(&r.registry) {
+        let hint = if base.starts_with("http:") {
             "check the address and that the registry is running"
         } else {
             "check the address, the CA bundle (OCIMODEL_CA_BUNDLE), or list a plain-HTTP registry in OCIMODEL_INSECURE_REGISTRIES"
         };
         anyhow!(
-            "cannot reach registry {} ({}): {cause}; {hint}",
-            r.registry,
-            self.base_url(r)
+            "cannot reach registry {} ({base}): {cause}; {hint}",
+            r.registry
         )
     }
 }
