@@ -854,3 +854,40 @@ fn a_mirror_s_transport_settings_do_not_follow_its_host_into_other_roles() {
         run.stderr()
     );
 }
+
+/// OCIMODEL_NODE_IP stands for the node's loopback only where a mirror's
+/// host is loopback, the whole host: a mirror at 127.0.0.10 stays there
+/// (matched by prefix, it became `<ip>0:PORT`).
+#[test]
+fn the_node_ip_replaces_only_a_whole_loopback_host() {
+    let (upstream, digest) = Registry::with_mnist();
+    let mirror = TcpListener::bind("127.0.0.10:0").expect("127.0.0.0/8 is loopback on Linux");
+    let port = mirror.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    serve(mirror, move |req| {
+        log.lock().unwrap().push(req.path.clone());
+        response("404 Not Found", &[], b"")
+    });
+    let hosts = hosts_dir(
+        &upstream.addr,
+        &[(&format!("http://127.0.0.10:{port}"), "")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env("OCIMODEL_NODE_IP", "127.0.0.2")
+        .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
+        .env("OCIMODEL_CONNECT_TIMEOUT", "2")
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            work.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert!(
+        !seen.lock().unwrap().is_empty(),
+        "the mirror at 127.0.0.10 was never asked; stderr:\n{}",
+        run.stderr()
+    );
+}

@@ -317,10 +317,8 @@ impl RegistryClient {
             }
             if let Some(ip) = &self.options.node_ip {
                 // The node's loopback is not the pod's.
-                for lo in ["127.0.0.1", "localhost", "[::1]"] {
-                    if let Some(port) = ep.host.strip_prefix(lo) {
-                        ep.host = format!("{ip}{port}");
-                    }
+                if let Some(host) = on_node(&ep.host, ip) {
+                    ep.host = host;
                 }
             }
             if !ep.upstream && self.mirrors_down.lock().unwrap().contains(&ep.host) {
@@ -857,6 +855,34 @@ struct BlobAt {
     size: u64,
 }
 
+/// `host` (`HOST[:PORT]`) at the node's address `ip` when HOST is the
+/// node's loopback (`127.0.0.1`, `localhost`, `[::1]`), the whole of it:
+/// `127.0.0.10:4001` and `localhost.example` are other hosts.
+fn on_node(host: &str, ip: &str) -> Option<String> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (name, rest) = v6.split_once(']')?;
+            (format!("[{name}]"), rest)
+        }
+        None => {
+            let name = host.split(':').next().unwrap_or(host);
+            (name.to_string(), &host[name.len()..])
+        }
+    };
+    if !["127.0.0.1", "localhost", "[::1]"].contains(&name.as_str()) {
+        return None;
+    }
+    if !(port.is_empty() || port.starts_with(':')) {
+        return None;
+    }
+    let ip = ip.trim();
+    Some(if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]{port}")
+    } else {
+        format!("{ip}{port}")
+    })
+}
+
 /// A request with an endpoint's own headers (hosts.toml `header`).
 fn with_headers(req: reqwest::RequestBuilder, via: Option<&Endpoint>) -> reqwest::RequestBuilder {
     via.map_or(&[][..], |ep| &ep.headers[..])
@@ -897,5 +923,35 @@ impl BlobAt {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_node;
+
+    #[test]
+    fn the_node_ip_replaces_a_whole_loopback_host_only() {
+        let ip = "10.0.0.7";
+        for (host, want) in [
+            ("127.0.0.1:4001", Some("10.0.0.7:4001")),
+            ("127.0.0.1", Some("10.0.0.7")),
+            ("localhost:5000", Some("10.0.0.7:5000")),
+            ("[::1]:4001", Some("10.0.0.7:4001")),
+            ("127.0.0.10:4001", None),
+            ("127.0.0.1.example:4001", None),
+            ("localhost.example:5000", None),
+            ("localhostx", None),
+            ("[::1]x", None),
+            ("[::10]:4001", None),
+            ("mirror.example:4001", None),
+        ] {
+            assert_eq!(on_node(host, ip).as_deref(), want, "{host}");
+        }
+        assert_eq!(
+            on_node("127.0.0.1:4001", "fd00::7").as_deref(),
+            Some("[fd00::7]:4001"),
+            "an IPv6 node address is bracketed"
+        );
     }
 }
