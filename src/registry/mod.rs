@@ -200,6 +200,7 @@ impl RegistryClient {
         }
         let http = reqwest::Client::builder()
             .dns_resolver(Resolver)
+            .redirect(transport::redirect_policy())
             .tls_certs_only(roots.clone())
             .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
@@ -350,6 +351,7 @@ impl RegistryClient {
         }
         let mut b = reqwest::Client::builder()
             .dns_resolver(Resolver)
+            .redirect(transport::redirect_policy())
             .tls_certs_only(roots)
             .connect_timeout(
                 ep.dial_timeout

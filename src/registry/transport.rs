@@ -28,6 +28,37 @@ pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     ))
 }
 
+/// Redirects as reqwest follows them by default (at most 10), but never
+/// from https to plain http: a private model and its redirect URL (often a
+/// presigned one) would travel in clear. A registry reached over plain http
+/// (listed insecure) may redirect to plain http.
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            // Host and port only: the path and query may be a signature.
+            let to = attempt.url().host_str().unwrap_or("?").to_string();
+            let to = match attempt.url().port_or_known_default() {
+                Some(port) => format!("{to}:{port}"),
+                None => to,
+            };
+            return attempt.error(PlainRedirect { to });
+        }
+        if attempt.previous().len() > 10 {
+            return attempt.error("too many redirects (more than 10)");
+        }
+        attempt.follow()
+    })
+}
+
+/// An https answer redirected to plain http.
+#[derive(Debug, thiserror::Error)]
+#[error("redirected from https to plain http ({to}); refusing, as the content and the redirect URL would travel in clear")]
+pub(super) struct PlainRedirect {
+    to: String,
+}
+
 /// Certificate and handshake failures will not heal by retrying.
 pub(super) fn is_transient(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
@@ -179,6 +210,9 @@ impl RegistryClient {
         base: &str,
         e: reqwest::Error,
     ) -> anyhow::Error {
+        if e.is_redirect() {
+            return anyhow!("registry {}: {}", r.registry, root_cause(&e));
+        }
         if e.is_timeout() && !e.is_connect() {
             let stall = self
                 .options
