@@ -159,7 +159,7 @@ async fn through_model_registry(
     clients: &ClientFactory,
 ) -> Result<Job> {
     let client = clients()?;
-    let r = crate::model_registry::resolve(client.http(), uri, &settings.model_registry).await?;
+    let r = crate::model_registry::resolve(&client, uri, &settings.model_registry).await?;
     tracing::info!(uri = %job.uri, registry = %r.api, model = %r.model, version = %r.version, reference = %r.reference, "resolved through the model registry");
     let image = crate::reference::ImageRef::parse(&r.reference).with_context(|| {
         format!(
@@ -178,20 +178,24 @@ async fn through_model_registry(
 pub type ClientFactory = Arc<dyn Fn() -> Result<Arc<RegistryClient>> + Send + Sync>;
 
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
-    let resolved;
-    let job = match &job.target {
-        Target::ModelRegistry(uri) => {
-            resolved = through_model_registry(job, uri, settings, clients).await?;
-            &resolved
-        }
-        _ => job,
+    // A model registry's answers count against the deadline too.
+    let work = async {
+        let resolved;
+        let job = match &job.target {
+            Target::ModelRegistry(uri) => {
+                resolved = through_model_registry(job, uri, settings, clients).await?;
+                &resolved
+            }
+            _ => job,
+        };
+        pull_model(job, settings, clients).await
     };
     match settings.deadline {
         // Dropping the pull on timeout removes its staging directory.
-        Some(d) => tokio::time::timeout(d, pull_model(job, settings, clients))
+        Some(d) => tokio::time::timeout(d, work)
             .await
             .map_err(|_| anyhow!("gave up after {}s (OCIMODEL_TIMEOUT)", d.as_secs()))?,
-        None => pull_model(job, settings, clients).await,
+        None => work.await,
     }
 }
 

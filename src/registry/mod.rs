@@ -240,6 +240,13 @@ impl RegistryClient {
         &self.http
     }
 
+    /// A whole answer from one of those services (`what`, in messages), as
+    /// registry answers are read: at most `cap` bytes, under the stall
+    /// timeout and the minimum-rate rule (`OCIMODEL_MIN_RATE`).
+    pub async fn read_body(&self, resp: reqwest::Response, cap: u64, what: &str) -> Result<Bytes> {
+        read_capped(resp, cap, what, self.throughput()).await
+    }
+
     /// A mirror that could not be reached is skipped from now on.
     fn mirror_down(&self, host: &str) {
         if self.mirrors_down.lock().unwrap().insert(host.to_string()) {
