@@ -421,7 +421,7 @@ fn probes_are_answered_while_idle_connections_flood_the_port() {
                     *slot = open();
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
     // Let the flood fill the slots and the backlog.
