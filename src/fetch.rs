@@ -1,29 +1,36 @@
 //! Streaming a blob from a source into a consumer, verifying as it flows.
 //!
-//! The async side reads the stream, counts and hashes every byte, and hands
-//! chunks over a bounded channel to a blocking thread that decompresses and
-//! writes (tar and the decoders are synchronous). So hashing overlaps with
-//! decompression and disk writes, memory stays bounded, and the consumer only
-//! sees end-of-file once size and digest have been checked: a bad blob makes
-//! the consumer fail, never succeed.
+//! The async side only moves bytes: it reads the stream, counts them (for
+//! progress, resuming and the declared size) and hands chunks over a bounded
+//! channel. The blob's own blocking thread hashes them (and appends new bytes
+//! to the node cache) as it takes them, so N blobs fetched at once are hashed
+//! on N threads, never all on the runtime thread that polls their streams.
+//! A consumer sees end-of-file only once size and digest have been checked:
+//! a bad blob makes the consumer fail, never succeed.
+//!
+//! A consumer that does much work per byte (a tar layer: decompression, tar
+//! parsing, per-file hashing, writes) asks for [`Hashing::OwnThread`]: the
+//! digest is computed on a thread of its own in front of it, so the layer
+//! goes at the rate of the slower of the two, not of their sum.
 
 use std::io::{self, BufRead, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use base64::Engine;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::{Entry, Ingest, StaleEntry};
-use crate::digest::Hasher;
+use crate::cache::{Cache, Entry, Ingest, StaleEntry};
+use crate::cpus::Slot;
+use crate::digest::{Digest, Hasher};
 use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
 use crate::registry::ByteStream;
-use crate::source::Source;
+use crate::source::{file_stream, Source};
 
 /// Chunks in flight between download and unpack, per blob...
 const CHANNEL_DEPTH: usize = 256;
@@ -31,7 +38,7 @@ const CHANNEL_DEPTH: usize = 256;
 /// yet written. It bounds memory whatever the model size, the number of
 /// blobs fetched at once or how long the disk stalls (writeback under
 /// memory pressure can pause writers for a while); it is also how far
-/// hashing may run ahead of writing.
+/// the download may run ahead of hashing and writing.
 const IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 const PERMIT_BYTES: usize = 4096;
 const PERMITS: usize = IN_FLIGHT_BYTES / PERMIT_BYTES;
@@ -45,6 +52,17 @@ fn in_flight_budget() -> Arc<Semaphore> {
 
 /// A chunk and its share of the in-flight budget, returned when dropped.
 type Chunk = (Bytes, OwnedSemaphorePermit);
+
+/// Where a blob's digest is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hashing {
+    /// On the consumer's thread, as it takes each chunk: for consumers that
+    /// mostly write (a whole-file layer, a small blob read into memory).
+    SameThread,
+    /// On a thread of its own, in front of the consumer: for consumers with
+    /// work of their own per byte (tar layers).
+    OwnThread,
+}
 
 /// Byte counters for progress lines and metrics.
 #[derive(Debug)]
@@ -87,6 +105,88 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// Checks one blob's bytes as they pass: its digest and size, and with a
+/// node cache, new bytes appended to the cache's partial download, which is
+/// committed once the whole blob verified and discarded when it did not.
+struct Verifier {
+    digest: Digest,
+    size: u64,
+    hasher: Hasher,
+    seen: u64,
+    ingest: Option<Ingest>,
+    /// Bytes below this came from the cache's partial download; the rest
+    /// are new and go into it too.
+    replayed: u64,
+    cache: Option<Arc<Cache>>,
+}
+
+impl Verifier {
+    fn new(desc: &Descriptor, ingest: Option<Ingest>, cache: Option<Arc<Cache>>) -> Verifier {
+        Verifier {
+            digest: desc.digest.clone(),
+            size: desc.size,
+            hasher: Hasher::new(desc.digest.algorithm()),
+            seen: 0,
+            replayed: ingest.as_ref().map_or(u64::MAX, |i| i.offset),
+            ingest,
+            cache,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if self.seen >= self.replayed {
+            if let Some(ingest) = &mut self.ingest {
+                if let Err(e) = ingest.append(chunk) {
+                    // The cache only saves work: the pull goes on without it.
+                    tracing::warn!(blob = %self.digest, "cannot write to the node cache ({e}); this blob will not be cached");
+                    self.ingest = None;
+                }
+            }
+        }
+        self.seen += chunk.len() as u64;
+        self.hasher.update(chunk);
+    }
+
+    /// At the end of the bytes: their size and digest against the
+    /// descriptor's; settles the cache's copy either way.
+    fn finish(&mut self) -> Result<(), IntegrityError> {
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm()));
+        let ingest = self.ingest.take();
+        let verdict = if self.seen != self.size {
+            Err(IntegrityError(format!(
+                "blob {}: size mismatch: the manifest declares {} bytes, the source sent {}",
+                self.digest, self.size, self.seen
+            )))
+        } else {
+            let actual = hasher.finish();
+            if actual == self.digest {
+                Ok(())
+            } else {
+                Err(IntegrityError(format!(
+                    "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
+                    self.digest, self.digest
+                )))
+            }
+        };
+        if let Some(ingest) = ingest {
+            match &verdict {
+                Ok(()) => match ingest.commit() {
+                    Ok(()) => {
+                        if let Some(cache) = &self.cache {
+                            cache.evict();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(blob = %self.digest, "cannot commit to the node cache: {e:#}")
+                    }
+                },
+                Err(_) => ingest.discard(),
+            }
+        }
+        verdict
+    }
+}
+
 /// The blocking side's view of a blob: `Read`/`BufRead` over the verified
 /// stream (`BufRead` lets writers take the chunks without another copy).
 pub struct BlobReader {
@@ -94,18 +194,78 @@ pub struct BlobReader {
     current: Bytes,
     /// The current chunk's budget; replacing it gives the last one back.
     permit: Option<OwnedSemaphorePermit>,
+    /// Hashes what this reader hands on, unless a stage in front did.
+    verifier: Option<Verifier>,
+    /// The verifier's answer, once the bytes have ended.
+    verdict: Option<Result<(), IntegrityError>>,
+    /// A CPU, held while the current chunk is worked on (hashed, unpacked,
+    /// written), never while waiting for the next.
+    slot: Option<Slot>,
+}
+
+impl BlobReader {
+    fn new(rx: mpsc::Receiver<io::Result<Chunk>>, verifier: Option<Verifier>) -> BlobReader {
+        BlobReader {
+            rx,
+            current: Bytes::new(),
+            permit: None,
+            verifier,
+            verdict: None,
+            slot: None,
+        }
+    }
+
+    /// The next chunk whole, with its budget (hashed first when this reader
+    /// verifies); `None` at a verified end.
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        if !self.current.is_empty() {
+            if let Some(permit) = self.permit.take() {
+                return Ok(Some((std::mem::take(&mut self.current), permit)));
+            }
+        }
+        self.current = Bytes::new();
+        self.permit = None;
+        self.slot = None;
+        if let Some(verdict) = &self.verdict {
+            return match verdict {
+                Ok(()) => Ok(None),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.0.clone())),
+            };
+        }
+        match self.rx.blocking_recv() {
+            Some(Ok((chunk, permit))) => {
+                self.slot = Some(Slot::take());
+                if let Some(v) = &mut self.verifier {
+                    v.update(&chunk);
+                }
+                Ok(Some((chunk, permit)))
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                let verdict = match &mut self.verifier {
+                    Some(v) => v.finish(),
+                    None => Ok(()),
+                };
+                self.verdict = Some(verdict);
+                self.next_chunk()
+            }
+        }
+    }
+
+    /// What the verifier found, if this reader verified to the end.
+    fn into_verdict(self) -> Option<Result<(), IntegrityError>> {
+        self.verdict.filter(|_| self.verifier.is_some())
+    }
 }
 
 impl BufRead for BlobReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.current.is_empty() {
-            self.permit = None;
-            match self.rx.blocking_recv() {
-                Some(Ok((chunk, permit))) => {
+            match self.next_chunk()? {
+                Some((chunk, permit)) => {
                     self.current = chunk;
                     self.permit = Some(permit);
                 }
-                Some(Err(e)) => return Err(e),
                 None => return Ok(&[]),
             }
         }
@@ -138,7 +298,7 @@ pub async fn fetch_small(source: &Source, desc: &Descriptor, cap: u64) -> Result
         );
     }
     let progress = Progress::new(desc.size);
-    let bytes = fetch_blob(source, desc, &progress, |r| {
+    let bytes = fetch_blob(source, desc, &progress, Hashing::SameThread, |r| {
         let mut buf = Vec::new();
         r.read_to_end(&mut buf)?;
         Ok(buf)
@@ -170,7 +330,7 @@ async fn open_blob(
         Entry::Hit { file, _lock } => {
             cache.record(true, desc.size);
             tracing::info!(blob = %desc.digest, size = desc.size, "from the node cache");
-            Ok((file_stream(file, _lock), None, true))
+            Ok((file_stream(file, 0, None, _lock), None, true))
         }
         Entry::Miss(ingest) if ingest.offset == 0 => {
             cache.record(false, desc.size);
@@ -180,87 +340,37 @@ async fn open_blob(
         Entry::Miss(ingest) => {
             cache.record(false, desc.size - ingest.offset.min(desc.size));
             tracing::info!(blob = %desc.digest, size = desc.size, resume_at = ingest.offset, "resuming a partial download from the node cache");
-            let replay = file_stream(ingest.prefix()?, ());
+            // Exactly the bytes the partial file held when this began.
+            let replay = file_stream(ingest.prefix()?, 0, Some(ingest.offset), ());
             let rest = match source.resume(desc, ingest.offset).await {
                 Some(r) => r?,
                 None => bail!("blob {}: its source cannot resume a download", desc.digest),
             };
-            let prefix_len = ingest.offset;
-            let replay = replay.scan(0u64, move |seen, chunk| {
-                // Exactly the bytes the partial file held when this began.
-                let out = chunk.map(|mut b| {
-                    let left = prefix_len.saturating_sub(*seen) as usize;
-                    b.truncate(left.min(b.len()));
-                    *seen += b.len() as u64;
-                    b
-                });
-                futures_util::future::ready(Some(out))
-            });
-            let replay =
-                replay.filter(|c| futures_util::future::ready(!matches!(c, Ok(b) if b.is_empty())));
             Ok((Box::pin(replay.chain(rest)), Some(ingest), false))
         }
     }
 }
 
-/// A local file as a byte stream, keeping `guard` (a cache lock) alive
-/// until the stream is dropped.
-fn file_stream<G: Send + 'static>(file: std::fs::File, guard: G) -> ByteStream {
-    let reader =
-        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
-    crate::registry::holding(Box::pin(reader), guard)
-}
-
-/// After a download: commit a verified blob to the node cache; drop a
-/// partial or cached copy whose bytes did not verify; keep a partial that
-/// was only cut off, for the next run to resume.
-fn settle_cache(
-    source: &Source,
-    desc: &Descriptor,
-    failure: Option<&anyhow::Error>,
-    ingest: Option<Ingest>,
-    from_cache: bool,
-) {
-    let Some(cache) = source.cache() else { return };
-    let bad = failure.is_some_and(crate::error::is_verification_failure);
-    if from_cache && bad {
-        cache.drop_blob(&desc.digest);
-    }
-    let Some(ingest) = ingest else { return };
-    match failure {
-        None => match ingest.commit() {
-            Ok(()) => cache.evict(),
-            Err(e) => tracing::warn!(blob = %desc.digest, "cannot commit to the node cache: {e:#}"),
-        },
-        Some(_) if bad => ingest.discard(),
-        Some(_) => {}
-    }
-}
-
 /// Streams the blob into the channel, resuming a broken transfer from the
-/// bytes already hashed, within the in-flight budget; then checks the size
-/// and digest of exactly what was handed on.
+/// bytes already handed on, within the in-flight budget. It counts, and
+/// refuses more bytes than the descriptor declares; the digest is checked
+/// on the blocking side.
 async fn pump(
     source: &Source,
     desc: &Descriptor,
     mut stream: ByteStream,
     tx: &mpsc::Sender<io::Result<Chunk>>,
     progress: &Arc<Progress>,
-    mut ingest: Option<&mut Ingest>,
 ) -> Result<()> {
-    // Bytes below this came from the cache's partial download; the rest
-    // are new and go into it too.
-    let replayed = ingest.as_ref().map_or(u64::MAX, |i| i.offset);
     let budget = in_flight_budget();
-    let mut hasher = Hasher::new(desc.digest.algorithm());
     let mut received: u64 = 0;
     let mut resumes = 0;
     loop {
         let chunk = match stream.next().await {
             None => break,
             Some(Ok(chunk)) => chunk,
-            // A broken transfer resumes from the bytes already hashed
-            // and handed on; the final digest covers exactly those.
+            // A broken transfer resumes from the bytes already handed on;
+            // the final digest covers exactly those.
             Some(Err(e)) if resumes < source.retries() && desc.data.is_none() => {
                 resumes += 1;
                 let wait = crate::registry::backoff(resumes);
@@ -280,13 +390,6 @@ async fn pump(
                 desc.digest
             ),
         };
-        if let Some(ingest) = ingest.as_deref_mut() {
-            if received >= replayed {
-                ingest
-                    .append(&chunk)
-                    .with_context(|| format!("cannot write {} to the node cache", desc.digest))?;
-            }
-        }
         received += chunk.len() as u64;
         if received > desc.size {
             return Err(IntegrityError(format!(
@@ -295,7 +398,6 @@ async fn pump(
             ))
             .into());
         }
-        hasher.update(&chunk);
         progress
             .fetched
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -310,55 +412,73 @@ async fn pump(
             return Ok(());
         }
     }
-    if received != desc.size {
-        return Err(IntegrityError(format!(
-            "blob {}: size mismatch: the manifest declares {} bytes, the source sent {received}",
-            desc.digest, desc.size
-        ))
-        .into());
-    }
-    let actual = hasher.clone().finish();
-    if actual != desc.digest {
-        return Err(IntegrityError(format!(
-            "blob {}: digest mismatch: expected {}, got {actual}; the content was corrupted or tampered with",
-            desc.digest, desc.digest
-        ))
-        .into());
-    }
     Ok(())
 }
 
-/// Streams blob `desc` from `source` into `consume` on a blocking thread.
-/// Whatever `consume` leaves unread is drained, so the whole blob is always
-/// hashed. Fails if the size or digest differ from `desc`, naming both.
+/// Hands on what `reader` verifies, chunk by chunk, to the next stage; a
+/// failure goes on too, so the next stage never sees a clean end of a bad
+/// blob.
+fn forward(mut reader: BlobReader, tx: mpsc::Sender<io::Result<Chunk>>) -> BlobReader {
+    loop {
+        let next = reader.next_chunk();
+        // The next stage needs a CPU too; none is held while waiting for it.
+        reader.slot = None;
+        match next {
+            Ok(Some(chunk)) => {
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    break; // the consumer stopped; its error explains why
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                break;
+            }
+        }
+    }
+    reader
+}
+
+/// Streams blob `desc` from `source` into `consume` on a blocking thread,
+/// hashing it where `hashing` says. Whatever `consume` leaves unread is
+/// drained, so the whole blob is always hashed. Fails if the size or digest
+/// differ from `desc`, naming both.
 pub async fn fetch_blob<T, F>(
     source: &Source,
     desc: &Descriptor,
     progress: &Arc<Progress>,
+    hashing: Hashing,
     consume: F,
 ) -> Result<T>
 where
     F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let (stream, mut ingest, from_cache) = open_blob(source, desc).await?;
+    let (stream, ingest, from_cache) = open_blob(source, desc).await?;
     // Bytes replayed from the cache count as the cache's, if they are bad.
     let replayed = ingest.as_ref().is_some_and(|i| i.offset > 0);
+    let verifier = Verifier::new(desc, ingest, source.cache().cloned());
     let (tx, rx) = mpsc::channel::<io::Result<Chunk>>(CHANNEL_DEPTH);
+    let (consumer_rx, stage) = match hashing {
+        Hashing::SameThread => (BlobReader::new(rx, Some(verifier)), None),
+        Hashing::OwnThread => {
+            let (stage_tx, stage_rx) = mpsc::channel::<io::Result<Chunk>>(CHANNEL_DEPTH);
+            let verifying = BlobReader::new(rx, Some(verifier));
+            let stage = tokio::task::spawn_blocking(move || forward(verifying, stage_tx));
+            (BlobReader::new(stage_rx, None), Some(stage))
+        }
+    };
     let consumer = tokio::task::spawn_blocking(move || {
-        let mut reader = BlobReader {
-            rx,
-            current: Bytes::new(),
-            permit: None,
-        };
-        let out = consume(&mut reader)?;
-        io::copy(&mut reader, &mut io::sink())?;
-        Ok::<T, anyhow::Error>(out)
+        let mut reader = consumer_rx;
+        let out = consume(&mut reader).and_then(|out| {
+            io::copy(&mut reader, &mut io::sink())?;
+            Ok(out)
+        });
+        (out, reader.into_verdict())
     });
 
-    let verdict = pump(source, desc, stream, &tx, progress, ingest.as_mut()).await;
-    settle_cache(source, desc, verdict.as_ref().err(), ingest, from_cache);
-    if let Err(e) = &verdict {
+    let pumped = pump(source, desc, stream, &tx, progress).await;
+    if let Err(e) = &pumped {
         // Make sure the consumer fails rather than sees a clean end of file.
         let _ = tx
             .send(Err(io::Error::new(
@@ -368,22 +488,39 @@ where
             .await;
     }
     drop(tx);
-    let consumed = consumer
+    let (consumed, mut verdict) = consumer
         .await
         .map_err(|e| anyhow!("unpack thread failed: {e}"))?;
+    if let Some(stage) = stage {
+        let reader = stage
+            .await
+            .map_err(|e| anyhow!("hashing thread failed: {e}"))?;
+        verdict = reader.into_verdict();
+    }
     // A verification failure is the root cause of anything the consumer saw.
-    match verdict {
-        Err(e) if (from_cache || replayed) && crate::error::is_verification_failure(&e) => {
-            Err(e.context(StaleEntry(desc.digest.clone())))
-        }
-        Err(e) if crate::error::is_verification_failure(&e) => {
-            match source.blame_mirror(&desc.digest) {
-                Some(bad) => Err(e.context(bad)),
-                None => Err(e),
+    let failure = match (pumped, verdict) {
+        (Err(e), _) => Some(e),
+        (Ok(()), Some(Err(bad))) => Some(anyhow::Error::from(bad)),
+        (Ok(()), _) => None,
+    };
+    match failure {
+        Some(e) if crate::error::is_verification_failure(&e) => {
+            if from_cache {
+                if let Some(cache) = source.cache() {
+                    cache.drop_blob(&desc.digest);
+                }
+            }
+            if from_cache || replayed {
+                Err(e.context(StaleEntry(desc.digest.clone())))
+            } else {
+                match source.blame_mirror(&desc.digest) {
+                    Some(bad) => Err(e.context(bad)),
+                    None => Err(e),
+                }
             }
         }
-        Err(e) => Err(e),
-        Ok(()) => consumed,
+        Some(e) => Err(e),
+        None => consumed,
     }
 }
 
@@ -413,11 +550,17 @@ mod tests {
     }
 
     async fn fetch(source: &Source, desc: &Descriptor) -> Result<Vec<u8>> {
-        fetch_blob(source, desc, &Progress::new(desc.size), |r| {
-            let mut buf = Vec::new();
-            r.read_to_end(&mut buf)?;
-            Ok(buf)
-        })
+        fetch_blob(
+            source,
+            desc,
+            &Progress::new(desc.size),
+            Hashing::SameThread,
+            |r| {
+                let mut buf = Vec::new();
+                r.read_to_end(&mut buf)?;
+                Ok(buf)
+            },
+        )
         .await
     }
 

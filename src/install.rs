@@ -534,24 +534,27 @@ pub fn check_tree(dest: &Path) -> Result<(Marker, Vec<String>)> {
     // Not `installed`: its size checks stop at the first problem, and this
     // reports every one.
     let m = read_marker(dest)?;
-    let mut problems = Vec::new();
-    let mut expected: BTreeSet<String> = BTreeSet::new();
-    for f in &m.contents.files {
-        expected.insert(f.path.clone());
+    // Files are hashed side by side: a sharded model rechecks at the rate
+    // of the node's cores, not of one.
+    let mut problems: Vec<String> = crate::cpus::map(&m.contents.files, |f| {
         let path = dest.join(&f.path);
         match fs::symlink_metadata(&path) {
             Ok(md) if md.is_file() => match crate::digest::hash_file(&path, f.digest.algorithm()) {
-                Ok((size, d)) if size == f.size && d == f.digest => {}
-                Ok((size, d)) => problems.push(format!(
+                Ok((size, d)) if size == f.size && d == f.digest => None,
+                Ok((size, d)) => Some(format!(
                     "{}: expected {} bytes {}, found {size} bytes {d}",
                     f.path, f.size, f.digest
                 )),
-                Err(e) => problems.push(format!("{}: cannot read: {e}", f.path)),
+                Err(e) => Some(format!("{}: cannot read: {e}", f.path)),
             },
-            Ok(_) => problems.push(format!("{}: not a regular file any more", f.path)),
-            Err(_) => problems.push(format!("{}: missing", f.path)),
+            Ok(_) => Some(format!("{}: not a regular file any more", f.path)),
+            Err(_) => Some(format!("{}: missing", f.path)),
         }
-    }
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut expected: BTreeSet<String> = m.contents.files.iter().map(|f| f.path.clone()).collect();
     for (link, target) in &m.contents.links {
         expected.insert(link.clone());
         match fs::read_link(dest.join(link)) {

@@ -27,6 +27,7 @@ pub(crate) mod cache;
 pub mod cli;
 pub mod cloud;
 pub(crate) mod config;
+pub(crate) mod cpus;
 pub mod digest;
 pub(crate) mod dirfd;
 pub(crate) mod error;

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::digest::{Algorithm, Digest};
-use crate::fetch::{fetch_blob, mib, Progress};
+use crate::fetch::{fetch_blob, mib, Hashing, Progress};
 use crate::format::{self, Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
 use crate::manifest::Platform;
@@ -572,7 +572,7 @@ async fn write_one(
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
     let digest = layer.digest.clone();
-    fetch_blob(source, &layer, &progress, move |r| {
+    fetch_blob(source, &layer, &progress, Hashing::SameThread, move |r| {
         write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest))
     })
     .await
@@ -623,24 +623,30 @@ async fn apply_tar_layers(
         let action = step.action.clone();
         tree.set_layer_size(step.layer.size);
         let subtree = settings.subtree.clone();
-        tree = fetch_blob(source, &step.layer, progress, move |r| {
-            match action {
-                Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
-                Action::ExtractTar {
-                    compression,
-                    into,
-                    within,
-                    content_digest,
-                } => {
-                    let into = components(&into)?;
-                    let within = components(&within)?;
-                    let within = (!within.is_empty()).then_some(&within[..]);
-                    tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
+        tree = fetch_blob(
+            source,
+            &step.layer,
+            progress,
+            Hashing::OwnThread,
+            move |r| {
+                match action {
+                    Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
+                    Action::ExtractTar {
+                        compression,
+                        into,
+                        within,
+                        content_digest,
+                    } => {
+                        let into = components(&into)?;
+                        let within = components(&within)?;
+                        let within = (!within.is_empty()).then_some(&within[..]);
+                        tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
+                    }
+                    Action::WriteFile(_) => unreachable!("whole files are written above"),
                 }
-                Action::WriteFile(_) => unreachable!("whole files are written above"),
-            }
-            Ok(tree)
-        })
+                Ok(tree)
+            },
+        )
         .await
         .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
     }
@@ -657,7 +663,7 @@ async fn unpack_plan(
 ) -> Result<Contents> {
     let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
     let progress = Progress::new(plan.total_bytes() + parent_bytes);
-    tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), "pulling");
+    tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), cpus = crate::cpus::available(), "pulling");
     let reporter = {
         let progress = progress.clone();
         let uri = uri.to_string();

@@ -184,6 +184,103 @@ fn leaks_nothing(run: &Run, secrets: &[&str]) {
     }
 }
 
+/// `serve` over TLS, with the server certificate `cloud_certs` made in
+/// `certs` (its CA is the one `OCIMODEL_CA_BUNDLE` names).
+fn serve_tls(
+    listener: TcpListener,
+    certs: &Path,
+    handler: impl Fn(&Request) -> Vec<u8> + Send + 'static,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            answer_one(rustls::StreamOwned::new(conn, tcp), &handler);
+        }
+    });
+}
+
+/// Requests as a [`Recorder`] saw them: `METHOD path`, and `Authorization`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A server that answers every request with the same bytes and records
+/// each one as `METHOD path` and its `Authorization`, if any.
+struct Recorder {
+    addr: String,
+    seen: Seen,
+}
+
+impl Recorder {
+    /// Over plain http.
+    fn start(answer: Vec<u8>) -> Recorder {
+        Recorder::start_with(answer, None)
+    }
+
+    /// Over TLS (`cloud_certs` in `certs`) when given.
+    fn start_with(answer: Vec<u8>, certs: Option<&Path>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let handler = move |req: &Request| {
+            log.lock().unwrap().push((
+                format!("{} {}", req.method, req.path),
+                req.authorization.clone(),
+            ));
+            answer.clone()
+        };
+        match certs {
+            Some(dir) => serve_tls(listener, dir, handler),
+            None => serve(listener, handler),
+        }
+        Recorder { addr, seen }
+    }
+
+    /// A 401 with this `WWW-Authenticate` challenge, to every request.
+    fn challenging(challenge: &str) -> Recorder {
+        Recorder::start(response(
+            "401 Unauthorized",
+            &[("WWW-Authenticate", challenge.to_string())],
+            b"",
+        ))
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Every `Authorization` it was sent.
+    fn authorizations(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, a)| a.clone())
+            .collect()
+    }
+}
+
 /// The ECR side: the seed model behind the ECR host name on a TLS
 /// docker-registry that takes what moto's GetAuthorizationToken issues
 /// ("AWS:<account>-auth-token"), moto itself, and the proxy to the name.
@@ -399,6 +496,279 @@ fn ecr_with_eks_pod_identity() {
     );
 }
 
+/// A fake EC2 instance metadata service that answers IMDSv2 as documented
+/// ("Use the Instance Metadata Service to access instance metadata",
+/// "Retrieve security credentials from instance metadata"): `PUT
+/// /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1 to
+/// 21600) gives a session token; `GET /latest/meta-data/iam/security-credentials/`
+/// with `X-aws-ec2-metadata-token` gives the role's name, and that path
+/// plus the name its credentials. No token, or another one: 401. Its base
+/// URL and every request it saw (`METHOD path`).
+fn imds(role: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    const TOKEN: &str = "AQAEAImdsSessionToken==";
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    serve(listener, move |req| {
+        log.lock()
+            .unwrap()
+            .push(format!("{} {}", req.method, req.path));
+        const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+        if req.method == "PUT" && req.path == "/latest/api/token" {
+            let ttl = req
+                .header("x-aws-ec2-metadata-token-ttl-seconds")
+                .and_then(|t| t.parse::<u32>().ok());
+            if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {
+                return response("400 Bad Request", &[], b"");
+            }
+            return response(
+                "200 OK",
+                &[(
+                    "X-aws-ec2-metadata-token-ttl-seconds",
+                    ttl.unwrap().to_string(),
+                )],
+                TOKEN.as_bytes(),
+            );
+        }
+        if req.method != "GET" || !req.path.starts_with(CREDS) {
+            return response("404 Not Found", &[], b"");
+        }
+        if req.header("x-aws-ec2-metadata-token") != Some(TOKEN) {
+            return response("401 Unauthorized", &[], b"");
+        }
+        match &req.path[CREDS.len()..] {
+            "" => response("200 OK", &[("Content-Type", "text/plain".into())], role.as_bytes()),
+            r if r == role => response(
+                "200 OK",
+                &[("Content-Type", "text/plain".into())],
+                br#"{"Code":"Success","LastUpdated":"2026-01-01T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIANODEROLE","SecretAccessKey":"bm9kZS1zZWNyZXQ","Token":"node-role-session","Expiration":"2030-01-01T00:00:00Z"}"#,
+            ),
+            _ => response("404 Not Found", &[], b""),
+        }
+    });
+    (url, seen)
+}
+
+/// The node's instance role through IMDSv2 (what most EKS clusters pull
+/// from ECR with, as the kubelet's ECR credential provider does): after the
+/// pod's own identities, for ECR hosts only, at
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`; `AWS_EC2_METADATA_DISABLED=true`
+/// turns it off.
+#[test]
+fn ecr_with_the_node_instance_role_through_imdsv2() {
+    let work = tempfile::tempdir().unwrap();
+    // Kept whole: its registry and moto stop when it drops.
+    let ecr = Ecr::start(work.path());
+    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
+    let (endpoint, seen) = imds("model-node-role");
+    let uri = format!("{ECR_HOST}/models/mnist@{digest}");
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint),
+    ];
+    let dest = work.path().join("m");
+    let run = pull(&uri, &dest, &env);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert!(
+        run.stderr()
+            .contains("the node's instance role model-node-role (EC2 instance metadata, IMDSv2)"),
+        "{}",
+        run.stderr()
+    );
+    leaks_nothing(
+        &run,
+        &[
+            "node-role-session",
+            "bm9kZS1zZWNyZXQ",
+            "AQAEAImdsSessionToken",
+        ],
+    );
+    // Token, role name, credentials: once per flow (moto's ECR tokens say
+    // they have expired already, so each challenge runs the flow again).
+    let flows = seen.lock().unwrap().clone();
+    assert!(!flows.is_empty() && flows.len() % 3 == 0, "{flows:?}");
+    for flow in flows.chunks(3) {
+        assert_eq!(
+            flow,
+            [
+                "PUT /latest/api/token",
+                "GET /latest/meta-data/iam/security-credentials/",
+                "GET /latest/meta-data/iam/security-credentials/model-node-role",
+            ]
+        );
+    }
+
+    // The pod's own identity (IRSA here) comes first: IMDS is not asked.
+    seen.lock().unwrap().clear();
+    let token_file = work.path().join("token");
+    fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwb2QifQ.c2ln\n",
+    )
+    .unwrap();
+    let irsa = [
+        env.clone(),
+        vec![
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/model-reader".to_string(),
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    let run = pull(&uri, &work.path().join("irsa"), &irsa);
+    run.assert_ok();
+    assert!(run.stderr().contains("(IRSA)"), "{}", run.stderr());
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "IMDS was asked before IRSA"
+    );
+
+    // AWS_EC2_METADATA_DISABLED=true: not asked; the registry wants credentials.
+    let off = [
+        env.clone(),
+        vec![("AWS_EC2_METADATA_DISABLED", "true".to_string())],
+    ]
+    .concat();
+    pull(&uri, &work.path().join("off"), &off).assert_fails_with(&["requires authentication"]);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "IMDS was asked while disabled"
+    );
+}
+
+/// An ECR host name that only challenges (Basic, as ECR does), on TLS
+/// behind a CONNECT proxy: enough for the credential flow to run on its
+/// first challenge. The env to reach it; the proxy is kept with the guard.
+fn ecr_stand_in(work: &Path) -> (Vec<(&'static str, String)>, ConnectProxy, Recorder) {
+    cloud_certs(work);
+    let registry = Recorder::start_with(
+        response(
+            "401 Unauthorized",
+            &[("WWW-Authenticate", r#"Basic realm="ecr""#.to_string())],
+            b"",
+        ),
+        Some(work),
+    );
+    let proxy = ConnectProxy::start(&[(ECR_HOST, &registry.addr)]);
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.join("ca.pem").display().to_string(),
+        ),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    (env, proxy, registry)
+}
+
+/// The AWS SDKs take `AWS_CONTAINER_CREDENTIALS_FULL_URI` over plain http
+/// only to a loopback address, `localhost`, 169.254.170.2, 169.254.170.23
+/// or fd00:ec2::23 (botocore's `ContainerMetadataFetcher`); any other http
+/// host would get the Pod Identity token in clear. 0.0.0.0 is such a host
+/// (not loopback), and on Linux it reaches this machine's listeners, so the
+/// agent below would see the token if it were sent.
+#[test]
+fn container_credentials_over_plain_http_only_to_the_sdks_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let (base, _proxy, registry) = ecr_stand_in(work.path());
+    let agent = Recorder::start(response(
+        "200 OK",
+        &[("Content-Type", "application/json".into())],
+        br#"{"AccessKeyId":"ASIAPODIDENTITY","SecretAccessKey":"c2VjcmV0","Token":"session","Expiration":"2030-01-01T00:00:00Z"}"#,
+    ));
+    let port = agent.addr.rsplit_once(':').unwrap().1;
+    let token_file = work.path().join("eks-pod-identity-token");
+    fs::write(&token_file, "pod-identity-token-in-clear").unwrap();
+    let ecr_api = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let uri = format!("http://0.0.0.0:{port}/v1/credentials");
+    let env = [
+        base,
+        vec![
+            ("AWS_ENDPOINT_URL", ecr_api.url()),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.clone()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    let run = pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("m"),
+        &env,
+    );
+    run.assert_fails_with(&[
+        &format!("AWS_CONTAINER_CREDENTIALS_FULL_URI ({uri}) is plain http to a host"),
+        "loopback, localhost, 169.254.170.2, 169.254.170.23 or fd00:ec2::23",
+        "the AWS SDKs refuse it",
+    ]);
+    leaks_nothing(&run, &["pod-identity-token-in-clear"]);
+    assert!(registry.requests() > 0, "the registry never challenged");
+    assert_eq!(agent.requests(), 0, "the token went over plain http");
+    assert_eq!(ecr_api.requests(), 0);
+
+    // ECS: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI wins over the full URI,
+    // appended as written to http://169.254.170.2, and the same rule checks
+    // the result (nothing here may reach 169.254.170.2: this relative URI
+    // moves the host, which the rule refuses before any request).
+    let loopback_agent = format!("http://{}/v1/credentials", agent.addr);
+    let ecs = [
+        env.clone(),
+        vec![
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", loopback_agent.clone()),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "@credentials.example/v2/credentials/task".to_string(),
+            ),
+        ],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("ecs"),
+        &ecs,
+    )
+    .assert_fails_with(&[
+        // The line masks user info in URLs: here, 169.254.170.2.
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (http://",
+        "@credentials.example/v2/credentials/task) is plain http to a host other than",
+    ]);
+    assert_eq!(agent.requests(), 0, "the full URI was asked");
+
+    // The same agent at a loopback address is the SDKs' own case.
+    let env = [
+        env,
+        vec![("AWS_CONTAINER_CREDENTIALS_FULL_URI", loopback_agent)],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("n"),
+        &env,
+    )
+    .assert_fails_with(&["ECR GetAuthorizationToken", "answered 500"]);
+    assert_eq!(
+        agent.authorizations(),
+        vec!["pod-identity-token-in-clear".to_string()]
+    );
+}
+
 /// Our SigV4 against botocore's signer (PyPI, moto's own dependency) on the
 /// request ocimodel sends to ECR, with and without a session token.
 #[test]
@@ -485,27 +855,7 @@ impl Gar {
             },
         );
         let proxy = ConnectProxy::start(&[(GAR_HOST, &reg.addr)]);
-        let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
-        let metadata_host = metadata.local_addr().unwrap().to_string();
-        let hits: Arc<Mutex<usize>> = Arc::default();
-        let count = hits.clone();
-        serve(metadata, move |req| {
-            if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
-                || req.header("metadata-flavor") != Some("Google")
-            {
-                return response("404 Not Found", &[], b"");
-            }
-            *count.lock().unwrap() += 1;
-            std::thread::sleep(delay);
-            let body = format!(
-                r#"{{"access_token":"{token}","expires_in":{expires_in},"token_type":"Bearer"}}"#
-            );
-            response(
-                "200 OK",
-                &[("Content-Type", "application/json".into())],
-                body.as_bytes(),
-            )
-        });
+        let (metadata_host, hits) = metadata_server(token, expires_in, delay);
         Gar {
             _reg: reg,
             digest,
@@ -535,6 +885,37 @@ impl Gar {
     fn hits(&self) -> usize {
         *self.hits.lock().unwrap()
     }
+}
+
+/// A GCP metadata server that hands out `token`, valid `expires_in`
+/// seconds, after `delay`: its `host:port`, and how many tokens it gave.
+fn metadata_server(
+    token: &'static str,
+    expires_in: u64,
+    delay: Duration,
+) -> (String, Arc<Mutex<usize>>) {
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metadata_host = metadata.local_addr().unwrap().to_string();
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let count = hits.clone();
+    serve(metadata, move |req| {
+        if req.path != "/computeMetadata/v1/instance/service-accounts/default/token"
+            || req.header("metadata-flavor") != Some("Google")
+        {
+            return response("404 Not Found", &[], b"");
+        }
+        *count.lock().unwrap() += 1;
+        std::thread::sleep(delay);
+        let body = format!(
+            r#"{{"access_token":"{token}","expires_in":{expires_in},"token_type":"Bearer"}}"#
+        );
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+        )
+    });
+    (metadata_host, hits)
 }
 
 #[test]
@@ -602,12 +983,13 @@ fn models_pulled_together_ask_the_cloud_once() {
     leaks_nothing(&run, &["ya29.c.shared-token"]);
 }
 
-/// A fake Entra ID token endpoint: the client-credentials grant with the
-/// projected token as a JWT-bearer assertion, for ACR's scope.
-fn entra(assertion: &'static str) -> String {
+/// A fake Entra ID token endpoint on TLS (`cloud_certs` in `certs`): the
+/// client-credentials grant with the projected token as a JWT-bearer
+/// assertion, for ACR's scope. Its `host:port`.
+fn entra(assertion: &'static str, certs: &Path) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    serve(listener, move |req| {
+    let addr = listener.local_addr().unwrap().to_string();
+    serve_tls(listener, certs, move |req| {
         let ok = req.method == "POST"
             && req.path == "/tenant-1/oauth2/v2.0/token"
             && req.form("grant_type").as_deref() == Some("client_credentials")
@@ -629,7 +1011,7 @@ fn entra(assertion: &'static str) -> String {
             br#"{"token_type":"Bearer","expires_in":3599,"access_token":"aad-access-token"}"#,
         )
     });
-    url
+    addr
 }
 
 /// ACR with Azure Workload Identity: Entra token → `/oauth2/exchange` on
@@ -692,7 +1074,8 @@ fn acr_with_azure_workload_identity() {
     };
     let uri = format!("{ACR_HOST}/models/mnist@{digest}");
     let dest = work.path().join("m");
-    let run = pull(&uri, &dest, &env(entra("projected-sa-token")));
+    // Without a scheme, as azure-identity takes it: https:// is added.
+    let run = pull(&uri, &dest, &env(entra("projected-sa-token", work.path())));
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     leaks_nothing(
@@ -707,12 +1090,32 @@ fn acr_with_azure_workload_identity() {
         .any(|(_, scope)| scope == "repository:models/mnist:pull"));
 
     // A federated credential Entra does not know: the step and what to check.
-    let run = pull(&uri, &work.path().join("n"), &env(entra("another-token")));
+    let run = pull(
+        &uri,
+        &work.path().join("n"),
+        &env(format!("https://{}/", entra("another-token", work.path()))),
+    );
     run.assert_fails_with(&[
         "Entra ID token at",
         "for client client-1 answered 400 Bad Request: invalid_client: AADSTS700213",
         "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the federated credential",
+        "AZURE_FEDERATED_TOKEN_FILE",
     ]);
+
+    // A plain-http authority: azure-identity refuses it (the projected
+    // token would go in clear), and so does ocimodel, before any request.
+    let plain = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let run = pull(&uri, &work.path().join("o"), &env(plain.url()));
+    run.assert_fails_with(&[
+        &format!("AZURE_AUTHORITY_HOST ({}) is not https", plain.url()),
+        "azure-identity refuses it",
+    ]);
+    leaks_nothing(&run, &["projected-sa-token"]);
+    assert_eq!(
+        plain.requests(),
+        0,
+        "the authority was asked over plain http"
+    );
 }
 
 /// A docker config `identitytoken` (what `az acr login` writes) is traded at
@@ -754,4 +1157,210 @@ fn docker_config_identity_tokens_use_the_refresh_grant() {
         ]);
     run.assert_fails_with(&["refused the identity token (from OCIMODEL_DOCKER_CONFIG_JSON)"]);
     leaks_nothing(&run, &["expired-refresh-token"]);
+}
+
+/// S3-9: a cloud registry set to plain http (`KSERVE_OCI_INSECURE_REGISTRY`,
+/// or listed in `OCIMODEL_INSECURE_REGISTRIES`) gets no cloud credential.
+/// Whoever answers `http://<cloud host>` (here an `HTTP_PROXY` that
+/// challenges every request and records it) is sent none, no flow runs
+/// (the metadata server, ECR's API and Entra are never asked), and the line
+/// says why. A lookalike host is no cloud's and gets nothing either.
+#[test]
+fn cloud_credentials_never_go_over_plain_http() {
+    let work = tempfile::tempdir().unwrap();
+    let (metadata_host, metadata_hits) = metadata_server("ya29.c.clear-text", 3600, Duration::ZERO);
+    let on_path = Recorder::challenging(r#"Basic realm="registry""#);
+    let base = vec![
+        ("HTTP_PROXY", on_path.url()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        ("GCE_METADATA_HOST", metadata_host.clone()),
+    ];
+    // Artifact Registry, as the review reproduced it: both switches.
+    for (setting, value, named) in [
+        (
+            "KSERVE_OCI_INSECURE_REGISTRY",
+            "true",
+            "KSERVE_OCI_INSECURE_REGISTRY=true",
+        ),
+        (
+            "OCIMODEL_INSECURE_REGISTRIES",
+            GAR_HOST,
+            "listed in OCIMODEL_INSECURE_REGISTRIES",
+        ),
+    ] {
+        let env = [base.clone(), vec![(setting, value.to_string())]].concat();
+        let run = pull(
+            &format!("{GAR_HOST}/proj/repo/m:v1"),
+            &work.path().join(setting),
+            &env,
+        );
+        run.assert_fails_with(&[
+            &format!("registry {GAR_HOST} is set to plain http ({named})"),
+            "sends the workload's cloud credentials only over TLS",
+        ]);
+        leaks_nothing(&run, &["ya29.c.clear-text"]);
+    }
+    assert!(
+        on_path.requests() > 0,
+        "the pull never reached the registry"
+    );
+    assert_eq!(
+        *metadata_hits.lock().unwrap(),
+        0,
+        "the metadata server was asked"
+    );
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+
+    // ECR (static keys): its API, a recorder here, is never asked.
+    let ecr_api = Recorder::start(response("500 Internal Server Error", &[], b""));
+    let ecr = [
+        base.clone(),
+        vec![
+            ("KSERVE_OCI_INSECURE_REGISTRY", "true".to_string()),
+            ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE".to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string(),
+            ),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", ecr_api.url()),
+        ],
+    ]
+    .concat();
+    pull(
+        &format!("{ECR_HOST}/models/mnist:v1"),
+        &work.path().join("ecr"),
+        &ecr,
+    )
+    .assert_fails_with(&[&format!(
+        "registry {ECR_HOST} is set to plain http (KSERVE_OCI_INSECURE_REGISTRY=true)"
+    )]);
+    assert_eq!(ecr_api.requests(), 0, "ECR's API was asked");
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+
+    // ACR: a Bearer challenge naming a plain-http realm on the same host.
+    let acr_on_path = Recorder::challenging(&format!(
+        r#"Bearer realm="http://{ACR_HOST}/oauth2/token",service="{ACR_HOST}""#
+    ));
+    cloud_certs(work.path());
+    let entra_fake = Recorder::start_with(
+        response("500 Internal Server Error", &[], b""),
+        Some(work.path()),
+    );
+    let token_file = work.path().join("azure-identity-token");
+    fs::write(&token_file, "projected-sa-token").unwrap();
+    let acr = vec![
+        ("HTTP_PROXY", acr_on_path.url()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        ("OCIMODEL_INSECURE_REGISTRIES", ACR_HOST.to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("AZURE_CLIENT_ID", "client-1".to_string()),
+        ("AZURE_TENANT_ID", "tenant-1".to_string()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        (
+            "AZURE_AUTHORITY_HOST",
+            format!("https://{}/", entra_fake.addr),
+        ),
+    ];
+    let run = pull(
+        &format!("{ACR_HOST}/models/mnist:v1"),
+        &work.path().join("acr"),
+        &acr,
+    );
+    run.assert_fails_with(&[&format!(
+        "registry {ACR_HOST} is set to plain http (listed in OCIMODEL_INSECURE_REGISTRIES)"
+    )]);
+    leaks_nothing(&run, &["projected-sa-token"]);
+    assert_eq!(entra_fake.requests(), 0, "Entra ID was asked");
+    assert!(acr_on_path.requests() > 0);
+    assert_eq!(acr_on_path.authorizations(), Vec::<String>::new());
+    assert!(
+        acr_on_path
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(line, _)| !line.contains("oauth2")),
+        "the plain-http realm was asked"
+    );
+
+    // A lookalike is no cloud's: asked anonymously, no flow.
+    let lookalike = format!("{GAR_HOST}.evil.io");
+    let env = [
+        base.clone(),
+        vec![("KSERVE_OCI_INSECURE_REGISTRY", "true".to_string())],
+    ]
+    .concat();
+    pull(
+        &format!("{lookalike}/proj/repo/m:v1"),
+        &work.path().join("lookalike"),
+        &env,
+    )
+    .assert_fails_with(&[&format!("registry {lookalike} requires authentication")]);
+    assert_eq!(*metadata_hits.lock().unwrap(), 0);
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+}
+
+/// S3-9, over TLS: a cloud registry's Bearer challenge that names a realm
+/// on a host that is not that cloud's gets no cloud credential (the realm
+/// is sent nothing, the metadata server is not asked) and a line saying why.
+#[test]
+fn cloud_credentials_go_only_to_the_clouds_own_token_realm() {
+    let work = tempfile::tempdir().unwrap();
+    cloud_certs(work.path());
+    let (metadata_host, metadata_hits) =
+        metadata_server("ya29.c.foreign-realm", 3600, Duration::ZERO);
+    let realm = Recorder::start_with(
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            br#"{"token":"t"}"#,
+        ),
+        Some(work.path()),
+    );
+    let realm_url = format!("https://{}/token", realm.addr);
+    let registry = Recorder::start_with(
+        response(
+            "401 Unauthorized",
+            &[(
+                "WWW-Authenticate",
+                format!(r#"Bearer realm="{realm_url}",service="{GAR_HOST}""#),
+            )],
+            b"",
+        ),
+        Some(work.path()),
+    );
+    let proxy = ConnectProxy::start(&[(GAR_HOST, &registry.addr)]);
+    let env = vec![
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1".to_string()),
+        (
+            "OCIMODEL_CA_BUNDLE",
+            work.path().join("ca.pem").display().to_string(),
+        ),
+        ("GCE_METADATA_HOST", metadata_host),
+    ];
+    let run = pull(
+        &format!("{GAR_HOST}/proj/repo/m:v1"),
+        &work.path().join("m"),
+        &env,
+    );
+    run.assert_fails_with(&[
+        &format!("registry {GAR_HOST} names the token realm {realm_url}"),
+        "cloud credentials only over TLS to the cloud's own hosts",
+    ]);
+    leaks_nothing(&run, &["ya29.c.foreign-realm"]);
+    assert!(registry.requests() > 0);
+    assert_eq!(
+        *metadata_hits.lock().unwrap(),
+        0,
+        "the metadata server was asked"
+    );
+    assert_eq!(realm.authorizations(), Vec::<String>::new());
 }

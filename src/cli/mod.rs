@@ -27,6 +27,7 @@ const USAGE: &str = "usage: ocimodel [pull] URI DEST [URI DEST ...]";
 
 /// Runs the command line; returns the process exit code.
 pub fn main_with_args(mut argv: Vec<String>) -> ExitCode {
+    crate::cpus::limit_malloc_arenas();
     if let Err(e) = crate::config::check_env(std::env::vars_os()) {
         return fail(&e, None);
     }
@@ -118,12 +119,18 @@ fn fail(e: &anyhow::Error, log: Option<&Path>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The async runtime every command uses (`workers`: threads, else one per core).
+/// The async runtime every command uses (`workers`: threads, else one per
+/// CPU this process may use, up to 16). Its threads only move bytes between
+/// sockets and the blobs' own threads (which hash, unpack and write), and
+/// 16 is the default most connections to one host (`OCIMODEL_HOST_CONNECTIONS`):
+/// a 192-core node gets no more of them than a 16-core one.
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
+    b.worker_threads(
+        workers.unwrap_or_else(|| {
+            crate::cpus::available().min(crate::config::DEFAULT_HOST_CONNECTIONS)
+        }),
+    );
     b.enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))

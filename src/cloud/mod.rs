@@ -4,12 +4,14 @@
 //!
 //! | registry host | identity | exchange |
 //! |---|---|---|
-//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI`) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
+//! | `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` | static keys in env, IRSA (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` → STS `AssumeRoleWithWebIdentity`), container credentials (ECS `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, EKS Pod Identity `AWS_CONTAINER_CREDENTIALS_FULL_URI`), the node's instance role (IMDSv2) | SigV4-signed ECR `GetAuthorizationToken` → Basic `AWS:<token>` |
 //! | `gcr.io`, `*.gcr.io`, `*.pkg.dev` | the metadata server (GKE Workload Identity answers as the pod's service account; `GCE_METADATA_HOST`) | Basic `oauth2accesstoken:<access token>` |
 //! | `*.azurecr.io` (and `.cn`, `.de`, `.us`) | Azure Workload Identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`) | Entra token → ACR `/oauth2/exchange` → a refresh token, used as an identity token |
 //!
 //! Explicit docker-config credentials for a host win; `OCIMODEL_CLOUD_AUTH=off`
-//! turns all of this off. Projected token files are read again on every
+//! turns all of this off. What a flow gives goes over TLS only, to the
+//! cloud's own hosts: a cloud registry set to plain http gets none
+//! (`registry::auth`, `cloud_may_answer`). Projected token files are read again on every
 //! exchange (the kubelet rotates them); results are cached until shortly
 //! before they expire. No token or secret ever reaches a log line, a
 //! marker or an error message.
@@ -62,6 +64,15 @@ impl Provider {
         }
         None
     }
+
+    /// The cloud's registry hosts, in words (for messages).
+    pub fn hosts(&self) -> &'static str {
+        match self {
+            Provider::Ecr { .. } => "AWS's ECR hosts (<account>.dkr.ecr.<region>.amazonaws.com)",
+            Provider::Google => "Google's registry hosts (gcr.io, *.gcr.io, *.pkg.dev)",
+            Provider::Azure => "Azure's registry hosts (<name>.azurecr.io)",
+        }
+    }
 }
 
 /// `^(\d{12})\.dkr\.ecr(-fips)?\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$`
@@ -111,8 +122,14 @@ pub struct CloudEnv {
     pub aws_endpoint_url_sts: Option<String>,
     pub aws_endpoint_url_ecr: Option<String>,
     pub aws_container_credentials_full_uri: Option<String>,
+    /// ECS: appended to `http://169.254.170.2`; wins over the full URI.
+    pub aws_container_credentials_relative_uri: Option<String>,
     pub aws_container_authorization_token_file: Option<String>,
     pub aws_container_authorization_token: Option<String>,
+    /// The EC2 instance metadata service's base URL (IMDSv2).
+    pub aws_ec2_metadata_service_endpoint: Option<String>,
+    /// `true` (any case): the instance metadata service is not asked.
+    pub aws_ec2_metadata_disabled: Option<String>,
     /// `host[:port]` of the GCP metadata server.
     pub gce_metadata_host: Option<String>,
     pub azure_client_id: Option<String>,
@@ -136,8 +153,11 @@ impl CloudEnv {
             aws_endpoint_url_sts: v("AWS_ENDPOINT_URL_STS"),
             aws_endpoint_url_ecr: v("AWS_ENDPOINT_URL_ECR"),
             aws_container_credentials_full_uri: v("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            aws_container_credentials_relative_uri: v("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
             aws_container_authorization_token_file: v("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
             aws_container_authorization_token: v("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+            aws_ec2_metadata_service_endpoint: v("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+            aws_ec2_metadata_disabled: v("AWS_EC2_METADATA_DISABLED"),
             gce_metadata_host: v("GCE_METADATA_HOST"),
             azure_client_id: v("AZURE_CLIENT_ID"),
             azure_tenant_id: v("AZURE_TENANT_ID"),

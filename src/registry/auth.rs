@@ -20,23 +20,105 @@ pub(super) struct Token {
 
 impl RegistryClient {
     /// Credentials at hand for `r`: docker config first, then unexpired
-    /// ones from the workload's cloud identity.
+    /// ones from the workload's cloud identity (those only while the
+    /// registry is reached over TLS: see [`Self::cloud_may_answer`]).
     pub(super) fn credentials(&self, r: &ImageRef) -> Option<Credentials> {
         self.creds
             .lookup(&r.registry, &r.repository)
             .cloned()
-            .or_else(|| self.cloud.as_ref()?.cached(&r.registry))
+            .or_else(|| {
+                if self.is_insecure(&r.registry) {
+                    return None;
+                }
+                self.cloud.as_ref()?.cached(&r.registry)
+            })
     }
 
-    /// As [`Self::credentials`], asking the cloud for fresh ones when none
-    /// are at hand (the first challenge, or the cached ones expired).
-    async fn credentials_now(&self, r: &ImageRef) -> Result<Option<Credentials>> {
-        if let Some(c) = self.credentials(r) {
+    /// As [`Self::credentials`], for answering `ch`: asks the cloud for
+    /// fresh ones when none are at hand (the first challenge, or the cached
+    /// ones expired), once [`Self::cloud_may_answer`] allows it.
+    async fn credentials_now(&self, r: &ImageRef, ch: &Challenge) -> Result<Option<Credentials>> {
+        if let Some(c) = self.creds.lookup(&r.registry, &r.repository) {
+            return Ok(Some(c.clone()));
+        }
+        let Some(cloud) = &self.cloud else {
+            return Ok(None);
+        };
+        let Some(provider) = crate::cloud::Provider::of(&r.registry) else {
+            return Ok(None);
+        };
+        self.cloud_may_answer(r, &provider, ch)?;
+        if let Some(c) = cloud.cached(&r.registry) {
             return Ok(Some(c));
         }
-        match &self.cloud {
-            Some(cloud) => cloud.fetch(&r.registry).await,
-            None => Ok(None),
+        cloud.fetch(&r.registry).await
+    }
+
+    /// Cloud credentials go over TLS only, to the cloud's own hosts,
+    /// whatever the insecure settings say: never to a cloud registry reached
+    /// over plain http (whoever answers `http://<cloud host>` would get a
+    /// token for the workload's cloud identity), and to a Bearer realm only
+    /// over https on a host of the same cloud (Basic goes to the registry's
+    /// own origin, see `send_as`). Refused before any flow runs.
+    fn cloud_may_answer(
+        &self,
+        r: &ImageRef,
+        provider: &crate::cloud::Provider,
+        ch: &Challenge,
+    ) -> Result<()> {
+        if self.is_insecure(&r.registry) {
+            let (why, hint) = self.insecure_because(&r.registry);
+            bail!(
+                "registry {} is set to plain http ({why}); ocimodel sends the workload's cloud credentials only over TLS, so it sent none ({hint})",
+                r.registry
+            );
+        }
+        if !ch.is_bearer() {
+            return Ok(());
+        }
+        let Some(realm) = ch.params.get("realm") else {
+            return Ok(());
+        };
+        let same_cloud = reqwest::Url::parse(realm).is_ok_and(|u| {
+            u.scheme() == "https"
+                && u.port().is_none()
+                && u.host_str()
+                    .and_then(crate::cloud::Provider::of)
+                    .is_some_and(|p| std::mem::discriminant(&p) == std::mem::discriminant(provider))
+        });
+        if !same_cloud {
+            bail!(
+                "registry {} names the token realm {}, which is not an https address of {}; ocimodel sends the workload's cloud credentials only over TLS to the cloud's own hosts, so it sent none",
+                r.registry,
+                crate::text::escape_controls(realm),
+                provider.hosts()
+            );
+        }
+        Ok(())
+    }
+
+    /// Which setting makes `registry` plain http, and what to do instead.
+    fn insecure_because(&self, registry: &str) -> (&'static str, &'static str) {
+        if self
+            .options
+            .insecure_registries
+            .iter()
+            .any(|h| h.trim() == registry)
+        {
+            (
+                "listed in OCIMODEL_INSECURE_REGISTRIES",
+                "cloud registries serve https: take it off that list",
+            )
+        } else if self.options.insecure_all {
+            (
+                "KSERVE_OCI_INSECURE_REGISTRY=true",
+                "cloud registries serve https: name only the plain-http registries in OCIMODEL_INSECURE_REGISTRIES instead",
+            )
+        } else {
+            (
+                "a plain-http mirror entry names it",
+                "cloud registries serve https",
+            )
         }
     }
 
@@ -64,7 +146,7 @@ impl RegistryClient {
         ch: &Challenge,
         plain: bool,
     ) -> Result<HeaderValue> {
-        let creds = self.credentials_now(r).await?;
+        let creds = self.credentials_now(r, ch).await?;
         if ch.is_basic() {
             self.host_auth
                 .lock()

@@ -20,7 +20,7 @@ mod referrers;
 mod transport;
 
 use auth::{HostAuth, Token};
-pub use ranges::{holding, Limits, WINDOW as RANGE_WINDOW};
+pub use ranges::{Limits, WINDOW as RANGE_WINDOW};
 use referrers::resolve_link;
 pub use transport::{backoff, root_cause};
 use transport::{read_capped, same_origin, urlencode, Resolver};

@@ -16,12 +16,15 @@
 //! blob is read at its offset; nothing is extracted to a temp directory.
 //!
 //! Files: [`store`] (a layout's files, in a directory or a tar, read in
-//! place), [`docker`] (a `docker save` archive made to look like a layout).
+//! place), [`docker`] (a `docker save` archive made to look like a layout),
+//! [`file`] (a local file as a byte stream, for layouts and the node cache).
 
 mod docker;
+mod file;
 mod store;
 
 use docker::docker_archive;
+pub use file::file_stream;
 pub use store::Store;
 
 use std::collections::HashMap;
@@ -40,8 +43,6 @@ use crate::manifest::{
 use crate::reference::{ImageRef, Selector, Target};
 use crate::registry::{ByteStream, FetchedManifest, RegistryClient};
 
-/// Read size for local blobs: large enough that syscalls don't dominate.
-const LOCAL_READ_BUF: usize = 256 * 1024;
 const MAX_ARCHIVE_LINK_HOPS: usize = 8;
 
 pub enum Source {

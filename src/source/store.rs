@@ -6,10 +6,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{LOCAL_READ_BUF, MAX_ARCHIVE_LINK_HOPS};
+use super::{file_stream, MAX_ARCHIVE_LINK_HOPS};
 use crate::digest::Digest;
 use crate::registry::ByteStream;
 
@@ -163,23 +161,12 @@ impl Store {
             Store::Dir(d) => (d.join(name), None),
             Store::Tar { file, .. } => (file.clone(), Some(self.locate(name)?)),
         };
-        let mut f = tokio::fs::File::open(&path)
-            .await
+        let f = std::fs::File::open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let stream = match range {
-            None => tokio_util::io::ReaderStream::with_capacity(
-                Box::new(f) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                LOCAL_READ_BUF,
-            ),
-            Some((offset, size)) => {
-                f.seek(SeekFrom::Start(offset)).await?;
-                tokio_util::io::ReaderStream::with_capacity(
-                    Box::new(f.take(size)) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                    LOCAL_READ_BUF,
-                )
-            }
-        };
-        Ok(Box::pin(stream.map(|r| r.map_err(std::io::Error::other))))
+        Ok(match range {
+            None => file_stream(f, 0, None, ()),
+            Some((offset, size)) => file_stream(f, offset, Some(size), ()),
+        })
     }
 }
 

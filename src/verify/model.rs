@@ -470,17 +470,24 @@ fn compare(root: &Path, contents: &Contents, signed: &Statement) -> Result<()> {
         }
         hash_into(&mut actual, &resolved, path, s)?;
     }
-    for f in &contents.files {
-        if s.ignored(&f.path) {
-            continue;
-        }
+    let files: Vec<_> = contents
+        .files
+        .iter()
+        .filter(|f| !s.ignored(&f.path))
+        .collect();
+    // Files the unpack did not already hash are hashed side by side.
+    for hashed in crate::cpus::map(&files, |f| {
+        let mut one = BTreeMap::new();
         match (s.shard_size, f.digest.algorithm() == s.hash) {
             // Already hashed as the signer did while it was written.
             (None, true) => {
-                actual.insert(f.path.clone(), f.digest.hex().to_string());
+                one.insert(f.path.clone(), f.digest.hex().to_string());
             }
-            _ => hash_into(&mut actual, &root.join(&f.path), &f.path, s)?,
+            _ => hash_into(&mut one, &root.join(&f.path), &f.path, s)?,
         }
+        Ok::<_, anyhow::Error>(one)
+    }) {
+        actual.extend(hashed?);
     }
     let mut problems = Vec::new();
     for (name, digest) in &actual {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -695,49 +695,58 @@ fn percent_decode(s: &str) -> String {
 /// A minimal HTTP server for fault injection and token issuing: one request
 /// per connection, answered by `handler` with raw response bytes.
 pub fn serve(listener: TcpListener, handler: impl Fn(&Request) -> Vec<u8> + Send + 'static) {
-    use std::io::BufRead;
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let method = line.split_whitespace().next().unwrap_or("").to_string();
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let mut authorization = None;
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("authorization") {
-                        authorization = Some(v.trim().to_string());
-                    }
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let length = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .and_then(|(_, v)| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; length.min(1 << 20)];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = stream.write_all(&handler(&Request {
-                method,
-                path,
-                authorization,
-                headers,
-                body,
-            }));
+            let Ok(stream) = stream else { continue };
+            answer_one(stream, &handler);
         }
     });
+}
+
+/// Reads one request from `stream` (plain TCP, or TLS over it) and writes
+/// `handler`'s answer.
+pub fn answer_one<S: Read + Write>(stream: S, handler: &dyn Fn(&Request) -> Vec<u8>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut authorization = None;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length.min(1 << 20)];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let answer = handler(&Request {
+        method,
+        path,
+        authorization,
+        headers,
+        body,
+    });
+    let stream = reader.get_mut();
+    let _ = stream.write_all(&answer);
+    let _ = stream.flush();
 }
 
 /// Raw HTTP/1.1 response bytes.
@@ -1016,9 +1025,29 @@ pub fn slow_layout(
         .success());
     let model = fs::read(mnist_path()).unwrap();
     let writer = std::thread::spawn(move || {
-        let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&blob) else {
-            return;
+        // A reader may never come (a test kills the pull before it opens
+        // the blob): wait for one a bounded time, never forever.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut fifo = loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&blob)
+            {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return,
+            }
         };
+        // Blocking writes from here on: the reader sets the pace.
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: F_SETFL on a descriptor this thread owns.
+        unsafe {
+            let flags = libc::fcntl(fifo.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
         for chunk in model.chunks(model.len() / chunks + 1) {
             if fifo.write_all(chunk).is_err() {
                 return;
