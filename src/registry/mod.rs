@@ -152,7 +152,7 @@ pub struct RegistryClient {
     image_host: Mutex<HashMap<String, String>>,
     /// (mirror host, blob) pairs not to ask again.
     bad: Mutex<std::collections::HashSet<(String, Digest)>>,
-    /// Bearer tokens per (registry, scope).
+    /// Bearer tokens per (scheme and host, scope).
     tokens: Mutex<HashMap<(String, String), Token>>,
     /// The cloud identity flows, unless `OCIMODEL_CLOUD_AUTH=off`.
     cloud: Option<crate::cloud::Ambient>,

@@ -112,7 +112,6 @@ impl RegistryClient {
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let scope = format!("repository:{}:{}", r.repository, scope_kind.actions());
-        let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
         let mut attempt = 0;
         let base = match via {
@@ -127,6 +126,8 @@ impl RegistryClient {
         };
         let origin = reqwest::Url::parse(&base)
             .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
+        let plain = origin.scheme() == "http";
+        let mut authorization = self.cached_authorization(r, &scope, plain);
         let http = self.client_for(via)?;
         let mirror = via.is_some_and(|ep| !ep.upstream);
         let retries = if mirror { 0 } else { self.options.retries };
@@ -188,7 +189,6 @@ impl RegistryClient {
             let Some(challenge) = challenge else {
                 return Ok(resp);
             };
-            let plain = origin.scheme() == "http";
             authorization = Some(self.answer(r, &scope, &challenge, plain).await?);
         }
     }
