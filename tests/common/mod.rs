@@ -162,6 +162,25 @@ impl Registry {
         Registry::start_with(dir, auth, Some((cert, key)))
     }
 
+    /// Serves HTTPS on existing storage, answering blob GETs with a redirect
+    /// to `base_url` + the blob's storage path (distribution's `redirect`
+    /// storage middleware, as a registry in front of object storage does).
+    pub fn start_tls_redirecting(
+        dir: tempfile::TempDir,
+        cert: &Path,
+        key: &Path,
+        base_url: &str,
+    ) -> Registry {
+        Registry::start_with_extra(
+            dir,
+            Auth::None,
+            Some((cert, key)),
+            &format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options: {{baseurl: \"{base_url}\"}}\n"
+            ),
+        )
+    }
+
     fn start_with(dir: tempfile::TempDir, auth: Auth, tls: Option<(&Path, &Path)>) -> Registry {
         Registry::start_with_extra(dir, auth, tls, "")
     }
