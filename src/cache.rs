@@ -14,8 +14,10 @@
 //!   while reading, so eviction (`OCIMODEL_CACHE_MAX`, least recently used
 //!   first, partial downloads included) never removes a blob a running pull
 //!   holds;
-//! - `manifests/sha256/<hex>`: manifests by digest, so a digest reference
-//!   installs with the registry unreachable.
+//! - `manifests/sha256/<hex>`: manifests by digest (tags resolve to them
+//!   too), so a digest reference installs with the registry unreachable;
+//!   `<hex>.origins` says where each was pulled from and with which
+//!   credential ([`Origin`]).
 //!
 //! Nothing here is trusted. Every pod that mounts the hostPath can write
 //! it, so every path is reached through directory descriptors from the root
@@ -104,6 +106,45 @@ pub struct Ingest {
     partial: File,
     pub offset: u64,
     _lock: Lock,
+}
+
+/// Where a cached manifest was pulled from, and whether that took
+/// credentials: an id of the credential (see [`credential_id`]), never the
+/// credential. A later pull may use the cached copy when one origin is
+/// anonymous or its credential is the one that pull presents (KEP-2535's
+/// rule for pre-pulled images); otherwise the registry is asked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    pub registry: String,
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// At most this many origins are kept per manifest (the newest).
+const MAX_ORIGINS: usize = 32;
+
+/// What the cache keeps of a credential used at `registry/repository` for
+/// manifest `digest`: PBKDF2-HMAC-SHA256, salted with all three. The cache
+/// is readable by every pod in group 0, so the id lets a pod show it holds
+/// the same credential without anyone learning the credential from it.
+pub fn credential_id(
+    registry: &str,
+    repository: &str,
+    digest: &Digest,
+    username: &str,
+    secret: &str,
+) -> String {
+    let salt = format!("ocimodel node cache\0{registry}/{repository}@{digest}");
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(100_000).expect("not zero"),
+        salt.as_bytes(),
+        format!("{username}\0{secret}").as_bytes(),
+        &mut out,
+    );
+    out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Cache {
@@ -218,6 +259,11 @@ impl Cache {
         Ok(dir)
     }
 
+    /// Whether manifests are kept (not in DEST's transient partials).
+    pub fn keeps_manifests(&self) -> bool {
+        !self.transient
+    }
+
     /// A manifest by digest, checked; a bad entry is dropped.
     pub fn manifest(&self, digest: &Digest) -> Option<Vec<u8>> {
         if self.transient {
@@ -233,16 +279,47 @@ impl Cache {
         Some(bytes)
     }
 
-    /// Keeps a manifest whose digest the caller verified.
-    pub fn put_manifest(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+    /// Keeps a manifest whose digest the caller verified, pulled from
+    /// `origin`.
+    pub fn put_manifest(&self, digest: &Digest, bytes: &[u8], origin: Origin) -> Result<()> {
         if self.transient {
             return Ok(());
         }
         let dir = self.dir("manifests", digest.algorithm())?;
-        if dir.stat(digest.hex())?.is_some() {
+        if dir.stat(digest.hex())?.is_none() {
+            self.write_durably(&dir, digest.hex(), bytes)?;
+        }
+        self.add_origin(digest, origin)
+    }
+
+    /// Where manifest `digest` was pulled from (empty when nothing says:
+    /// kept by an older ocimodel, or the record is unreadable).
+    pub fn origins(&self, digest: &Digest) -> Vec<Origin> {
+        let name = format!("{}.origins", digest.hex());
+        self.dir("manifests", digest.algorithm())
+            .ok()
+            .and_then(|d| d.read_small(&name, 1 << 20).ok().flatten())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records one more origin of manifest `digest` (a no-op when known).
+    pub fn add_origin(&self, digest: &Digest, origin: Origin) -> Result<()> {
+        if self.transient {
             return Ok(());
         }
-        self.write_durably(&dir, digest.hex(), bytes)
+        let mut all = self.origins(digest);
+        if all.contains(&origin) {
+            return Ok(());
+        }
+        all.push(origin);
+        let keep = all.len().saturating_sub(MAX_ORIGINS);
+        let dir = self.dir("manifests", digest.algorithm())?;
+        self.write_durably(
+            &dir,
+            &format!("{}.origins", digest.hex()),
+            &serde_json::to_vec(&all[keep..])?,
+        )
     }
 
     /// Writes `name` in `dir` whole (a temporary file renamed over it).
@@ -627,8 +704,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path(), None, Duration::from_secs(1)).unwrap();
         let d = Digest::sha256_of(b"{}");
-        cache.put_manifest(&d, b"{}").unwrap();
+        let origin = Origin {
+            registry: "r".into(),
+            repository: "m".into(),
+            credential: None,
+        };
+        cache.put_manifest(&d, b"{}", origin.clone()).unwrap();
         assert_eq!(cache.manifest(&d).unwrap(), b"{}");
+        assert_eq!(cache.origins(&d), [origin]);
         std::fs::write(at(dir.path(), "manifests", &d), b"{ }").unwrap();
         assert!(cache.manifest(&d).is_none());
         assert!(
@@ -663,5 +746,15 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(matches!(cache.begin(&d).await.unwrap(), Entry::Miss(_)));
         assert!(!path.exists(), "the FIFO was not dropped");
+    }
+
+    #[test]
+    fn credential_ids_tell_credentials_apart_and_hide_them() {
+        let d = Digest::sha256_of(b"m");
+        let id = credential_id("r", "m", &d, "alice", "pw");
+        assert_eq!(id, credential_id("r", "m", &d, "alice", "pw"));
+        assert_ne!(id, credential_id("r", "m", &d, "alice", "pw2"));
+        assert_ne!(id, credential_id("r", "other", &d, "alice", "pw"));
+        assert!(!id.contains("alice") && id.len() == 64);
     }
 }

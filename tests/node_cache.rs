@@ -822,6 +822,129 @@ fn cache_trouble_falls_back_to_the_network() {
     assert!(took < std::time::Duration::from_secs(30), "{took:?}");
 }
 
+/// S3-5: a pod without credentials does not get another tenant's private
+/// model from the cache; a pod whose own credentials the registry accepts
+/// does (asked with a HEAD), and so, with the registry gone or hanging,
+/// does a pod presenting a credential a pull from the network used. Cached
+/// files are for group 0 only. Before: the pod without credentials
+/// installed it (exit 0) and the registry was never asked; blobs were 0664.
+#[test]
+fn the_cache_serves_a_private_model_only_to_pods_that_may_pull_it() {
+    let plain = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("weights.bin"), vec![3u8; 2 << 20]).unwrap();
+    let digest = plain.ocimodel_push(&[
+        dir.path().to_str().unwrap(),
+        &format!("{}/private/m:v1", plain.addr),
+        "--format",
+        "oras",
+    ]);
+    let reg = Registry::start_in(
+        plain.stop(),
+        Auth::Users(vec![
+            ("alice".into(), "alice-pw".into()),
+            ("bob".into(), "bob-pw".into()),
+        ]),
+    );
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/private/m@{digest}", reg.addr);
+    let addr = reg.addr.clone();
+    let pod = |uid: u32, user: Option<&str>| {
+        let o = cached(&cache)
+            .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+            .run_as(uid, 0);
+        match user {
+            Some(u) => o.env(
+                "OCIMODEL_DOCKER_CONFIG_JSON",
+                docker_config(u, &format!("{u}-pw"), &addr),
+            ),
+            None => o,
+        }
+    };
+    let dest = |name: &str| work.path().join(name).to_str().unwrap().to_string();
+    pod(1000930000, Some("alice"))
+        .run(&[&uri, &dest("alice")])
+        .assert_ok();
+    let blobs_before = reg.log().matches("/blobs/sha256:").count();
+    // No credentials: the registry is asked, and says no.
+    pod(1000940000, None)
+        .run(&[&uri, &dest("nobody")])
+        .assert_fails_with(&["requires authentication"]);
+    assert!(!work.path().join("nobody/weights.bin").exists());
+    // Not for others: files 0660, directories 2770, group 0.
+    let blob = fs::read_dir(cache.join("blobs/sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&blob), 0o660);
+    for d in ["", "blobs", "blobs/sha256", "manifests", "manifests/sha256"] {
+        assert_eq!(mode(&cache.join(d)), 0o2770, "{d}");
+    }
+    // Other credentials the registry accepts: confirmed, then from the cache.
+    let run = pod(1000950000, Some("bob")).run(&[&uri, &dest("bob")]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains("the registry confirmed"),
+        "{}",
+        run.stderr()
+    );
+    assert!(reg.log().contains("\"HEAD /v2/private/m/manifests/sha256:"));
+    assert_eq!(
+        reg.log().matches("/blobs/sha256:").count(),
+        blobs_before,
+        "the blobs came from the cache"
+    );
+
+    // The registry accepts connections and never answers.
+    drop(reg.stop());
+    let _hang = hanging_listener(&addr);
+    for (uid, user, name) in [(1000930000, "alice", "alice2"), (1000950000, "bob", "bob2")] {
+        let (run, _) = run_within(
+            pod(uid, Some(user)),
+            &[&uri, &dest(name)],
+            std::time::Duration::from_secs(60),
+        );
+        run.assert_ok();
+    }
+    let (run, took) = run_within(
+        pod(1000940000, None),
+        &[&uri, &dest("nobody2")],
+        std::time::Duration::from_secs(60),
+    );
+    run.assert_fails_with(&["could not confirm"]);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// A loopback listener on `addr` that accepts connections and never
+/// answers (a wedged registry), until dropped.
+struct Hanging(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn hanging_listener(addr: &str) -> Hanging {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    Hanging(stop)
+}
+
 /// S3-6: OCIMODEL_CACHE_MAX counts partial downloads too, and evicts an
 /// abandoned one (a co-tenant's, two days old, nobody writing it). Before:
 /// it stayed, and the cache held 8 MiB over the cap.
@@ -854,4 +977,67 @@ fn cache_max_counts_and_evicts_abandoned_partials() {
         !cache.join("ingest/sha256").join(&hex).exists(),
         "the abandoned partial is still there"
     );
+}
+
+/// A manifest a tag resolved to is cached by its digest, so a digest
+/// reference installs with the registry gone (refusing connections) after
+/// pods pulled the tag. Before: it failed after 16-22 s.
+#[test]
+fn a_digest_installs_offline_after_pods_pulled_its_tag() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big:v1", reg.addr),
+            work.path().join("tag").to_str().unwrap(),
+        ])
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    let dest = work.path().join("offline");
+    let (run, took) = run_within(
+        cached(&cache).env("OCIMODEL_INSECURE_REGISTRIES", &addr),
+        &[
+            &format!("{addr}/models/big@{digest}"),
+            dest.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    run.assert_ok();
+    installed(&dest, &weights);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// A registry that accepts connections and never answers does not hold a
+/// cached digest pull: it installs from the cache within 120 s. Before: it
+/// ran past 5 minutes (here: killed at 150 s).
+#[test]
+fn a_registry_that_never_answers_does_not_hold_a_cached_digest_pull() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big:v1", reg.addr),
+            work.path().join("tag").to_str().unwrap(),
+        ])
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    let _hang = hanging_listener(&addr);
+    let dest = work.path().join("offline");
+    let (run, took) = run_within(
+        cached(&cache).env("OCIMODEL_INSECURE_REGISTRIES", &addr),
+        &[
+            &format!("{addr}/models/big@{digest}"),
+            dest.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(150),
+    );
+    run.assert_ok();
+    installed(&dest, &weights);
+    assert!(took < std::time::Duration::from_secs(120), "{took:?}");
 }
