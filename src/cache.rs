@@ -354,6 +354,8 @@ impl Cache {
         let blobs = self.dir("blobs", alg)?;
         self.wait(&lock, libc::LOCK_SH, digest, progress).await?;
         if let Some(file) = committed(&blobs, name) {
+            // Older versions kept blobs world-readable (0664).
+            self.own_file(&file);
             touch(&file);
             return Ok(Entry::Hit { file, _lock: lock });
         }
