@@ -251,10 +251,10 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
             // DEST's own bookkeeping.
             match dest.partials_dir() {
                 Ok(dir) => source.set_cache(Arc::new(crate::cache::Cache::partials(
-                    &dir,
+                    dir,
                     min,
                     settings.lock_timeout,
-                )?)),
+                ))),
                 Err(e) => {
                     tracing::warn!(dest = %dest.path().display(), "downloads will not resume across runs: {e:#}")
                 }

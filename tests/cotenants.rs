@@ -464,3 +464,60 @@ fn outside_group_zero_the_umask_is_honoured() {
         assert_eq!(mode(&s.tmp.path().join(ancestor)), 0o700, "{ancestor}");
     }
 }
+
+/// S3-2: a `DEST/.ocimodel/partials` a co-tenant made, with symlinked
+/// subdirectories, is replaced by one of root's own (0700) before a root run
+/// writes resumable downloads into it: nothing is created outside DEST.
+/// Before: root created `sha256/` and a lock file per blob in the directory
+/// the `locks` symlink named.
+#[test]
+fn a_partials_directory_a_cotenant_made_is_replaced() {
+    let s = Scene::new();
+    let (reg, digest) = Registry::with_mnist();
+    let elsewhere: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let d = s.tmp.path().join(format!("root-only-{n}"));
+            fs::create_dir(&d).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+            d
+        })
+        .collect();
+    let partials = s.book().join("partials");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p {p}/ingest && ln -s {a} {p}/locks && ln -s {b} {p}/ingest/sha256",
+            p = partials.display(),
+            a = elsewhere[0].display(),
+            b = elsewhere[1].display()
+        ))
+        .uid_gid(1000, 0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_RESUME_MIN", "0")
+        .run(&[
+            format!("{}/models/mnist@{digest}", reg.addr),
+            s.dest().display().to_string(),
+        ])
+        .assert_ok();
+    Ocimodel::new()
+        .run(&["check", &s.dest().display().to_string()])
+        .assert_ok();
+    for d in &elsewhere {
+        assert_eq!(
+            fs::read_dir(d).unwrap().count(),
+            0,
+            "{} was written through a planted symlink",
+            d.display()
+        );
+    }
+    if partials.exists() {
+        assert_eq!(fs::metadata(&partials).unwrap().uid(), 0);
+        assert_eq!(mode(&partials), 0o700);
+    }
+    s.victim_untouched();
+}

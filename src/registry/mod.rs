@@ -285,6 +285,37 @@ impl RegistryClient {
         Ok(fetched.expect("a missing manifest is an error when not allowed"))
     }
 
+    /// The credentials this process presents to `r`'s registry, if any.
+    pub fn presented_credentials(&self, r: &ImageRef) -> Option<Credentials> {
+        self.credentials(r)
+    }
+
+    /// Whether `r`'s registry asked this process to authenticate: what it
+    /// served since then took the credentials, if there were any.
+    pub fn challenged(&self, r: &ImageRef) -> bool {
+        self.host_auth.lock().unwrap().contains_key(&r.registry)
+    }
+
+    /// Asks the registry itself (no mirror can vouch for access) whether
+    /// this process may pull manifest `digest` of `r`, with a `HEAD` and its
+    /// own credentials: `false` when it says no (401, 403, 404); an error
+    /// when it cannot say (unreachable, no credentials for a challenge).
+    pub async fn may_pull(&self, r: &ImageRef, digest: &Digest) -> Result<bool> {
+        let url = format!("{}/manifests/{digest}", self.base_url(r));
+        let resp = self
+            .send(r, |c| {
+                MANIFEST_ACCEPT
+                    .iter()
+                    .fold(c.head(&url), |req, t| req.header(ACCEPT, *t))
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(false),
+            s => bail!("registry {} answered HEAD {url} with {s}", r.registry),
+        }
+    }
+
     /// The mirrors to try before the registry, for pulls of `r`: each as
     /// the `ImageRef` its requests authenticate as, and its endpoint.
     fn mirrors_for(&self, r: &ImageRef, by_digest: bool) -> Result<Vec<(ImageRef, Endpoint)>> {

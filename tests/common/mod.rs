@@ -105,11 +105,31 @@ pub enum Auth {
         user: String,
         password: String,
     },
+    /// htpasswd Basic auth with several users (user, password).
+    Users(Vec<(String, String)>),
     /// Bearer tokens from `realm`, checked against `cert_pem`.
     Token {
         realm: String,
         cert_pem: PathBuf,
     },
+}
+
+/// An htpasswd file in `dir` holding `users`; the registry's auth section.
+fn htpasswd(dir: &Path, users: &[(&String, &String)]) -> String {
+    let file = dir.join("htpasswd");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let st = Command::new("htpasswd")
+            .arg(if i == 0 { "-Bbc" } else { "-Bb" })
+            .arg(&file)
+            .args([user, password])
+            .output()
+            .expect("htpasswd (apache2-utils) is installed");
+        assert!(st.status.success(), "htpasswd failed: {st:?}");
+    }
+    format!(
+        "auth:\n  htpasswd: {{realm: test, path: {}}}\n",
+        file.display()
+    )
 }
 
 /// A running docker-registry; killed on drop.
@@ -201,20 +221,11 @@ impl Registry {
         };
         let auth_yaml = match &auth {
             Auth::None => String::new(),
-            Auth::Basic { user, password } => {
-                let htpasswd = dir.path().join("htpasswd");
-                let st = Command::new("htpasswd")
-                    .args(["-Bbc"])
-                    .arg(&htpasswd)
-                    .args([user, password])
-                    .output()
-                    .expect("htpasswd (apache2-utils) is installed");
-                assert!(st.status.success(), "htpasswd failed: {st:?}");
-                format!(
-                    "auth:\n  htpasswd: {{realm: test, path: {}}}\n",
-                    htpasswd.display()
-                )
-            }
+            Auth::Basic { user, password } => htpasswd(dir.path(), &[(user, password)]),
+            Auth::Users(users) => htpasswd(
+                dir.path(),
+                &users.iter().map(|(u, p)| (u, p)).collect::<Vec<_>>(),
+            ),
             Auth::Token { realm, cert_pem } => format!(
                 "auth:\n  token:\n    realm: {realm}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
                 cert_pem.display()
