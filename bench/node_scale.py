@@ -175,7 +175,7 @@ def thread_cpu(pid):
 
 
 def run_ocimodel(binary, ref, dest, env, taskset=False):
-    """Wall s, CPU s, peak RSS MiB, busiest thread's user s, busiest thread's user+sys s."""
+    """Wall s, CPU s, peak RSS MiB (VmHWM), busiest thread's user s, busiest thread's user+sys s."""
     shutil.rmtree(dest, ignore_errors=True)
     subprocess.run(["sync"])
     cmd = [binary, ref, dest]
@@ -184,11 +184,20 @@ def run_ocimodel(binary, ref, dest, env, taskset=False):
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = {}
+    hwm = [0]
     done = threading.Event()
 
     def sample():
+        # Peak RSS from the process's own high-water mark: wait4's ru_maxrss
+        # also counts the Python parent's pages the child had before exec.
         while not done.is_set():
             seen.update(thread_cpu(p.pid))
+            try:
+                for line in open(f"/proc/{p.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        hwm[0] = max(hwm[0], int(line.split()[1]))
+            except OSError:
+                pass
             time.sleep(0.005)
 
     th = threading.Thread(target=sample)
@@ -203,7 +212,7 @@ def run_ocimodel(binary, ref, dest, env, taskset=False):
         raise RuntimeError(f"ocimodel rc={p.returncode}: {err[-800:]}")
     busiest_user = max((u for u, _ in seen.values()), default=0.0)
     busiest_all = max((a for _, a in seen.values()), default=0.0)
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, busiest_user, busiest_all
+    return wall, ru.ru_utime + ru.ru_stime, hwm[0] / 1024, busiest_user, busiest_all
 
 
 def median(xs):
@@ -333,10 +342,13 @@ def main():
                 for label, b in bins:
                     name = f"{label}: {case}" + (" (taskset 1 CPU)" if one else "")
                     cases.append((name, (lambda b=b, ref=ref, one=one: run_ocimodel(b, ref, os.path.join(DEST_ROOT, "m"), env, one)), nbytes, label))
-        for rnd in range(ROUNDS):
+        # Round 0 warms the page cache and this VM's memory and is not counted.
+        for rnd in range(-1, ROUNDS):
             for name, fn, nbytes, label in cases:
                 try:
                     r = fn()
+                    if rnd < 0:
+                        continue
                 except Exception as e:  # one failure must not lose the other figures
                     log(name, "FAILED", e)
                     rows.setdefault(name, {"bytes": nbytes, "runs": [], "error": str(e)[:300]})

@@ -1,14 +1,37 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Debian's registry, skopeo, umoci, htpasswd, containerd, zstd, openssl, curl, podman with runc,
+# (Debian's registry, skopeo, htpasswd, containerd, zstd, openssl, curl, podman with runc,
 # debootstrap; the oras Python SDK, modelpack-client, kubernetes-validate, model-signing, moto,
 # model-registry, huggingface_hub, cargo-fuzz), then checks formatting
-# and lints, then runs every test and a fuzzing smoke.
+# and lints, then runs every test and a fuzzing smoke. It fails first when
+# anything reads the shared folder beside the checkout, and last when the
+# run left the work tree dirty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+git rev-parse --is-inside-work-tree >/dev/null || {
+  echo "scripts/test.sh runs in a git checkout (it checks what the run leaves in the work tree)" >&2
+  exit 1
+}
+# What was already uncommitted when the run began, to tell it apart at the end.
+dirty_before=$(git status --porcelain --untracked-files=all)
+
+# A clone has nothing beside it: no test, script, benchmark or CI step may read
+# the shared folder next to the checkout. (The pattern is built from pieces so
+# that this file does not match it.)
+beside="..""/shared"
+rc=0
+git grep --untracked -n -F "$beside" -- tests scripts bench .ci || rc=$?
+case $rc in
+  0) echo "the lines above name $beside, which a clone does not have: copy what they need into" \
+          "the repository (tests/fixtures/, see its README.md)" >&2
+     exit 1 ;;
+  1) ;;
+  *) echo "git grep failed ($rc)" >&2; exit 1 ;;
+esac
+
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils containerd:containerd \
+for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \
             zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
             debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
@@ -40,3 +63,18 @@ cargo test --locked
 # is installed on first use (cached in ~/.cargo/bin afterwards).
 cargo fuzz --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuzz --version 0.13.2
 scripts/fuzz.sh 10
+
+# Nothing a test writes may land in the work tree, where it could be committed
+# by accident: everything goes to temp dirs or to ignored ones (target/, fuzz/artifacts/).
+dirty=$(git status --porcelain --untracked-files=all)
+if [ -n "$dirty" ]; then
+  echo "the work tree is not clean after the run:" >&2
+  echo "$dirty" >&2
+  if [ -n "$dirty_before" ]; then
+    echo "(it was not clean before the run either; commit or stash first, then rerun:" >&2
+    echo "$dirty_before" >&2
+    echo ")" >&2
+  fi
+  exit 1
+fi
+echo "work tree clean after the run"

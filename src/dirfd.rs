@@ -179,6 +179,44 @@ impl Dir {
         Ok((f, !existed))
     }
 
+    /// Opens `name` with `flags` (`O_CREAT` creating it with `mode`), never
+    /// through a symlink and never blocking on a FIFO: regular files only.
+    /// `O_NONBLOCK` is cleared once the file is known to be one.
+    pub fn open_regular(&self, name: &str, flags: libc::c_int, mode: u32) -> io::Result<File> {
+        let c = cname(name)?;
+        let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: valid descriptor and C string; the result is checked.
+        let fd = match check(unsafe {
+            libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint)
+        }) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(io::Error::other(format!(
+                    "{} is a symlink",
+                    self.path.join(name).display()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let f = File::from(owned(fd));
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                self.path.join(name).display()
+            )));
+        }
+        // SAFETY: fcntl on a descriptor we own.
+        let fl = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
+        Ok(f)
+    }
+
+    /// Flushes this directory's entries (after a rename into it).
+    pub fn sync(&self) -> io::Result<()> {
+        self.as_file().sync_all()
+    }
+
     /// lstat of child `name`; `None` when absent.
     pub fn stat(&self, name: &str) -> io::Result<Option<libc::stat>> {
         let c = cname(name)?;

@@ -326,7 +326,16 @@ async fn open_blob(
     let Some(cache) = source.cache().filter(|c| desc.size >= c.min_size) else {
         return Ok((source.blob(desc).await?, None, false));
     };
-    match cache.begin(&desc.digest).await? {
+    // The cache only saves work: trouble with it (a co-tenant's plant, a
+    // lock held without progress) costs this blob a download, not the pull.
+    let entry = match cache.begin(&desc.digest).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::warn!(blob = %desc.digest, "node cache: {e:#}; downloading this blob without it");
+            return Ok((source.blob(desc).await?, None, false));
+        }
+    };
+    match entry {
         Entry::Hit { file, _lock } => {
             cache.record(true, desc.size);
             tracing::info!(blob = %desc.digest, size = desc.size, "from the node cache");

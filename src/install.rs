@@ -99,8 +99,6 @@ pub struct Dest {
     dir: Dir,
     book: Dir,
     _lock: fs::File,
-    /// Directories whose `/proc/self/fd` paths are in use.
-    _pinned: std::sync::Mutex<Vec<Dir>>,
 }
 
 impl Dest {
@@ -119,7 +117,6 @@ impl Dest {
             dir,
             book,
             _lock: lock,
-            _pinned: std::sync::Mutex::new(Vec::new()),
         };
         dest.recover()?;
         Ok(dest)
@@ -195,22 +192,36 @@ impl Dest {
 
     /// `DEST/.ocimodel/partials`: a private directory (0700) for downloads
     /// that must survive this process, reached through its descriptor.
-    pub fn partials_dir(&self) -> Result<PathBuf> {
+    /// Whoever can write DEST can make one first, with subdirectories that
+    /// are symlinks to anywhere: one this UID does not own is removed (never
+    /// followed) and made afresh, or refused.
+    pub fn partials_dir(&self) -> Result<Dir> {
         let name = "partials";
+        let path = self.book.path().join(name);
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let mine = |d: &Dir| d.metadata().is_ok_and(|m| m.uid() == me);
         self.book.mkdir(name, 0o700)?;
-        let dir = self.book.open_dir(name).with_context(|| {
-            format!(
-                "{} is not a directory",
-                self.book.path().join(name).display()
-            )
-        })?;
-        if dir.metadata()?.uid() == unsafe { libc::geteuid() } {
-            dir.chmod(0o700)?;
+        let dir = match self.book.open_dir(name) {
+            Ok(d) if mine(&d) => d,
+            _ => {
+                tracing::warn!(dir = %path.display(), "someone else made this directory (or a symlink or file is there); replacing it");
+                self.book
+                    .remove_tree(name)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                if !self.book.mkdir(name, 0o700)? {
+                    bail!("{} was made again by someone else", path.display());
+                }
+                self.book
+                    .open_dir(name)
+                    .with_context(|| format!("{} is not a directory", path.display()))?
+            }
+        };
+        if !mine(&dir) {
+            bail!("{} is not this user's", path.display());
         }
-        let pinned = dir.pinned_path()?;
-        // The descriptor must outlive the pull: keep it open with the Dest.
-        self._pinned.lock().unwrap().push(dir);
-        Ok(pinned)
+        dir.chmod(0o700)?;
+        Ok(dir)
     }
 
     /// A fresh, empty staging directory, private to this process (0700)

@@ -18,9 +18,17 @@
 //! without writing; [`serve`] is the sidecar (probes, metrics, signals);
 //! [`push`] packages a directory; [`cli`] is the command line (`cli/`:
 //! typed flags in `args.rs`, the commands in `commands.rs`), with every
-//! setting and default in [`config`]. Beside them: [`digest`], [`error`]
-//! (the typed errors code branches on), [`text`] (making outside text safe
-//! to print), [`rfc3339`].
+//! setting and default in [`config`]. Where bytes may come from besides
+//! the registry: `cache` (the node cache and DEST's partial downloads),
+//! [`mirrors`] (the node's mirror configuration), `registry/ranges.rs`
+//! (one blob over several connections), [`cloud`] (ECR, GAR and ACR
+//! credentials from the workload's identity), `model_registry`
+//! (`model-registry://` resolved to an OCI reference). After the unpack:
+//! `verify/model.rs` (OpenSSF model signatures over the files), `hf_cache`
+//! (the Hugging Face hub cache layout). `cpus` says how much of the node a
+//! run may keep busy. Beside them: [`digest`], [`error`] (the typed errors
+//! code branches on), [`text`] (making outside text safe to print),
+//! [`rfc3339`].
 
 pub mod auth;
 pub(crate) mod cache;

@@ -28,9 +28,14 @@
 //! `Authorization: Bearer` with the token in the file `KF_PIPELINES_SA_TOKEN_PATH`
 //! names (unreadable or empty: an error), else the pod's service-account token
 //! when there is one, else none. The file is read at each resolution (the
-//! kubelet rotates projected tokens). The token goes to the configured
-//! registry (or the namespace's Service) and, over https only, to a host the
-//! URI names: a URI cannot send it in the clear to a host of its choosing.
+//! kubelet rotates projected tokens). Over plain http the token goes to the
+//! configured registry (`MODEL_REGISTRY_BASE_URL`) only; a host the URI
+//! names, or the Service in a namespace `?namespace=` picks, gets it over
+//! https only: a URI cannot send it in the clear to a host of its choosing.
+//!
+//! Answers are read as registry answers are: at most [`MAX_ANSWER_BYTES`],
+//! under the stall timeout and the minimum rate; `pull` counts the
+//! resolution against `OCIMODEL_TIMEOUT`.
 
 use std::path::PathBuf;
 
@@ -38,6 +43,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 pub const SCHEME: &str = "model-registry://";
+/// The most bytes one answer of the registry's API may have (a list of
+/// versions or artifacts is a few KiB; an endless one must not take the
+/// pod's memory).
+pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
 const API_VERSIONS: [&str; 2] = ["v1alpha3", "v1"];
 /// The token the Python client falls back to.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -130,15 +139,22 @@ fn parse<'a>(uri: &'a str, cfg: &Config) -> Result<Parsed<'a>> {
     Ok(Parsed { configured, tokens })
 }
 
-/// Resolves `uri` (a `model-registry://` URI) through the registry's API.
-pub async fn resolve(http: &reqwest::Client, uri: &str, cfg: &Config) -> Result<Resolved> {
+/// Resolves `uri` (a `model-registry://` URI) through the registry's API,
+/// with `client`'s HTTP settings and read rules (stall timeout, minimum
+/// rate).
+pub async fn resolve(
+    client: &crate::registry::RegistryClient,
+    uri: &str,
+    cfg: &Config,
+) -> Result<Resolved> {
     let Parsed { configured, tokens } = parse(uri, cfg)?;
     let scheme = cfg.scheme.trim_end_matches("://");
     let token = bearer_token(cfg)?;
+    let reader = client;
     let client = |host: &str| {
-        let allowed = host == configured || scheme == "https";
+        let allowed = host == cfg.base_url || scheme == "https";
         Api {
-            http,
+            reader,
             scheme,
             host: host.to_string(),
             token: token.as_ref().filter(|_| allowed),
@@ -247,18 +263,22 @@ struct Token {
 
 /// The registry at `host`, and the token it gets, if any.
 struct Api<'a> {
-    http: &'a reqwest::Client,
+    reader: &'a crate::registry::RegistryClient,
     scheme: &'a str,
     host: String,
     token: Option<&'a Token>,
-    /// A token exists but this host may not have it (plain http, not the
-    /// configured registry).
+    /// A token exists but this host may not have it (plain http, not
+    /// `MODEL_REGISTRY_BASE_URL`).
     withheld: bool,
 }
 
 impl Api<'_> {
     fn request(&self, url: &str) -> reqwest::RequestBuilder {
-        let req = self.http.get(url).header("accept", "application/json");
+        let req = self
+            .reader
+            .http()
+            .get(url)
+            .header("accept", "application/json");
         match self.token {
             Some(t) => req.bearer_auth(&t.value),
             None => req,
@@ -302,7 +322,7 @@ impl Api<'_> {
     fn refused(&self, api: &str, status: reqwest::StatusCode) -> String {
         match self.token {
             Some(t) => format!("the model registry at {api} answered {status} to the token from {}; check that the token's account may read the registry", t.from),
-            None if self.withheld => format!("the model registry at {api} answered {status}: the token is sent over plain http only to the configured registry (MODEL_REGISTRY_BASE_URL or the namespace's Service); use https for {}", self.host),
+            None if self.withheld => format!("the model registry at {api} answered {status}: the token is sent over plain http only to the configured registry (MODEL_REGISTRY_BASE_URL), not to a host the URI names or the Service its ?namespace= picks; use https for {} (MODEL_REGISTRY_SCHEME), or make it MODEL_REGISTRY_BASE_URL", self.host),
             None => format!("the model registry at {api} answered {status} and no token was sent; set KF_PIPELINES_SA_TOKEN_PATH to a token file it accepts"),
         }
     }
@@ -322,10 +342,14 @@ impl Api<'_> {
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             bail!("{}", self.refused(&url, status));
         }
-        let body = resp
-            .bytes()
-            .await
-            .context("reading the model registry's answer")?;
+        let body = self
+            .reader
+            .read_body(
+                resp,
+                MAX_ANSWER_BYTES,
+                &format!("model registry call {url}"),
+            )
+            .await?;
         if !status.is_success() {
             bail!(
                 "model registry call {url} answered {status}: {}",

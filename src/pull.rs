@@ -159,7 +159,7 @@ async fn through_model_registry(
     clients: &ClientFactory,
 ) -> Result<Job> {
     let client = clients()?;
-    let r = crate::model_registry::resolve(client.http(), uri, &settings.model_registry).await?;
+    let r = crate::model_registry::resolve(&client, uri, &settings.model_registry).await?;
     tracing::info!(uri = %job.uri, registry = %r.api, model = %r.model, version = %r.version, reference = %r.reference, "resolved through the model registry");
     let image = crate::reference::ImageRef::parse(&r.reference).with_context(|| {
         format!(
@@ -178,22 +178,26 @@ async fn through_model_registry(
 pub type ClientFactory = Arc<dyn Fn() -> Result<Arc<RegistryClient>> + Send + Sync>;
 
 pub async fn pull(job: &Job, settings: &Settings, clients: &ClientFactory) -> Result<Outcome> {
-    let resolved;
-    let job = match &job.target {
-        Target::ModelRegistry(uri) => {
-            resolved = through_model_registry(job, uri, settings, clients).await?;
-            &resolved
-        }
-        _ => job,
+    // A model registry's answers count against the deadline too.
+    let work = async {
+        let resolved;
+        let job = match &job.target {
+            Target::ModelRegistry(uri) => {
+                resolved = through_model_registry(job, uri, settings, clients).await?;
+                &resolved
+            }
+            _ => job,
+        };
+        pull_model(job, settings, clients).await
     };
     let before = DestBefore::observe(&job.dest);
     let result = match settings.deadline {
         // Dropping the pull on timeout removes its staging directory.
-        Some(d) => tokio::time::timeout(d, pull_model(job, settings, clients))
+        Some(d) => tokio::time::timeout(d, work)
             .await
             .map_err(|_| anyhow!("gave up after {}s (OCIMODEL_TIMEOUT)", d.as_secs()))
             .and_then(|r| r),
-        None => pull_model(job, settings, clients).await,
+        None => work.await,
     };
     if result.is_err() {
         // The pull (and its lock) is gone: take back what this run made.
@@ -323,10 +327,10 @@ async fn pull_model(job: &Job, settings: &Settings, clients: &ClientFactory) -> 
             // DEST's own bookkeeping.
             match dest.partials_dir() {
                 Ok(dir) => source.set_cache(Arc::new(crate::cache::Cache::partials(
-                    &dir,
+                    dir,
                     min,
                     settings.lock_timeout,
-                )?)),
+                ))),
                 Err(e) => {
                     tracing::warn!(dest = %dest.path().display(), "downloads will not resume across runs: {e:#}")
                 }
@@ -466,7 +470,9 @@ const MAX_KIT_PARENTS: usize = 10;
 /// `kit unpack` installs them: each resolved to a digest once, checked by
 /// the same signature policy and reached with the same registry settings;
 /// only their model layers, and none when `OCIMODEL_KIT_FILTER` leaves the
-/// model out. A chain longer than 10 or one that loops is refused.
+/// model out. A chain longer than 10 or one that loops is refused. A parent
+/// named by tag is not pinned by its child's digest: refused under
+/// `OCIMODEL_REQUIRE_DIGEST`, else followed with a warning.
 async fn kit_parents(
     job: &Job,
     settings: &Settings,
@@ -496,6 +502,12 @@ async fn kit_parents(
         }
         let step = || format!("parent kit {next}");
         let image = crate::reference::ImageRef::parse(&next).with_context(step)?;
+        // A tag in the Kitfile is not pinned by the child's digest: whoever
+        // moves it changes the weights a pinned child installs.
+        let by_tag = image.digest.is_none();
+        if by_tag && settings.require_digest {
+            bail!("parent kit {next} is named by tag in the ModelKit's Kitfile, so the child's digest does not pin the parent's model, and OCIMODEL_REQUIRE_DIGEST is set; the Kitfile's model.path must name the parent by digest (REGISTRY/REPO@sha256:...)");
+        }
         let source = Source::new(
             &Target::Registry(image),
             || clients(),
@@ -521,7 +533,11 @@ async fn kit_parents(
             );
         }
         let reference = source.pinned(&planned.top.digest);
-        tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
+        if by_tag {
+            tracing::warn!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit, named by tag: the child's digest does not pin it (it resolved to {})", planned.top.digest);
+        } else {
+            tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
+        }
         let up = planned.plan.parent.clone();
         chain.push(Parent {
             source,

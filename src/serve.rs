@@ -19,14 +19,19 @@
 //! exits 0. As PID 1 it also reaps any orphaned children.
 //!
 //! The port needs no authentication, so it is bounded: at most
-//! `MAX_CONNECTIONS` at once (more wait in the backlog), headers within
-//! `HEADER_TIMEOUT`, each connection closed after one request and within
-//! `CONNECTION_TIMEOUT`; accept errors back off; the soft file-descriptor
-//! limit is raised to the hard one at start.
+//! `MAX_CONNECTIONS` at once, headers within `HEADER_TIMEOUT`, each
+//! connection closed after one request and within `CONNECTION_TIMEOUT`;
+//! accept errors back off; the soft file-descriptor limit is raised to the
+//! hard one at start. New connections are always accepted: at the cap, the
+//! oldest one still without a request (idle, or sending its headers slowly)
+//! is closed to make room, so a client holding many idle connections open
+//! cannot keep a kubelet's probe waiting in the kernel's backlog.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +51,7 @@ use crate::reference::Target;
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -378,15 +383,62 @@ fn raise_fd_limit() {
     }
 }
 
+/// The probe port's open connections, oldest first.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: BTreeMap<u64, Open>,
+}
+
+struct Open {
+    /// Its request has arrived: it is being answered, not to be closed.
+    busy: Arc<AtomicBool>,
+    /// Dropping it closes the connection.
+    _close: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A connection the probe server admitted.
+struct Admitted {
+    id: u64,
+    busy: Arc<AtomicBool>,
+    /// Resolves when the connection is to be closed to make room.
+    closed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Connections {
+    /// Registers one more connection; at the cap the oldest one without a
+    /// request is closed first. `None` when every slot is answering one
+    /// (then the new connection is closed; answers take milliseconds).
+    fn admit(&mut self) -> Option<Admitted> {
+        if self.open.len() >= MAX_CONNECTIONS {
+            let idle = self
+                .open
+                .iter()
+                .find(|(_, o)| !o.busy.load(Ordering::Acquire))
+                .map(|(id, _)| *id)?;
+            self.open.remove(&idle);
+        }
+        let id = self.next;
+        self.next += 1;
+        let busy = Arc::new(AtomicBool::new(false));
+        let (close, closed) = tokio::sync::oneshot::channel();
+        self.open.insert(
+            id,
+            Open {
+                busy: busy.clone(),
+                _close: close,
+            },
+        );
+        Some(Admitted { id, busy, closed })
+    }
+}
+
 /// Accepts probe connections, within the bounds in the module doc.
 async fn serve_probes(listener: tokio::net::TcpListener, state: Arc<State>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Connections::default()));
     loop {
-        // A slot first: past the cap, new connections wait in the
-        // kernel's backlog until a slow one times out.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
+        // Always accept: past the cap, room is made by closing an idle
+        // connection, never by leaving new ones in the kernel's backlog.
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -396,16 +448,26 @@ async fn serve_probes(listener: tokio::net::TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        let state = state.clone();
+        let Some(Admitted { id, busy, closed }) = conns.lock().unwrap().admit() else {
+            continue;
+        };
+        let (state, conns) = (state.clone(), conns.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+            let service = hyper::service::service_fn(move |req| {
+                busy.store(true, Ordering::Release);
+                handle(req, state.clone())
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(slot);
+            // Closed to make room: dropping `conn` closes the socket.
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = closed => {}
+            }
+            conns.lock().unwrap().open.remove(&id);
         });
     }
 }
@@ -521,6 +583,29 @@ mod tests {
             },
             status: Mutex::new(status),
         }
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let mut conns = Connections::default();
+        let mut admitted: Vec<Admitted> = (0..MAX_CONNECTIONS)
+            .map(|_| conns.admit().unwrap())
+            .collect();
+        // The two oldest are answering requests; the third is idle.
+        admitted[0].busy.store(true, Ordering::Release);
+        admitted[1].busy.store(true, Ordering::Release);
+        let newest = conns.admit().expect("room is made");
+        assert_eq!(conns.open.len(), MAX_CONNECTIONS);
+        assert!(!conns.open.contains_key(&admitted[2].id), "oldest idle one");
+        use tokio::sync::oneshot::error::TryRecvError;
+        assert_eq!(admitted[2].closed.try_recv(), Err(TryRecvError::Closed));
+        assert_eq!(admitted[0].closed.try_recv(), Err(TryRecvError::Empty));
+        // Every slot answering a request: the new one is not admitted.
+        for a in &admitted {
+            a.busy.store(true, Ordering::Release);
+        }
+        newest.busy.store(true, Ordering::Release);
+        assert!(conns.admit().is_none());
     }
 
     #[test]

@@ -1364,3 +1364,38 @@ fn cloud_credentials_go_only_to_the_clouds_own_token_realm() {
     );
     assert_eq!(realm.authorizations(), Vec::<String>::new());
 }
+
+/// S3-8 with S3-9: a cloud host named as a plain-http mirror of another
+/// registry is reached over plain http in that role only, and in that role
+/// gets no cloud credential (whoever answers `http://<cloud host>` would get
+/// the workload's token); the mirror is skipped and the registry serves.
+#[test]
+fn a_plain_http_mirror_on_a_cloud_host_gets_no_cloud_credential() {
+    let (upstream, digest) = Registry::with_mnist();
+    let work = tempfile::tempdir().unwrap();
+    let (metadata_host, metadata_hits) =
+        metadata_server("ya29.c.mirror-in-clear", 3600, Duration::ZERO);
+    let on_path = Recorder::challenging(r#"Basic realm="registry""#);
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{GAR_HOST}"), "")]);
+    let run = pull(
+        &format!("{}/models/mnist@{digest}", upstream.addr),
+        &work.path().join("m"),
+        &[
+            ("HTTP_PROXY", on_path.url()),
+            ("NO_PROXY", "127.0.0.1".to_string()),
+            ("GCE_METADATA_HOST", metadata_host),
+            ("OCIMODEL_HOSTS_DIR", hosts.path().display().to_string()),
+            ("OCIMODEL_REGISTRIES_CONF", "off".to_string()),
+            ("OCIMODEL_INSECURE_REGISTRIES", upstream.addr.clone()),
+        ],
+    );
+    run.assert_ok();
+    leaks_nothing(&run, &["ya29.c.mirror-in-clear"]);
+    assert!(on_path.requests() > 0, "the mirror was never asked");
+    assert_eq!(on_path.authorizations(), Vec::<String>::new());
+    assert_eq!(
+        *metadata_hits.lock().unwrap(),
+        0,
+        "the metadata server was asked"
+    );
+}

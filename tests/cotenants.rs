@@ -418,12 +418,15 @@ fn another_uid_in_group_zero_checks_updates_and_replaces() {
 fn a_held_lock_is_waited_on_with_a_bound() {
     let s = Scene::new();
     s.pull(&[]).assert_ok();
+    let lock = s.book().join("lock");
     let mut holder = std::process::Command::new("flock")
-        .arg(s.book().join("lock"))
+        .arg(&lock)
         .args(["sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("flock to hold the lock", Duration::from_secs(10), || {
+        holds_lock(holder.id(), &lock)
+    });
     let started = Instant::now();
     let run = s.pull(&[
         ("OCIMODEL_LOCK_TIMEOUT", "2"),
@@ -460,4 +463,61 @@ fn outside_group_zero_the_umask_is_honoured() {
     for ancestor in ["home", "home/user", "home/user/models"] {
         assert_eq!(mode(&s.tmp.path().join(ancestor)), 0o700, "{ancestor}");
     }
+}
+
+/// S3-2: a `DEST/.ocimodel/partials` a co-tenant made, with symlinked
+/// subdirectories, is replaced by one of root's own (0700) before a root run
+/// writes resumable downloads into it: nothing is created outside DEST.
+/// Before: root created `sha256/` and a lock file per blob in the directory
+/// the `locks` symlink named.
+#[test]
+fn a_partials_directory_a_cotenant_made_is_replaced() {
+    let s = Scene::new();
+    let (reg, digest) = Registry::with_mnist();
+    let elsewhere: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let d = s.tmp.path().join(format!("root-only-{n}"));
+            fs::create_dir(&d).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+            d
+        })
+        .collect();
+    let partials = s.book().join("partials");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p {p}/ingest && ln -s {a} {p}/locks && ln -s {b} {p}/ingest/sha256",
+            p = partials.display(),
+            a = elsewhere[0].display(),
+            b = elsewhere[1].display()
+        ))
+        .uid_gid(1000, 0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    Ocimodel::new()
+        .insecure(&reg)
+        .env("OCIMODEL_RESUME_MIN", "0")
+        .run(&[
+            format!("{}/models/mnist@{digest}", reg.addr),
+            s.dest().display().to_string(),
+        ])
+        .assert_ok();
+    Ocimodel::new()
+        .run(&["check", &s.dest().display().to_string()])
+        .assert_ok();
+    for d in &elsewhere {
+        assert_eq!(
+            fs::read_dir(d).unwrap().count(),
+            0,
+            "{} was written through a planted symlink",
+            d.display()
+        );
+    }
+    if partials.exists() {
+        assert_eq!(fs::metadata(&partials).unwrap().uid(), 0);
+        assert_eq!(mode(&partials), 0o700);
+    }
+    s.victim_untouched();
 }

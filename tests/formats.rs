@@ -726,3 +726,92 @@ fn kitops_child_kits_install_their_parent_model() {
     reg.pull("kits/local:v1", &work.path().join("local"))
         .assert_fails_with(&["parent kit 'tiny:latest' in kit's local store"]);
 }
+
+/// S3-12: a digest-pinned child kit whose Kitfile names its parent by tag
+/// does not pin the parent's weights (whoever moves the tag changes what
+/// the child installs). Under OCIMODEL_REQUIRE_DIGEST it is refused; a
+/// parent named by digest is installed; without the policy the tag is
+/// followed with a warning naming the digest it resolved to, which the
+/// marker's `parents` records.
+#[test]
+fn a_parent_kit_named_by_tag_is_refused_under_require_digest() {
+    let reg = Registry::start(Auth::None);
+    let weights = |data: &str| {
+        let mut spec = kitops_spec();
+        spec["layers"][0]["tar"][1]["data"] = json!(data);
+        spec
+    };
+    reg.push_artifact("kits/parent:v1", &weights("GGUF original weights"));
+    let original = reg.digest_of("kits/parent", "v1");
+    let child = |model_path: String| {
+        json!({
+            "config": {"mediaType": "application/vnd.kitops.modelkit.config.v1+json", "json": {
+                "manifestVersion": "1.0.0",
+                "package": {"name": "tiny-ft"},
+                "model": {"name": "tiny-ft", "path": model_path},
+                "code": [{"path": "ft", "digest": "$digest:0"}]
+            }},
+            "layers": [
+                {"mediaType": "application/vnd.kitops.modelkit.code.v1.tar",
+                 "tar": [{"name": "ft", "type": "dir"}, {"name": "ft/train.py", "data": "fit()\n"}]}
+            ]
+        })
+    };
+    reg.push_artifact(
+        "kits/by-tag:v1",
+        &child(format!("{}/kits/parent:v1", reg.addr)),
+    );
+    reg.push_artifact(
+        "kits/by-digest:v1",
+        &child(format!("{}/kits/parent@{original}", reg.addr)),
+    );
+    let pinned = |repo: &str| format!("{}/{repo}@{}", reg.addr, reg.digest_of(repo, "v1"));
+    let work = tempfile::tempdir().unwrap();
+    let pull = |uri: &str, dest: &str, require: bool| {
+        let mut cmd = Ocimodel::new().insecure(&reg);
+        if require {
+            cmd = cmd.env("OCIMODEL_REQUIRE_DIGEST", "true");
+        }
+        cmd.run(&[uri, work.path().join(dest).to_str().unwrap()])
+    };
+
+    // Without the policy: the tag is followed, and the log says so.
+    let run = pull(&pinned("kits/by-tag"), "d1", false);
+    run.assert_ok();
+    let d1 = work.path().join("d1");
+    assert_eq!(
+        fs::read(d1.join("models/tiny.gguf")).unwrap(),
+        b"GGUF original weights"
+    );
+    let resolved = format!("{}/kits/parent:v1@{original}", reg.addr);
+    assert_eq!(marker(&d1)["parents"], json!([resolved]));
+    assert!(
+        run.stderr()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("by tag") && l.contains(&original)),
+        "{}",
+        run.stderr()
+    );
+
+    // The tag moves: the same child digest would now install other weights.
+    reg.push_artifact("kits/parent:v1", &weights("GGUF REPLACED weights"));
+    let run = pull(&pinned("kits/by-tag"), "d2", true);
+    run.assert_fails_with(&[
+        &format!("parent kit {}/kits/parent:v1", reg.addr),
+        "by tag",
+        "OCIMODEL_REQUIRE_DIGEST",
+    ]);
+    assert!(!work.path().join("d2/models").exists());
+
+    // Named by digest, the parent is pinned with its child.
+    pull(&pinned("kits/by-digest"), "d3", true).assert_ok();
+    let d3 = work.path().join("d3");
+    assert_eq!(
+        fs::read(d3.join("models/tiny.gguf")).unwrap(),
+        b"GGUF original weights"
+    );
+    assert_eq!(
+        marker(&d3)["parents"],
+        json!([format!("{}/kits/parent@{original}", reg.addr)])
+    );
+}

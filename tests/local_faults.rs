@@ -141,12 +141,38 @@ fn dest_that_is_a_file_or_read_only() {
         .run(&[&demo_uri(), file.to_str().unwrap()])
         .assert_fails_with(&["is not a directory", "models"]);
     assert_eq!(fs::read(&file).unwrap(), b"not a dir");
-    if is_root() {
-        let ro = Tmpfs::new("1m", ",ro");
-        Ocimodel::new()
-            .run(&[&demo_uri(), ro.path().to_str().unwrap()])
-            .assert_fails_with(&["cannot write to destination", "read-only or not permitted"]);
-    }
+
+    // A read-only filesystem (EROFS; mounting one needs root, as every
+    // tmpfs here does), then a directory this UID may not write (EACCES;
+    // root may write anywhere, so another UID runs): both are refused with
+    // the same line, and nothing is left in them.
+    require_root("mounts a read-only tmpfs and runs as another UID");
+    let ro = Tmpfs::new("1m", ",ro");
+    Ocimodel::new()
+        .run(&[&demo_uri(), ro.path().to_str().unwrap()])
+        .assert_fails_with(&["cannot write to destination", "read-only or not permitted"]);
+    assert_eq!(fs::read_dir(ro.path()).unwrap().count(), 0);
+
+    // The layout is copied where that UID can read it.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let layout = work.path().join("layout");
+    copy_dir(&repo_root().join("examples/mnist"), &layout);
+    let locked = work.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+    Ocimodel::new()
+        .run_as(1000930000, 0)
+        .run(&[
+            &format!("oci-layout://{}", layout.display()),
+            locked.to_str().unwrap(),
+        ])
+        .assert_fails_with(&[
+            "cannot write to destination",
+            "locked",
+            "read-only or not permitted",
+        ]);
+    assert_eq!(fs::read_dir(&locked).unwrap().count(), 0);
 }
 
 #[test]
@@ -197,7 +223,11 @@ fn a_second_run_waits_for_the_first() {
     let (slow, writer) = slow_layout(&work.path().join("layout"), 8, Duration::from_millis(150));
     let dest = work.path().join("models");
     let mut first = Ocimodel::new().spawn(&[&slow, dest.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "the first run to hold DEST's lock",
+        Duration::from_secs(10),
+        || holds_lock(first.child.id(), &dest.join(".ocimodel/lock")),
+    );
     // The same model from elsewhere, into the same DEST, while the first runs.
     let run = Ocimodel::new().run(&[&demo_uri(), dest.to_str().unwrap()]);
     let status = first.child.wait().unwrap();

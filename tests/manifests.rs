@@ -11,7 +11,7 @@ use common::*;
 fn crd_dir() -> std::path::PathBuf {
     let dir = std::env::var_os("KSERVE_CRDS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/kserve-crds"));
+        .unwrap_or_else(|| repo_root().join("tests/fixtures/kserve-crds"));
     assert!(
         dir.is_dir(),
         "KServe CRDs not found at {} (set KSERVE_CRDS)",

@@ -46,12 +46,20 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
             .assert_ok();
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
         if node == "node-a" {
-            // The proxy's own copy is fetched in the background.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while upstream.blob_gets(&blob) < 2 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            // The proxy's own copy is fetched in the background (a second
+            // upstream GET) and is stored once it is linked into the
+            // mirror's repository; from then on it serves the blob itself.
+            let link = mirror
+                .dir
+                .path()
+                .join("data/docker/registry/v2/repositories/models/mnist/_layers/sha256")
+                .join(MNIST_SHA256)
+                .join("link");
+            wait_until(
+                "the mirror to store its copy of the blob",
+                std::time::Duration::from_secs(10),
+                || link.is_file(),
+            );
             after_first = upstream.blob_gets(&blob);
             assert_eq!(after_first, 2, "upstream GETs for the first node");
         }
@@ -554,5 +562,340 @@ fn our_reading_of_registries_conf_matches_skopeo() {
     assert!(
         distinct(&ours).is_subset(&distinct(&theirs)),
         "ours {ours:?}, skopeo's {theirs:?}"
+    );
+}
+
+/// S3-7: a mirror that sends a blob's headers and its first bytes, then
+/// stalls (a wedged pull-through cache, an overloaded dfdaemon), is left
+/// like a dead one: the download resumes from the registry at the bytes
+/// already verified, instead of asking the stalled mirror again until the
+/// pull fails.
+#[test]
+fn a_mirror_that_stalls_mid_blob_is_left_for_the_registry() {
+    use std::io::{BufRead, BufReader, Write};
+    let (upstream, digest) = Registry::with_mnist();
+    let up = upstream.addr.clone();
+    let blob = format!("sha256:{MNIST_SHA256}");
+    let stalling = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalling_addr = stalling.local_addr().unwrap().to_string();
+    let blob_asks = Arc::new(Mutex::new(Vec::<String>::new()));
+    let asks = blob_asks.clone();
+    std::thread::spawn(move || {
+        for conn in stalling.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (up, asks) = (up.clone(), asks.clone());
+            // A thread per connection: a stalled one holds only itself.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let Some(path) = head.first().and_then(|l| l.split_whitespace().nth(1)) else {
+                    return;
+                };
+                let path = path.split('?').next().unwrap_or("").to_string();
+                let resp = http_get(
+                    &up,
+                    &path,
+                    &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+                );
+                if !path.contains("/blobs/") || resp.status != 200 {
+                    let _ = conn.write_all(&response(
+                        &format!("{} X", resp.status),
+                        &[(
+                            "Content-Type",
+                            "application/vnd.oci.image.manifest.v1+json".into(),
+                        )],
+                        &resp.body,
+                    ));
+                    return;
+                }
+                let range = head.iter().find_map(|h| {
+                    h.to_ascii_lowercase()
+                        .strip_prefix("range: ")
+                        .map(str::to_string)
+                });
+                asks.lock().unwrap().push(range.clone().unwrap_or_default());
+                let from = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = resp.body.len();
+                let head = match range {
+                    Some(_) => format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{total}\r\n\r\n",
+                        total - from,
+                        total - 1
+                    ),
+                    None => format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n"),
+                };
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&resp.body[from..(from + 1000).min(total)]);
+                let _ = conn.flush();
+                // Then nothing, for longer than the pull may take.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            });
+        }
+    });
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{stalling_addr}"), "")]);
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("m");
+    let started = std::time::Instant::now();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env(
+            "OCIMODEL_INSECURE_REGISTRIES",
+            format!("{},{stalling_addr}", upstream.addr),
+        )
+        .env("OCIMODEL_STALL_TIMEOUT", "2")
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            dest.to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
+    assert_eq!(
+        *blob_asks.lock().unwrap(),
+        vec![String::new()],
+        "the stalled mirror was asked again; stderr:\n{}",
+        run.stderr()
+    );
+    // The rest came from the registry, from where the mirror stopped.
+    let resumed = upstream.get_responses(&format!("/blobs/{blob}"));
+    assert!(
+        resumed.iter().any(|(status, _)| *status == 206),
+        "{resumed:?}; stderr:\n{}",
+        run.stderr()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// What a plain-http listener saw of one connection: its request line and
+/// Authorization, or `None` for a TLS handshake.
+type PlainSeen = Option<(String, Option<String>)>;
+
+/// A plain-http host on 127.0.0.2 that wants Basic credentials and has
+/// nothing (401 without them, 404 with them), recording every connection;
+/// a TLS handshake is recorded as `None` and closed.
+fn basic_host_with_nothing() -> (String, Arc<Mutex<Vec<PlainSeen>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.2:0").expect("127.0.0.0/8 is loopback on Linux");
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: Arc<Mutex<Vec<PlainSeen>>> = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut first = [0u8; 1];
+                if conn.peek(&mut first).unwrap_or(0) == 0 {
+                    return;
+                }
+                if first[0] == 0x16 {
+                    log.lock().unwrap().push(None);
+                    let _ = conn.read(&mut [0u8; 4096]);
+                    return;
+                }
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let mut auth = None;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            auth = Some(v.trim().to_string());
+                        }
+                    }
+                }
+                let reply = match auth {
+                    None => response(
+                        "401 Unauthorized",
+                        &[("WWW-Authenticate", "Basic realm=\"r2\"".into())],
+                        b"",
+                    ),
+                    Some(_) => response("404 Not Found", &[], b""),
+                };
+                log.lock()
+                    .unwrap()
+                    .push(Some((line.trim_end().to_string(), auth)));
+                let _ = conn.write_all(&reply);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A child ModelKit on `reg` whose model is the parent kit `parent`.
+fn child_kit(reg: &Registry, repo: &str, parent: &str) -> String {
+    reg.push_artifact(
+        &format!("{repo}:v1"),
+        &serde_json::json!({
+            "config": {"mediaType": "application/vnd.kitops.modelkit.config.v1+json", "json": {
+                "manifestVersion": "1.0.0",
+                "package": {"name": "child"},
+                "model": {"name": "child", "path": parent},
+                "code": [{"path": "ft", "digest": "$digest:0"}]
+            }},
+            "layers": [
+                {"mediaType": "application/vnd.kitops.modelkit.code.v1.tar",
+                 "tar": [{"name": "ft", "type": "dir"}, {"name": "ft/train.py", "data": "fit()\n"}]}
+            ]
+        }),
+    );
+    format!("{}/{repo}@{}", reg.addr, reg.digest_of(repo, "v1"))
+}
+
+/// S3-8: a host's hosts.toml settings as some registry's mirror (plain
+/// http, `skip_verify`) apply to it in that role only. Reached as a
+/// registry in the same run (here a KitOps parent kit on it, which the
+/// child's publisher chooses), it is https with verified certificates, as
+/// when it is pulled from alone: its credentials never go in clear.
+#[test]
+fn a_mirror_s_transport_settings_do_not_follow_its_host_into_other_roles() {
+    let upstream = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+
+    // A plain-http mirror with credentials of its own.
+    let (plain, seen) = basic_host_with_nothing();
+    let child = child_kit(&upstream, "kits/child", &format!("{plain}/kits/parent:v1"));
+    let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{plain}"), "")]);
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
+        .env(
+            "OCIMODEL_DOCKER_CONFIG_JSON",
+            docker_config("bob", "R2secret", &plain),
+        )
+        .run(&[&child, work.path().join("plain").to_str().unwrap()]);
+    let seen = seen.lock().unwrap().clone();
+    // As the mirror it is asked over plain http, as configured...
+    assert!(
+        seen.iter()
+            .flatten()
+            .any(|(line, _)| line.contains("/v2/kits/child/manifests/")),
+        "{seen:?}; stderr:\n{}",
+        run.stderr()
+    );
+    // ...as a registry, never.
+    let in_clear: Vec<_> = seen
+        .iter()
+        .flatten()
+        .filter(|(line, _)| line.contains("/kits/parent/"))
+        .collect();
+    assert!(
+        in_clear.is_empty(),
+        "plain http as a registry: {in_clear:?}"
+    );
+    assert!(seen.contains(&None), "never asked over https: {seen:?}");
+    run.assert_fails_with(&[&format!("parent kit {plain}/kits/parent:v1")]);
+
+    // A `skip_verify` mirror (a real pull-through cache under a private
+    // CA): its certificate goes unchecked as the mirror, and is checked as
+    // a registry.
+    upstream.push_artifact(
+        "kits/parent:v1",
+        &serde_json::json!({
+            "config": {"mediaType": "application/vnd.kitops.modelkit.config.v1+json", "json": {
+                "manifestVersion": "1.0.0",
+                "package": {"name": "parent"},
+                "model": {"name": "parent", "path": "m.gguf", "digest": "$digest:0"}
+            }},
+            "layers": [
+                {"mediaType": "application/vnd.kitops.modelkit.model.v1.tar",
+                 "tar": [{"name": "m.gguf", "data": "GGUF"}]}
+            ]
+        }),
+    );
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let mirror = Registry::start_tls_proxy(
+        &upstream.addr,
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let child = child_kit(
+        &upstream,
+        "kits/child-tls",
+        &format!("{}/kits/parent:v1", mirror.addr),
+    );
+    let hosts = hosts_dir(
+        &upstream.addr,
+        &[(&format!("https://{}", mirror.addr), "skip_verify = true")],
+    );
+    let run = pull_via(
+        hosts.path(),
+        &child,
+        &work.path().join("tls"),
+        &upstream.addr,
+    );
+    assert!(
+        mirror
+            .log()
+            .contains("/v2/kits/child-tls/manifests/sha256:"),
+        "the skip_verify mirror was not used as the mirror; stderr:\n{}",
+        run.stderr()
+    );
+    run.assert_fails_with(&[&format!("parent kit {}/kits/parent:v1", mirror.addr)]);
+    assert!(
+        run.stderr().to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// OCIMODEL_NODE_IP stands for the node's loopback only where a mirror's
+/// host is loopback, the whole host: a mirror at 127.0.0.10 stays there
+/// (matched by prefix, it became `<ip>0:PORT`).
+#[test]
+fn the_node_ip_replaces_only_a_whole_loopback_host() {
+    let (upstream, digest) = Registry::with_mnist();
+    let mirror = TcpListener::bind("127.0.0.10:0").expect("127.0.0.0/8 is loopback on Linux");
+    let port = mirror.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    serve(mirror, move |req| {
+        log.lock().unwrap().push(req.path.clone());
+        response("404 Not Found", &[], b"")
+    });
+    let hosts = hosts_dir(
+        &upstream.addr,
+        &[(&format!("http://127.0.0.10:{port}"), "")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_HOSTS_DIR", hosts.path())
+        .env("OCIMODEL_REGISTRIES_CONF", "off")
+        .env("OCIMODEL_NODE_IP", "127.0.0.2")
+        .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
+        .env("OCIMODEL_CONNECT_TIMEOUT", "2")
+        .run(&[
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            work.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    assert!(
+        !seen.lock().unwrap().is_empty(),
+        "the mirror at 127.0.0.10 was never asked; stderr:\n{}",
+        run.stderr()
     );
 }

@@ -221,3 +221,191 @@ fn model_registry_bearer_token_from_kf_pipelines_sa_token_path() {
     )
     .assert_ok();
 }
+
+/// What a recording proxy saw: the request line (an absolute URL) and its
+/// Authorization.
+type Proxied = Vec<(String, Option<String>)>;
+
+/// A plain-http proxy on 127.0.0.1 (HTTP_PROXY) that answers everything
+/// 401 and records what it was asked: it stands for whatever Service a
+/// namespace's owner runs at the cluster name the URI picks.
+fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Proxied>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: std::sync::Arc<std::sync::Mutex<Proxied>> = Default::default();
+    let log = seen.clone();
+    serve(listener, move |req| {
+        log.lock().unwrap().push((
+            format!("{} {}", req.method, req.path),
+            req.authorization.clone(),
+        ));
+        response("401 Unauthorized", &[], b"")
+    });
+    (addr, seen)
+}
+
+/// S3-10: `?namespace=NS` picks the registry's Service name in a namespace
+/// the URI chooses; over plain http it does not get the service-account
+/// token (whoever controls NS runs that Service). The configured registry
+/// (MODEL_REGISTRY_BASE_URL) does, even when named through its namespace.
+#[test]
+fn a_namespace_in_the_uri_does_not_get_the_token_in_clear() {
+    let work = tempfile::tempdir().unwrap();
+    let secret = "sa-token.for-team-a.sig";
+    let token = work.path().join("token");
+    std::fs::write(&token, secret).unwrap();
+    let (proxy, seen) = recording_proxy();
+    let pull = |uri: &str, dest: &str| {
+        let mut cmd = Ocimodel::new()
+            .env("KF_PIPELINES_SA_TOKEN_PATH", &token)
+            .env(
+                "MODEL_REGISTRY_BASE_URL",
+                "model-registry-service.team-a.svc.cluster.local:8080",
+            )
+            .env("HTTP_PROXY", format!("http://{proxy}"));
+        cmd.cmd.env_remove("NO_PROXY");
+        let run = cmd.run(&[uri, work.path().join(dest).to_str().unwrap()]);
+        assert!(!run.stderr().contains(secret), "{}", run.stderr());
+        run
+    };
+    let bearer = format!("Bearer {secret}");
+    let sent_to = |host: &str| -> Vec<Option<String>> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(line, _)| line.contains(&format!("http://{host}/")))
+            .map(|(_, auth)| auth.clone())
+            .collect()
+    };
+
+    pull("model-registry://m?namespace=attacker", "attacker").assert_fails_with(&[
+        "model-registry-service.attacker.svc.cluster.local:8080",
+        "plain http",
+    ]);
+    let asked = sent_to("model-registry-service.attacker.svc.cluster.local:8080");
+    assert!(!asked.is_empty(), "{:?}", seen.lock().unwrap());
+    assert!(
+        asked.iter().all(Option::is_none),
+        "the namespace the URI chose got: {asked:?}"
+    );
+
+    // The configured registry's own namespace is the configured registry.
+    pull("model-registry://m?namespace=team-a", "team-a").assert_fails_with(&["401"]);
+    let asked = sent_to("model-registry-service.team-a.svc.cluster.local:8080");
+    assert!(!asked.is_empty(), "{:?}", seen.lock().unwrap());
+    assert!(
+        asked.iter().all(|a| a.as_deref() == Some(bearer.as_str())),
+        "{asked:?}"
+    );
+}
+
+/// A hostile model registry on 127.0.0.1: it answers the host probe
+/// (`…/registered_models?pageSize=1`) as a registry does, then every other
+/// call with `answer`, which writes what it likes to the connection (a
+/// thread per connection).
+fn hostile_registry(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                if line.contains("/registered_models?pageSize=1") {
+                    let _ = conn.write_all(&response(
+                        "200 OK",
+                        &[("Content-Type", "application/json".into())],
+                        br#"{"items":[],"size":0,"pageSize":1,"nextPageToken":""}"#,
+                    ));
+                    return;
+                }
+                answer(&mut conn);
+            });
+        }
+    });
+    addr
+}
+
+/// S3-11: a model registry's answers are capped (an endless JSON body is cut
+/// off at a limit, not read until memory runs out), held to the
+/// minimum-rate rule the registry client uses, and inside OCIMODEL_TIMEOUT.
+#[test]
+fn model_registry_answers_are_capped_timed_and_rated() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let work = tempfile::tempdir().unwrap();
+    let resolve = |addr: &str, env: &[(&str, &str)]| {
+        let mut cmd = Ocimodel::new().env("MODEL_REGISTRY_BASE_URL", addr);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let started = std::time::Instant::now();
+        let run = cmd.run(&[
+            "model-registry://m/v1",
+            work.path().join("m").to_str().unwrap(),
+        ]);
+        (run, started.elapsed())
+    };
+
+    // Endless JSON (bounded here at 64 MiB, so the test ends either way).
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let count = sent.clone();
+    let endless = hostile_registry(move |conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"items\":[",
+        );
+        let chunk = "{\"id\":\"1\",\"name\":\"m\"},".repeat(1 << 12);
+        while count.load(Ordering::Relaxed) < 64 << 20 {
+            if conn.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+            count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let (run, _) = resolve(&endless, &[]);
+    run.assert_fails_with(&["model registry", "16777216-byte limit"]);
+    assert!(
+        sent.load(Ordering::Relaxed) < 32 << 20,
+        "read {} bytes of the answer",
+        sent.load(Ordering::Relaxed)
+    );
+
+    // A byte every second: each read is quick, the answer never ends.
+    let trickle = hostile_registry(|conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        );
+        for _ in 0..40 {
+            if conn.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+    // Under the minimum rate (1 KiB/s by default) over a 3 s window.
+    let (run, took) = resolve(&trickle, &[("OCIMODEL_STALL_TIMEOUT", "3")]);
+    run.assert_fails_with(&["model registry", "OCIMODEL_MIN_RATE"]);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    // With no rate rule, OCIMODEL_TIMEOUT still ends it.
+    let (run, took) = resolve(
+        &trickle,
+        &[
+            ("OCIMODEL_STALL_TIMEOUT", "3"),
+            ("OCIMODEL_MIN_RATE", "0"),
+            ("OCIMODEL_TIMEOUT", "5"),
+        ],
+    );
+    run.assert_fails_with(&["gave up after 5s (OCIMODEL_TIMEOUT)"]);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+}

@@ -502,3 +502,542 @@ fn pods_with_other_uids_in_group_zero_share_the_cache() {
     installed(&work.path().join("c"), &weights);
     assert_eq!(sha256_file(&entry), &blob[7..]);
 }
+
+// The node cache is a trust boundary (security review 3, S3-1 to S3-6):
+// pods of every namespace on a node can mount it, all in group 0. Here a
+// co-tenant (UID 1000, GID 0) plants things in it between pulls.
+
+const COTENANT: u32 = 1000;
+
+/// A node directory every UID may enter, holding the cache at `cache`.
+fn node_dir() -> tempfile::TempDir {
+    require_root("acting as a co-tenant with another UID");
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    work
+}
+
+/// Runs `script` in the cache as the co-tenant (UID 1000, GID 0).
+#[track_caller]
+fn cotenant(cache: &Path, script: &str) {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cache)
+        .uid(COTENANT)
+        .gid(0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "co-tenant `{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory only root may enter, holding three files of root's.
+fn root_only(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir(dir).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(dir.join(name), name.repeat(100)).unwrap();
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir.to_path_buf()
+}
+
+#[track_caller]
+fn untouched(dir: &Path) {
+    assert_eq!(mode(dir), 0o700, "{} was chmodded", dir.display());
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"], "{}", dir.display());
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            fs::read(dir.join(name)).unwrap(),
+            name.repeat(100).as_bytes()
+        );
+    }
+}
+
+/// A second, small model (`models/other:v1`); its reference.
+fn other_model(reg: &Registry) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("other.bin"), vec![7u8; 300_000]).unwrap();
+    let uri = format!("{}/models/other:v1", reg.addr);
+    reg.ocimodel_push(&[dir.path().to_str().unwrap(), &uri, "--format", "oras"]);
+    uri
+}
+
+/// Runs `o` with `args`, killing it (and failing) after `limit`; returns
+/// the run and how long it took.
+fn run_within(
+    mut o: Ocimodel,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> (Run, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let child = o
+        .cmd
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let termination = fs::read_to_string(&o.termination_log).unwrap_or_default();
+            (
+                Run {
+                    out: out.unwrap(),
+                    termination,
+                },
+                started.elapsed(),
+            )
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on the child this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!(
+                "`ocimodel {}` still running after {limit:?}",
+                args.join(" ")
+            );
+        }
+    }
+}
+
+/// S3-1 (root run): symlinks a co-tenant plants for `blobs/sha256`,
+/// `ingest`, `locks/sha256` and `manifests/sha256` make ocimodel chmod,
+/// create or delete nothing where they point; the pull still works.
+/// Before: the root-only directories became 0775, `sha256/` was created in
+/// the `ingest` target, and eviction deleted root's files.
+#[test]
+fn planted_cache_symlinks_redirect_no_chmod_create_or_delete() {
+    let (reg, digest, _, weights) = model();
+    let other = other_model(&reg);
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let first = work.path().join("first");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big@{digest}", reg.addr),
+            first.to_str().unwrap(),
+        ])
+        .assert_ok();
+    let victims: Vec<PathBuf> = ["blobs", "ingest", "locks", "manifests"]
+        .iter()
+        .map(|n| root_only(&work.path().join(format!("root-only-{n}"))))
+        .collect();
+    cotenant(
+        &cache,
+        &format!(
+            "mv blobs/sha256 blobs/old && ln -s {} blobs/sha256 && \
+             mv ingest ingest.old && ln -s {} ingest && \
+             mv locks/sha256 locks/old && ln -s {} locks/sha256 && \
+             mv manifests/sha256 manifests/old && ln -s {} manifests/sha256",
+            victims[0].display(),
+            victims[1].display(),
+            victims[2].display(),
+            victims[3].display()
+        ),
+    );
+    let second = work.path().join("second");
+    cached(&cache)
+        .insecure(&reg)
+        .env("OCIMODEL_CACHE_MAX", "1")
+        .run(&[&other, second.to_str().unwrap()])
+        .assert_ok();
+    Ocimodel::new()
+        .run(&["check", second.to_str().unwrap()])
+        .assert_ok();
+    for v in &victims {
+        untouched(v);
+    }
+    installed(&first, &weights);
+}
+
+/// S3-1 as the shipped manifests run it (non-root, GID 0): a co-tenant
+/// points `blobs/sha256` at the victim's installed model; the victim's
+/// next pull, with a cap, deletes and writes nothing there.
+/// Before: model A's weights.bin, config.json and marker were evicted.
+#[test]
+fn a_planted_blobs_symlink_cannot_evict_the_victims_own_model() {
+    use std::os::unix::fs::PermissionsExt;
+    const VICTIM: u32 = 1001;
+    let (reg, _, _, weights) = model();
+    let other = other_model(&reg);
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let home = work.path().join("victim");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(VICTIM), Some(0)).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    let a = home.join("a");
+    let victim = || cached(&cache).insecure(&reg).run_as(VICTIM, 0);
+    victim()
+        .run(&[&format!("{}/models/big:v1", reg.addr), a.to_str().unwrap()])
+        .assert_ok();
+    let before: Vec<_> = fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    cotenant(
+        &cache,
+        &format!(
+            "mv blobs/sha256 blobs/old && ln -s {} blobs/sha256",
+            a.display()
+        ),
+    );
+    victim()
+        .env("OCIMODEL_CACHE_MAX", "1")
+        .run(&[&other, home.join("b").to_str().unwrap()])
+        .assert_ok();
+    let after: Vec<_> = fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "entries of the installed model changed");
+    installed(&a, &weights);
+}
+
+/// S3-3: a FIFO a co-tenant plants as a cached blob is dropped and the blob
+/// fetched again, within OCIMODEL_TIMEOUT. Before: the pull hung (0 %)
+/// until killed, past its own timeout.
+#[test]
+fn a_fifo_planted_as_a_cached_blob_is_dropped_not_waited_on() {
+    let (reg, digest, blob, weights) = model();
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big@{digest}", reg.addr);
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[&uri, work.path().join("first").to_str().unwrap()])
+        .assert_ok();
+    let hex = &blob[7..];
+    cotenant(
+        &cache,
+        &format!("rm blobs/sha256/{hex} && mkfifo blobs/sha256/{hex}"),
+    );
+    let dest = work.path().join("second");
+    let (run, _) = run_within(
+        cached(&cache).insecure(&reg).env("OCIMODEL_TIMEOUT", "20"),
+        &[&uri, dest.to_str().unwrap()],
+        std::time::Duration::from_secs(40),
+    );
+    run.assert_ok();
+    installed(&dest, &weights);
+    assert!(
+        run.stderr().contains("is not a regular file; dropping it"),
+        "{}",
+        run.stderr()
+    );
+    assert!(fs::symlink_metadata(blob_path(&cache, &blob))
+        .unwrap()
+        .is_file());
+    assert_eq!(sha256_file(&blob_path(&cache, &blob)), hex);
+}
+
+/// S3-4: cache trouble a co-tenant makes (a directory at the blob's lock or
+/// ingest name, a flock held on its lock) costs a download, never the pull.
+/// The victim is another UID in group 0, which cannot remove what the
+/// co-tenant made. Before: "Is a directory" at once; the held lock failed
+/// the pull after OCIMODEL_LOCK_TIMEOUT.
+#[test]
+fn cache_trouble_falls_back_to_the_network() {
+    const VICTIM: u32 = 1001;
+    let (reg, _, blob, weights) = model();
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/models/big:v1", reg.addr);
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[&uri, work.path().join("warm").to_str().unwrap()])
+        .assert_ok();
+    let hex = &blob[7..];
+    let pull = |name: &str| {
+        let dest = work.path().join(name);
+        let (run, took) = run_within(
+            cached(&cache)
+                .insecure(&reg)
+                .run_as(VICTIM, 0)
+                .env("OCIMODEL_LOCK_TIMEOUT", "3"),
+            &[&uri, dest.to_str().unwrap()],
+            std::time::Duration::from_secs(60),
+        );
+        run.assert_ok();
+        installed(&dest, &weights);
+        assert!(
+            run.stderr().contains("downloading this blob without it"),
+            "{}",
+            run.stderr()
+        );
+        took
+    };
+    for (name, plant, undo) in [
+        (
+            "lock-dir",
+            format!("mkdir -m 700 locks/sha256/{hex} && touch locks/sha256/{hex}/x"),
+            format!("rm -r locks/sha256/{hex}"),
+        ),
+        (
+            "ingest-dir",
+            format!("mkdir -m 700 ingest/sha256/{hex} && touch ingest/sha256/{hex}/x"),
+            format!("rm -r ingest/sha256/{hex}"),
+        ),
+    ] {
+        cotenant(
+            &cache,
+            &format!("rm -f blobs/sha256/{hex} locks/sha256/{hex} && {plant}"),
+        );
+        pull(name);
+        cotenant(&cache, &undo);
+    }
+    cotenant(&cache, &format!("rm -f blobs/sha256/{hex}"));
+    let mut holder = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("flock")
+            .arg(cache.join("locks/sha256").join(hex))
+            .args(["sleep", "120"])
+            .uid(COTENANT)
+            .gid(0)
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let took = pull("held-lock");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// S3-5: a pod without credentials does not get another tenant's private
+/// model from the cache; a pod whose own credentials the registry accepts
+/// does (asked with a HEAD), and so, with the registry gone or hanging,
+/// does a pod presenting a credential a pull from the network used. Cached
+/// files are for group 0 only. Before: the pod without credentials
+/// installed it (exit 0) and the registry was never asked; blobs were 0664.
+#[test]
+fn the_cache_serves_a_private_model_only_to_pods_that_may_pull_it() {
+    let plain = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("weights.bin"), vec![3u8; 2 << 20]).unwrap();
+    let digest = plain.ocimodel_push(&[
+        dir.path().to_str().unwrap(),
+        &format!("{}/private/m:v1", plain.addr),
+        "--format",
+        "oras",
+    ]);
+    let reg = Registry::start_in(
+        plain.stop(),
+        Auth::Users(vec![
+            ("alice".into(), "alice-pw".into()),
+            ("bob".into(), "bob-pw".into()),
+        ]),
+    );
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    let uri = format!("{}/private/m@{digest}", reg.addr);
+    let addr = reg.addr.clone();
+    let pod = |uid: u32, user: Option<&str>| {
+        let o = cached(&cache)
+            .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+            .run_as(uid, 0);
+        match user {
+            Some(u) => o.env(
+                "OCIMODEL_DOCKER_CONFIG_JSON",
+                docker_config(u, &format!("{u}-pw"), &addr),
+            ),
+            None => o,
+        }
+    };
+    let dest = |name: &str| work.path().join(name).to_str().unwrap().to_string();
+    pod(1000930000, Some("alice"))
+        .run(&[&uri, &dest("alice")])
+        .assert_ok();
+    let blobs_before = reg.log().matches("/blobs/sha256:").count();
+    // No credentials: the registry is asked, and says no.
+    pod(1000940000, None)
+        .run(&[&uri, &dest("nobody")])
+        .assert_fails_with(&["requires authentication"]);
+    assert!(!work.path().join("nobody/weights.bin").exists());
+    // Not for others: files 0660, directories 2770, group 0.
+    let blob = fs::read_dir(cache.join("blobs/sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&blob), 0o660);
+    for d in ["", "blobs", "blobs/sha256", "manifests", "manifests/sha256"] {
+        assert_eq!(mode(&cache.join(d)), 0o2770, "{d}");
+    }
+    // Other credentials the registry accepts: confirmed, then from the cache.
+    let run = pod(1000950000, Some("bob")).run(&[&uri, &dest("bob")]);
+    run.assert_ok();
+    assert!(
+        run.stderr().contains("the registry confirmed"),
+        "{}",
+        run.stderr()
+    );
+    assert!(reg.log().contains("\"HEAD /v2/private/m/manifests/sha256:"));
+    assert_eq!(
+        reg.log().matches("/blobs/sha256:").count(),
+        blobs_before,
+        "the blobs came from the cache"
+    );
+
+    // The registry accepts connections and never answers.
+    drop(reg.stop());
+    let _hang = hanging_listener(&addr);
+    for (uid, user, name) in [(1000930000, "alice", "alice2"), (1000950000, "bob", "bob2")] {
+        let (run, _) = run_within(
+            pod(uid, Some(user)),
+            &[&uri, &dest(name)],
+            std::time::Duration::from_secs(60),
+        );
+        run.assert_ok();
+    }
+    let (run, took) = run_within(
+        pod(1000940000, None),
+        &[&uri, &dest("nobody2")],
+        std::time::Duration::from_secs(60),
+    );
+    run.assert_fails_with(&["could not confirm"]);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// A loopback listener on `addr` that accepts connections and never
+/// answers (a wedged registry), until dropped.
+struct Hanging(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn hanging_listener(addr: &str) -> Hanging {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    Hanging(stop)
+}
+
+/// S3-6: OCIMODEL_CACHE_MAX counts partial downloads too, and evicts an
+/// abandoned one (a co-tenant's, two days old, nobody writing it). Before:
+/// it stayed, and the cache held 8 MiB over the cap.
+#[test]
+fn cache_max_counts_and_evicts_abandoned_partials() {
+    let (reg, _, _, _) = model();
+    let other = other_model(&reg);
+    let work = node_dir();
+    let cache = work.path().join("cache");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[&other, work.path().join("warm").to_str().unwrap()])
+        .assert_ok();
+    let hex = sha256_hex(b"abandoned");
+    cotenant(
+        &cache,
+        &format!(
+            "head -c 8388608 /dev/zero > ingest/sha256/{hex} && touch -d '2 days ago' ingest/sha256/{hex}"
+        ),
+    );
+    cached(&cache)
+        .insecure(&reg)
+        .env("OCIMODEL_CACHE_MAX", "1M")
+        .run(&[
+            &format!("{}/models/big:v1", reg.addr),
+            work.path().join("big").to_str().unwrap(),
+        ])
+        .assert_ok();
+    assert!(
+        !cache.join("ingest/sha256").join(&hex).exists(),
+        "the abandoned partial is still there"
+    );
+}
+
+/// A manifest a tag resolved to is cached by its digest, so a digest
+/// reference installs with the registry gone (refusing connections) after
+/// pods pulled the tag. Before: it failed after 16-22 s.
+#[test]
+fn a_digest_installs_offline_after_pods_pulled_its_tag() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big:v1", reg.addr),
+            work.path().join("tag").to_str().unwrap(),
+        ])
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    let dest = work.path().join("offline");
+    let (run, took) = run_within(
+        cached(&cache).env("OCIMODEL_INSECURE_REGISTRIES", &addr),
+        &[
+            &format!("{addr}/models/big@{digest}"),
+            dest.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    run.assert_ok();
+    installed(&dest, &weights);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// A registry that accepts connections and never answers does not hold a
+/// cached digest pull: it installs from the cache within 120 s. Before: it
+/// ran past 5 minutes (here: killed at 150 s).
+#[test]
+fn a_registry_that_never_answers_does_not_hold_a_cached_digest_pull() {
+    let (reg, digest, _, weights) = model();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    cached(&cache)
+        .insecure(&reg)
+        .run(&[
+            &format!("{}/models/big:v1", reg.addr),
+            work.path().join("tag").to_str().unwrap(),
+        ])
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    let _hang = hanging_listener(&addr);
+    let dest = work.path().join("offline");
+    let (run, took) = run_within(
+        cached(&cache).env("OCIMODEL_INSECURE_REGISTRIES", &addr),
+        &[
+            &format!("{addr}/models/big@{digest}"),
+            dest.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(150),
+    );
+    run.assert_ok();
+    installed(&dest, &weights);
+    assert!(took < std::time::Duration::from_secs(120), "{took:?}");
+}

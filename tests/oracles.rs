@@ -1,6 +1,7 @@
 //! Signatures made by the real tools (cosign, containers/image, notation,
-//! notation-go, the sigstore conformance suite), read from
-//! `../shared/signature-oracles` (never copied in), checked by ocimodel.
+//! notation-go, the sigstore conformance suite), copied verbatim into
+//! `tests/fixtures/signature-oracles` (provenance in tests/fixtures/README.md),
+//! checked by ocimodel.
 //! Where a case must be refused, the reason is asserted, not just an error.
 //!
 //! The keyless cases were signed against sigstore's production (and one
@@ -24,12 +25,8 @@ const BEACON: &str = "https://github.com/sigstore-conformance/extremely-dangerou
 const ACTIONS: &str = "https://token.actions.githubusercontent.com";
 
 fn oracles() -> PathBuf {
-    let dir = repo_root().join("../shared/signature-oracles");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the oracle tests read the shared signature data beside the project",
-        dir.display()
-    );
+    let dir = repo_root().join("tests/fixtures/signature-oracles");
+    assert!(dir.is_dir(), "{} is missing", dir.display());
     dir
 }
 

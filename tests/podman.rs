@@ -42,7 +42,8 @@ impl Podman {
         assert!(have, "podman is missing: scripts/test.sh installs it");
         let root = tempfile::tempdir().unwrap();
         let conf = root.path().join("containers.conf");
-        // Raising rlimits is not permitted here; lower them (podman-here.md).
+        // Raising rlimits is not permitted on these machines, and podman's
+        // defaults raise nofile and nproc: lower them instead.
         fs::write(
             &conf,
             "[containers]\ndefault_ulimits = [\"nofile=4096:4096\",\"nproc=4096:4096\"]\n",
@@ -627,7 +628,9 @@ fn assert_reads_digits(code: &str, logs: &str) {
     );
 }
 
-/// podman on the storage at `graph`, as podman-here.md says it runs here.
+/// Rootful podman on the storage at `graph`, the way it runs on these
+/// machines (Debian 12, podman 4.3): runc, since crun fails in their hybrid
+/// cgroup mode, cgroupfs as the cgroup manager, and overlay storage.
 fn podman(conf: &Path, graph: &Path, runroot: &Path) -> Command {
     let mut cmd = Command::new("podman");
     cmd.arg("--root")

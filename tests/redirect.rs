@@ -400,3 +400,43 @@ fn redirecting_registry(
     });
     (addr, seen)
 }
+
+/// An https registry that redirects a blob to plain http (distribution's
+/// `redirect` middleware pointed at an http base URL) is refused: the
+/// private model and its presigned URL would travel in clear. The target is
+/// never asked. (A registry listed insecure is plain http already, and may
+/// redirect to plain http: `blob_redirect_to_another_host_drops_credentials`.)
+#[test]
+fn an_https_registry_redirecting_to_plain_http_is_refused() {
+    let plain = Registry::start(Auth::None);
+    plain.oras_push_mnist("models/mnist:v1");
+    let blob = std::fs::read(plain.blob_data_path(MNIST_SHA256)).unwrap();
+    let (storage, seen) = recorder("127.0.0.2", response("200 OK", &[], &blob));
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let reg = Registry::start_tls_redirecting(
+        plain.stop(),
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+        &format!("http://{storage}/bucket"),
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
+        .run(&[
+            &format!("{}/models/mnist:v1", reg.addr),
+            dest.path().to_str().unwrap(),
+        ]);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the plain-http target was asked; stderr:\n{}",
+        run.stderr()
+    );
+    run.assert_fails_with(&[&reg.addr, "redirected", &format!("plain http ({storage})")]);
+    assert!(
+        !run.termination.contains("/bucket"),
+        "the redirect's path (a presigned URL's signature) is not shown: {}",
+        run.termination
+    );
+    assert!(model_files(dest.path()).is_empty());
+}

@@ -195,18 +195,26 @@ fn sigterm_during_a_slow_pull_exits_cleanly() {
     let (_, _writer) = slow_layout(&layout, 20, Duration::from_millis(500));
     let dest = work.path().join("models");
     let s = Sidecar::start(&format!("oci-layout://{}", layout.display()), &dest, &[]);
+    // Under way: the first bytes of the model are in a staged file.
+    fn has_bytes(dir: &Path) -> bool {
+        fs::read_dir(dir).is_ok_and(|d| {
+            d.flatten().any(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => has_bytes(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().is_ok_and(|m| m.len() > 0),
+                _ => false,
+            })
+        })
+    }
     s.wait_for(
         || {
-            fs::read_dir(dest.join(".ocimodel"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+            fs::read_dir(dest.join(".ocimodel")).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("staging-") && has_bytes(&e.path())
                 })
-                .unwrap_or(false)
+            })
         },
-        "the pull to be under way",
+        "the first bytes of the model in staging",
     );
-    std::thread::sleep(Duration::from_millis(300));
     let (code, took, stderr) = s.terminate();
     assert_eq!(code, 0, "{stderr}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
@@ -381,5 +389,76 @@ fn corrupted_content_counts_as_a_verification_failure() {
     );
     assert!(counted.unwrap_or(0.0) >= 1.0, "{metrics}");
     assert!(s.get("/readyz").1.contains("digest mismatch"));
+    assert_eq!(s.terminate().0, 0);
+}
+
+/// S3-13: a client that holds about 200 idle connections open (re-opening
+/// each one the server closes) does not starve the probes: every /livez,
+/// asked as a kubelet asks it (a fresh connection, a 2 s timeout), is
+/// answered while the port is flooded.
+#[test]
+fn probes_are_answered_while_idle_connections_flood_the_port() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "oci-layout://{}",
+        repo_root().join("examples/mnist").display()
+    );
+    let s = Sidecar::start(&uri, &work.path().join("m"), &[]);
+    let addr: std::net::SocketAddr = s.addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = stop.clone();
+    let flooder = std::thread::spawn(move || {
+        let open = || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok();
+        let mut held: Vec<Option<TcpStream>> = (0..200).map(|_| open()).collect();
+        while !flooding.load(Ordering::Relaxed) {
+            for slot in held.iter_mut() {
+                let closed = match slot {
+                    None => true,
+                    Some(c) => {
+                        c.set_nonblocking(true).unwrap();
+                        let mut b = [0u8; 64];
+                        // Open and idle: nothing to read yet.
+                        !matches!(c.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    }
+                };
+                if closed {
+                    *slot = open();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Let the flood fill the slots and the backlog.
+    std::thread::sleep(Duration::from_secs(2));
+    let probe = || -> Option<String> {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.write_all(b"GET /livez HTTP/1.1\r\nHost: probe\r\n\r\n")
+            .ok()?;
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let answer = probe();
+        answers.push((answer, started.elapsed()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    for (answer, took) in &answers {
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 200") && a.ends_with("ok\n")),
+            "a probe went unanswered ({took:?}): {answers:?}"
+        );
+    }
     assert_eq!(s.terminate().0, 0);
 }

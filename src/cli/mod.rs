@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-#[cfg(test)]
+// The tests below build `Cli::command()`; the code goes through args::command().
+#[cfg_attr(not(test), allow(unused_imports))]
 use clap::CommandFactory;
 use clap::FromArgMatches;
 
@@ -303,13 +304,15 @@ pub(super) fn write_termination(path: Option<&Path>, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    /// Every env name a flag reads is in `config::SETTINGS`, and every
-    /// setting there is read somewhere, so the unknown-variable check can
-    /// neither refuse a real setting nor accept a dead one.
+    /// Every env name a flag reads or the code reads itself is in
+    /// `config::SETTINGS`, and every setting there is read somewhere, so the
+    /// unknown-variable check can neither refuse a real setting nor accept a
+    /// dead one.
     #[test]
-    fn flag_env_names_match_the_settings_list() {
-        fn walk(cmd: &clap::Command, names: &mut std::collections::BTreeSet<String>) {
+    fn env_names_read_match_the_settings_list() {
+        fn walk(cmd: &clap::Command, names: &mut BTreeSet<String>) {
             for a in cmd.get_arguments() {
                 if let Some(env) = a.get_env() {
                     names.insert(env.to_string_lossy().into_owned());
@@ -319,19 +322,80 @@ mod tests {
                 walk(sub, names);
             }
         }
-        let mut names = std::collections::BTreeSet::new();
-        walk(&Cli::command(), &mut names);
-        // Read outside clap: before parsing (MODE), by the log filter (LOG).
-        names.insert("OCIMODEL_MODE".into());
-        names.insert("OCIMODEL_LOG".into());
-        // Read by the credential sources (auth.rs).
-        names.insert("OCIMODEL_DOCKER_CONFIG_JSON".into());
-        let ours: Vec<&str> = names
+        let mut by_clap = BTreeSet::new();
+        walk(&Cli::command(), &mut by_clap);
+        let outside = read_outside_clap();
+        assert!(!outside.is_empty(), "no env reads found in src/");
+        let settings: BTreeSet<String> = crate::config::SETTINGS
             .iter()
-            .map(String::as_str)
+            .map(|s| s.to_string())
+            .collect();
+        let read: BTreeSet<String> = by_clap
+            .into_iter()
+            .chain(outside)
             .filter(|n| n.starts_with("OCIMODEL_"))
             .collect();
-        assert_eq!(ours, crate::config::SETTINGS);
+        let unlisted: Vec<_> = read.difference(&settings).collect();
+        let unread: Vec<_> = settings.difference(&read).collect();
+        assert!(
+            unlisted.is_empty() && unread.is_empty(),
+            "read but not in config::SETTINGS: {unlisted:?}; in it but read nowhere: {unread:?}"
+        );
+    }
+
+    /// The `OCIMODEL_*` names the code reads itself, not through clap: each
+    /// string literal passed straight to `var(`, `var_os(`, `try_from_env(`
+    /// or a local `env(` closure, anywhere in the crate's sources up to the
+    /// file's `#[cfg(test)]` module (a read this misses leaves its setting
+    /// "read nowhere" above, so the test fails rather than passes).
+    fn read_outside_clap() -> BTreeSet<String> {
+        fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut names = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code: Vec<&str> = text
+                .lines()
+                .take_while(|l| l.trim() != "#[cfg(test)]")
+                .collect();
+            let code = code.join("\n");
+            let mut rest = code.as_str();
+            while let Some(i) = rest.find("\"OCIMODEL_") {
+                let before = rest[..i].trim_end();
+                let literal = &rest[i + 1..];
+                let end = literal.find('"').unwrap_or(literal.len());
+                let name = &literal[..end];
+                rest = &literal[(end + 1).min(literal.len())..];
+                let Some(call) = before.strip_suffix('(') else {
+                    continue;
+                };
+                let callee = call
+                    .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or("");
+                let is_name = name.len() > "OCIMODEL_".len()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                if is_name && ["var", "var_os", "try_from_env", "env"].contains(&callee) {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        names
     }
 }
 

@@ -19,15 +19,23 @@ pub(super) struct Token {
 }
 
 impl RegistryClient {
-    /// Credentials at hand for `r`: docker config first, then unexpired
-    /// ones from the workload's cloud identity (those only while the
-    /// registry is reached over TLS: see [`Self::cloud_may_answer`]).
+    /// Credentials at hand for `r`, reached as itself: docker config
+    /// first, then unexpired ones from the workload's cloud identity (those
+    /// only while the registry is reached over TLS: see
+    /// [`Self::cloud_may_answer`]).
     pub(super) fn credentials(&self, r: &ImageRef) -> Option<Credentials> {
+        self.credentials_over(r, self.is_insecure(&r.registry))
+    }
+
+    /// [`Self::credentials`] for a request to `r.registry` over plain http
+    /// when `plain` (a host's scheme depends on its role: as a plain-http
+    /// mirror it is http, as a registry https).
+    fn credentials_over(&self, r: &ImageRef, plain: bool) -> Option<Credentials> {
         self.creds
             .lookup(&r.registry, &r.repository)
             .cloned()
             .or_else(|| {
-                if self.is_insecure(&r.registry) {
+                if plain {
                     return None;
                 }
                 self.cloud.as_ref()?.cached(&r.registry)
@@ -37,7 +45,12 @@ impl RegistryClient {
     /// As [`Self::credentials`], for answering `ch`: asks the cloud for
     /// fresh ones when none are at hand (the first challenge, or the cached
     /// ones expired), once [`Self::cloud_may_answer`] allows it.
-    async fn credentials_now(&self, r: &ImageRef, ch: &Challenge) -> Result<Option<Credentials>> {
+    async fn credentials_now(
+        &self,
+        r: &ImageRef,
+        ch: &Challenge,
+        plain: bool,
+    ) -> Result<Option<Credentials>> {
         if let Some(c) = self.creds.lookup(&r.registry, &r.repository) {
             return Ok(Some(c.clone()));
         }
@@ -47,7 +60,7 @@ impl RegistryClient {
         let Some(provider) = crate::cloud::Provider::of(&r.registry) else {
             return Ok(None);
         };
-        self.cloud_may_answer(r, &provider, ch)?;
+        self.cloud_may_answer(r, &provider, ch, plain)?;
         if let Some(c) = cloud.cached(&r.registry) {
             return Ok(Some(c));
         }
@@ -65,8 +78,9 @@ impl RegistryClient {
         r: &ImageRef,
         provider: &crate::cloud::Provider,
         ch: &Challenge,
+        plain: bool,
     ) -> Result<()> {
-        if self.is_insecure(&r.registry) {
+        if plain {
             let (why, hint) = self.insecure_because(&r.registry);
             bail!(
                 "registry {} is set to plain http ({why}); ocimodel sends the workload's cloud credentials only over TLS, so it sent none ({hint})",
@@ -122,28 +136,38 @@ impl RegistryClient {
         }
     }
 
-    pub(super) fn cached_authorization(&self, r: &ImageRef, scope: &str) -> Option<HeaderValue> {
+    /// What to send up front to `r.registry` (over plain http when
+    /// `plain`), from an earlier challenge of that host.
+    pub(super) fn cached_authorization(
+        &self,
+        r: &ImageRef,
+        scope: &str,
+        plain: bool,
+    ) -> Option<HeaderValue> {
         let kind = self.host_auth.lock().unwrap().get(&r.registry).cloned()?;
         match kind {
             HostAuth::Basic => self
-                .credentials(r)
+                .credentials_over(r, plain)
                 .filter(|c| c.kind == CredentialKind::Password)
                 .map(|c| basic_header(&c)),
             HostAuth::Bearer => {
                 let tokens = self.tokens.lock().unwrap();
-                let t = tokens.get(&(r.registry.clone(), scope.to_string()))?;
+                let t = tokens.get(&(token_key(r, plain), scope.to_string()))?;
                 (t.expires > Instant::now()).then(|| bearer_header(&t.value))
             }
         }
     }
 
+    /// Answers challenge `ch` from `r`'s host, reached over plain http when
+    /// `plain` (its token realm may then be plain http too).
     pub(super) async fn answer(
         &self,
         r: &ImageRef,
         scope: &str,
         ch: &Challenge,
+        plain: bool,
     ) -> Result<HeaderValue> {
-        let creds = self.credentials_now(r, ch).await?;
+        let creds = self.credentials_now(r, ch, plain).await?;
         if ch.is_basic() {
             self.host_auth
                 .lock()
@@ -179,16 +203,17 @@ impl RegistryClient {
         let service = ch.params.get("service");
         let (value, lifetime) = match creds {
             Some(c) if c.kind == CredentialKind::IdentityToken => {
-                self.refresh_grant(r, &realm, service, scope, &c).await?
+                self.refresh_grant(r, &realm, service, scope, &c, plain)
+                    .await?
             }
             creds => {
-                let url = self.token_url(r, &realm, service, scope)?;
+                let url = self.token_url(r, &realm, service, scope, plain)?;
                 self.fetch_token(r, &realm, url, creds.as_ref()).await?
             }
         };
         let header = bearer_header(&value);
         self.tokens.lock().unwrap().insert(
-            (r.registry.clone(), scope.to_string()),
+            (token_key(r, plain), scope.to_string()),
             Token {
                 value,
                 expires: Instant::now() + lifetime,
@@ -197,14 +222,15 @@ impl RegistryClient {
         Ok(header)
     }
 
-    /// The token request URL: the realm (never plain http for an https
-    /// registry) with the service and scope.
+    /// The token request URL: the realm (never plain http for a host
+    /// reached over https) with the service and scope.
     fn token_url(
         &self,
         r: &ImageRef,
         realm: &str,
         service: Option<&String>,
         scope: &str,
+        plain: bool,
     ) -> Result<reqwest::Url> {
         let mut url = reqwest::Url::parse(realm).map_err(|e| {
             anyhow!(
@@ -213,7 +239,7 @@ impl RegistryClient {
                 crate::text::escape_controls(realm)
             )
         })?;
-        if url.scheme() == "http" && !self.is_insecure(&r.registry) {
+        if url.scheme() == "http" && !plain {
             bail!(
                 "registry {} (https) names a plain-http token realm {url}; refusing to send credentials in clear (list the registry in OCIMODEL_INSECURE_REGISTRIES only if it really is plain http)",
                 r.registry
@@ -275,8 +301,9 @@ impl RegistryClient {
         service: Option<&String>,
         scope: &str,
         creds: &Credentials,
+        plain: bool,
     ) -> Result<(String, Duration)> {
-        let url = self.token_url(r, realm, None, scope)?;
+        let url = self.token_url(r, realm, None, scope, plain)?;
         let mut url = url;
         url.set_query(None);
         let mut form = vec![
@@ -353,6 +380,14 @@ fn unreachable_token_service(r: &ImageRef, realm: &str, e: &reqwest::Error) -> a
         r.registry,
         root_cause(e)
     )
+}
+
+/// Tokens are kept per host and scheme: one issued while the host was
+/// reached over https (as a registry) is never sent over plain http (the
+/// same host as a plain-http mirror), nor the other way round.
+fn token_key(r: &ImageRef, plain: bool) -> String {
+    let scheme = if plain { "http" } else { "https" };
+    format!("{scheme}://{}", r.registry)
 }
 
 pub(super) fn basic_header(c: &Credentials) -> HeaderValue {

@@ -132,17 +132,14 @@ pub struct RegistryClient {
     http: reqwest::Client,
     /// The CA roots `http` trusts, for mirrors' own clients.
     roots: Vec<reqwest::Certificate>,
-    /// Clients for mirror hosts with their own TLS or dial settings.
-    host_clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// Clients for endpoints with their own TLS or dial settings (hosts.toml
+    /// `ca`, `client`, `skip_verify`, `dial_timeout`), by those settings:
+    /// used for requests to the host in that endpoint's role only.
+    endpoint_clients: Mutex<HashMap<String, reqwest::Client>>,
     creds: CredentialStore,
     options: ClientOptions,
     /// What each registry asked for, so later requests authenticate up front.
     host_auth: Mutex<HashMap<String, HostAuth>>,
-    /// Mirror hosts reached over plain HTTP.
-    mirror_insecure: Mutex<std::collections::HashSet<String>>,
-    /// Mirror hosts (as opposed to registries): asked once, never retried,
-    /// because the next host is the retry.
-    mirror_hosts: Mutex<std::collections::HashSet<String>>,
     /// Mirrors that could not be reached: not asked again by this process.
     mirrors_down: Mutex<std::collections::HashSet<String>>,
     /// The configuration's endpoints per (registry, repository, by digest,
@@ -155,7 +152,7 @@ pub struct RegistryClient {
     image_host: Mutex<HashMap<String, String>>,
     /// (mirror host, blob) pairs not to ask again.
     bad: Mutex<std::collections::HashSet<(String, Digest)>>,
-    /// Bearer tokens per (registry, scope).
+    /// Bearer tokens per (scheme and host, scope).
     tokens: Mutex<HashMap<(String, String), Token>>,
     /// The cloud identity flows, unless `OCIMODEL_CLOUD_AUTH=off`.
     cloud: Option<crate::cloud::Ambient>,
@@ -203,6 +200,7 @@ impl RegistryClient {
         }
         let http = reqwest::Client::builder()
             .dns_resolver(Resolver)
+            .redirect(transport::redirect_policy())
             .tls_certs_only(roots.clone())
             .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
@@ -223,12 +221,10 @@ impl RegistryClient {
             cloud,
             http,
             roots,
-            host_clients: Mutex::new(HashMap::new()),
+            endpoint_clients: Mutex::new(HashMap::new()),
             creds,
             options,
             host_auth: Mutex::new(HashMap::new()),
-            mirror_insecure: Mutex::new(Default::default()),
-            mirror_hosts: Mutex::new(Default::default()),
             mirrors_down: Mutex::new(Default::default()),
             endpoints: Mutex::new(HashMap::new()),
             served_by: Mutex::new(HashMap::new()),
@@ -244,10 +240,11 @@ impl RegistryClient {
         &self.http
     }
 
-    /// Whether `host` is a mirror: its failures move on to the next host
-    /// at once instead of being retried.
-    fn is_mirror(&self, host: &str) -> bool {
-        self.mirror_hosts.lock().unwrap().contains(host)
+    /// A whole answer from one of those services (`what`, in messages), as
+    /// registry answers are read: at most `cap` bytes, under the stall
+    /// timeout and the minimum-rate rule (`OCIMODEL_MIN_RATE`).
+    pub async fn read_body(&self, resp: reqwest::Response, cap: u64, what: &str) -> Result<Bytes> {
+        read_capped(resp, cap, what, self.throughput()).await
     }
 
     /// A mirror that could not be reached is skipped from now on.
@@ -257,9 +254,11 @@ impl RegistryClient {
         }
     }
 
+    /// Whether `registry`, reached as itself, is plain HTTP. (A host's
+    /// settings as some registry's mirror or `server` travel with that
+    /// [`Endpoint`], never with the host.)
     fn is_insecure(&self, registry: &str) -> bool {
-        self.mirror_insecure.lock().unwrap().contains(registry)
-            || self.options.insecure_all
+        self.options.insecure_all
             || self
                 .options
                 .insecure_registries
@@ -284,6 +283,37 @@ impl RegistryClient {
             .fetch_manifest(r, reference, Scope::Pull, false)
             .await?;
         Ok(fetched.expect("a missing manifest is an error when not allowed"))
+    }
+
+    /// The credentials this process presents to `r`'s registry, if any.
+    pub fn presented_credentials(&self, r: &ImageRef) -> Option<Credentials> {
+        self.credentials(r)
+    }
+
+    /// Whether `r`'s registry asked this process to authenticate: what it
+    /// served since then took the credentials, if there were any.
+    pub fn challenged(&self, r: &ImageRef) -> bool {
+        self.host_auth.lock().unwrap().contains_key(&r.registry)
+    }
+
+    /// Asks the registry itself (no mirror can vouch for access) whether
+    /// this process may pull manifest `digest` of `r`, with a `HEAD` and its
+    /// own credentials: `false` when it says no (401, 403, 404); an error
+    /// when it cannot say (unreachable, no credentials for a challenge).
+    pub async fn may_pull(&self, r: &ImageRef, digest: &Digest) -> Result<bool> {
+        let url = format!("{}/manifests/{digest}", self.base_url(r));
+        let resp = self
+            .send(r, |c| {
+                MANIFEST_ACCEPT
+                    .iter()
+                    .fold(c.head(&url), |req, t| req.header(ACCEPT, *t))
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(false),
+            s => bail!("registry {} answered HEAD {url} with {s}", r.registry),
+        }
     }
 
     /// The mirrors to try before the registry, for pulls of `r`: each as
@@ -326,28 +356,15 @@ impl RegistryClient {
             }
             if let Some(ip) = &self.options.node_ip {
                 // The node's loopback is not the pod's.
-                for lo in ["127.0.0.1", "localhost", "[::1]"] {
-                    if let Some(port) = ep.host.strip_prefix(lo) {
-                        ep.host = format!("{ip}{port}");
-                    }
+                if let Some(host) = on_node(&ep.host, ip) {
+                    ep.host = host;
                 }
             }
-            if !ep.upstream {
-                if self.mirrors_down.lock().unwrap().contains(&ep.host) {
-                    continue;
-                }
-                self.mirror_hosts.lock().unwrap().insert(ep.host.clone());
+            if !ep.upstream && self.mirrors_down.lock().unwrap().contains(&ep.host) {
+                continue;
             }
-            if ep.scheme == "http" {
-                self.mirror_insecure.lock().unwrap().insert(ep.host.clone());
-            }
-            if ep.own_transport() && !self.host_clients.lock().unwrap().contains_key(&ep.host) {
-                let client = self.endpoint_client(&ep)?;
-                self.host_clients
-                    .lock()
-                    .unwrap()
-                    .insert(ep.host.clone(), client);
-            }
+            // Built now, so a bad CA or key file fails the pull at once.
+            self.client_for(Some(&ep))?;
             let mref = ImageRef {
                 registry: ep.host.clone(),
                 repository: ep.repository.clone(),
@@ -372,6 +389,7 @@ impl RegistryClient {
         }
         let mut b = reqwest::Client::builder()
             .dns_resolver(Resolver)
+            .redirect(transport::redirect_policy())
             .tls_certs_only(roots)
             .connect_timeout(
                 ep.dial_timeout
@@ -403,14 +421,25 @@ impl RegistryClient {
             .context("cannot build an HTTP client for a mirror")
     }
 
-    /// The HTTP client for requests to `host`.
-    fn http_for(&self, host: &str) -> reqwest::Client {
-        self.host_clients
+    /// The HTTP client for requests through `via` (an endpoint with its own
+    /// TLS or dial settings), else the shared one.
+    fn client_for(&self, via: Option<&Endpoint>) -> Result<reqwest::Client> {
+        let Some(ep) = via.filter(|ep| ep.own_transport()) else {
+            return Ok(self.http.clone());
+        };
+        let key = format!(
+            "{:?}",
+            (ep.skip_verify, &ep.ca, &ep.client, ep.dial_timeout)
+        );
+        if let Some(c) = self.endpoint_clients.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let client = self.endpoint_client(ep)?;
+        self.endpoint_clients
             .lock()
             .unwrap()
-            .get(host)
-            .cloned()
-            .unwrap_or_else(|| self.http.clone())
+            .insert(key, client.clone());
+        Ok(client)
     }
 
     /// Blames the mirror that served `digest`, if one did: it is skipped
@@ -447,11 +476,11 @@ impl RegistryClient {
                 if ep.upstream {
                     // The moved registry: its answer is the answer.
                     return self
-                        .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, missing_ok)
+                        .fetch_manifest_at(&mref, &url, Some(&ep), reference, scope, missing_ok)
                         .await;
                 }
                 match self
-                    .fetch_manifest_at(&mref, &url, &ep.headers, reference, scope, true)
+                    .fetch_manifest_at(&mref, &url, Some(&ep), reference, scope, true)
                     .await
                 {
                     Ok(Some(m)) => {
@@ -472,7 +501,7 @@ impl RegistryClient {
             }
         }
         let url = format!("{}/manifests/{reference}", self.base_url(r));
-        self.fetch_manifest_at(r, &url, &[], reference, scope, missing_ok)
+        self.fetch_manifest_at(r, &url, None, reference, scope, missing_ok)
             .await
     }
 
@@ -480,20 +509,18 @@ impl RegistryClient {
         &self,
         r: &ImageRef,
         url: &str,
-        headers: &[(String, String)],
+        via: Option<&Endpoint>,
         reference: &str,
         scope: Scope,
         missing_ok: bool,
     ) -> Result<Option<FetchedManifest>> {
         let what = format!("manifest {reference} of {}/{}", r.registry, r.repository);
         let resp = self
-            .send_as(r, scope, |c| {
+            .send_via(r, scope, via, |c| {
                 let req = MANIFEST_ACCEPT
                     .iter()
                     .fold(c.get(url), |req, t| req.header(ACCEPT, *t));
-                headers
-                    .iter()
-                    .fold(req, |req, (k, v)| req.header(k.as_str(), v.as_str()))
+                with_headers(req, via)
             })
             .await?;
         if missing_ok && resp.status() == StatusCode::NOT_FOUND {
@@ -595,12 +622,12 @@ impl RegistryClient {
             let at = BlobAt {
                 r: mref,
                 url: ep.url("blobs", &digest.to_string()),
-                headers: ep.headers.clone(),
+                via: Some(ep.clone()),
                 digest: digest.clone(),
                 size,
             };
             if ep.upstream {
-                self.served_by.lock().unwrap().remove(digest);
+                self.not_served_by_a_mirror(digest, offset);
                 return self.blob_at(at, offset).await;
             }
             match self.blob_at(at, offset).await {
@@ -610,22 +637,57 @@ impl RegistryClient {
                         .lock()
                         .unwrap()
                         .insert(digest.clone(), ep.host.clone());
-                    return Ok(stream);
+                    return Ok(self.left_when_broken(stream, &ep.host, digest));
                 }
                 Err(e) => {
                     tracing::info!(mirror = %ep.host, blob = %digest, "mirror failed ({e:#}); trying the next host")
                 }
             }
         }
-        self.served_by.lock().unwrap().remove(digest);
+        self.not_served_by_a_mirror(digest, offset);
         let at = BlobAt {
             r: r.clone(),
             url: format!("{}/blobs/{digest}", self.base_url(r)),
-            headers: Vec::new(),
+            via: None,
             digest: digest.clone(),
             size,
         };
         self.blob_at(at, offset).await
+    }
+
+    /// The registry serves `digest` from `offset`: from the start, no
+    /// mirror is to blame for its bytes; resumed, the mirror that served
+    /// the first part still is (its bytes are in the digest too).
+    fn not_served_by_a_mirror(&self, digest: &Digest, offset: u64) {
+        if offset == 0 {
+            self.served_by.lock().unwrap().remove(digest);
+        }
+    }
+
+    /// A mirror's blob stream that, when it breaks off mid-body, leaves the
+    /// mirror as a dead one is left: skipped for that blob (and, stalled or
+    /// trickling, for every request of this process), so the caller's resume
+    /// goes to the next host at the bytes it has verified instead of asking
+    /// the mirror again until the pull fails.
+    fn left_when_broken(
+        self: &Arc<Self>,
+        stream: ByteStream,
+        host: &str,
+        digest: &Digest,
+    ) -> ByteStream {
+        let (client, host, digest) = (self.clone(), host.to_string(), digest.clone());
+        Box::pin(stream.inspect(move |item| {
+            let Err(e) = item else { return };
+            tracing::warn!(mirror = %host, blob = %digest, "the mirror broke off the blob ({e}); resuming from the next host");
+            client
+                .bad
+                .lock()
+                .unwrap()
+                .insert((host.clone(), digest.clone()));
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                client.mirror_down(&host);
+            }
+        }))
     }
 
     /// Opens the blob at one host. A big one is asked for its first range;
@@ -649,10 +711,8 @@ impl RegistryClient {
             (false, _) => Some(format!("bytes={offset}-")),
         };
         let resp = self
-            .send(&at.r, |c| {
-                let req = at.headers.iter().fold(c.get(&at.url), |req, (k, v)| {
-                    req.header(k.as_str(), v.as_str())
-                });
+            .send_via(&at.r, Scope::Pull, at.via.as_ref(), |c| {
+                let req = with_headers(c.get(&at.url), at.via.as_ref());
                 match &range {
                     Some(range) => req.header(RANGE, range),
                     None => req,
@@ -676,7 +736,9 @@ impl RegistryClient {
                     seen.get_or_init(|| (Instant::now(), c.len()));
                 }
             }));
-            let (retries, size, digest) = (self.options.retries, at.size, at.digest.clone());
+            // A mirror's range is not asked again: the next host is the retry.
+            let retries = if at.mirror() { 0 } else { self.options.retries };
+            let (size, digest) = (at.size, at.digest.clone());
             let (client, at) = (self.clone(), Arc::new(at));
             let open: ranges::OpenRange = Arc::new(move |start, end| {
                 let (client, at, location) = (client.clone(), at.clone(), location.clone());
@@ -752,13 +814,8 @@ impl RegistryClient {
             *location.lock().unwrap() = None;
         }
         let resp = self
-            .send(&at.r, |c| {
-                at.headers
-                    .iter()
-                    .fold(c.get(&at.url), |req, (k, v)| {
-                        req.header(k.as_str(), v.as_str())
-                    })
-                    .header(RANGE, &range)
+            .send_via(&at.r, Scope::Pull, at.via.as_ref(), |c| {
+                with_headers(c.get(&at.url), at.via.as_ref()).header(RANGE, &range)
             })
             .await?;
         let resp = self
@@ -789,20 +846,27 @@ impl RegistryClient {
         let mut rate = self.throughput();
         let stream = resp.bytes_stream().filter_map(move |chunk| {
             let out = match chunk {
+                // Stalls and trickles are `TimedOut`: a mirror that does
+                // either is left for good (see `left_when_broken`).
                 Err(e) => {
-                    let cause = if e.is_timeout() {
-                        format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs())
+                    let (kind, cause) = if e.is_timeout() {
+                        (
+                            std::io::ErrorKind::TimedOut,
+                            format!("no data for {}s (OCIMODEL_STALL_TIMEOUT)", stall.as_secs()),
+                        )
                     } else {
-                        root_cause(&e)
+                        (std::io::ErrorKind::Other, root_cause(&e))
                     };
-                    Some(Err(std::io::Error::other(format!(
-                        "download interrupted: {cause}"
-                    ))))
+                    Some(Err(std::io::Error::new(
+                        kind,
+                        format!("download interrupted: {cause}"),
+                    )))
                 }
                 Ok(mut b) => match rate.observe(b.len()) {
-                    Err(e) => Some(Err(std::io::Error::other(format!(
-                        "download interrupted: {e}"
-                    )))),
+                    Err(e) => Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("download interrupted: {e}"),
+                    ))),
                     Ok(()) if skip > 0 => {
                         let n = skip.min(b.len() as u64) as usize;
                         skip -= n as u64;
@@ -823,13 +887,55 @@ struct BlobAt {
     /// The repository the requests authenticate as.
     r: ImageRef,
     url: String,
-    /// A mirror's own headers (hosts.toml).
-    headers: Vec<(String, String)>,
+    /// The endpoint it is reached through (a mirror, or the registry's
+    /// configured `server`), with its scheme, transport and headers; `None`:
+    /// the registry as itself.
+    via: Option<Endpoint>,
     digest: Digest,
     size: u64,
 }
 
+/// `host` (`HOST[:PORT]`) at the node's address `ip` when HOST is the
+/// node's loopback (`127.0.0.1`, `localhost`, `[::1]`), the whole of it:
+/// `127.0.0.10:4001` and `localhost.example` are other hosts.
+fn on_node(host: &str, ip: &str) -> Option<String> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (name, rest) = v6.split_once(']')?;
+            (format!("[{name}]"), rest)
+        }
+        None => {
+            let name = host.split(':').next().unwrap_or(host);
+            (name.to_string(), &host[name.len()..])
+        }
+    };
+    if !["127.0.0.1", "localhost", "[::1]"].contains(&name.as_str()) {
+        return None;
+    }
+    if !(port.is_empty() || port.starts_with(':')) {
+        return None;
+    }
+    let ip = ip.trim();
+    Some(if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]{port}")
+    } else {
+        format!("{ip}{port}")
+    })
+}
+
+/// A request with an endpoint's own headers (hosts.toml `header`).
+fn with_headers(req: reqwest::RequestBuilder, via: Option<&Endpoint>) -> reqwest::RequestBuilder {
+    via.map_or(&[][..], |ep| &ep.headers[..])
+        .iter()
+        .fold(req, |req, (k, v)| req.header(k.as_str(), v.as_str()))
+}
+
 impl BlobAt {
+    /// A mirror's failures move on to the next host, never retried.
+    fn mirror(&self) -> bool {
+        self.via.as_ref().is_some_and(|ep| !ep.upstream)
+    }
+
     fn what(&self) -> String {
         format!(
             "blob {} of {}/{}",
@@ -857,5 +963,35 @@ impl BlobAt {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_node;
+
+    #[test]
+    fn the_node_ip_replaces_a_whole_loopback_host_only() {
+        let ip = "10.0.0.7";
+        for (host, want) in [
+            ("127.0.0.1:4001", Some("10.0.0.7:4001")),
+            ("127.0.0.1", Some("10.0.0.7")),
+            ("localhost:5000", Some("10.0.0.7:5000")),
+            ("[::1]:4001", Some("10.0.0.7:4001")),
+            ("127.0.0.10:4001", None),
+            ("127.0.0.1.example:4001", None),
+            ("localhost.example:5000", None),
+            ("localhostx", None),
+            ("[::1]x", None),
+            ("[::10]:4001", None),
+            ("mirror.example:4001", None),
+        ] {
+            assert_eq!(on_node(host, ip).as_deref(), want, "{host}");
+        }
+        assert_eq!(
+            on_node("127.0.0.1:4001", "fd00::7").as_deref(),
+            Some("[fd00::7]:4001"),
+            "an IPv6 node address is bracketed"
+        );
     }
 }

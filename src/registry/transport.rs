@@ -28,6 +28,37 @@ pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     ))
 }
 
+/// Redirects as reqwest follows them by default (at most 10), but never
+/// from https to plain http: a private model and its redirect URL (often a
+/// presigned one) would travel in clear. A registry reached over plain http
+/// (listed insecure) may redirect to plain http.
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            // Host and port only: the path and query may be a signature.
+            let to = attempt.url().host_str().unwrap_or("?").to_string();
+            let to = match attempt.url().port_or_known_default() {
+                Some(port) => format!("{to}:{port}"),
+                None => to,
+            };
+            return attempt.error(PlainRedirect { to });
+        }
+        if attempt.previous().len() > 10 {
+            return attempt.error("too many redirects (more than 10)");
+        }
+        attempt.follow()
+    })
+}
+
+/// An https answer redirected to plain http.
+#[derive(Debug, thiserror::Error)]
+#[error("redirected from https to plain http ({to}); refusing, as the content and the redirect URL would travel in clear")]
+pub(super) struct PlainRedirect {
+    to: String,
+}
+
 /// Certificate and handshake failures will not heal by retrying.
 pub(super) fn is_transient(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
@@ -66,14 +97,39 @@ impl RegistryClient {
         scope_kind: Scope,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        self.send_via(r, scope_kind, None, build).await
+    }
+
+    /// [`Self::send_as`] to `r.registry` reached through `via`, an endpoint
+    /// of the configuration (a mirror, or a registry's `server`): its
+    /// scheme, TLS and dial settings, and a mirror's no-retry rule, apply to
+    /// this request only, never to the host in another role.
+    pub(super) async fn send_via(
+        &self,
+        r: &ImageRef,
+        scope_kind: Scope,
+        via: Option<&Endpoint>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let scope = format!("repository:{}:{}", r.repository, scope_kind.actions());
-        let mut authorization = self.cached_authorization(r, &scope);
         let mut answered = false;
         let mut attempt = 0;
-        let origin = reqwest::Url::parse(&self.base_url(r))
+        let base = match via {
+            Some(ep) => format!(
+                "{}://{}{}/{}",
+                ep.scheme,
+                ep.host,
+                ep.api_root.trim_end_matches('/'),
+                ep.repository
+            ),
+            None => self.base_url(r),
+        };
+        let origin = reqwest::Url::parse(&base)
             .map_err(|e| anyhow!("registry {}: bad address: {e}", r.registry))?;
-        let http = self.http_for(&r.registry);
-        let mirror = self.is_mirror(&r.registry);
+        let plain = origin.scheme() == "http";
+        let mut authorization = self.cached_authorization(r, &scope, plain);
+        let http = self.client_for(via)?;
+        let mirror = via.is_some_and(|ep| !ep.upstream);
         let retries = if mirror { 0 } else { self.options.retries };
         loop {
             let mut req = build(&http)
@@ -89,7 +145,7 @@ impl RegistryClient {
                 Ok(resp) => resp,
                 Err(e) if mirror && (e.is_connect() || e.is_timeout()) => {
                     self.mirror_down(&r.registry);
-                    return Err(self.transport_error(r, e));
+                    return Err(self.transport_error(r, &base, e));
                 }
                 Err(e)
                     if attempt < retries
@@ -102,7 +158,7 @@ impl RegistryClient {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                Err(e) => return Err(self.transport_error(r, e)),
+                Err(e) => return Err(self.transport_error(r, &base, e)),
             };
             if is_transient(resp.status()) && attempt < retries {
                 attempt += 1;
@@ -133,7 +189,7 @@ impl RegistryClient {
             let Some(challenge) = challenge else {
                 return Ok(resp);
             };
-            authorization = Some(self.answer(r, &scope, &challenge).await?);
+            authorization = Some(self.answer(r, &scope, &challenge, plain).await?);
         }
     }
 
@@ -146,7 +202,17 @@ impl RegistryClient {
         )
     }
 
-    pub(super) fn transport_error(&self, r: &ImageRef, e: reqwest::Error) -> anyhow::Error {
+    /// `e`, from a request to `base` (the registry's or an endpoint's API
+    /// URL for the repository), in words.
+    pub(super) fn transport_error(
+        &self,
+        r: &ImageRef,
+        base: &str,
+        e: reqwest::Error,
+    ) -> anyhow::Error {
+        if e.is_redirect() {
+            return anyhow!("registry {}: {}", r.registry, root_cause(&e));
+        }
         if e.is_timeout() && !e.is_connect() {
             let stall = self
                 .options
@@ -185,15 +251,14 @@ impl RegistryClient {
             );
         }
         let cause = root_cause(&e);
-        let hint = if self.is_insecure(&r.registry) {
+        let hint = if base.starts_with("http:") {
             "check the address and that the registry is running"
         } else {
             "check the address, the CA bundle (OCIMODEL_CA_BUNDLE), or list a plain-HTTP registry in OCIMODEL_INSECURE_REGISTRIES"
         };
         anyhow!(
-            "cannot reach registry {} ({}): {cause}; {hint}",
-            r.registry,
-            self.base_url(r)
+            "cannot reach registry {} ({base}): {cause}; {hint}",
+            r.registry
         )
     }
 }

@@ -30,11 +30,12 @@ pub use store::Store;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Origin};
 use crate::digest::Digest;
 use crate::manifest::{
     Descriptor, Document, ANNOTATION_REF_NAME, DOCKER_IMAGE_CONFIG, DOCKER_MANIFEST,
@@ -106,12 +107,17 @@ impl Source {
             Source::Registry {
                 client, reference, ..
             } => match reference.manifest_reference().parse::<Digest>() {
-                // A digest needs no registry when the node cache has it.
+                // A digest needs no registry when the node cache has it
+                // (and this pod may use it: see `may_use_cached`).
                 Ok(d) => self.manifest(&d).await,
                 Err(_) => {
-                    client
+                    let fetched = client
                         .manifest(reference, &reference.manifest_reference())
-                        .await
+                        .await?;
+                    // Kept by digest too, so that pods pinned to what the
+                    // tag meant install it with the registry unreachable.
+                    self.keep_manifest(&fetched);
+                    Ok(fetched)
                 }
             },
             Source::Layout {
@@ -134,20 +140,20 @@ impl Source {
                 reference,
                 cache,
             } => {
-                if let Some(bytes) = cache.as_ref().and_then(|c| c.manifest(digest)) {
-                    tracing::debug!(digest = %digest, "manifest from the node cache");
-                    return Ok(FetchedManifest {
-                        bytes: Bytes::from(bytes),
-                        content_type: None,
-                        digest: digest.clone(),
-                    });
-                }
-                let fetched = client.manifest(reference, &digest.to_string()).await?;
                 if let Some(c) = cache {
-                    if let Err(e) = c.put_manifest(digest, &fetched.bytes) {
-                        tracing::warn!(digest = %digest, "cannot keep the manifest in the node cache: {e:#}");
+                    if let Some(bytes) = c.manifest(digest) {
+                        if may_use_cached(c, client, reference, digest).await? {
+                            tracing::debug!(digest = %digest, "manifest from the node cache");
+                            return Ok(FetchedManifest {
+                                bytes: Bytes::from(bytes),
+                                content_type: None,
+                                digest: digest.clone(),
+                            });
+                        }
                     }
                 }
+                let fetched = client.manifest(reference, &digest.to_string()).await?;
+                self.keep_manifest(&fetched);
                 Ok(fetched)
             }
             Source::Layout { store, label, .. } => {
@@ -173,6 +179,26 @@ impl Source {
                     bail!("{label} has no manifest {digest}")
                 }
             }
+        }
+    }
+
+    /// Keeps a manifest just pulled from the registry in the node cache,
+    /// with where it came from and the credential it took (if any).
+    fn keep_manifest(&self, fetched: &FetchedManifest) {
+        let Source::Registry {
+            client,
+            reference,
+            cache: Some(c),
+        } = self
+        else {
+            return;
+        };
+        if !c.keeps_manifests() {
+            return;
+        }
+        let origin = origin_now(client, reference, &fetched.digest);
+        if let Err(e) = c.put_manifest(&fetched.digest, &fetched.bytes, origin) {
+            tracing::warn!(digest = %fetched.digest, "cannot keep the manifest in the node cache: {e:#}");
         }
     }
 
@@ -322,6 +348,89 @@ impl Source {
                 format!("docker-archive://{}@{digest}", store.path().display())
             }
         }
+    }
+}
+
+/// How long the registry may take to say whether this pod may pull a
+/// manifest the node cache holds, before the cache's own record decides.
+const CONFIRM_DEADLINE: Duration = Duration::from_secs(10);
+
+/// This process's origin for manifest `digest` of `r`: the credential its
+/// requests carried, if the registry asked for one.
+fn origin_now(client: &RegistryClient, r: &ImageRef, digest: &Digest) -> Origin {
+    let credential = if client.challenged(r) {
+        client.presented_credentials(r).map(|c| {
+            crate::cache::credential_id(
+                &r.registry,
+                &r.repository,
+                digest,
+                &c.username,
+                &c.password,
+            )
+        })
+    } else {
+        None
+    };
+    Origin {
+        registry: r.registry.clone(),
+        repository: r.repository.clone(),
+        credential,
+    }
+}
+
+/// Whether this pod may install manifest `digest` of `r` from the node
+/// cache without fetching it (KEP-2535's rule for pre-pulled images, per
+/// repository): when a pull of `r`'s repository took no credential, or the
+/// one this pod presents; else when the registry confirms this pod's
+/// access. `false`: fetch it, and let the registry say no. With the registry
+/// unreachable only the record counts, and a refusal says so.
+async fn may_use_cached(
+    cache: &Cache,
+    client: &RegistryClient,
+    r: &ImageRef,
+    digest: &Digest,
+) -> Result<bool> {
+    let origins = cache.origins(digest);
+    let here: Vec<&Origin> = origins
+        .iter()
+        .filter(|o| o.registry == r.registry && o.repository == r.repository)
+        .collect();
+    if here.iter().any(|o| o.credential.is_none()) {
+        return Ok(true);
+    }
+    if let (false, Some(c)) = (here.is_empty(), client.presented_credentials(r)) {
+        let mine = crate::cache::credential_id(
+            &r.registry,
+            &r.repository,
+            digest,
+            &c.username,
+            &c.password,
+        );
+        if here.iter().any(|o| o.credential.as_ref() == Some(&mine)) {
+            return Ok(true);
+        }
+    }
+    let refused = |why: String| {
+        anyhow!(
+            "the node cache holds manifest {digest}, but it was pulled with other credentials (or from elsewhere), and registry {} could not confirm that this pod may pull it: {why}",
+            r.registry
+        )
+    };
+    match tokio::time::timeout(CONFIRM_DEADLINE, client.may_pull(r, digest)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(digest = %digest, "the registry confirmed this pod may pull the manifest the node cache holds");
+            let origin = origin_now(client, r, digest);
+            if let Err(e) = cache.add_origin(digest, origin) {
+                tracing::warn!(digest = %digest, "cannot record the manifest's origin in the node cache: {e:#}");
+            }
+            Ok(true)
+        }
+        Ok(Ok(false)) => Ok(false),
+        Ok(Err(e)) => Err(refused(format!("{e:#}"))),
+        Err(_) => Err(refused(format!(
+            "no answer within {}s",
+            CONFIRM_DEADLINE.as_secs()
+        ))),
     }
 }
 

@@ -25,7 +25,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The seed model: from ../shared when present, else the bundled layout blob.
+/// The seed model: its blob in the bundled layout (examples/mnist).
 pub fn mnist_path() -> PathBuf {
     repo_root()
         .join("examples/mnist/blobs/sha256")
@@ -105,11 +105,31 @@ pub enum Auth {
         user: String,
         password: String,
     },
+    /// htpasswd Basic auth with several users (user, password).
+    Users(Vec<(String, String)>),
     /// Bearer tokens from `realm`, checked against `cert_pem`.
     Token {
         realm: String,
         cert_pem: PathBuf,
     },
+}
+
+/// An htpasswd file in `dir` holding `users`; the registry's auth section.
+fn htpasswd(dir: &Path, users: &[(&String, &String)]) -> String {
+    let file = dir.join("htpasswd");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let st = Command::new("htpasswd")
+            .arg(if i == 0 { "-Bbc" } else { "-Bb" })
+            .arg(&file)
+            .args([user, password])
+            .output()
+            .expect("htpasswd (apache2-utils) is installed");
+        assert!(st.status.success(), "htpasswd failed: {st:?}");
+    }
+    format!(
+        "auth:\n  htpasswd: {{realm: test, path: {}}}\n",
+        file.display()
+    )
 }
 
 /// A running docker-registry; killed on drop.
@@ -162,6 +182,25 @@ impl Registry {
         Registry::start_with(dir, auth, Some((cert, key)))
     }
 
+    /// Serves HTTPS on existing storage, answering blob GETs with a redirect
+    /// to `base_url` + the blob's storage path (distribution's `redirect`
+    /// storage middleware, as a registry in front of object storage does).
+    pub fn start_tls_redirecting(
+        dir: tempfile::TempDir,
+        cert: &Path,
+        key: &Path,
+        base_url: &str,
+    ) -> Registry {
+        Registry::start_with_extra(
+            dir,
+            Auth::None,
+            Some((cert, key)),
+            &format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options: {{baseurl: \"{base_url}\"}}\n"
+            ),
+        )
+    }
+
     fn start_with(dir: tempfile::TempDir, auth: Auth, tls: Option<(&Path, &Path)>) -> Registry {
         Registry::start_with_extra(dir, auth, tls, "")
     }
@@ -182,20 +221,11 @@ impl Registry {
         };
         let auth_yaml = match &auth {
             Auth::None => String::new(),
-            Auth::Basic { user, password } => {
-                let htpasswd = dir.path().join("htpasswd");
-                let st = Command::new("htpasswd")
-                    .args(["-Bbc"])
-                    .arg(&htpasswd)
-                    .args([user, password])
-                    .output()
-                    .expect("htpasswd (apache2-utils) is installed");
-                assert!(st.status.success(), "htpasswd failed: {st:?}");
-                format!(
-                    "auth:\n  htpasswd: {{realm: test, path: {}}}\n",
-                    htpasswd.display()
-                )
-            }
+            Auth::Basic { user, password } => htpasswd(dir.path(), &[(user, password)]),
+            Auth::Users(users) => htpasswd(
+                dir.path(),
+                &users.iter().map(|(u, p)| (u, p)).collect::<Vec<_>>(),
+            ),
             Auth::Token { realm, cert_pem } => format!(
                 "auth:\n  token:\n    realm: {realm}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
                 cert_pem.display()
@@ -331,9 +361,10 @@ impl Registry {
         (reg, digest)
     }
 
-    /// Pushes the seed's mnist artifact with the oras Python SDK, exactly as
-    /// `../shared/models/mnist/oras-manifest.json` shows it. Returns the
-    /// manifest as the registry stored it.
+    /// Pushes the seed's mnist artifact with the oras Python SDK, in the
+    /// shape of the manifest `oras push` wrote for it (the bundled layout's
+    /// examples/mnist/blobs/sha256/52154286…; only its description is
+    /// shorter here). Returns the manifest as the registry stored it.
     pub fn oras_push_mnist(&self, repo_tag: &str) -> serde_json::Value {
         let spec = serde_json::json!({
             "artifactType": "application/vnd.unknown.artifact.v1",
@@ -490,6 +521,8 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// The ocimodel binary with a clean environment: no credentials or proxies
 /// from the machine leak in, and the termination log goes to a temp file.
+/// It runs in that temp dir, so a relative path (a DEST, a cache) lands
+/// there and never in the checkout; tests pass absolute paths.
 pub struct Ocimodel {
     pub cmd: Command,
     pub termination_log: PathBuf,
@@ -508,6 +541,7 @@ impl Ocimodel {
             .env("OCIMODEL_TERMINATION_LOG", &termination_log)
             // One quick retry keeps failure tests fast; retry tests set their own.
             .env("OCIMODEL_RETRIES", "1")
+            .current_dir(tmp.path())
             .stdin(Stdio::null());
         Ocimodel {
             cmd,
@@ -522,7 +556,8 @@ impl Ocimodel {
     }
 
     /// Runs as `uid:gid` with no supplementary groups (the test runs as
-    /// root); the termination log's directory is opened up for it.
+    /// root); the termination log's directory (its working directory) is
+    /// opened up for it.
     pub fn run_as(mut self, uid: u32, gid: u32) -> Ocimodel {
         use std::os::unix::process::CommandExt;
         fs::set_permissions(self._tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -974,6 +1009,35 @@ pub fn require_root(why: &str) {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails naming `what` after
+/// `limit`. For waiting on a real condition instead of sleeping.
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` holds a lock (flock or fcntl) on `path`, as the
+/// kernel lists it in /proc/locks (`N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE
+/// ...`; a waiter's line has `->` after `N:`, so it never matches).
+pub fn holds_lock(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    let (pid, inode) = (pid.to_string(), format!(":{}", meta.ino()));
+    fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 5 && f[4] == pid && f[5].ends_with(&inode)
+    })
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {

@@ -2,7 +2,7 @@
 """A small Kubeflow Model Registry REST server for the tests.
 
 It implements the calls of the registry's OpenAPI description
-(../shared/reference/model-registry/model-registry-openapi.yaml, base path
+(kubeflow/model-registry's api/openapi/model-registry.yaml, read at bd07139a; base path
 /api/model_registry/v1alpha3, and /v1 as the current client calls it) that the `model-registry` Python client makes
 to register a model and that a `model-registry://` storage initializer makes
 to resolve one, keeping everything in memory:

@@ -2,7 +2,7 @@
 """Validate every YAML document in manifests/.
 
 Kubernetes core objects with the `kubernetes-validate` package (strict: unknown fields fail);
-KServe objects against KServe's own CRD schemas (../shared/kserve-crds, or $KSERVE_CRDS), made
+KServe objects against KServe's own CRD schemas (tests/fixtures/kserve-crds, or $KSERVE_CRDS), made
 strict the way the API server prunes: an object schema with properties and no
 x-kubernetes-preserve-unknown-fields accepts no other keys. The kustomization must list every
 manifest and nothing else.
