@@ -13,7 +13,10 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=OCIMODEL_COMMIT={commit}");
+    // Not an OCIMODEL_ name: `cargo run` and `cargo test` put rustc-env
+    // variables in the environment of what they run, where an unknown
+    // OCIMODEL_* setting is refused.
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
     // Build again when HEAD moves: HEAD itself, the branch it names, and
     // packed refs. Only paths that exist (a missing one reruns every build).
     let mut watched = vec![PathBuf::from("build.rs")];

@@ -725,3 +725,18 @@ fn ctrl_c_on_a_laptop_resumes_from_the_per_user_cache() {
     assert!(!other_home.join(".cache").exists(), "{shown}");
     assert!(!off.join("off").exists());
 }
+
+/// `cargo run` (the README's demo) and `cargo test` put the build script's
+/// rustc-env variables in the environment of what they run, where an
+/// unknown `OCIMODEL_*` name is refused: the build must set none.
+#[test]
+fn the_build_sets_no_ocimodel_variable_for_cargo_run() {
+    let stray: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("OCIMODEL_"))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "cargo passes these to `cargo run`, and the binary refuses them: {stray:?}"
+    );
+}

@@ -29,7 +29,7 @@ use super::USAGE;
 pub(super) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("OCIMODEL_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ")"
 );
 
