@@ -82,6 +82,20 @@ pub fn is_permanent_transport_failure(e: &(dyn StdError + 'static)) -> bool {
     is_tls_failure(e) || is_invalid_host_name(e) || dns_failure(e).is_some_and(|d| d.no_such_host)
 }
 
+/// The innermost error message: what actually went wrong on the wire.
+pub fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut cur: &dyn StdError = e;
+    let mut msg = cur.to_string();
+    while let Some(next) = cur.source() {
+        let m = next.to_string();
+        if !m.is_empty() {
+            msg = m;
+        }
+        cur = next;
+    }
+    msg
+}
+
 /// The DNS failure inside a transport error, if that is what it was.
 pub fn dns_failure<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a DnsError> {
     walk(e).find_map(|c| c.downcast_ref::<DnsError>())

@@ -332,7 +332,7 @@ impl Api<'_> {
         let resp = self.request(&url).send().await.map_err(|e| {
             anyhow!(
                 "model registry call {url}: {}",
-                crate::registry::root_cause(&e)
+                crate::error::root_cause(&e)
             )
         })?;
         let status = resp.status();

@@ -211,13 +211,13 @@ async fn instance_role(ambient: &Ambient) -> Result<Option<Identity>> {
         Err(e) if configured.is_none() => {
             tracing::debug!(
                 "{step} did not answer ({}); no instance role (in a pod, the instance metadata hop limit must be 2 or more)",
-                crate::registry::root_cause(&e)
+                crate::error::root_cause(&e)
             );
             return Ok(None);
         }
         Err(e) => bail!(
             "{step}: {}; check AWS_EC2_METADATA_SERVICE_ENDPOINT",
-            crate::registry::root_cause(&e)
+            crate::error::root_cause(&e)
         ),
     };
     // botocore `_fetch_metadata_token`: these mean no IMDSv2 here.
@@ -246,7 +246,7 @@ async fn instance_role(ambient: &Ambient) -> Result<Option<Identity>> {
     let resp = get(CREDENTIALS.into())
         .send()
         .await
-        .map_err(|e| anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+        .map_err(|e| anyhow!("{step}: {}", crate::error::root_cause(&e)))?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         tracing::debug!("{step}: the instance has no role (no instance profile)");
         return Ok(None);

@@ -33,13 +33,13 @@ pub(super) async fn credentials(ambient: &Ambient, _host: &str) -> Result<Option
         Err(e) if configured.is_none() => {
             tracing::debug!(
                 "{step} is not reachable ({}); no GCP identity",
-                crate::registry::root_cause(&e)
+                crate::error::root_cause(&e)
             );
             return Ok(None);
         }
         Err(e) => bail!(
             "{step}: {}; check GCE_METADATA_HOST",
-            crate::registry::root_cause(&e)
+            crate::error::root_cause(&e)
         ),
     };
     let body = success_body(

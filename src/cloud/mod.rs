@@ -325,7 +325,7 @@ async fn call(
     let resp = req
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{step}: {}", crate::registry::root_cause(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{step}: {}", crate::error::root_cause(&e)))?;
     success_body(resp, step, what, detail, check).await
 }
 

@@ -22,7 +22,7 @@ mod transport;
 use auth::{HostAuth, Token};
 pub use ranges::{Limits, WINDOW as RANGE_WINDOW};
 use referrers::resolve_link;
-pub use transport::{backoff, root_cause};
+pub use transport::backoff;
 use transport::{read_capped, same_origin, urlencode, Resolver};
 
 use std::collections::HashMap;
@@ -40,6 +40,7 @@ use reqwest::StatusCode;
 
 use crate::auth::{Challenge, CredentialStore, Credentials};
 use crate::digest::Digest;
+use crate::error::root_cause;
 use crate::manifest::{
     Descriptor, Document, ACCEPT as MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX,
 };

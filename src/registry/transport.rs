@@ -357,20 +357,6 @@ fn getaddrinfo(
     Ok(addrs)
 }
 
-/// The innermost error message: what actually went wrong on the wire.
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: &dyn std::error::Error = e;
-    let mut msg = cur.to_string();
-    while let Some(next) = cur.source() {
-        let m = next.to_string();
-        if !m.is_empty() {
-            msg = m;
-        }
-        cur = next;
-    }
-    msg
-}
-
 /// Reads a whole response body, refusing more than `cap` bytes.
 pub(super) async fn read_capped(
     mut resp: reqwest::Response,
