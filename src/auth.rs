@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::reference::DOCKER_HUB;
+use crate::config::DOCKER_HUB;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {

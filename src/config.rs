@@ -29,6 +29,10 @@ pub const DEFAULT_RANGE_CONNECTIONS: usize = 8;
 pub const DEFAULT_RANGE_SIZE: u64 = 2 << 20;
 pub const DEFAULT_HOST_CONNECTIONS: usize = 16;
 pub const DEFAULT_SPLIT_BELOW: u64 = 128 << 20;
+/// The registry a name without a host means (Docker Hub's canonical
+/// name), and the host its API really lives on.
+pub const DOCKER_HUB: &str = "docker.io";
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[

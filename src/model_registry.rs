@@ -42,7 +42,23 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-pub const SCHEME: &str = "model-registry://";
+pub use crate::reference::MODEL_REGISTRY_SCHEME as SCHEME;
+
+/// What the registry's API is read with: the OCI registry client's HTTP
+/// settings and read rules (stall timeout, minimum rate, a size cap). A
+/// trait, so that this file need not import `registry/` (which sits above
+/// it and implements this).
+pub trait ApiReader: Sync {
+    /// The HTTP client (proxies, CA bundles, timeouts).
+    fn http(&self) -> &reqwest::Client;
+    /// A whole answer (`what`, in messages): at most `cap` bytes.
+    fn read_body<'a>(
+        &'a self,
+        resp: reqwest::Response,
+        cap: u64,
+        what: &'a str,
+    ) -> impl std::future::Future<Output = Result<bytes::Bytes>> + Send + 'a;
+}
 /// The most bytes one answer of the registry's API may have (a list of
 /// versions or artifacts is a few KiB; an endless one must not take the
 /// pod's memory).

@@ -13,9 +13,13 @@ use std::path::PathBuf;
 
 use crate::digest::Digest;
 
-/// Docker Hub's canonical name, and the host its API really lives on.
-pub const DOCKER_HUB: &str = "docker.io";
-pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+// Docker Hub's names live in config.rs, with the other defaults: the
+// credential store (auth.rs, below this file) keys Docker Hub by them too.
+pub use crate::config::{DOCKER_HUB, DOCKER_HUB_API};
+
+/// A Kubeflow Model Registry URI's scheme: the parser only recognises it;
+/// resolving it is [`crate::model_registry`]'s (it sits above this file).
+pub const MODEL_REGISTRY_SCHEME: &str = "model-registry://";
 
 /// Where a model comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +86,7 @@ impl Target {
         if input.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        if input.starts_with(crate::model_registry::SCHEME) {
+        if input.starts_with(MODEL_REGISTRY_SCHEME) {
             return Ok(Target::ModelRegistry(input.to_string()));
         }
         if let Some(rest) = input.strip_prefix("oci-layout://") {
