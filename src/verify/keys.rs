@@ -12,7 +12,6 @@ use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::der;
-use super::sigstore::describe_chain_error;
 
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), as webpki wants it.
 const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
@@ -271,6 +270,34 @@ pub fn load_certificates(var: &str, value: &str) -> Result<Vec<Vec<u8>>> {
         return Err(anyhow!("{var}: no PEM certificate found"));
     }
     Ok(certs)
+}
+
+/// A webpki chain error in words.
+pub fn describe_chain_error(e: &webpki::Error, trust: &str, time: u64) -> String {
+    let when = rfc3339(time);
+    match e {
+        webpki::Error::CertExpired { .. } => {
+            format!("the signing certificate had expired at {when}")
+        }
+        webpki::Error::CertNotValidYet { .. } => {
+            format!("the signing certificate was not yet valid at {when}")
+        }
+        webpki::Error::UnknownIssuer => {
+            format!("the signing certificate does not chain to a CA in {trust} (untrusted)")
+        }
+        webpki::Error::InvalidSignatureForPublicKey => format!(
+            "the signing certificate names a CA in {trust} as its issuer but was not signed by that CA's key (another CA under the same name)"
+        ),
+        webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "the signing certificate lacks the code-signing extended key usage".into()
+        }
+        other => format!("the signing certificate is not trusted: {other:?}"),
+    }
+}
+
+pub(super) fn rfc3339(time: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(time))
+        .to_string()
 }
 
 #[cfg(test)]

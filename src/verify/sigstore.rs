@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::der;
-use super::keys::PublicKey;
+use super::keys::{describe_chain_error, rfc3339, PublicKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), as webpki wants it.
@@ -508,33 +508,6 @@ fn oidc_issuer(cert: &der::Certificate) -> Result<String> {
         return Ok(String::from_utf8_lossy(v).into_owned());
     }
     bail!("the signing certificate has no OIDC issuer extension (1.3.6.1.4.1.57264.1.8)")
-}
-
-/// A webpki chain error in words.
-pub fn describe_chain_error(e: &webpki::Error, trust: &str, time: u64) -> String {
-    let when = rfc3339(time);
-    match e {
-        webpki::Error::CertExpired { .. } => {
-            format!("the signing certificate had expired at {when}")
-        }
-        webpki::Error::CertNotValidYet { .. } => {
-            format!("the signing certificate was not yet valid at {when}")
-        }
-        webpki::Error::UnknownIssuer => {
-            format!("the signing certificate does not chain to a CA in {trust} (untrusted)")
-        }
-        webpki::Error::InvalidSignatureForPublicKey => format!(
-            "the signing certificate names a CA in {trust} as its issuer but was not signed by that CA's key (another CA under the same name)"
-        ),
-        webpki::Error::RequiredEkuNotFoundContext(_) => {
-            "the signing certificate lacks the code-signing extended key usage".into()
-        }
-        other => format!("the signing certificate is not trusted: {other:?}"),
-    }
-}
-
-fn rfc3339(time: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(time)).to_string()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
