@@ -158,11 +158,7 @@ fn parse<'a>(uri: &'a str, cfg: &Config) -> Result<Parsed<'a>> {
 /// Resolves `uri` (a `model-registry://` URI) through the registry's API,
 /// with `client`'s HTTP settings and read rules (stall timeout, minimum
 /// rate).
-pub async fn resolve(
-    client: &crate::registry::RegistryClient,
-    uri: &str,
-    cfg: &Config,
-) -> Result<Resolved> {
+pub async fn resolve(client: &impl ApiReader, uri: &str, cfg: &Config) -> Result<Resolved> {
     let Parsed { configured, tokens } = parse(uri, cfg)?;
     let scheme = cfg.scheme.trim_end_matches("://");
     let token = bearer_token(cfg)?;
@@ -278,8 +274,8 @@ struct Token {
 }
 
 /// The registry at `host`, and the token it gets, if any.
-struct Api<'a> {
-    reader: &'a crate::registry::RegistryClient,
+struct Api<'a, R> {
+    reader: &'a R,
     scheme: &'a str,
     host: String,
     token: Option<&'a Token>,
@@ -288,7 +284,7 @@ struct Api<'a> {
     withheld: bool,
 }
 
-impl Api<'_> {
+impl<R: ApiReader> Api<'_, R> {
     fn request(&self, url: &str) -> reqwest::RequestBuilder {
         let req = self
             .reader

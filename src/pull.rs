@@ -159,7 +159,7 @@ async fn through_model_registry(
     clients: &ClientFactory,
 ) -> Result<Job> {
     let client = clients()?;
-    let r = crate::model_registry::resolve(&client, uri, &settings.model_registry).await?;
+    let r = crate::model_registry::resolve(&*client, uri, &settings.model_registry).await?;
     tracing::info!(uri = %job.uri, registry = %r.api, model = %r.model, version = %r.version, reference = %r.reference, "resolved through the model registry");
     let image = crate::reference::ImageRef::parse(&r.reference).with_context(|| {
         format!(

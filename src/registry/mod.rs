@@ -883,6 +883,22 @@ impl RegistryClient {
     }
 }
 
+/// A model registry's API is read as registry answers are.
+impl crate::model_registry::ApiReader for RegistryClient {
+    fn http(&self) -> &reqwest::Client {
+        self.http()
+    }
+
+    fn read_body<'a>(
+        &'a self,
+        resp: reqwest::Response,
+        cap: u64,
+        what: &'a str,
+    ) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'a {
+        self.read_body(resp, cap, what)
+    }
+}
+
 /// A blob at one host (a mirror or the registry): where and what to ask.
 struct BlobAt {
     /// The repository the requests authenticate as.
