@@ -55,6 +55,7 @@ pub(crate) mod registry;
 pub(crate) mod rfc3339;
 pub mod select;
 pub(crate) mod serve;
+pub(crate) mod settings;
 pub(crate) mod source;
 pub(crate) mod text;
 pub mod unpack;

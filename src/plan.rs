@@ -14,9 +14,9 @@ use crate::format::{self, Action, Plan};
 use crate::manifest::{
     select_platform, Document, ImageManifest, Platform, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES,
 };
-use crate::pull::Settings;
 use crate::registry::FetchedManifest;
 use crate::select::Filter;
+use crate::settings::Settings;
 use crate::source::Source;
 use crate::unpack::{clean_path, join};
 

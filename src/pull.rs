@@ -11,114 +11,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::digest::{Algorithm, Digest};
 use crate::fetch::{fetch_blob, mib, Hashing, Progress};
-use crate::format::{self, Action, Format, Plan};
+use crate::format::{Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
-use crate::manifest::Platform;
 use crate::plan::{check_paths, plan, Planned};
 use crate::reference::Target;
 use crate::registry::RegistryClient;
-use crate::select::Filter;
 use crate::source::Source;
-use crate::unpack::{
-    clean_path, write_file, Contents, FileDigest, Subtree, Tree, MARKER_ALGORITHM,
-};
-use crate::verify::model::{ModelPolicy, ModelSignature};
-use crate::verify::{self, Policy};
+use crate::unpack::{clean_path, write_file, Contents, FileDigest, Tree, MARKER_ALGORITHM};
+use crate::verify;
+use crate::verify::model::ModelSignature;
 
-/// Settings shared by every model of one run.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub subtree: Subtree,
-    pub platform: Platform,
-    pub require_digest: bool,
-    pub concurrency: usize,
-    pub owner: Option<(u32, u32)>,
-    /// How often a long pull logs bytes, rate and ETA.
-    pub progress_every: Duration,
-    pub filter: Filter,
-    pub format: format::Options,
-    /// Give up on a model after this long (`OCIMODEL_TIMEOUT`).
-    pub deadline: Option<Duration>,
-    /// Most bytes tar layers may expand to (`OCIMODEL_MAX_EXPANDED`).
-    pub max_expanded: u64,
-    /// Most entries one model may have (`OCIMODEL_MAX_FILES`).
-    pub max_files: u64,
-    /// Longest wait for another run's lock on DEST (`OCIMODEL_LOCK_TIMEOUT`).
-    pub lock_timeout: Duration,
-    /// Without a node cache, blobs at least this big are kept as they
-    /// download under DEST, to resume across runs (`OCIMODEL_RESUME_MIN`).
-    pub resume_min: Option<u64>,
-    /// How an existing install is checked (`OCIMODEL_RECHECK`).
-    pub recheck: Recheck,
-    /// The node cache (`OCIMODEL_CACHE_DIR`), shared by every model.
-    pub cache: Option<Arc<crate::cache::Cache>>,
-    /// Which signatures to require (shared by every model of the run).
-    pub verify: Arc<Policy>,
-    /// Which model signatures (OMS, over the files) to require.
-    pub model_signature: Arc<ModelPolicy>,
-    /// Where `model-registry://` URIs are resolved.
-    pub model_registry: crate::model_registry::Config,
-    /// Install as this repository of a Hugging Face hub cache.
-    pub hf_repo: Option<crate::hf_cache::HfRepo>,
-}
-
-impl Default for Settings {
-    /// The defaults of every setting (see [`crate::config`]); no policy.
-    fn default() -> Settings {
-        Settings {
-            subtree: Subtree::parse(crate::config::DEFAULT_SUBPATH).expect("a valid default"),
-            platform: Platform::host(),
-            require_digest: false,
-            concurrency: crate::config::DEFAULT_CONCURRENCY,
-            owner: None,
-            progress_every: Duration::from_secs(crate::config::DEFAULT_PROGRESS_INTERVAL),
-            filter: Filter::default(),
-            format: format::Options::default(),
-            deadline: None,
-            max_expanded: u64::MAX,
-            max_files: crate::config::DEFAULT_MAX_FILES,
-            lock_timeout: Duration::from_secs(crate::config::DEFAULT_LOCK_TIMEOUT),
-            cache: None,
-            resume_min: Some(crate::config::DEFAULT_RESUME_MIN),
-            recheck: Recheck::Size,
-            verify: Arc::new(Policy::default()),
-            model_signature: Arc::new(ModelPolicy::default()),
-            model_registry: crate::model_registry::Config::default(),
-            hf_repo: None,
-        }
-    }
-}
-
-impl Settings {
-    /// Everything besides the digest that shapes the installed tree; a
-    /// marker only counts as "this install" when it matches.
-    pub fn selection(&self) -> String {
-        let mut s = format!("subpath={}", self.subtree.display());
-        if let Some(f) = self.filter.describe() {
-            s.push_str(&format!("; {f}"));
-        }
-        if !self.format.kit_filter.is_empty() {
-            s.push_str(&format!("; kit={}", self.format.kit_filter.join(",")));
-        }
-        if self.format.unknown_raw {
-            s.push_str("; unknown=raw");
-        }
-        if let Some(m) = self.model_signature.describe() {
-            s.push_str(&format!("; {m}"));
-        }
-        if let Some(r) = &self.hf_repo {
-            s.push_str(&format!("; hf={}", r.id()));
-        }
-        s
-    }
-}
+pub use crate::settings::{Recheck, Settings};
 
 /// One `URI DEST` pair.
 #[derive(Clone, Debug)]
@@ -402,16 +311,6 @@ fn up_to_date(
     }
     tracing::info!(uri = %job.uri, dest = %dest.path().display(), digest = %digest, "already installed; nothing to do");
     Some(marker)
-}
-
-/// How an existing install is checked before it counts (`OCIMODEL_RECHECK`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Recheck {
-    /// Marker, digest and settings match; every file there with its size.
-    #[default]
-    Size,
-    /// The same, and every file re-hashed against the marker.
-    Digest,
 }
 
 /// The top-level names of DEST a plan is known to write before anything is
