@@ -942,7 +942,7 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
         min_rate: access.min_rate,
         mirrors: crate::mirrors::Mirrors::default(),
         node_ip: access.node_ip.clone().filter(|ip| !ip.trim().is_empty()),
-        cloud_auth: access.cloud_auth == OnOff::On,
+        cloud: (access.cloud_auth == OnOff::On).then(crate::cloud::CloudEnv::from_env),
         retries: access.retries,
         ranges: crate::registry::Limits {
             connections: access.range_connections.max(1),

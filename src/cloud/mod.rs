@@ -107,7 +107,8 @@ fn label_host(host: &str) -> bool {
 }
 
 /// Every variable the cloud flows read, under the names the providers'
-/// SDKs use, read once per run. (No `Debug`: it holds secrets.)
+/// SDKs use, read once per run. (Its `Debug` shows none of them: it holds
+/// secrets.)
 #[derive(Clone, Default)]
 pub struct CloudEnv {
     pub aws_access_key_id: Option<String>,
@@ -138,7 +139,16 @@ pub struct CloudEnv {
     pub azure_authority_host: Option<String>,
 }
 
+/// Nothing of what it holds: it holds secrets.
+impl std::fmt::Debug for CloudEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloudEnv { .. }")
+    }
+}
+
 impl CloudEnv {
+    /// The variables, as this process has them: read once, where the
+    /// other settings are read (`cli/args.rs`).
     pub fn from_env() -> CloudEnv {
         let v = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
         CloudEnv {

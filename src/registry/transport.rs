@@ -144,7 +144,7 @@ impl RegistryClient {
             let resp = match http.execute(req).await {
                 Ok(resp) => resp,
                 Err(e) if mirror && (e.is_connect() || e.is_timeout()) => {
-                    self.mirror_down(&r.registry);
+                    self.route.down(&r.registry);
                     return Err(self.transport_error(r, &base, e));
                 }
                 Err(e)
