@@ -22,17 +22,53 @@ pub const DEFAULT_RETRIES: u32 = 5;
 pub const DEFAULT_MIN_RATE: &str = "1K";
 pub const DEFAULT_MAX_FILES: u64 = 100_000;
 pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
-pub const DEFAULT_RESUME_MIN: u64 = 4 << 30;
+// Sizes are written once, as the text --help shows; the numbers follow.
+pub const DEFAULT_RESUME_MIN_TEXT: &str = "4G";
+pub const DEFAULT_RESUME_MIN: u64 = size(DEFAULT_RESUME_MIN_TEXT);
 /// Ranges of one big blob downloading at once (see `registry/ranges.rs`;
 /// bench/RESULTS-far.md measures why).
 pub const DEFAULT_RANGE_CONNECTIONS: usize = 8;
-pub const DEFAULT_RANGE_SIZE: u64 = 2 << 20;
+pub const DEFAULT_RANGE_SIZE_TEXT: &str = "2M";
+pub const DEFAULT_RANGE_SIZE: u64 = size(DEFAULT_RANGE_SIZE_TEXT);
 pub const DEFAULT_HOST_CONNECTIONS: usize = 16;
-pub const DEFAULT_SPLIT_BELOW: u64 = 128 << 20;
+pub const DEFAULT_SPLIT_BELOW_TEXT: &str = "128M";
+pub const DEFAULT_SPLIT_BELOW: u64 = size(DEFAULT_SPLIT_BELOW_TEXT);
+/// Where `model-registry://` URIs are resolved when the URI names no host
+/// (`MODEL_REGISTRY_*`, as the Kubeflow Model Registry's initializer reads).
+pub const DEFAULT_MODEL_REGISTRY_BASE_URL: &str = "localhost:8080";
+pub const DEFAULT_MODEL_REGISTRY_SCHEME: &str = "http";
+pub const DEFAULT_MODEL_REGISTRY_SERVICE: &str = "model-registry-service";
+pub const DEFAULT_MODEL_REGISTRY_CLUSTER_DOMAIN: &str = "svc.cluster.local";
 /// The registry a name without a host means (Docker Hub's canonical
 /// name), and the host its API really lives on.
 pub const DOCKER_HUB: &str = "docker.io";
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// A default size's text (`2M`: digits, then K, M, G or T, powers of 1024)
+/// as bytes, at compile time: a typo here fails the build.
+const fn size(text: &str) -> u64 {
+    let b = text.as_bytes();
+    let mut n = 0u64;
+    let mut i = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        n = n * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    assert!(
+        i > 0 && i + 1 >= b.len(),
+        "a default size is digits and one unit"
+    );
+    if i == b.len() {
+        return n;
+    }
+    n * match b[i] {
+        b'K' => 1 << 10,
+        b'M' => 1 << 20,
+        b'G' => 1 << 30,
+        b'T' => 1 << 40,
+        _ => panic!("a default size's unit is K, M, G or T"),
+    }
+}
 
 /// Every `OCIMODEL_*` variable, sorted.
 pub const SETTINGS: &[&str] = &[
@@ -189,6 +225,15 @@ mod tests {
             e.to_string().contains("did you mean OCIMODEL_CONCURRENCY?"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn default_sizes_are_their_text_in_bytes() {
+        assert_eq!(DEFAULT_RANGE_SIZE, 2 << 20);
+        assert_eq!(DEFAULT_SPLIT_BELOW, 128 << 20);
+        assert_eq!(DEFAULT_RESUME_MIN, 4 << 30);
+        assert_eq!(size("1K"), 1024);
+        assert_eq!(size("7"), 7);
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub trait ApiReader: Sync {
         what: &'a str,
     ) -> impl std::future::Future<Output = Result<bytes::Bytes>> + Send + 'a;
 }
+
 /// The most bytes one answer of the registry's API may have (a list of
 /// versions or artifacts is a few KiB; an endless one must not take the
 /// pod's memory).
@@ -87,10 +88,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            base_url: "localhost:8080".into(),
-            scheme: "http".into(),
-            service: "model-registry-service".into(),
-            cluster_domain: "svc.cluster.local".into(),
+            base_url: crate::config::DEFAULT_MODEL_REGISTRY_BASE_URL.into(),
+            scheme: crate::config::DEFAULT_MODEL_REGISTRY_SCHEME.into(),
+            service: crate::config::DEFAULT_MODEL_REGISTRY_SERVICE.into(),
+            cluster_domain: crate::config::DEFAULT_MODEL_REGISTRY_CLUSTER_DOMAIN.into(),
             token_path: None,
         }
     }

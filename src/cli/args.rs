@@ -292,12 +292,12 @@ pub(super) struct AccessArgs {
     pub(super) range_connections: usize,
 
     /// Bytes per ranged GET (e.g. 2M, at most 32M); blobs under twice this are one stream.
-    #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = "2M", value_parser = parse_range_size, help_heading = "Transfers")]
+    #[arg(long = "range-size", env = "OCIMODEL_RANGE_SIZE", default_value = config::DEFAULT_RANGE_SIZE_TEXT, value_parser = parse_range_size, help_heading = "Transfers")]
     pub(super) range_size: u64,
 
     /// Split a big blob only when its first range arrived slower than this per second
     /// (e.g. 128M; 1T: always); a faster connection keeps up on its own.
-    #[arg(long = "split-below", env = "OCIMODEL_SPLIT_BELOW", default_value = "128M", value_parser = parse_size, help_heading = "Transfers")]
+    #[arg(long = "split-below", env = "OCIMODEL_SPLIT_BELOW", default_value = config::DEFAULT_SPLIT_BELOW_TEXT, value_parser = parse_size, help_heading = "Transfers")]
     pub(super) split_below: u64,
 
     /// Blob requests open at once to one host, across all blobs.
@@ -420,7 +420,7 @@ pub(super) struct ModelRegistryArgs {
     #[arg(
         long = "model-registry-base-url",
         env = "MODEL_REGISTRY_BASE_URL",
-        default_value = "localhost:8080"
+        default_value = config::DEFAULT_MODEL_REGISTRY_BASE_URL
     )]
     pub(super) base_url: String,
 
@@ -428,7 +428,7 @@ pub(super) struct ModelRegistryArgs {
     #[arg(
         long = "model-registry-scheme",
         env = "MODEL_REGISTRY_SCHEME",
-        default_value = "http"
+        default_value = config::DEFAULT_MODEL_REGISTRY_SCHEME
     )]
     pub(super) scheme: String,
 
@@ -436,7 +436,7 @@ pub(super) struct ModelRegistryArgs {
     #[arg(
         long = "model-registry-service-name",
         env = "MODEL_REGISTRY_SERVICE_NAME",
-        default_value = "model-registry-service"
+        default_value = config::DEFAULT_MODEL_REGISTRY_SERVICE
     )]
     pub(super) service: String,
 
@@ -444,7 +444,7 @@ pub(super) struct ModelRegistryArgs {
     #[arg(
         long = "model-registry-cluster-domain",
         env = "MODEL_REGISTRY_CLUSTER_DOMAIN",
-        default_value = "svc.cluster.local"
+        default_value = config::DEFAULT_MODEL_REGISTRY_CLUSTER_DOMAIN
     )]
     pub(super) cluster_domain: String,
 
@@ -608,7 +608,7 @@ pub(super) struct PullArgs {
     /// Without a node cache: blobs at least this big (default 4G; 0 for all) are
     /// kept as they download under DEST/.ocimodel, so a killed run resumes;
     /// "off" for none.
-    #[arg(help_heading = "Install", long = "resume-min", env = "OCIMODEL_RESUME_MIN", default_value = "4G", value_parser = parse_resume_min)]
+    #[arg(help_heading = "Install", long = "resume-min", env = "OCIMODEL_RESUME_MIN", default_value = config::DEFAULT_RESUME_MIN_TEXT, value_parser = parse_resume_min)]
     pub(super) resume_min: ResumeMin,
 
     /// How a DEST that already holds the model is checked: size (every file
@@ -937,8 +937,8 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
         insecure_registries: clean_list(&access.insecure_registries),
         insecure_all,
         ca_bundles,
-        connect_timeout: Some(Duration::from_secs(access.connect_timeout.max(1))),
-        stall_timeout: Some(Duration::from_secs(access.stall_timeout.max(1))),
+        connect_timeout: Duration::from_secs(access.connect_timeout.max(1)),
+        stall_timeout: Duration::from_secs(access.stall_timeout.max(1)),
         min_rate: access.min_rate,
         mirrors: crate::mirrors::Mirrors::default(),
         node_ip: access.node_ip.clone().filter(|ip| !ip.trim().is_empty()),

@@ -5,7 +5,7 @@
 //! asked, and who is blamed for its bytes, is [`super::mirror`]'s.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use futures_util::StreamExt;
@@ -103,7 +103,7 @@ impl RegistryClient {
             true => Some(ranges::window_share(end - start).await?),
             false => None,
         };
-        let host = ranges::host_permits(at.r.api_host(), limits.per_host);
+        let host = self.host_permits.of(at.r.api_host());
         let conn = ranges::connection(&host).await?;
         let range = match (split, offset) {
             (true, _) => Some(format!("bytes={start}-{}", end - 1)),
@@ -239,10 +239,7 @@ impl RegistryClient {
     /// A blob response's body as a stream: read stalls and trickles are
     /// errors in words; the first `skip` bytes are dropped.
     fn body_stream(&self, resp: reqwest::Response, mut skip: u64) -> ByteStream {
-        let stall = self
-            .options
-            .stall_timeout
-            .unwrap_or(Duration::from_secs(60));
+        let stall = self.options.stall_timeout;
         let mut rate = self.throughput();
         let stream = resp.bytes_stream().filter_map(move |chunk| {
             let out = match chunk {

@@ -88,11 +88,8 @@ pub enum BlobBody {
 /// A stream of blob bytes, not yet verified.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// How long a TCP (and TLS) connection may take to open.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How to reach registries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// `host[:port]` entries served over plain HTTP.
     pub insecure_registries: Vec<String>,
@@ -100,10 +97,11 @@ pub struct ClientOptions {
     pub insecure_all: bool,
     /// Extra PEM bundles to trust besides the compiled-in roots.
     pub ca_bundles: Vec<PathBuf>,
-    pub connect_timeout: Option<Duration>,
+    /// How long a TCP (and TLS) connection may take to open.
+    pub connect_timeout: Duration,
     /// A read that waits longer than this for bytes fails (a stalled
     /// registry must not hang an init container forever).
-    pub stall_timeout: Option<Duration>,
+    pub stall_timeout: Duration,
     /// Bytes per second a body must average over each stall window
     /// (`OCIMODEL_MIN_RATE`): a trickle of a byte a second never stalls a
     /// read, and must not hold a pull for days.
@@ -130,6 +128,8 @@ pub struct RegistryClient {
     options: ClientOptions,
     /// The node's mirrors, and what this process learned about them.
     route: MirrorRoute,
+    /// Blob requests open at once per host (`OCIMODEL_HOST_CONNECTIONS`).
+    host_permits: ranges::HostPermits,
     /// What each registry asked for, so later requests authenticate up front.
     host_auth: Mutex<HashMap<String, HostAuth>>,
     /// Bearer tokens per (scheme and host, scope).
@@ -182,8 +182,8 @@ impl RegistryClient {
             .dns_resolver(Resolver)
             .redirect(transport::redirect_policy())
             .tls_certs_only(roots.clone())
-            .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
-            .read_timeout(options.stall_timeout.unwrap_or(Duration::from_secs(60)))
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.stall_timeout)
             .user_agent(concat!("ocimodel/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
@@ -198,16 +198,18 @@ impl RegistryClient {
             options.node_ip.clone(),
             mirror::Transport {
                 roots,
-                connect_timeout: options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                stall_timeout: options.stall_timeout.unwrap_or(Duration::from_secs(60)),
+                connect_timeout: options.connect_timeout,
+                stall_timeout: options.stall_timeout,
             },
         );
+        let host_permits = ranges::HostPermits::new(options.ranges.per_host);
         Ok(RegistryClient {
             cloud,
             http,
             creds,
             options,
             route,
+            host_permits,
             host_auth: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         })

@@ -19,7 +19,8 @@
 //! holds one: no blob can wait on another's. Buffers are pooled.
 //!
 //! Connections: every blob request also holds a per-host permit
-//! ([`Limits::per_host`]), so a 30-shard model does not open 240. A range
+//! ([`Limits::per_host`], from the client's [`HostPermits`]), so a 30-shard
+//! model does not open 240. A range
 //! takes its window share before its permit, always, so a request holding
 //! a connection never waits for memory.
 //!
@@ -96,22 +97,39 @@ impl Limits {
 /// Opens bytes `start..end` of the blob; the stream must yield exactly them.
 pub type OpenRange = Arc<dyn Fn(u64, u64) -> BoxFuture<'static, Result<ByteStream>> + Send + Sync>;
 
+/// The memory window is the one process-wide limit: memory is the
+/// process's, however many clients (or in-process tests) share it.
+/// Connection permits are per client ([`HostPermits`]), so each client's
+/// `per_host` is the one that holds for it.
 fn window() -> Arc<Semaphore> {
     static W: OnceLock<Arc<Semaphore>> = OnceLock::new();
     W.get_or_init(|| Arc::new(Semaphore::new((WINDOW / UNIT) as usize)))
         .clone()
 }
 
-/// The connection permits of `host`, made with `per_host` on first use.
-pub fn host_permits(host: &str, per_host: usize) -> Arc<Semaphore> {
-    static HOSTS: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
-    HOSTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(host.to_string())
-        .or_insert_with(|| Arc::new(Semaphore::new(per_host.max(1))))
-        .clone()
+/// One client's connection permits per host, `per_host` each.
+pub struct HostPermits {
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl HostPermits {
+    pub fn new(per_host: usize) -> HostPermits {
+        HostPermits {
+            per_host: per_host.max(1),
+            hosts: Mutex::default(),
+        }
+    }
+
+    /// The connection permits of `host`.
+    pub fn of(&self, host: &str) -> Arc<Semaphore> {
+        self.hosts
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone()
+    }
 }
 
 /// A window share for a range of `len` bytes. Acquired before the range's
@@ -125,7 +143,7 @@ pub async fn window_share(len: u64) -> Result<OwnedSemaphorePermit> {
         .map_err(|_| anyhow!("the range window was closed"))
 }
 
-/// One of `host`'s connection permits (see [`host_permits`]).
+/// One of `host`'s connection permits (see [`HostPermits`]).
 pub async fn connection(host: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
     host.clone()
         .acquire_owned()

@@ -194,12 +194,7 @@ impl RegistryClient {
     }
 
     pub(super) fn throughput(&self) -> Throughput {
-        Throughput::new(
-            self.options
-                .stall_timeout
-                .unwrap_or(Duration::from_secs(60)),
-            self.options.min_rate,
-        )
+        Throughput::new(self.options.stall_timeout, self.options.min_rate)
     }
 
     /// `e`, from a request to `base` (the registry's or an endpoint's API
@@ -214,10 +209,7 @@ impl RegistryClient {
             return anyhow!("registry {}: {}", r.registry, root_cause(&e));
         }
         if e.is_timeout() && !e.is_connect() {
-            let stall = self
-                .options
-                .stall_timeout
-                .unwrap_or(Duration::from_secs(60));
+            let stall = self.options.stall_timeout;
             return anyhow!(
                 "registry {} sent no data for {}s (OCIMODEL_STALL_TIMEOUT); it is overloaded or stuck",
                 r.registry,
@@ -225,10 +217,7 @@ impl RegistryClient {
             );
         }
         if e.is_connect() && e.is_timeout() {
-            let limit = self
-                .options
-                .connect_timeout
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            let limit = self.options.connect_timeout;
             return anyhow!(
                 "cannot connect to registry {} within {}s (OCIMODEL_CONNECT_TIMEOUT); check the address, network policies and firewalls",
                 r.registry,
