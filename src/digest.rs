@@ -174,7 +174,7 @@ impl Hasher {
         };
         Digest {
             algorithm,
-            hex: to_hex(&raw),
+            hex: hex(&raw),
         }
     }
 }
@@ -204,7 +204,8 @@ pub fn hash_file(path: &std::path::Path, algorithm: Algorithm) -> std::io::Resul
     hash_reader(std::fs::File::open(path)?, algorithm)
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes` (digests, signatures' log IDs, SigV4).
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -212,6 +213,17 @@ fn to_hex(bytes: &[u8]) -> String {
         out.push(HEX[(b & 0xf) as usize] as char);
     }
     out
+}
+
+/// The bytes of hex text `s` (either case); `None` when it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -274,7 +274,6 @@ pub(super) fn inspect(args: InspectArgs) -> Result<ExitCode> {
     })
 }
 
-/// `verify`: check the signatures only; prints who signed what.
 /// Prints the signatures an installed tree's marker records and, with a
 /// model signature policy, checks the tree against its signature now.
 /// False when that check fails.
@@ -320,6 +319,7 @@ fn verify_installed(dest: &Path, model_policy: &ModelPolicy) -> Result<ExitCode>
     })
 }
 
+/// `verify`: check the signatures only; prints who signed what.
 pub(super) fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let installed = Path::new(&args.uri);
     if installed.join(crate::install::MARKER).is_file() {

@@ -8,6 +8,8 @@
 use ring::hmac;
 use sha2::{Digest as _, Sha256};
 
+use crate::digest::hex;
+
 /// An access key, with the session token temporary credentials carry.
 #[derive(Clone)]
 pub struct AwsCredentials {
@@ -168,10 +170,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ pub(super) struct PlainRedirect {
     to: String,
 }
 
-/// Certificate and handshake failures will not heal by retrying.
+/// Answers worth asking again: rate limited (429), or a gateway that
+/// could not reach the registry (502, 503, 504). (Certificate and handshake
+/// failures never are: see `error::is_permanent_transport_failure`.)
 pub(super) fn is_transient(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use super::der;
 use super::sigstore::{self, Expect, InclusionProof, TlogEntry};
 use super::Policy;
-use crate::digest::Digest;
+use crate::digest::{unhex, Digest};
 use crate::manifest::Descriptor;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -461,16 +461,6 @@ fn int_field(v: &Value, name: &str) -> Result<u64> {
     v.as_u64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         .ok_or_else(|| anyhow!("the bundle has no integer {name}"))
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -259,7 +259,9 @@ fn name_string(body: &[u8]) -> Result<String> {
     Ok(parts.join(", "))
 }
 
-/// Each PEM block's label and DER bytes, in order.
+/// Each PEM block's label and DER bytes, in order. (Not rustls-pki-types'
+/// `PemObject`: it skips labels it does not know, and a cosign key file's
+/// `ENCRYPTED SIGSTORE PRIVATE KEY` must be seen, to be refused with advice.)
 pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut blocks = Vec::new();
     let mut rest = text;

@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::cosign::{verify_bundle, Signed};
 use super::{keys, matcher, set, sigstore, trusted_root, Mode, Policy};
-use crate::digest::{Algorithm, Hasher};
+use crate::digest::{hex, Algorithm, Hasher};
 use crate::error::SignatureError;
 use crate::unpack::Contents;
 
@@ -571,18 +571,9 @@ fn hash_into(
     Ok(())
 }
 
+/// Hex that is not empty: an empty digest is no digest here.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    sigstore::hex(bytes)
+    crate::digest::unhex(s).filter(|b| !b.is_empty())
 }
 
 #[cfg(test)]

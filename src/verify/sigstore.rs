@@ -25,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::der;
 use super::keys::{describe_chain_error, rfc3339, PublicKey};
+use crate::digest::hex;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), as webpki wants it.
@@ -508,10 +509,6 @@ fn oidc_issuer(cert: &der::Certificate) -> Result<String> {
         return Ok(String::from_utf8_lossy(v).into_owned());
     }
     bail!("the signing certificate has no OIDC issuer extension (1.3.6.1.4.1.57264.1.8)")
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -886,8 +886,6 @@ impl Registry {
         v["digest"].as_str().unwrap().to_string()
     }
 
-    /// PUTs a manifest (e.g. the referrers fallback index a client maintains
-    /// when the registry has no referrers API). Returns the HTTP status.
     /// `ocimodel REG/REPO_TAG DEST` against this registry (plain HTTP).
     pub fn pull(&self, repo_tag: &str, dest: &Path) -> Run {
         Ocimodel::new()
@@ -895,6 +893,8 @@ impl Registry {
             .run(&[&format!("{}/{repo_tag}", self.addr), dest.to_str().unwrap()])
     }
 
+    /// PUTs a manifest (e.g. the referrers fallback index a client maintains
+    /// when the registry has no referrers API). Returns the HTTP status.
     pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> u16 {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         let head = format!(
