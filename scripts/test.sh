@@ -29,6 +29,7 @@ case $rc in
   1) ;;
   *) echo "git grep failed ($rc)" >&2; exit 1 ;;
 esac
+scripts/check-structure.sh  # layers, circles, file lengths (see src/lib.rs)
 
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \

@@ -3,10 +3,12 @@
 //!
 //! Modules, in the order data flows through them:
 //! [`reference`] → [`source`] (`source/`: layouts and archives, with
-//! [`registry`] (`registry/`: transport, auth, errors, ranges, referrers,
-//! push) and
-//! [`auth`] for registries) → [`verify`] (signatures of the resolved digest,
-//! before anything is written; `verify/der.rs` reads certificates) →
+//! [`registry`] (`registry/`: `transport`, `auth`, `errors`, `mirror`
+//! routing, `blob` and `ranges`, `referrers`, `push`) and [`auth`] for
+//! registries; `source/`: `docker` archives, `file` reading, the `store`
+//! of fetched blobs) → [`verify`] (signatures of the resolved digest,
+//! before anything is written; `verify/`: `cosign`, `sigstore`,
+//! `notation`, `keys`, `der` certificates, `cbor`) →
 //! [`plan`] (index → platform manifest via [`manifest`], then [`format`]
 //! says what each layer becomes: a [`format::Plan`], narrowed by
 //! [`select`]) → [`fetch`] (stream + verify) → [`unpack`] (`unpack/`: safe
@@ -14,21 +16,50 @@
 //! → [`install`] (atomic swap into DEST through [`dirfd`], completion
 //! marker).
 //!
-//! [`pull`] drives one model through them; [`inspect`] reports on one
-//! without writing; [`serve`] is the sidecar (probes, metrics, signals);
-//! [`push`] packages a directory; [`cli`] is the command line (`cli/`:
-//! typed flags in `args.rs`, the commands in `commands.rs`), with every
-//! setting and default in [`config`]. Where bytes may come from besides
-//! the registry: `cache` (the node cache and DEST's partial downloads),
-//! [`mirrors`] (the node's mirror configuration), `registry/ranges.rs`
-//! (one blob over several connections), [`cloud`] (ECR, GAR and ACR
-//! credentials from the workload's identity), `model_registry`
-//! (`model-registry://` resolved to an OCI reference). After the unpack:
-//! `verify/model.rs` (OpenSSF model signatures over the files), `hf_cache`
-//! (the Hugging Face hub cache layout). `cpus` says how much of the node a
-//! run may keep busy. Beside them: [`digest`], [`error`] (the typed errors
-//! code branches on), [`text`] (making outside text safe to print),
-//! [`rfc3339`].
+//! [`pull`] drives one model through them, with the run's [`settings`];
+//! [`inspect`] reports on one without writing; [`serve`] is the sidecar
+//! (probes, metrics, signals); [`push`] packages a directory (`push/`:
+//! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
+//! in `args.rs`, the commands in `commands.rs`), with every setting and
+//! default in [`config`]. Where bytes may come from besides the registry:
+//! [`cache`] (the node cache and DEST's partial downloads), [`mirrors`]
+//! (the node's mirror configuration; `registry/mirror.rs` routes by it),
+//! `registry/ranges.rs` (one blob over several connections), [`cloud`]
+//! (ECR, GAR and ACR credentials from the workload's identity; `cloud/`:
+//! `aws`, `gcp`, `azure`, `sigv4`), [`model_registry`] (`model-registry://`
+//! resolved to an OCI reference). After the unpack: `verify/model.rs`
+//! (OpenSSF model signatures over the files), [`hf_cache`] (the Hugging
+//! Face hub cache layout). [`cpus`] says how much of the node a run may
+//! keep busy. Beside them: [`digest`] (and hex), [`error`] (the typed
+//! errors code branches on, and `root_cause`), [`text`] (making outside
+//! text safe to print), [`rfc3339`].
+//!
+//! # Layers
+//!
+//! Imports run down these layers, never up, and never in a circle
+//! (between modules, or between the files of one directory module);
+//! `scripts/check-structure.sh` checks both, and that no file is over 700
+//! lines before its tests. A module may import from its own layer or any
+//! below it.
+//!
+//! 1. ground: `config`, `error`, `text`, `digest`, `rfc3339`, `cpus`,
+//!    `dirfd`;
+//! 2. names: `reference`, `manifest`, `select`, `mirrors`, `auth`;
+//! 3. services and content: `cloud`, `model_registry`, `format`, `unpack`,
+//!    `cache`, `hf_cache`;
+//! 4. transport: `registry`;
+//! 5. sources: `source`;
+//! 6. stages: `fetch`, `verify`, `install`, `settings`, `plan`, `push`;
+//! 7. pipeline: `pull`;
+//! 8. front: `inspect`, `serve`, `cli`.
+//!
+//! So nothing under `cloud/`, nor `model_registry.rs` or `auth.rs`, imports
+//! `registry/`: the registry client builds the cloud credential flow and
+//! implements `model_registry::ApiReader`, not the other way round. A
+//! helper two layers need lives in the lower one (`root_cause` in `error`,
+//! the `model-registry://` scheme in `reference`, Docker Hub's names in
+//! `config`); settings travel down as values (`ClientOptions`,
+//! `Settings`), read once in `cli/args.rs`.
 
 pub mod auth;
 pub(crate) mod cache;
