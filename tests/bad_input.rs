@@ -33,9 +33,8 @@ fn unknown_tag() {
     reg.oras_push_mnist("models/mnist:v1");
     let dest = tempfile::tempdir().unwrap();
     let uri = format!("ocimodel://{}/models/mnist:v2", reg.addr);
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[&uri, dest.path().to_str().unwrap()])
+    Ocimodel::for_registry(&reg)
+        .pull(&uri, &dest.path())
         .assert_fails_with(&[&uri, "manifest v2", "not found", "check the tag or digest"]);
     assert_nothing_installed(dest.path());
 }
@@ -45,9 +44,8 @@ fn missing_repository() {
     let reg = Registry::start(Auth::None);
     let dest = tempfile::tempdir().unwrap();
     let uri = format!("{}/no/such-repo:v1", reg.addr);
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[&uri, dest.path().to_str().unwrap()])
+    Ocimodel::for_registry(&reg)
+        .pull(&uri, &dest.path())
         .assert_fails_with(&[&uri, "no/such-repo", "not found"]);
     assert_nothing_installed(dest.path());
 }
@@ -117,13 +115,9 @@ fn tar_with_dotdot_escape() {
     reg.skopeo_push(layout.path(), "v1", "models/evil:v1");
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("a/b/models");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_SUBPATH", "/")
-        .run(&[
-            &format!("{}/models/evil:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/evil:v1", reg.addr), &dest)
         .assert_fails_with(&["'../escape'", "'..'", "layer 4 of 4"]);
     assert_nothing_installed(&dest);
     for dir in [
@@ -145,13 +139,9 @@ fn image_without_models_directory() {
     let (layout, _) = modelcar_layout(false);
     reg.skopeo_push(layout.path(), "v1", "models/car:v1");
     let dest = tempfile::tempdir().unwrap();
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_SUBPATH", "/opt/model")
-        .run(&[
-            &format!("{}/models/car:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/car:v1", reg.addr), &dest.path())
         .assert_fails_with(&["nothing under /opt/model", "OCIMODEL_SUBPATH"]);
     assert_nothing_installed(dest.path());
 }
@@ -162,10 +152,7 @@ fn plain_http_registry_without_opt_in() {
     reg.oras_push_mnist("models/mnist:v1");
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mnist:v1", reg.addr), &dest.path())
         .assert_fails_with(&[
             "cannot reach registry",
             &format!(
@@ -184,11 +171,7 @@ fn a_broken_signature_policy_fails_before_anything_is_touched() {
         "oci-layout://{}",
         repo_root().join("examples/mnist").display()
     );
-    let run_with = |k: &str, v: &str| {
-        Ocimodel::new()
-            .env(k, v)
-            .run(&[&layout, dest.to_str().unwrap()])
-    };
+    let run_with = |k: &str, v: &str| Ocimodel::new().env(k, v).pull(&layout, &dest);
     run_with("COSIGN_KEY", "-----BEGIN PUBLIC KEY-----").assert_fails_with(&["COSIGN_KEY", "PEM"]);
     run_with("COSIGN_KEY", "/nonexistent/cosign.pub")
         .assert_fails_with(&["COSIGN_KEY: cannot read /nonexistent/cosign.pub"]);
@@ -207,7 +190,7 @@ fn a_broken_signature_policy_fails_before_anything_is_touched() {
     assert!(!dest.exists());
     Ocimodel::new()
         .env("OCIMODEL_VERIFY", "off")
-        .run(&[&layout, dest.to_str().unwrap()])
+        .pull(&layout, &dest)
         .assert_ok();
 }
 
@@ -231,10 +214,7 @@ fn registry_text_cannot_forge_log_lines() {
     let dest = tempfile::tempdir().unwrap();
     let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[
-            &format!("{addr}/m:v1"),
-            dest.path().join("m").to_str().unwrap(),
-        ]);
+        .pull(&format!("{addr}/m:v1"), &dest.path().join("m"));
     run.assert_fails_with(&["nope\\u{a}2026-12-01", "uri=forged\\u{d}\\u{1b}[2Jgone"]);
     for out in [run.stderr(), run.termination.clone()] {
         assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
@@ -271,7 +251,7 @@ fn misspelled_choices_are_errors() {
     let m = dest.path().join("m");
     Ocimodel::new()
         .env("OCIMODEL_LOG_FORMAT", "jsn")
-        .run(&[&layout, m.to_str().unwrap()])
+        .pull(&layout, &m)
         .assert_fails_with(&[
             "invalid value 'jsn'",
             "possible values: text, json",
@@ -279,11 +259,11 @@ fn misspelled_choices_are_errors() {
         ]);
     Ocimodel::new()
         .env("OCIMODEL_UNKNOWN", "rawr")
-        .run(&[&layout, m.to_str().unwrap()])
+        .pull(&layout, &m)
         .assert_fails_with(&["possible values: refuse, raw"]);
     Ocimodel::new()
         .env("OCIMODEL_VERFY", "required")
-        .run(&[&layout, m.to_str().unwrap()])
+        .pull(&layout, &m)
         .assert_fails_with(&["unknown setting OCIMODEL_VERFY; did you mean OCIMODEL_VERIFY?"]);
     let run = Ocimodel::new().run(&["push", "--format", "orass", "/tmp", "x"]);
     assert_eq!(run.code(), 1);

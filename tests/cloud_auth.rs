@@ -163,12 +163,18 @@ fn tls_registry(certs: &Path, auth: Auth) -> (Registry, String) {
     (reg, digest)
 }
 
-fn pull(uri: &str, dest: &Path, env: &[(&str, String)]) -> Run {
-    let mut o = Ocimodel::new();
-    for (k, v) in env {
-        o = o.env(k, v);
-    }
-    o.run(&[uri, dest.to_str().unwrap()])
+/// `base` with an IRSA identity (EKS's role and web identity token file).
+fn irsa_env(base: &[(&'static str, String)], token_file: &Path) -> Vec<(&'static str, String)> {
+    let mut env = base.to_vec();
+    env.push((
+        "AWS_ROLE_ARN",
+        "arn:aws:iam::123456789012:role/model-reader".to_string(),
+    ));
+    env.push((
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        token_file.display().to_string(),
+    ));
+    env
 }
 
 /// No token or secret in anything a person or a cluster reads.
@@ -309,6 +315,20 @@ impl Ecr {
             proxy,
         }
     }
+
+    /// What every pull from this ECR sets: its proxy, the CA, and moto as
+    /// the AWS endpoint.
+    fn env(&self, work: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("HTTPS_PROXY", self.proxy.url.clone()),
+            ("NO_PROXY", "127.0.0.1".to_string()),
+            (
+                "OCIMODEL_CA_BUNDLE",
+                work.join("ca.pem").display().to_string(),
+            ),
+            ("AWS_ENDPOINT_URL", self.moto.url.clone()),
+        ]
+    }
 }
 
 /// ECR through moto: IRSA (STS AssumeRoleWithWebIdentity, then a SigV4
@@ -320,7 +340,7 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
     let work = tempfile::tempdir().unwrap();
     // Kept whole: its registry and moto stop when it drops.
     let ecr = Ecr::start(work.path());
-    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
+    let (digest, proxy) = (&ecr.digest, &ecr.proxy);
     let token_file = work.path().join("token");
     fs::write(
         &token_file,
@@ -328,32 +348,14 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
     )
     .unwrap();
     let uri = format!("{ECR_HOST}/models/mnist@{digest}");
-    let base = vec![
-        ("HTTPS_PROXY", proxy.url.clone()),
-        ("NO_PROXY", "127.0.0.1".to_string()),
-        (
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").display().to_string(),
-        ),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", moto.url.clone()),
-    ];
-    let irsa = [
-        base.clone(),
-        vec![
-            (
-                "AWS_ROLE_ARN",
-                "arn:aws:iam::123456789012:role/model-reader".to_string(),
-            ),
-            (
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-        ],
+    let base = [
+        ecr.env(work.path()),
+        vec![("AWS_REGION", "us-east-1".to_string())],
     ]
     .concat();
+    let irsa = irsa_env(&base, &token_file);
     let dest = work.path().join("irsa");
-    let run = pull(&uri, &dest, &irsa);
+    let run = Ocimodel::new().envs(&irsa).pull(&uri, &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(
@@ -384,7 +386,10 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
         ],
     ]
     .concat();
-    pull(&uri, &work.path().join("keys"), &keys).assert_ok();
+    Ocimodel::new()
+        .envs(&keys)
+        .pull(&uri, &work.path().join("keys"))
+        .assert_ok();
 
     // Explicit docker-config credentials for the host win over the identity.
     let explicit = [
@@ -395,9 +400,12 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
         )],
     ]
     .concat();
-    pull(&uri, &work.path().join("explicit"), &explicit).assert_fails_with(&[
-        "rejected the credentials for user 'AWS' (from OCIMODEL_DOCKER_CONFIG_JSON)",
-    ]);
+    Ocimodel::new()
+        .envs(&explicit)
+        .pull(&uri, &work.path().join("explicit"))
+        .assert_fails_with(&[
+            "rejected the credentials for user 'AWS' (from OCIMODEL_DOCKER_CONFIG_JSON)",
+        ]);
 
     // Off: asked anonymously, and the registry says no.
     let off = [
@@ -405,7 +413,10 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
         vec![("OCIMODEL_CLOUD_AUTH", "off".to_string())],
     ]
     .concat();
-    pull(&uri, &work.path().join("off"), &off).assert_fails_with(&["requires authentication"]);
+    Ocimodel::new()
+        .envs(&off)
+        .pull(&uri, &work.path().join("off"))
+        .assert_fails_with(&["requires authentication"]);
 
     // A role STS refuses: STS's documented error answer, from a fake.
     let sts = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -423,7 +434,7 @@ fn ecr_with_irsa_static_keys_and_a_denied_role() {
     });
     let denied = [irsa.clone(), vec![("AWS_ENDPOINT_URL_STS", sts_url)]].concat();
     let dest = work.path().join("denied");
-    let run = pull(&uri, &dest, &denied);
+    let run = Ocimodel::new().envs(&denied).pull(&uri, &dest);
     run.assert_fails_with(&[
         "STS AssumeRoleWithWebIdentity",
         "for role arn:aws:iam::123456789012:role/model-reader answered 403 Forbidden: AccessDenied Not authorized to perform sts:AssumeRoleWithWebIdentity",
@@ -440,7 +451,7 @@ fn ecr_with_eks_pod_identity() {
     let work = tempfile::tempdir().unwrap();
     // Kept whole: its registry and moto stop when it drops.
     let ecr = Ecr::start(work.path());
-    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
+    let digest = &ecr.digest;
     let agent = TcpListener::bind("127.0.0.1:0").unwrap();
     let agent_url = format!("http://{}/v1/credentials", agent.local_addr().unwrap());
     let asked: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
@@ -458,22 +469,21 @@ fn ecr_with_eks_pod_identity() {
     });
     let token_file = work.path().join("eks-pod-identity-token");
     fs::write(&token_file, "pod-identity-token-1").unwrap();
-    let env = vec![
-        ("HTTPS_PROXY", proxy.url.clone()),
-        ("NO_PROXY", "127.0.0.1".to_string()),
-        (
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").display().to_string(),
-        ),
-        ("AWS_ENDPOINT_URL", moto.url.clone()),
-        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent_url),
-        (
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            token_file.display().to_string(),
-        ),
-    ];
+    let env = [
+        ecr.env(work.path()),
+        vec![
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent_url),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ],
+    ]
+    .concat();
     let dest = work.path().join("m");
-    let run = pull(&format!("{ECR_HOST}/models/mnist@{digest}"), &dest, &env);
+    let run = Ocimodel::new()
+        .envs(&env)
+        .pull(&format!("{ECR_HOST}/models/mnist@{digest}"), &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(
@@ -484,10 +494,9 @@ fn ecr_with_eks_pod_identity() {
     assert!(!asked.lock().unwrap().is_empty());
     // The kubelet rotated the token: the next exchange reads the new one.
     fs::write(&token_file, "pod-identity-token-2").unwrap();
-    let run = pull(
+    let run = Ocimodel::new().envs(&env).pull(
         &format!("{ECR_HOST}/models/mnist@{digest}"),
         &work.path().join("n"),
-        &env,
     );
     run.assert_fails_with(&["EKS Pod Identity", "answered 401 Unauthorized"]);
     assert_eq!(
@@ -560,22 +569,19 @@ fn ecr_with_the_node_instance_role_through_imdsv2() {
     let work = tempfile::tempdir().unwrap();
     // Kept whole: its registry and moto stop when it drops.
     let ecr = Ecr::start(work.path());
-    let (digest, moto, proxy) = (&ecr.digest, &ecr.moto, &ecr.proxy);
+    let digest = &ecr.digest;
     let (endpoint, seen) = imds("model-node-role");
     let uri = format!("{ECR_HOST}/models/mnist@{digest}");
-    let env = vec![
-        ("HTTPS_PROXY", proxy.url.clone()),
-        ("NO_PROXY", "127.0.0.1".to_string()),
-        (
-            "OCIMODEL_CA_BUNDLE",
-            work.path().join("ca.pem").display().to_string(),
-        ),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", moto.url.clone()),
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint),
-    ];
+    let env = [
+        ecr.env(work.path()),
+        vec![
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint),
+        ],
+    ]
+    .concat();
     let dest = work.path().join("m");
-    let run = pull(&uri, &dest, &env);
+    let run = Ocimodel::new().envs(&env).pull(&uri, &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(
@@ -615,21 +621,10 @@ fn ecr_with_the_node_instance_role_through_imdsv2() {
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwb2QifQ.c2ln\n",
     )
     .unwrap();
-    let irsa = [
-        env.clone(),
-        vec![
-            (
-                "AWS_ROLE_ARN",
-                "arn:aws:iam::123456789012:role/model-reader".to_string(),
-            ),
-            (
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-        ],
-    ]
-    .concat();
-    let run = pull(&uri, &work.path().join("irsa"), &irsa);
+    let irsa = irsa_env(&env, &token_file);
+    let run = Ocimodel::new()
+        .envs(&irsa)
+        .pull(&uri, &work.path().join("irsa"));
     run.assert_ok();
     assert!(run.stderr().contains("(IRSA)"), "{}", run.stderr());
     assert!(
@@ -643,7 +638,10 @@ fn ecr_with_the_node_instance_role_through_imdsv2() {
         vec![("AWS_EC2_METADATA_DISABLED", "true".to_string())],
     ]
     .concat();
-    pull(&uri, &work.path().join("off"), &off).assert_fails_with(&["requires authentication"]);
+    Ocimodel::new()
+        .envs(&off)
+        .pull(&uri, &work.path().join("off"))
+        .assert_fails_with(&["requires authentication"]);
     assert!(
         seen.lock().unwrap().is_empty(),
         "IMDS was asked while disabled"
@@ -708,10 +706,9 @@ fn container_credentials_over_plain_http_only_to_the_sdks_hosts() {
         ],
     ]
     .concat();
-    let run = pull(
+    let run = Ocimodel::new().envs(&env).pull(
         &format!("{ECR_HOST}/models/mnist:v1"),
         &work.path().join("m"),
-        &env,
     );
     run.assert_fails_with(&[
         &format!("AWS_CONTAINER_CREDENTIALS_FULL_URI ({uri}) is plain http to a host"),
@@ -739,16 +736,17 @@ fn container_credentials_over_plain_http_only_to_the_sdks_hosts() {
         ],
     ]
     .concat();
-    pull(
-        &format!("{ECR_HOST}/models/mnist:v1"),
-        &work.path().join("ecs"),
-        &ecs,
-    )
-    .assert_fails_with(&[
-        // The line masks user info in URLs: here, 169.254.170.2.
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (http://",
-        "@credentials.example/v2/credentials/task) is plain http to a host other than",
-    ]);
+    Ocimodel::new()
+        .envs(&ecs)
+        .pull(
+            &format!("{ECR_HOST}/models/mnist:v1"),
+            &work.path().join("ecs"),
+        )
+        .assert_fails_with(&[
+            // The line masks user info in URLs: here, 169.254.170.2.
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (http://",
+            "@credentials.example/v2/credentials/task) is plain http to a host other than",
+        ]);
     assert_eq!(agent.requests(), 0, "the full URI was asked");
 
     // The same agent at a loopback address is the SDKs' own case.
@@ -757,12 +755,13 @@ fn container_credentials_over_plain_http_only_to_the_sdks_hosts() {
         vec![("AWS_CONTAINER_CREDENTIALS_FULL_URI", loopback_agent)],
     ]
     .concat();
-    pull(
-        &format!("{ECR_HOST}/models/mnist:v1"),
-        &work.path().join("n"),
-        &env,
-    )
-    .assert_fails_with(&["ECR GetAuthorizationToken", "answered 500"]);
+    Ocimodel::new()
+        .envs(&env)
+        .pull(
+            &format!("{ECR_HOST}/models/mnist:v1"),
+            &work.path().join("n"),
+        )
+        .assert_fails_with(&["ECR GetAuthorizationToken", "answered 500"]);
     assert_eq!(
         agent.authorizations(),
         vec!["pod-identity-token-in-clear".to_string()]
@@ -926,7 +925,9 @@ fn artifact_registry_with_the_metadata_server() {
     let gar = Gar::start(work.path(), "ya29.c.workload-token", 300, Duration::ZERO);
     let uri = gar.uri();
     let dest = work.path().join("m");
-    let run = pull(&uri, &dest, &gar.env(work.path(), &gar.metadata_host));
+    let run = Ocimodel::new()
+        .envs(&gar.env(work.path(), &gar.metadata_host))
+        .pull(&uri, &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(gar.hits() >= 2, "the expiring token was not fetched again");
@@ -937,16 +938,14 @@ fn artifact_registry_with_the_metadata_server() {
     serve(refusing, |_| {
         response("403 Forbidden", &[], b"Permission denied on resource")
     });
-    pull(
-        &uri,
-        &work.path().join("n"),
-        &gar.env(work.path(), &refusing_host),
-    )
-    .assert_fails_with(&[
-        "the GCP metadata server",
-        "answered 403 Forbidden: Permission denied on resource",
-        "iam.gke.io/gcp-service-account",
-    ]);
+    Ocimodel::new()
+        .envs(&gar.env(work.path(), &refusing_host))
+        .pull(&uri, &work.path().join("n"))
+        .assert_fails_with(&[
+            "the GCP metadata server",
+            "answered 403 Forbidden: Permission denied on resource",
+            "iam.gke.io/gcp-service-account",
+        ]);
 }
 
 /// Several models from one cloud registry in one run (`uri dest uri dest
@@ -1075,7 +1074,9 @@ fn acr_with_azure_workload_identity() {
     let uri = format!("{ACR_HOST}/models/mnist@{digest}");
     let dest = work.path().join("m");
     // Without a scheme, as azure-identity takes it: https:// is added.
-    let run = pull(&uri, &dest, &env(entra("projected-sa-token", work.path())));
+    let run = Ocimodel::new()
+        .envs(&env(entra("projected-sa-token", work.path())))
+        .pull(&uri, &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     leaks_nothing(
@@ -1090,11 +1091,12 @@ fn acr_with_azure_workload_identity() {
         .any(|(_, scope)| scope == "repository:models/mnist:pull"));
 
     // A federated credential Entra does not know: the step and what to check.
-    let run = pull(
-        &uri,
-        &work.path().join("n"),
-        &env(format!("https://{}/", entra("another-token", work.path()))),
-    );
+    let run = Ocimodel::new()
+        .envs(&env(format!(
+            "https://{}/",
+            entra("another-token", work.path())
+        )))
+        .pull(&uri, &work.path().join("n"));
     run.assert_fails_with(&[
         "Entra ID token at",
         "for client client-1 answered 400 Bad Request: invalid_client: AADSTS700213",
@@ -1105,7 +1107,9 @@ fn acr_with_azure_workload_identity() {
     // A plain-http authority: azure-identity refuses it (the projected
     // token would go in clear), and so does ocimodel, before any request.
     let plain = Recorder::start(response("500 Internal Server Error", &[], b""));
-    let run = pull(&uri, &work.path().join("o"), &env(plain.url()));
+    let run = Ocimodel::new()
+        .envs(&env(plain.url()))
+        .pull(&uri, &work.path().join("o"));
     run.assert_fails_with(&[
         &format!("AZURE_AUTHORITY_HOST ({}) is not https", plain.url()),
         "azure-identity refuses it",
@@ -1136,25 +1140,23 @@ fn docker_config_identity_tokens_use_the_refresh_grant() {
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "<token>:"),
         )
     };
-    let run = Ocimodel::new()
-        .insecure(&reg)
+    let run = Ocimodel::for_registry(&reg)
         .env("OCIMODEL_DOCKER_CONFIG_JSON", config(IDENTITY_TOKEN))
-        .run(&[
+        .pull(
             &format!("{}/models/mnist:v1", reg.addr),
-            work.path().join("m").to_str().unwrap(),
-        ]);
+            &work.path().join("m"),
+        );
     run.assert_ok();
     leaks_nothing(&run, &[IDENTITY_TOKEN]);
-    let run = Ocimodel::new()
-        .insecure(&reg)
+    let run = Ocimodel::for_registry(&reg)
         .env(
             "OCIMODEL_DOCKER_CONFIG_JSON",
             config("expired-refresh-token"),
         )
-        .run(&[
+        .pull(
             &format!("{}/models/mnist:v1", reg.addr),
-            work.path().join("n").to_str().unwrap(),
-        ]);
+            &work.path().join("n"),
+        );
     run.assert_fails_with(&["refused the identity token (from OCIMODEL_DOCKER_CONFIG_JSON)"]);
     leaks_nothing(&run, &["expired-refresh-token"]);
 }
@@ -1189,10 +1191,9 @@ fn cloud_credentials_never_go_over_plain_http() {
         ),
     ] {
         let env = [base.clone(), vec![(setting, value.to_string())]].concat();
-        let run = pull(
+        let run = Ocimodel::new().envs(&env).pull(
             &format!("{GAR_HOST}/proj/repo/m:v1"),
             &work.path().join(setting),
-            &env,
         );
         run.assert_fails_with(&[
             &format!("registry {GAR_HOST} is set to plain http ({named})"),
@@ -1227,14 +1228,15 @@ fn cloud_credentials_never_go_over_plain_http() {
         ],
     ]
     .concat();
-    pull(
-        &format!("{ECR_HOST}/models/mnist:v1"),
-        &work.path().join("ecr"),
-        &ecr,
-    )
-    .assert_fails_with(&[&format!(
-        "registry {ECR_HOST} is set to plain http (KSERVE_OCI_INSECURE_REGISTRY=true)"
-    )]);
+    Ocimodel::new()
+        .envs(&ecr)
+        .pull(
+            &format!("{ECR_HOST}/models/mnist:v1"),
+            &work.path().join("ecr"),
+        )
+        .assert_fails_with(&[&format!(
+            "registry {ECR_HOST} is set to plain http (KSERVE_OCI_INSECURE_REGISTRY=true)"
+        )]);
     assert_eq!(ecr_api.requests(), 0, "ECR's API was asked");
     assert_eq!(on_path.authorizations(), Vec::<String>::new());
 
@@ -1268,10 +1270,9 @@ fn cloud_credentials_never_go_over_plain_http() {
             format!("https://{}/", entra_fake.addr),
         ),
     ];
-    let run = pull(
+    let run = Ocimodel::new().envs(&acr).pull(
         &format!("{ACR_HOST}/models/mnist:v1"),
         &work.path().join("acr"),
-        &acr,
     );
     run.assert_fails_with(&[&format!(
         "registry {ACR_HOST} is set to plain http (listed in OCIMODEL_INSECURE_REGISTRIES)"
@@ -1297,12 +1298,13 @@ fn cloud_credentials_never_go_over_plain_http() {
         vec![("KSERVE_OCI_INSECURE_REGISTRY", "true".to_string())],
     ]
     .concat();
-    pull(
-        &format!("{lookalike}/proj/repo/m:v1"),
-        &work.path().join("lookalike"),
-        &env,
-    )
-    .assert_fails_with(&[&format!("registry {lookalike} requires authentication")]);
+    Ocimodel::new()
+        .envs(&env)
+        .pull(
+            &format!("{lookalike}/proj/repo/m:v1"),
+            &work.path().join("lookalike"),
+        )
+        .assert_fails_with(&[&format!("registry {lookalike} requires authentication")]);
     assert_eq!(*metadata_hits.lock().unwrap(), 0);
     assert_eq!(on_path.authorizations(), Vec::<String>::new());
 }
@@ -1346,10 +1348,9 @@ fn cloud_credentials_go_only_to_the_clouds_own_token_realm() {
         ),
         ("GCE_METADATA_HOST", metadata_host),
     ];
-    let run = pull(
+    let run = Ocimodel::new().envs(&env).pull(
         &format!("{GAR_HOST}/proj/repo/m:v1"),
         &work.path().join("m"),
-        &env,
     );
     run.assert_fails_with(&[
         &format!("registry {GAR_HOST} names the token realm {realm_url}"),
@@ -1377,18 +1378,19 @@ fn a_plain_http_mirror_on_a_cloud_host_gets_no_cloud_credential() {
         metadata_server("ya29.c.mirror-in-clear", 3600, Duration::ZERO);
     let on_path = Recorder::challenging(r#"Basic realm="registry""#);
     let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{GAR_HOST}"), "")]);
-    let run = pull(
-        &format!("{}/models/mnist@{digest}", upstream.addr),
-        &work.path().join("m"),
-        &[
+    let run = Ocimodel::new()
+        .envs(&[
             ("HTTP_PROXY", on_path.url()),
             ("NO_PROXY", "127.0.0.1".to_string()),
             ("GCE_METADATA_HOST", metadata_host),
             ("OCIMODEL_HOSTS_DIR", hosts.path().display().to_string()),
             ("OCIMODEL_REGISTRIES_CONF", "off".to_string()),
             ("OCIMODEL_INSECURE_REGISTRIES", upstream.addr.clone()),
-        ],
-    );
+        ])
+        .pull(
+            &format!("{}/models/mnist@{digest}", upstream.addr),
+            &work.path().join("m"),
+        );
     run.assert_ok();
     leaks_nothing(&run, &["ya29.c.mirror-in-clear"]);
     assert!(on_path.requests() > 0, "the mirror was never asked");

@@ -65,11 +65,7 @@ impl Scene {
     }
 
     fn pull(&self, env: &[(&str, &str)]) -> Run {
-        let mut cmd = Ocimodel::new();
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
-        cmd.run(&[layout_uri(), self.dest().display().to_string()])
+        Ocimodel::new().envs(env).pull(&layout_uri(), &self.dest())
     }
 
     #[track_caller]
@@ -375,11 +371,10 @@ fn one_directory_under_two_names_is_refused() {
 fn another_uid_in_group_zero_checks_updates_and_replaces() {
     let s = Scene::new();
     let pull_as = |uid: u32, env: &[(&str, &str)]| {
-        let mut cmd = Ocimodel::new().run_as(uid, 0);
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
-        cmd.run(&[layout_uri(), s.dest().display().to_string()])
+        Ocimodel::new()
+            .run_as(uid, 0)
+            .envs(env)
+            .pull(&layout_uri(), &s.dest())
     };
     pull_as(INSTALLER, &[]).assert_ok();
     let lock = s.book().join("lock");
@@ -496,8 +491,7 @@ fn a_partials_directory_a_cotenant_made_is_replaced() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_RESUME_MIN", "0")
         .run(&[
             format!("{}/models/mnist@{digest}", reg.addr),

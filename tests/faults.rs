@@ -180,16 +180,11 @@ fn setup() -> (Registry, String) {
 }
 
 fn pull_via(proxy: &Proxy, dest: &std::path::Path, env: &[(&str, &str)]) -> Run {
-    let mut o = Ocimodel::new()
+    let o = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy.addr)
-        .env("OCIMODEL_RETRIES", "5");
-    for (k, v) in env {
-        o = o.env(k, v);
-    }
-    o.run(&[
-        &format!("{}/models/mnist:v1", proxy.addr),
-        dest.to_str().unwrap(),
-    ])
+        .env("OCIMODEL_RETRIES", "5")
+        .envs(env);
+    o.pull(&format!("{}/models/mnist:v1", proxy.addr), &dest)
 }
 
 #[test]
@@ -283,10 +278,7 @@ fn not_found_is_not_retried() {
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy.addr)
         .env("OCIMODEL_RETRIES", "5")
-        .run(&[
-            &format!("{}/models/mnist:nope", proxy.addr),
-            dest.path().to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mnist:nope", proxy.addr), &dest.path())
         .assert_fails_with(&["not found"]);
     assert_eq!(proxy.saw("/manifests/nope"), 1);
 }
@@ -367,10 +359,7 @@ fn connect_timeout_is_reported() {
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
         .env("OCIMODEL_CONNECT_TIMEOUT", "1")
         .env("OCIMODEL_RETRIES", "0")
-        .run(&[
-            &format!("{addr}/models/mnist:v1"),
-            dest.path().join("m").to_str().unwrap(),
-        ]);
+        .pull(&format!("{addr}/models/mnist:v1"), &dest.path().join("m"));
     run.assert_fails_with(&[&format!(
         "cannot connect to registry {addr} within 1s (OCIMODEL_CONNECT_TIMEOUT)"
     )]);

@@ -205,13 +205,9 @@ fn kitops_modelkit_and_filter() {
         .to_string();
     let before = reg.blob_gets(&code_digest);
     let dest = work.path().join("filtered");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_KIT_FILTER", "model,docs")
-        .run(&[
-            &format!("{}/models/kit:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/kit:v1", reg.addr), &dest)
         .assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
@@ -372,13 +368,9 @@ fn signatures_and_unknown_types() {
         "OCIMODEL_UNKNOWN=raw",
     ]);
     assert!(model_files(dest.path()).is_empty());
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_UNKNOWN", "raw")
-        .run(&[
-            &format!("{}/models/odd:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/odd:v1", reg.addr), &dest.path())
         .assert_ok();
     assert_eq!(
         fs::read(
@@ -411,8 +403,7 @@ fn kserve_storage_patterns_skip_downloads() {
     let weights = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
     let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
     let dest = work.path().join("out");
-    let run = Ocimodel::new()
-        .insecure(&reg)
+    let run = Ocimodel::for_registry(&reg)
         // modelpack-client titles each layer with the file's name.
         .env(
             "STORAGE_ALLOW_PATTERNS",
@@ -420,10 +411,7 @@ fn kserve_storage_patterns_skip_downloads() {
         )
         .env("STORAGE_IGNORE_PATTERNS", "README*")
         .env("OCIMODEL_EXCLUDE", "merges.txt")
-        .run(&[
-            &format!("{}/models/mp:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ]);
+        .pull(&format!("{}/models/mp:v1", reg.addr), &dest);
     run.assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
@@ -439,13 +427,12 @@ fn kserve_storage_patterns_skip_downloads() {
         "{}",
         marker(&dest)["selection"]
     );
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("STORAGE_ALLOW_PATTERNS", "[not json")
-        .run(&[
+        .pull(
             &format!("{}/models/mp:v1", reg.addr),
-            work.path().join("x").to_str().unwrap(),
-        ])
+            &work.path().join("x"),
+        )
         .assert_fails_with(&["STORAGE_ALLOW_PATTERNS starts like a JSON list but is not one"]);
 }
 
@@ -465,13 +452,9 @@ fn include_filter_skips_downloads() {
     let readme = format!("sha256:{}", sha256_file(&src.join("README.md")));
     let weights_digest = format!("sha256:{}", sha256_file(&src.join("model.safetensors")));
     let dest = work.path().join("out");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_INCLUDE", "*.safetensors,config.json")
-        .run(&[
-            &format!("{}/models/mp:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mp:v1", reg.addr), &dest)
         .assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
@@ -485,26 +468,21 @@ fn include_filter_skips_downloads() {
     assert_eq!(reg.blob_gets(&weights_digest), 1);
 
     // Changing the selection is a different install, not "already installed".
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_EXCLUDE", "*.safetensors")
-        .run(&[
-            &format!("{}/models/mp:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mp:v1", reg.addr), &dest)
         .assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
         vec!["README.md", "config.json"]
     );
 
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_INCLUDE", "*.gguf")
-        .run(&[
+        .pull(
             &format!("{}/models/mp:v1", reg.addr),
-            work.path().join("none").to_str().unwrap(),
-        ])
+            &work.path().join("none"),
+        )
         .assert_fails_with(&["no file passes the file filter", "*.gguf"]);
 }
 
@@ -700,13 +678,9 @@ fn kitops_child_kits_install_their_parent_model() {
 
     // Without the model in the kit filter, nothing comes from the parent.
     let dest = work.path().join("code-only");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_KIT_FILTER", "code")
-        .run(&[
-            &format!("{}/kits/child:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/kits/child:v1", reg.addr), &dest)
         .assert_ok();
     assert_eq!(
         tree(&dest).into_keys().collect::<Vec<_>>(),
@@ -768,11 +742,11 @@ fn a_parent_kit_named_by_tag_is_refused_under_require_digest() {
     let pinned = |repo: &str| format!("{}/{repo}@{}", reg.addr, reg.digest_of(repo, "v1"));
     let work = tempfile::tempdir().unwrap();
     let pull = |uri: &str, dest: &str, require: bool| {
-        let mut cmd = Ocimodel::new().insecure(&reg);
+        let mut cmd = Ocimodel::for_registry(&reg);
         if require {
             cmd = cmd.env("OCIMODEL_REQUIRE_DIGEST", "true");
         }
-        cmd.run(&[uri, work.path().join(dest).to_str().unwrap()])
+        cmd.pull(uri, &work.path().join(dest))
     };
 
     // Without the policy: the tag is followed, and the log says so.

@@ -48,7 +48,7 @@ fn manifest_with_layer(layer: serde_json::Value) -> Vec<u8> {
 fn refused(uri: &str, needles: &[&str]) {
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
-        .run(&[uri, dest.path().to_str().unwrap()])
+        .pull(uri, &dest.path())
         .assert_fails_with(needles);
     assert!(model_files(dest.path()).is_empty());
 }
@@ -179,9 +179,7 @@ fn sparse_tar_entries() {
     );
     let uri = layout(&dir.path().join("layout"), &m, &[layer, config]);
     let dest = dir.path().join("out");
-    Ocimodel::new()
-        .run(&[&uri, dest.to_str().unwrap()])
-        .assert_ok();
+    Ocimodel::new().pull(&uri, &dest).assert_ok();
     assert_eq!(
         sha256_file(&dest.join("sparse.bin")),
         sha256_file(&src.join("sparse.bin"))

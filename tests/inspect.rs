@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn run(args: &[&str], reg: &Registry) -> (i32, String, String) {
-    let r = Ocimodel::new().insecure(reg).run(args);
+    let r = Ocimodel::for_registry(reg).run(args);
     (r.code(), r.stdout(), r.stderr())
 }
 

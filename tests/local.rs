@@ -23,7 +23,7 @@ fn layout_uri(suffix: &str) -> String {
 fn demo_layout_installs_the_seed_model() {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
-    let run = Ocimodel::new().run(&[&layout_uri(""), dest.to_str().unwrap()]);
+    let run = Ocimodel::new().pull(&layout_uri(""), &dest);
     run.assert_ok();
     assert!(run.stdout().starts_with(DEMO_DIGEST), "{}", run.stdout());
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
@@ -41,14 +41,12 @@ fn layout_selectors() {
         .enumerate()
     {
         let dest = work.path().join(format!("d{i}"));
-        Ocimodel::new()
-            .run(&[&layout_uri(suffix), dest.to_str().unwrap()])
-            .assert_ok();
+        Ocimodel::new().pull(&layout_uri(suffix), &dest).assert_ok();
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     }
     let dest = work.path().join("bad");
     Ocimodel::new()
-        .run(&[&layout_uri(":v9"), dest.to_str().unwrap()])
+        .pull(&layout_uri(":v9"), &dest)
         .assert_fails_with(&["tag 'v9' not found", "tags: v1"]);
     Ocimodel::new()
         .run(&["oci-layout:///nonexistent/layout", dest.to_str().unwrap()])
@@ -66,7 +64,7 @@ fn tolerates_kserve_env_and_logs_json() {
         .env("STORAGE_CONFIG", "{not json")
         .env("CONFIDENTIAL_ENABLED", "false")
         .env("OCIMODEL_LOG_FORMAT", "json")
-        .run(&[&layout_uri(""), dest.to_str().unwrap()]);
+        .pull(&layout_uri(""), &dest);
     run.assert_ok();
     let lines: Vec<serde_json::Value> = run
         .stderr()
@@ -162,7 +160,7 @@ fn long_pulls_log_progress() {
     let dest = work.path().join("models");
     let run = Ocimodel::new()
         .env("OCIMODEL_PROGRESS_INTERVAL", "1")
-        .run(&[&uri, dest.to_str().unwrap()]);
+        .pull(&uri, &dest);
     writer.join().unwrap();
     run.assert_ok();
     let stderr = run.stderr();
@@ -195,15 +193,11 @@ fn arbitrary_uid_in_group_zero_installs_and_another_reads() {
     std::os::unix::fs::chown(volume.path(), Some(0), Some(0)).unwrap();
     let dest = volume.path().join("models");
     let termination = volume.path().join("termination-log");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_TERMINATION_LOG", &termination)
         .env("HOME", "/nonexistent")
         .run_as(1000930000, 0)
-        .run(&[
-            &format!("ocimodel://{}/models/car:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("ocimodel://{}/models/car:v1", reg.addr), &dest)
         .assert_ok();
     let meta = fs::metadata(dest.join("1/model.onnx")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000930000);
@@ -238,7 +232,7 @@ fn owner_setting_chowns_the_tree() {
     let dest = work.path().join("models");
     Ocimodel::new()
         .env("OCIMODEL_OWNER", "4242:0")
-        .run(&[&layout_uri(""), dest.to_str().unwrap()])
+        .pull(&layout_uri(""), &dest)
         .assert_ok();
     for p in [dest.join(MNIST_TITLE), dest.join("v1.nb20231206162408")] {
         let meta = fs::symlink_metadata(&p).unwrap();
@@ -254,7 +248,7 @@ fn owner_setting_chowns_the_tree() {
     }
     Ocimodel::new()
         .env("OCIMODEL_OWNER", "nobody")
-        .run(&[&layout_uri(""), work.path().join("x").to_str().unwrap()])
+        .pull(&layout_uri(""), &work.path().join("x"))
         .assert_fails_with(&["OCIMODEL_OWNER must be uid:gid"]);
 }
 
@@ -276,9 +270,7 @@ fn many_files_in_one_new_directory_install_concurrently() {
     let uri = push_layout(&model, &work.path().join("layout"), "oras");
     for round in 0..8 {
         let dest = work.path().join(format!("dest-{round}"));
-        Ocimodel::new()
-            .run(&[&uri, dest.to_str().unwrap()])
-            .assert_ok();
+        Ocimodel::new().pull(&uri, &dest).assert_ok();
         assert_eq!(fs::read_dir(dest.join("a/b")).unwrap().count(), 16);
     }
 }
@@ -295,7 +287,7 @@ fn hf_repo_installs_a_hub_cache_huggingface_hub_reads() {
     let pull = |repo: &str| {
         Ocimodel::new()
             .env("OCIMODEL_HF_REPO", repo)
-            .run(&[&layout_uri(""), dest.to_str().unwrap()])
+            .pull(&layout_uri(""), &dest)
     };
     pull("acme/mnist").assert_ok();
     // The revision: the digest's first 40 hex digits.
@@ -377,7 +369,7 @@ print(json.dumps({{"snapshot": snap, "path": path, "sha256": hashlib.sha256(open
     let bad = work.path().join("bad");
     Ocimodel::new()
         .env("OCIMODEL_HF_REPO", "acme/../mnist")
-        .run(&[&layout_uri(""), bad.to_str().unwrap()])
+        .pull(&layout_uri(""), &bad)
         .assert_fails_with(&["OCIMODEL_HF_REPO", "is not a Hugging Face repository id"]);
     assert!(!bad.join(".ocimodel.json").exists());
 }

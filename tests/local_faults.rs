@@ -61,7 +61,7 @@ fn not_enough_space_is_refused_up_front() {
     let fs = Tmpfs::new("256k", "");
     let dest = fs.path().join("models");
     Ocimodel::new()
-        .run(&[&demo_uri(), dest.to_str().unwrap()])
+        .pull(&demo_uri(), &dest)
         .assert_fails_with(&["not enough space", "needs at least 421403 bytes", "free"]);
     assert!(model_files(&dest).is_empty());
     assert!(leftovers(&dest).is_empty());
@@ -98,14 +98,14 @@ fn a_decompression_bomb_is_stopped() {
     let dest = work.path().join("models");
     Ocimodel::new()
         .env("OCIMODEL_MAX_EXPANDED", "16M")
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_fails_with(&["expands beyond OCIMODEL_MAX_EXPANDED"]);
     assert!(model_files(&dest).is_empty());
     assert!(leftovers(&dest).is_empty());
     // Within the limit the same image installs.
     Ocimodel::new()
         .env("OCIMODEL_MAX_EXPANDED", "100M")
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_ok();
     assert_eq!(
         fs::metadata(dest.join("zeros.bin")).unwrap().len(),
@@ -122,7 +122,7 @@ fn disk_full_midway_cleans_up() {
     let fs = Tmpfs::new("2m", "");
     let dest = fs.path().join("models");
     Ocimodel::new()
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_fails_with(&["No space left on device"]);
     assert!(model_files(&dest).is_empty());
     assert!(
@@ -138,7 +138,7 @@ fn dest_that_is_a_file_or_read_only() {
     let file = work.path().join("models");
     fs::write(&file, b"not a dir").unwrap();
     Ocimodel::new()
-        .run(&[&demo_uri(), file.to_str().unwrap()])
+        .pull(&demo_uri(), &file)
         .assert_fails_with(&["is not a directory", "models"]);
     assert_eq!(fs::read(&file).unwrap(), b"not a dir");
 
@@ -149,7 +149,7 @@ fn dest_that_is_a_file_or_read_only() {
     require_root("mounts a read-only tmpfs and runs as another UID");
     let ro = Tmpfs::new("1m", ",ro");
     Ocimodel::new()
-        .run(&[&demo_uri(), ro.path().to_str().unwrap()])
+        .pull(&demo_uri(), &ro.path())
         .assert_fails_with(&["cannot write to destination", "read-only or not permitted"]);
     assert_eq!(fs::read_dir(ro.path()).unwrap().count(), 0);
 
@@ -163,10 +163,7 @@ fn dest_that_is_a_file_or_read_only() {
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
     Ocimodel::new()
         .run_as(1000930000, 0)
-        .run(&[
-            &format!("oci-layout://{}", layout.display()),
-            locked.to_str().unwrap(),
-        ])
+        .pull(&format!("oci-layout://{}", layout.display()), &locked)
         .assert_fails_with(&[
             "cannot write to destination",
             "locked",
@@ -209,10 +206,7 @@ fn too_many_layers_are_refused() {
     .unwrap();
     let dest = work.path().join("models");
     Ocimodel::new()
-        .run(&[
-            &format!("oci-layout://{}", layout.display()),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("oci-layout://{}", layout.display()), &dest)
         .assert_fails_with(&["10001 layers", "refuses more than 10000"]);
     assert!(model_files(&dest).is_empty());
 }
@@ -229,7 +223,7 @@ fn a_second_run_waits_for_the_first() {
         || holds_lock(first.child.id(), &dest.join(".ocimodel/lock")),
     );
     // The same model from elsewhere, into the same DEST, while the first runs.
-    let run = Ocimodel::new().run(&[&demo_uri(), dest.to_str().unwrap()]);
+    let run = Ocimodel::new().pull(&demo_uri(), &dest);
     let status = first.child.wait().unwrap();
     writer.join().unwrap();
     assert!(status.success());
@@ -277,9 +271,7 @@ fn sigkill_at_random_moments_then_rerun() {
         let _ = fs::remove_file(dest.join(".ocimodel.json"));
     }
     // The rerun cleans whatever the dead runs left and completes.
-    Ocimodel::new()
-        .run(&[&demo_uri(), dest.to_str().unwrap()])
-        .assert_ok();
+    Ocimodel::new().pull(&demo_uri(), &dest).assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
     let check = Ocimodel::new().run(&["check", dest.to_str().unwrap()]);
@@ -297,11 +289,9 @@ fn too_many_entries_are_refused() {
     let dest = work.path().join("capped");
     Ocimodel::new()
         .env("OCIMODEL_MAX_FILES", "5")
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_fails_with(&["more entries than OCIMODEL_MAX_FILES allows"]);
     assert!(model_files(&dest).is_empty());
     let dest = work.path().join("default");
-    Ocimodel::new()
-        .run(&[&uri, dest.to_str().unwrap()])
-        .assert_ok();
+    Ocimodel::new().pull(&uri, &dest).assert_ok();
 }

@@ -13,12 +13,18 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 
-fn pull_via(hosts: &Path, uri: &str, dest: &Path, insecure: &str) -> Run {
+/// The binary with the node's mirror configuration in `hosts` (a
+/// containerd hosts.toml tree) only: no registries.conf.
+fn via_hosts(hosts: &Path) -> Ocimodel {
     Ocimodel::new()
         .env("OCIMODEL_HOSTS_DIR", hosts)
         .env("OCIMODEL_REGISTRIES_CONF", "off")
+}
+
+fn pull_via(hosts: &Path, uri: &str, dest: &Path, insecure: &str) -> Run {
+    via_hosts(hosts)
         .env("OCIMODEL_INSECURE_REGISTRIES", insecure)
-        .run(&[uri, dest.to_str().unwrap()])
+        .pull(uri, dest)
 }
 
 /// Two "nodes", each with its own node cache, behind a pull-through
@@ -37,12 +43,10 @@ fn nodes_behind_a_pull_through_mirror_cost_the_upstream_once() {
     let mut after_first = 0;
     for node in ["node-a", "node-b"] {
         let dest = work.path().join(node).join("models");
-        Ocimodel::new()
-            .env("OCIMODEL_HOSTS_DIR", hosts.path())
-            .env("OCIMODEL_REGISTRIES_CONF", "off")
+        via_hosts(hosts.path())
             .env("OCIMODEL_INSECURE_REGISTRIES", &insecure)
             .env("OCIMODEL_CACHE_DIR", work.path().join(node).join("cache"))
-            .run(&[&uri, dest.to_str().unwrap()])
+            .pull(&uri, &dest)
             .assert_ok();
         assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
         if node == "node-a" {
@@ -127,18 +131,13 @@ fn dead_missing_and_lying_mirrors_cannot_break_a_pull() {
     );
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("m");
-    let run = Ocimodel::new()
-        .env("OCIMODEL_HOSTS_DIR", hosts.path())
-        .env("OCIMODEL_REGISTRIES_CONF", "off")
+    let run = via_hosts(hosts.path())
         .env(
             "OCIMODEL_INSECURE_REGISTRIES",
             format!("{},{missing_addr},{liar_addr}", upstream.addr),
         )
         .env("OCIMODEL_CONNECT_TIMEOUT", "2")
-        .run(&[
-            &format!("{}/models/mnist@{digest}", upstream.addr),
-            dest.to_str().unwrap(),
-        ]);
+        .pull(&format!("{}/models/mnist@{digest}", upstream.addr), &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert!(
@@ -209,19 +208,14 @@ fn a_dragonfly_style_mirror_gets_its_header_and_no_credentials() {
     );
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("m");
-    Ocimodel::new()
-        .env("OCIMODEL_HOSTS_DIR", hosts.path())
-        .env("OCIMODEL_REGISTRIES_CONF", "off")
+    via_hosts(hosts.path())
         .env("OCIMODEL_NODE_IP", "127.0.0.2")
         .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
         .env(
             "OCIMODEL_DOCKER_CONFIG_JSON",
             docker_config(USER, PASSWORD, &upstream.addr),
         )
-        .run(&[
-            &format!("{}/models/mnist@{digest}", upstream.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mnist@{digest}", upstream.addr), &dest)
         .assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     let seen = seen.lock().unwrap().clone();
@@ -267,7 +261,7 @@ fn registries_conf_mirrors_by_digest_and_blocks() {
             .env("OCIMODEL_HOSTS_DIR", "off")
             .env("OCIMODEL_REGISTRIES_CONF", &file)
             .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
-            .run(&[uri.as_str(), work.path().join(name).to_str().unwrap()])
+            .pull(uri.as_str(), &work.path().join(name))
     };
     pull(format!("{}/models/mnist@{digest}", upstream.addr), "pinned").assert_ok();
     assert!(
@@ -549,10 +543,10 @@ fn our_reading_of_registries_conf_matches_skopeo() {
     Ocimodel::new()
         .env("OCIMODEL_HOSTS_DIR", "off")
         .env("OCIMODEL_REGISTRIES_CONF", &file)
-        .run(&[
+        .pull(
             &format!("{}/models/mnist@{digest}", upstream.addr),
-            work.path().join("ours").to_str().unwrap(),
-        ])
+            &work.path().join("ours"),
+        )
         .assert_ok();
     let ours = std::mem::take(&mut *seen.lock().unwrap());
     let manifest_path = format!("/v2/cache/models/mnist/manifests/{digest}");
@@ -648,18 +642,13 @@ fn a_mirror_that_stalls_mid_blob_is_left_for_the_registry() {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("m");
     let started = std::time::Instant::now();
-    let run = Ocimodel::new()
-        .env("OCIMODEL_HOSTS_DIR", hosts.path())
-        .env("OCIMODEL_REGISTRIES_CONF", "off")
+    let run = via_hosts(hosts.path())
         .env(
             "OCIMODEL_INSECURE_REGISTRIES",
             format!("{},{stalling_addr}", upstream.addr),
         )
         .env("OCIMODEL_STALL_TIMEOUT", "2")
-        .run(&[
-            &format!("{}/models/mnist@{digest}", upstream.addr),
-            dest.to_str().unwrap(),
-        ]);
+        .pull(&format!("{}/models/mnist@{digest}", upstream.addr), &dest);
     run.assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     assert_eq!(
@@ -778,15 +767,13 @@ fn a_mirror_s_transport_settings_do_not_follow_its_host_into_other_roles() {
     let (plain, seen) = basic_host_with_nothing();
     let child = child_kit(&upstream, "kits/child", &format!("{plain}/kits/parent:v1"));
     let hosts = hosts_dir(&upstream.addr, &[(&format!("http://{plain}"), "")]);
-    let run = Ocimodel::new()
-        .env("OCIMODEL_HOSTS_DIR", hosts.path())
-        .env("OCIMODEL_REGISTRIES_CONF", "off")
+    let run = via_hosts(hosts.path())
         .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
         .env(
             "OCIMODEL_DOCKER_CONFIG_JSON",
             docker_config("bob", "R2secret", &plain),
         )
-        .run(&[&child, work.path().join("plain").to_str().unwrap()]);
+        .pull(&child, &work.path().join("plain"));
     let seen = seen.lock().unwrap().clone();
     // As the mirror it is asked over plain http, as configured...
     assert!(
@@ -882,16 +869,14 @@ fn the_node_ip_replaces_only_a_whole_loopback_host() {
         &[(&format!("http://127.0.0.10:{port}"), "")],
     );
     let work = tempfile::tempdir().unwrap();
-    let run = Ocimodel::new()
-        .env("OCIMODEL_HOSTS_DIR", hosts.path())
-        .env("OCIMODEL_REGISTRIES_CONF", "off")
+    let run = via_hosts(hosts.path())
         .env("OCIMODEL_NODE_IP", "127.0.0.2")
         .env("OCIMODEL_INSECURE_REGISTRIES", &upstream.addr)
         .env("OCIMODEL_CONNECT_TIMEOUT", "2")
-        .run(&[
+        .pull(
             &format!("{}/models/mnist@{digest}", upstream.addr),
-            work.path().join("m").to_str().unwrap(),
-        ]);
+            &work.path().join("m"),
+        );
     run.assert_ok();
     assert!(
         !seen.lock().unwrap().is_empty(),

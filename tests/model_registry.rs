@@ -87,11 +87,10 @@ fn model_registry_uris_resolve_to_the_oci_artifact() {
     mr.register("mnist", "s3://models/mnist/v2", "v2");
     let work = tempfile::tempdir().unwrap();
     let pull = |uri: &str, dest: &str| {
-        Ocimodel::new()
-            .insecure(&reg)
+        Ocimodel::for_registry(&reg)
             .env("MODEL_REGISTRY_BASE_URL", &mr.addr)
             .env("OCIMODEL_REQUIRE_DIGEST", "true")
-            .run(&[uri, work.path().join(dest).to_str().unwrap()])
+            .pull(uri, &work.path().join(dest))
     };
 
     let run = pull("model-registry://mnist/v1", "v1");
@@ -122,12 +121,11 @@ fn model_registry_uris_resolve_to_the_oci_artifact() {
     }
 
     // The host in the URI (3 tokens) instead of MODEL_REGISTRY_BASE_URL.
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
+    Ocimodel::for_registry(&reg)
+        .pull(
             &format!("model-registry://{}/mnist/v1", mr.addr),
-            work.path().join("host").to_str().unwrap(),
-        ])
+            &work.path().join("host"),
+        )
         .assert_ok();
 
     // No version: the newest, v2, which is in S3.
@@ -159,13 +157,11 @@ fn model_registry_bearer_token_from_kf_pipelines_sa_token_path() {
     std::fs::write(&token_file, format!("{secret}\n")).unwrap();
     std::fs::write(&wrong_file, "another-token").unwrap();
     let pull = |dest: &str, token: Option<&std::path::Path>, uri: &str| {
-        let mut cmd = Ocimodel::new()
-            .insecure(&reg)
-            .env("MODEL_REGISTRY_BASE_URL", &mr.addr);
+        let mut cmd = Ocimodel::for_registry(&reg).env("MODEL_REGISTRY_BASE_URL", &mr.addr);
         if let Some(t) = token {
             cmd = cmd.env("KF_PIPELINES_SA_TOKEN_PATH", t.to_str().unwrap());
         }
-        let run = cmd.run(&[uri, work.path().join(dest).to_str().unwrap()]);
+        let run = cmd.pull(uri, &work.path().join(dest));
         assert!(!run.stderr().contains(secret), "{}", run.stderr());
         run
     };
@@ -199,13 +195,12 @@ fn model_registry_bearer_token_from_kf_pipelines_sa_token_path() {
     // A host the URI names over plain http is not the configured registry:
     // it does not get the token (the configured one is elsewhere here).
     let before = mr.requests().len();
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("KF_PIPELINES_SA_TOKEN_PATH", token_file.to_str().unwrap())
-        .run(&[
+        .pull(
             &format!("model-registry://{}/mnist/v1", mr.addr),
-            work.path().join("named").to_str().unwrap(),
-        ])
+            &work.path().join("named"),
+        )
         .assert_fails_with(&[
             "the token is sent over plain http only to the configured registry",
             "use https for 127.0.0.1:",
@@ -264,7 +259,7 @@ fn a_namespace_in_the_uri_does_not_get_the_token_in_clear() {
             )
             .env("HTTP_PROXY", format!("http://{proxy}"));
         cmd.cmd.env_remove("NO_PROXY");
-        let run = cmd.run(&[uri, work.path().join(dest).to_str().unwrap()]);
+        let run = cmd.pull(uri, &work.path().join(dest));
         assert!(!run.stderr().contains(secret), "{}", run.stderr());
         run
     };
@@ -346,10 +341,9 @@ fn model_registry_answers_are_capped_timed_and_rated() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let work = tempfile::tempdir().unwrap();
     let resolve = |addr: &str, env: &[(&str, &str)]| {
-        let mut cmd = Ocimodel::new().env("MODEL_REGISTRY_BASE_URL", addr);
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
+        let cmd = Ocimodel::new()
+            .env("MODEL_REGISTRY_BASE_URL", addr)
+            .envs(env);
         let started = std::time::Instant::now();
         let run = cmd.run(&[
             "model-registry://m/v1",

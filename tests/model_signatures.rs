@@ -118,14 +118,6 @@ fn pack(model: &Path, work: &Path, format: &str) -> String {
     push_layout(model, &work.join(format!("layout-{format}")), format)
 }
 
-fn pull(uri: &str, dest: &Path, env: &[(&str, &str)]) -> Run {
-    let mut o = Ocimodel::new();
-    for (k, v) in env {
-        o = o.env(k, v);
-    }
-    o.run(&[uri, dest.to_str().unwrap()])
-}
-
 /// The tree under `dir` (files with their bytes), bookkeeping left out.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -174,7 +166,10 @@ fn key_signed_models_install_from_every_format() {
         let uri = pack(&m, work.path(), format);
         uris.push(uri.clone());
         let dest = work.path().join(format!("dest-{format}"));
-        pull(&uri, &dest, &[("OCIMODEL_MODEL_KEY", key)]).assert_ok();
+        Ocimodel::new()
+            .envs(&[("OCIMODEL_MODEL_KEY", key)])
+            .pull(&uri, &dest)
+            .assert_ok();
         assert_eq!(tree(&dest), tree(&m), "{format}");
         let signed = &marker(&dest)["modelSignature"];
         assert_eq!(signed["path"], "model.sig", "{format}");
@@ -202,7 +197,9 @@ fn key_signed_models_install_from_every_format() {
             "{format}: model_signing disagrees"
         );
         // The same tree, installed: nothing to do on a rerun.
-        let again = pull(&uri, &dest, &[("OCIMODEL_MODEL_KEY", key)]);
+        let again = Ocimodel::new()
+            .envs(&[("OCIMODEL_MODEL_KEY", key)])
+            .pull(&uri, &dest);
         again.assert_ok();
         assert!(
             again.stderr().contains("already installed"),
@@ -228,7 +225,7 @@ fn key_signed_models_install_from_every_format() {
         let check = |key: &str| {
             Ocimodel::new()
                 .env("OCIMODEL_MODEL_KEY", key)
-                .run(&[command, dest.to_str().unwrap()])
+                .pull(command, &dest)
         };
         let run = check(key);
         run.assert_ok();
@@ -257,7 +254,7 @@ fn key_signed_models_install_from_every_format() {
     let run = Ocimodel::new()
         .env("OCIMODEL_MODEL_KEY", key)
         .env("OCIMODEL_HF_REPO", "acme/signed")
-        .run(&[&uris[0], hub.to_str().unwrap()]);
+        .pull(&uris[0], &hub);
     run.assert_ok();
     let digest = marker(&hub)["digest"].as_str().unwrap().to_string();
     let revision = &digest["sha256:".len()..][..40];
@@ -287,12 +284,10 @@ fn tampered_models_are_refused_and_dest_keeps_what_it_had() {
     let good = model(&work.path().join("good"));
     sign_with_key(&good, &private);
     let dest = work.path().join("dest");
-    pull(
-        &pack(&good, &work.path().join("good"), "modelpack"),
-        &dest,
-        &[("OCIMODEL_MODEL_KEY", &key)],
-    )
-    .assert_ok();
+    Ocimodel::new()
+        .envs(&[("OCIMODEL_MODEL_KEY", &key)])
+        .pull(&pack(&good, &work.path().join("good"), "modelpack"), &dest)
+        .assert_ok();
     let installed = tree(&dest);
     let installed_marker = marker(&dest);
 
@@ -338,11 +333,9 @@ fn tampered_models_are_refused_and_dest_keeps_what_it_had() {
         sign_with_key(&m, &private);
         tamper(&m, &private, &other_private);
         for format in ["modelpack", "modelcar"] {
-            let run = pull(
-                &pack(&m, &root, format),
-                &dest,
-                &[("OCIMODEL_MODEL_KEY", &key)],
-            );
+            let run = Ocimodel::new()
+                .envs(&[("OCIMODEL_MODEL_KEY", &key)])
+                .pull(&pack(&m, &root, format), &dest);
             run.assert_fails_with(&["model signature model.sig", needle]);
             assert_eq!(tree(&dest), installed, "{name}/{format}: DEST changed");
             assert_eq!(marker(&dest), installed_marker, "{name}/{format}");
@@ -389,7 +382,10 @@ fn shards_blake3_and_p384_signatures_verify() {
         }
         let dest = root.join("dest");
         let uri = pack(&m, &root, "modelcar");
-        pull(&uri, &dest, &[("OCIMODEL_MODEL_KEY", key)]).assert_ok();
+        Ocimodel::new()
+            .envs(&[("OCIMODEL_MODEL_KEY", key)])
+            .pull(&uri, &dest)
+            .assert_ok();
         assert_eq!(
             marker(&dest)["modelSignature"]["serialization"],
             serialization
@@ -420,12 +416,10 @@ fn shards_blake3_and_p384_signatures_verify() {
         } else {
             "weights/part-1.bin has changed"
         };
-        pull(
-            &pack(&m, &root, "oras"),
-            &root.join("dest2"),
-            &[("OCIMODEL_MODEL_KEY", key)],
-        )
-        .assert_fails_with(&[changed]);
+        Ocimodel::new()
+            .envs(&[("OCIMODEL_MODEL_KEY", key)])
+            .pull(&pack(&m, &root, "oras"), &root.join("dest2"))
+            .assert_fails_with(&[changed]);
         assert!(!root.join("dest2/config.json").exists());
     }
 }
@@ -537,11 +531,9 @@ fn certificate_signed_models_chain_to_the_configured_ca() {
     for (ca, ok) in [("model-ca", true), ("other-ca", false)] {
         let chain = dir.join(format!("{ca}.pem"));
         let dest = dir.join(format!("dest-{ca}"));
-        let run = pull(
-            &uri,
-            &dest,
-            &[("OCIMODEL_MODEL_CERT_CHAIN", chain.to_str().unwrap())],
-        );
+        let run = Ocimodel::new()
+            .envs(&[("OCIMODEL_MODEL_CERT_CHAIN", chain.to_str().unwrap())])
+            .pull(&uri, &dest);
         let tool = model_signing(&[
             "verify",
             "certificate",
@@ -582,20 +574,20 @@ fn policy_modes_and_signature_path() {
     let uri = pack(&unsigned, &work.path().join("unsigned"), "modelpack");
     let dest = |n: &str| work.path().join(n);
 
-    let run = pull(&uri, &dest("a"), &[("OCIMODEL_MODEL_KEY", key)]);
+    let run = Ocimodel::new()
+        .envs(&[("OCIMODEL_MODEL_KEY", key)])
+        .pull(&uri, &dest("a"));
     run.assert_fails_with(&[
         "model signature model.sig",
         "the model has no signature file there",
     ]);
     assert!(!dest("a").join("config.json").exists());
-    let run = pull(
-        &uri,
-        &dest("b"),
-        &[
+    let run = Ocimodel::new()
+        .envs(&[
             ("OCIMODEL_MODEL_KEY", key),
             ("OCIMODEL_MODEL_SIGNATURE", "if-present"),
-        ],
-    );
+        ])
+        .pull(&uri, &dest("b"));
     run.assert_ok();
     assert!(
         run.stderr().contains("the model is not signed"),
@@ -609,17 +601,17 @@ fn policy_modes_and_signature_path() {
     fs::create_dir(m.join("signatures")).unwrap();
     sign_with_key_to(&m, &private, "signatures/model.sig");
     let uri = pack(&m, &work.path().join("elsewhere"), "oras");
-    pull(&uri, &dest("c"), &[("OCIMODEL_MODEL_KEY", key)])
+    Ocimodel::new()
+        .envs(&[("OCIMODEL_MODEL_KEY", key)])
+        .pull(&uri, &dest("c"))
         .assert_fails_with(&["the model has no signature file there"]);
-    pull(
-        &uri,
-        &dest("d"),
-        &[
+    Ocimodel::new()
+        .envs(&[
             ("OCIMODEL_MODEL_KEY", key),
             ("OCIMODEL_MODEL_SIGNATURE_PATH", "signatures/model.sig"),
-        ],
-    )
-    .assert_ok();
+        ])
+        .pull(&uri, &dest("d"))
+        .assert_ok();
     assert_eq!(
         marker(&dest("d"))["modelSignature"]["path"],
         "signatures/model.sig"
@@ -649,7 +641,7 @@ fn policy_modes_and_signature_path() {
             "OCIMODEL_MODEL_IDENTITY needs OCIMODEL_MODEL_OIDC_ISSUER",
         ),
     ] {
-        let run = pull(&uri, &dest("e"), env);
+        let run = Ocimodel::new().envs(env).pull(&uri, &dest("e"));
         run.assert_fails_with(&[needle]);
         assert!(!dest("e").exists(), "{needle}: DEST was created");
     }
@@ -667,24 +659,20 @@ fn image_and_model_policies_are_each_checked() {
     let key = public.to_str().unwrap();
     // The image is not signed: an image policy that requires it refuses
     // even though the model signature is good.
-    pull(
-        &uri,
-        &work.path().join("a"),
-        &[("OCIMODEL_MODEL_KEY", key), ("COSIGN_KEY", key)],
-    )
-    .assert_fails_with(&["no signature found for"]);
+    Ocimodel::new()
+        .envs(&[("OCIMODEL_MODEL_KEY", key), ("COSIGN_KEY", key)])
+        .pull(&uri, &work.path().join("a"))
+        .assert_fails_with(&["no signature found for"]);
     // if-present for the image, required for the model: installs, and the
     // marker records the model signature only.
-    pull(
-        &uri,
-        &work.path().join("b"),
-        &[
+    Ocimodel::new()
+        .envs(&[
             ("OCIMODEL_MODEL_KEY", key),
             ("COSIGN_KEY", key),
             ("OCIMODEL_VERIFY", "if-present"),
-        ],
-    )
-    .assert_ok();
+        ])
+        .pull(&uri, &work.path().join("b"))
+        .assert_ok();
     let mk = marker(&work.path().join("b"));
     assert!(mk.get("signatures").is_none());
     assert_eq!(mk["modelSignature"]["resources"], 4);
@@ -716,8 +704,7 @@ fn signed_models_from_a_registry() {
     let evil = work.path().join("evil.json");
     fs::write(&evil, br#"{"arch": "evil"}"#).unwrap();
     reg.oras_push("models/tiny:evil", &files(Some(&evil)));
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .run(&[
             "push",
             m.to_str().unwrap(),
@@ -729,13 +716,9 @@ fn signed_models_from_a_registry() {
     let key = public.to_str().unwrap();
     for tag in ["oras", "car", "evil"] {
         let dest = work.path().join(tag);
-        let run = Ocimodel::new()
-            .insecure(&reg)
+        let run = Ocimodel::for_registry(&reg)
             .env("OCIMODEL_MODEL_KEY", key)
-            .run(&[
-                &format!("{}/models/tiny:{tag}", reg.addr),
-                dest.to_str().unwrap(),
-            ]);
+            .pull(&format!("{}/models/tiny:{tag}", reg.addr), &dest);
         if tag == "evil" {
             run.assert_fails_with(&["model signature model.sig", "config.json has changed"]);
             assert!(!dest.join("weights").exists());

@@ -38,6 +38,18 @@ fn cached(cache: &Path) -> Ocimodel {
     Ocimodel::new().env("OCIMODEL_CACHE_DIR", cache)
 }
 
+/// Pulls `models/big:v1` from `reg` into `dest` through the node cache,
+/// then stops the registry; its address, for pulls that find it gone.
+fn cache_tag_then_stop(cache: &Path, reg: Registry, dest: &Path) -> String {
+    cached(cache)
+        .insecure(&reg)
+        .pull(&format!("{}/models/big:v1", reg.addr), dest)
+        .assert_ok();
+    let addr = reg.addr.clone();
+    drop(reg.stop());
+    addr
+}
+
 fn blob_path(cache: &Path, digest: &str) -> PathBuf {
     cache
         .join("blobs/sha256")
@@ -84,9 +96,7 @@ fn concurrent_pulls_on_one_node_download_each_blob_once() {
     assert_eq!(mode(&blob_path(&cache, &blob)) & 0o060, 0o060);
     // A later pod on the node needs no download at all.
     let later = work.path().join("later");
-    let run = cached(&cache)
-        .insecure(&reg)
-        .run(&[&uri, later.to_str().unwrap()]);
+    let run = cached(&cache).insecure(&reg).pull(&uri, &later);
     run.assert_ok();
     assert!(
         run.stderr().contains("from the node cache"),
@@ -108,10 +118,9 @@ fn a_partial_download_resumes_with_range() {
     let kept = SIZE * 6 / 10;
     fs::write(ingest.join(&blob[7..]), &weights[..kept]).unwrap();
     let dest = work.path().join("m");
-    let run = cached(&cache).insecure(&reg).run(&[
-        &format!("{}/models/big:v1", reg.addr),
-        dest.to_str().unwrap(),
-    ]);
+    let run = cached(&cache)
+        .insecure(&reg)
+        .pull(&format!("{}/models/big:v1", reg.addr), &dest);
     resumed(&run, kept, &dest, &weights);
     fetched_only_the_rest(&reg, &blob, kept as u64);
     assert!(
@@ -129,9 +138,7 @@ fn corrupted_planted_or_garbage_entries_are_dropped_and_fetched_again() {
     let uri = format!("{}/models/big:v1", reg.addr);
     let pull = |name: &str| {
         let dest = work.path().join(name);
-        let run = cached(&cache)
-            .insecure(&reg)
-            .run(&[&uri, dest.to_str().unwrap()]);
+        let run = cached(&cache).insecure(&reg).pull(&uri, &dest);
         run.assert_ok();
         installed(&dest, &weights);
         run
@@ -177,26 +184,20 @@ fn a_digest_reference_installs_with_the_registry_gone() {
     let cache = work.path().join("cache");
     let uri = format!("{}/models/big@{digest}", reg.addr);
     let first = work.path().join("first");
-    cached(&cache)
-        .insecure(&reg)
-        .run(&[&uri, first.to_str().unwrap()])
-        .assert_ok();
+    cached(&cache).insecure(&reg).pull(&uri, &first).assert_ok();
     let addr = reg.addr.clone();
     drop(reg.stop());
     let offline = work.path().join("offline");
     let run = cached(&cache)
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[&uri, offline.to_str().unwrap()]);
+        .pull(&uri, &offline);
     run.assert_ok();
     installed(&offline, &weights);
     // A tag still needs the registry to say what it means.
     Ocimodel::new()
         .env("OCIMODEL_CACHE_DIR", &cache)
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[
-            &format!("{addr}/models/big:v1"),
-            work.path().join("tag").to_str().unwrap(),
-        ])
+        .pull(&format!("{addr}/models/big:v1"), &work.path().join("tag"))
         .assert_fails_with(&["cannot reach registry"]);
 }
 
@@ -214,7 +215,7 @@ fn a_rerun_with_digest_recheck_repairs_the_tree() {
         cached(&cache)
             .insecure(&reg)
             .env("OCIMODEL_RECHECK", recheck)
-            .run(&[&uri, dest.to_str().unwrap()])
+            .pull(&uri, &dest)
     };
     pull("digest").assert_ok();
     // Same size, other bytes (disk rot, a tenant's edit).
@@ -256,7 +257,7 @@ fn the_sidecar_reports_cache_hits_and_misses() {
     let uri = format!("{}/models/big:v1", reg.addr);
     cached(&cache)
         .insecure(&reg)
-        .run(&[&uri, work.path().join("first").to_str().unwrap()])
+        .pull(&uri, &work.path().join("first"))
         .assert_ok();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut sidecar = cached(&cache)
@@ -406,10 +407,9 @@ fn a_pull_killed_mid_blob_resumes_on_the_next_run() {
     let kept_now = kill_mid_blob(killed, &partial);
 
     let dest = work.path().join("m");
-    let run = cached(&cache).insecure(&reg).run(&[
-        &format!("{}/models/big@{digest}", reg.addr),
-        dest.to_str().unwrap(),
-    ]);
+    let run = cached(&cache)
+        .insecure(&reg)
+        .pull(&format!("{}/models/big@{digest}", reg.addr), &dest);
     run.assert_ok();
     installed(&dest, &weights);
     fetched_only_the_rest(&reg, &blob, kept_now);
@@ -443,25 +443,17 @@ fn without_a_cache_dir_a_killed_pull_resumes_from_dest() {
         "private to its writer"
     );
 
-    let run = Ocimodel::new()
-        .insecure(&reg)
+    let run = Ocimodel::for_registry(&reg)
         .env("OCIMODEL_RESUME_MIN", "1M")
-        .run(&[
-            &format!("{}/models/big@{digest}", reg.addr),
-            dest.to_str().unwrap(),
-        ]);
+        .pull(&format!("{}/models/big@{digest}", reg.addr), &dest);
     resumed(&run, kept, &dest, &weights);
     fetched_only_the_rest(&reg, &blob, kept);
     assert!(!partial.exists(), "a delivered download is not kept");
 
     // Below the threshold (default 4G), nothing is kept at all.
     let small = work.path().join("small");
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/big@{digest}", reg.addr),
-            small.to_str().unwrap(),
-        ])
+    Ocimodel::for_registry(&reg)
+        .pull(&format!("{}/models/big@{digest}", reg.addr), &small)
         .assert_ok();
     assert!(!small.join(".ocimodel/partials").exists());
 }
@@ -484,7 +476,7 @@ fn pods_with_other_uids_in_group_zero_share_the_cache() {
         let run = cached(&cache)
             .insecure(&reg)
             .run_as(uid, 0)
-            .run(&[&uri, work.path().join(name).to_str().unwrap()]);
+            .pull(&uri, &work.path().join(name));
         run.assert_ok();
         installed(&work.path().join(name), &weights);
     }
@@ -497,7 +489,7 @@ fn pods_with_other_uids_in_group_zero_share_the_cache() {
     cached(&cache)
         .insecure(&reg)
         .run_as(1000940000, 0)
-        .run(&[&uri, work.path().join("c").to_str().unwrap()])
+        .pull(&uri, &work.path().join("c"))
         .assert_ok();
     installed(&work.path().join("c"), &weights);
     assert_eq!(sha256_file(&entry), &blob[7..]);
@@ -631,10 +623,7 @@ fn planted_cache_symlinks_redirect_no_chmod_create_or_delete() {
     let first = work.path().join("first");
     cached(&cache)
         .insecure(&reg)
-        .run(&[
-            &format!("{}/models/big@{digest}", reg.addr),
-            first.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/big@{digest}", reg.addr), &first)
         .assert_ok();
     let victims: Vec<PathBuf> = ["blobs", "ingest", "locks", "manifests"]
         .iter()
@@ -657,7 +646,7 @@ fn planted_cache_symlinks_redirect_no_chmod_create_or_delete() {
     cached(&cache)
         .insecure(&reg)
         .env("OCIMODEL_CACHE_MAX", "1")
-        .run(&[&other, second.to_str().unwrap()])
+        .pull(&other, &second)
         .assert_ok();
     Ocimodel::new()
         .run(&["check", second.to_str().unwrap()])
@@ -687,7 +676,7 @@ fn a_planted_blobs_symlink_cannot_evict_the_victims_own_model() {
     let a = home.join("a");
     let victim = || cached(&cache).insecure(&reg).run_as(VICTIM, 0);
     victim()
-        .run(&[&format!("{}/models/big:v1", reg.addr), a.to_str().unwrap()])
+        .pull(&format!("{}/models/big:v1", reg.addr), &a)
         .assert_ok();
     let before: Vec<_> = fs::read_dir(&a)
         .unwrap()
@@ -702,7 +691,7 @@ fn a_planted_blobs_symlink_cannot_evict_the_victims_own_model() {
     );
     victim()
         .env("OCIMODEL_CACHE_MAX", "1")
-        .run(&[&other, home.join("b").to_str().unwrap()])
+        .pull(&other, &home.join("b"))
         .assert_ok();
     let after: Vec<_> = fs::read_dir(&a)
         .unwrap()
@@ -723,7 +712,7 @@ fn a_fifo_planted_as_a_cached_blob_is_dropped_not_waited_on() {
     let uri = format!("{}/models/big@{digest}", reg.addr);
     cached(&cache)
         .insecure(&reg)
-        .run(&[&uri, work.path().join("first").to_str().unwrap()])
+        .pull(&uri, &work.path().join("first"))
         .assert_ok();
     let hex = &blob[7..];
     cotenant(
@@ -763,7 +752,7 @@ fn cache_trouble_falls_back_to_the_network() {
     let uri = format!("{}/models/big:v1", reg.addr);
     cached(&cache)
         .insecure(&reg)
-        .run(&[&uri, work.path().join("warm").to_str().unwrap()])
+        .pull(&uri, &work.path().join("warm"))
         .assert_ok();
     let hex = &blob[7..];
     let pull = |name: &str| {
@@ -956,7 +945,7 @@ fn cache_max_counts_and_evicts_abandoned_partials() {
     let cache = work.path().join("cache");
     cached(&cache)
         .insecure(&reg)
-        .run(&[&other, work.path().join("warm").to_str().unwrap()])
+        .pull(&other, &work.path().join("warm"))
         .assert_ok();
     let hex = sha256_hex(b"abandoned");
     cotenant(
@@ -968,10 +957,10 @@ fn cache_max_counts_and_evicts_abandoned_partials() {
     cached(&cache)
         .insecure(&reg)
         .env("OCIMODEL_CACHE_MAX", "1M")
-        .run(&[
+        .pull(
             &format!("{}/models/big:v1", reg.addr),
-            work.path().join("big").to_str().unwrap(),
-        ])
+            &work.path().join("big"),
+        )
         .assert_ok();
     assert!(
         !cache.join("ingest/sha256").join(&hex).exists(),
@@ -987,15 +976,7 @@ fn a_digest_installs_offline_after_pods_pulled_its_tag() {
     let (reg, digest, _, weights) = model();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    cached(&cache)
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/big:v1", reg.addr),
-            work.path().join("tag").to_str().unwrap(),
-        ])
-        .assert_ok();
-    let addr = reg.addr.clone();
-    drop(reg.stop());
+    let addr = cache_tag_then_stop(&cache, reg, &work.path().join("tag"));
     let dest = work.path().join("offline");
     let (run, took) = run_within(
         cached(&cache).env("OCIMODEL_INSECURE_REGISTRIES", &addr),
@@ -1018,15 +999,7 @@ fn a_registry_that_never_answers_does_not_hold_a_cached_digest_pull() {
     let (reg, digest, _, weights) = model();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    cached(&cache)
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/big:v1", reg.addr),
-            work.path().join("tag").to_str().unwrap(),
-        ])
-        .assert_ok();
-    let addr = reg.addr.clone();
-    drop(reg.stop());
+    let addr = cache_tag_then_stop(&cache, reg, &work.path().join("tag"));
     let _hang = hanging_listener(&addr);
     let dest = work.path().join("offline");
     let (run, took) = run_within(

@@ -230,7 +230,7 @@ fn a_cpu_quota_sizes_the_work_to_it() {
     }
     // Outside the cgroup, the same binary sees this machine's CPUs.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let run = Ocimodel::new().run(&[&uri, work.path().join("dest2").to_str().unwrap()]);
+    let run = Ocimodel::new().pull(&uri, &work.path().join("dest2"));
     run.assert_ok();
     assert!(
         run.stderr().contains(&format!("cpus={cpus}")),

@@ -36,9 +36,7 @@ fn oras_artifact_by_tag_and_by_digest() {
     // By tag, through the KServe scheme, into a DEST that does not exist yet.
     let by_tag = work.path().join("mnt/models");
     let uri = format!("ocimodel://{}/models/mnist:v1", reg.addr);
-    let run = Ocimodel::new()
-        .insecure(&reg)
-        .run(&[&uri, by_tag.to_str().unwrap()]);
+    let run = Ocimodel::for_registry(&reg).pull(&uri, &by_tag);
     run.assert_ok();
     assert_mnist_installed(&by_tag);
     assert_eq!(
@@ -72,8 +70,7 @@ fn oras_artifact_by_tag_and_by_digest() {
     // By digest, plain reference, through the `pull` subcommand.
     let by_digest = work.path().join("by-digest");
     let uri = format!("{}/models/mnist@{digest}", reg.addr);
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .run(&["pull", &uri, by_digest.to_str().unwrap()])
         .assert_ok();
     assert_mnist_installed(&by_digest);
@@ -149,12 +146,8 @@ fn modelcar_image_with_gzip_zstd_and_whiteouts() {
     let work = tempfile::tempdir().unwrap();
 
     let by_tag = work.path().join("tag");
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("oci://{}/models/car:v1", reg.addr),
-            by_tag.to_str().unwrap(),
-        ])
+    Ocimodel::for_registry(&reg)
+        .pull(&format!("oci://{}/models/car:v1", reg.addr), &by_tag)
         .assert_ok();
     assert_modelcar_installed(&by_tag);
     let m = marker(&by_tag);
@@ -164,24 +157,16 @@ fn modelcar_image_with_gzip_zstd_and_whiteouts() {
     assert_eq!(m["links"]["latest"], "1/model.onnx");
 
     let by_digest = work.path().join("digest");
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[
-            &format!("{}/models/car@{digest}", reg.addr),
-            by_digest.to_str().unwrap(),
-        ])
+    Ocimodel::for_registry(&reg)
+        .pull(&format!("{}/models/car@{digest}", reg.addr), &by_digest)
         .assert_ok();
     assert_modelcar_installed(&by_digest);
 
     // The whole image root when asked.
     let all = work.path().join("all");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_SUBPATH", "/")
-        .run(&[
-            &format!("{}/models/car@{digest}", reg.addr),
-            all.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/car@{digest}", reg.addr), &all)
         .assert_ok();
     assert_eq!(fs::read(all.join("etc/hostname")).unwrap(), b"modelcar\n");
     assert_eq!(
@@ -200,7 +185,7 @@ fn several_pairs_in_one_call() {
     let work = tempfile::tempdir().unwrap();
     let a = work.path().join("mnt/models/a");
     let b = work.path().join("mnt/models/b");
-    let run = Ocimodel::new().insecure(&reg).run(&[
+    let run = Ocimodel::for_registry(&reg).run(&[
         &format!("ocimodel://{}/models/mnist:v1", reg.addr),
         a.to_str().unwrap(),
         &format!("ocimodel://{}/models/car:v1", reg.addr),
@@ -220,17 +205,14 @@ fn rerun_on_complete_dest_needs_no_registry() {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
     let uri = format!("ocimodel://{}/models/mnist@{digest}", reg.addr);
-    Ocimodel::new()
-        .insecure(&reg)
-        .run(&[&uri, dest.to_str().unwrap()])
-        .assert_ok();
+    Ocimodel::for_registry(&reg).pull(&uri, &dest).assert_ok();
     let installed_at = marker(&dest)["installedAt"].clone();
     let addr = reg.addr.clone();
     drop(reg);
 
     let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[&uri, dest.to_str().unwrap()]);
+        .pull(&uri, &dest);
     run.assert_ok();
     assert!(
         run.stderr().contains("already installed"),
@@ -253,7 +235,7 @@ fn rerun_on_complete_dest_needs_no_registry() {
     fs::remove_file(dest.join(MNIST_TITLE)).unwrap();
     let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[&uri, dest.to_str().unwrap()]);
+        .pull(&uri, &dest);
     run.assert_fails_with(&["cannot reach registry", &addr]);
 }
 
@@ -287,13 +269,9 @@ fn require_digest_refuses_tags() {
     reg.oras_push_mnist("models/mnist:v1");
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("models");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_REQUIRE_DIGEST", "true")
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("{}/models/mnist:v1", reg.addr), &dest)
         .assert_fails_with(&["no digest", "OCIMODEL_REQUIRE_DIGEST"]);
     assert!(model_files(&dest).is_empty());
 }
@@ -308,10 +286,9 @@ fn index_picks_the_platform() {
     let work = tempfile::tempdir().unwrap();
 
     let amd = work.path().join("amd64");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_PLATFORM", "linux/amd64")
-        .run(&[&uri, amd.to_str().unwrap()])
+        .pull(&uri, &amd)
         .assert_ok();
     assert_modelcar_installed(&amd);
     let m = marker(&amd);
@@ -325,8 +302,7 @@ fn index_picks_the_platform() {
 
     // The flag form, through `pull`.
     let arm_flag = work.path().join("arm64-flag");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .run(&[
             "pull",
             "--platform",
@@ -338,19 +314,17 @@ fn index_picks_the_platform() {
     assert_eq!(fs::read(arm_flag.join("arch.txt")).unwrap(), b"arm64\n");
 
     let arm = work.path().join("arm64-env");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_PLATFORM", "linux/arm64")
-        .run(&[&uri, arm.to_str().unwrap()])
+        .pull(&uri, &arm)
         .assert_ok();
     assert_eq!(tree(&arm).into_keys().collect::<Vec<_>>(), vec!["arch.txt"]);
     assert_eq!(fs::read(arm.join("arch.txt")).unwrap(), b"arm64\n");
 
     let none = work.path().join("s390x");
-    Ocimodel::new()
-        .insecure(&reg)
+    Ocimodel::for_registry(&reg)
         .env("OCIMODEL_PLATFORM", "linux/s390x")
-        .run(&[&uri, none.to_str().unwrap()])
+        .pull(&uri, &none)
         .assert_fails_with(&[
             "no manifest for platform linux/s390x",
             "linux/arm64/v8, linux/amd64",

@@ -266,8 +266,7 @@ fn modelcar_round_trip_with_skopeo() {
             ("from-registry", target.clone()),
         ] {
             let dest = work.path().join(format!("{tag}-{name}"));
-            Ocimodel::new()
-                .insecure(&reg)
+            Ocimodel::for_registry(&reg)
                 .run(&["unpack", &uri, dest.to_str().unwrap()])
                 .assert_ok();
             assert_eq!(files_of(&dest), files_of(&src), "{tag} {name}");
@@ -403,7 +402,7 @@ fn seed_demo_put_list_filter_get() {
         let mut args = vec!["referrers".to_string(), "--format".into(), "json".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.push(format!("{repo}:v1"));
-        let run = Ocimodel::new().insecure(&reg).run(&args);
+        let run = Ocimodel::for_registry(&reg).run(&args);
         run.assert_ok();
         serde_json::from_slice(&run.out.stdout).unwrap()
     };
@@ -417,9 +416,7 @@ fn seed_demo_put_list_filter_get() {
     reg.pull("models/mnist:v1", &dest).assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
     let run =
-        Ocimodel::new()
-            .insecure(&reg)
-            .run(&["inspect", "--format", "json", &format!("{repo}:v1")]);
+        Ocimodel::for_registry(&reg).run(&["inspect", "--format", "json", &format!("{repo}:v1")]);
     run.assert_ok();
     let report: serde_json::Value = serde_json::from_slice(&run.out.stdout).unwrap();
     assert_eq!(report["artifactType"], "application/vnd.model.type");
@@ -436,7 +433,7 @@ fn push_errors() {
     let run = |args: &[&str]| {
         let mut all = vec!["push"];
         all.extend_from_slice(args);
-        let r = Ocimodel::new().insecure(&reg).run(&all);
+        let r = Ocimodel::for_registry(&reg).run(&all);
         (r.out.status.code(), r.stderr())
     };
     let (code, err) = run(&[empty.to_str().unwrap(), &format!("{}/m:v1", reg.addr)]);
@@ -521,9 +518,7 @@ fn pushing_an_installed_dest_skips_the_bookkeeping() {
     let installed = work.path().join("installed");
     let layout = work.path().join("layout");
     let first = push_layout(&src, &layout, "oras");
-    Ocimodel::new()
-        .run(&[&first, installed.to_str().unwrap()])
-        .assert_ok();
+    Ocimodel::new().pull(&first, &installed).assert_ok();
     assert!(installed.join(".ocimodel.json").is_file());
     assert!(installed.join(".ocimodel/lock").is_file());
     for format in ["oras", "modelpack", "modelcar"] {
@@ -546,10 +541,7 @@ fn pushing_an_installed_dest_skips_the_bookkeeping() {
         );
         let back = work.path().join(format!("back-{format}"));
         Ocimodel::new()
-            .run(&[
-                &format!("oci-layout://{}:v1", again.display()),
-                back.to_str().unwrap(),
-            ])
+            .pull(&format!("oci-layout://{}:v1", again.display()), &back)
             .assert_ok();
         assert_eq!(files_of(&back), files_of(&src), "{format}");
     }

@@ -146,10 +146,8 @@ fn untouched(head: &str) -> String {
 }
 
 fn pull(o: Ocimodel, host: &str, digest: &str, dest: &Path) -> Run {
-    o.env("OCIMODEL_INSECURE_REGISTRIES", host).run(&[
-        &format!("{host}/models/big@{digest}"),
-        dest.to_str().unwrap(),
-    ])
+    o.env("OCIMODEL_INSECURE_REGISTRIES", host)
+        .pull(&format!("{host}/models/big@{digest}"), &dest)
 }
 
 /// A big blob is fetched as back-to-back ranges over several connections at
@@ -304,10 +302,7 @@ fn ranges_come_from_a_warm_mirror() {
                 "OCIMODEL_INSECURE_REGISTRIES",
                 format!("{},{}", upstream.addr, mirror.addr),
             )
-            .run(&[
-                &format!("{}/models/big@{digest}", upstream.addr),
-                dest.to_str().unwrap(),
-            ]);
+            .pull(&format!("{}/models/big@{digest}", upstream.addr), &dest);
         run.assert_ok();
         installed(&dest, &weights);
         run
@@ -453,7 +448,7 @@ fn ranges_follow_redirects_without_credentials_and_renew_expired_urls() {
         .env("OCIMODEL_RANGE_SIZE", "1M")
         .env("OCIMODEL_SPLIT_BELOW", "1T")
         .env("OCIMODEL_RANGE_CONNECTIONS", "2")
-        .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()]);
+        .pull(&format!("{addr}/m:v1"), &dest.path());
     run.assert_ok();
     assert!(
         fs::read(dest.path().join("w.bin")).unwrap() == weights,

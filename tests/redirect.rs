@@ -23,10 +23,7 @@ fn blob_redirect_to_another_host_drops_credentials() {
     );
     let dest = tempfile::tempdir().unwrap();
     with_credentials(&registry_addr)
-        .run(&[
-            &format!("{registry_addr}/m:v1"),
-            dest.path().to_str().unwrap(),
-        ])
+        .pull(&format!("{registry_addr}/m:v1"), &dest.path())
         .assert_ok();
     assert_eq!(std::fs::read(dest.path().join("w.bin")).unwrap(), blob);
     assert!(
@@ -69,7 +66,7 @@ fn a_stalled_blob_download_times_out() {
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
         .env("OCIMODEL_STALL_TIMEOUT", "1")
         .env("OCIMODEL_RETRIES", "0")
-        .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()]);
+        .pull(&format!("{addr}/m:v1"), &dest.path());
     run.assert_fails_with(&["w.bin", &addr]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(4),
@@ -123,11 +120,11 @@ fn lying_registries_are_refused() {
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[&format!("{addr}/m:v1"), dest.path().to_str().unwrap()])
+        .pull(&format!("{addr}/m:v1"), &dest.path())
         .assert_fails_with(&["Docker-Content-Digest", &other, "does not match", &real]);
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .run(&[&format!("{addr}/m@{real}"), dest.path().to_str().unwrap()])
+        .pull(&format!("{addr}/m@{real}"), &dest.path())
         .assert_fails_with(&["digest mismatch", &format!("expected {real}")]);
     assert!(model_files(dest.path()).is_empty());
 }
@@ -166,7 +163,7 @@ fn a_redirect_target_demanding_auth_gets_no_credentials() {
         redirecting_registry(manifest, &digest, format!("http://{storage}/bucket/blob"));
     let dest = tempfile::tempdir().unwrap();
     with_credentials(&addr)
-        .run(&[&format!("{addr}/m:v1"), dest.path().join("m").to_str().unwrap()])
+        .pull(&format!("{addr}/m:v1"), &dest.path().join("m"))
         .assert_fails_with(&[
             "asks for authentication; ocimodel sends the registry's credentials only to the registry itself",
         ]);
@@ -304,10 +301,7 @@ fn a_trickling_registry_is_stopped() {
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
         .env("OCIMODEL_STALL_TIMEOUT", "2")
         .env("OCIMODEL_RETRIES", "0")
-        .run(&[
-            &format!("{addr}/m:v1"),
-            dest.path().join("m").to_str().unwrap(),
-        ]);
+        .pull(&format!("{addr}/m:v1"), &dest.path().join("m"));
     run.assert_fails_with(&["under OCIMODEL_MIN_RATE (1024 bytes/s)", "trickling"]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
@@ -423,10 +417,7 @@ fn an_https_registry_redirecting_to_plain_http_is_refused() {
     let dest = tempfile::tempdir().unwrap();
     let run = Ocimodel::new()
         .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
-        .run(&[
-            &format!("{}/models/mnist:v1", reg.addr),
-            dest.path().to_str().unwrap(),
-        ]);
+        .pull(&format!("{}/models/mnist:v1", reg.addr), &dest.path());
     assert!(
         seen.lock().unwrap().is_empty(),
         "the plain-http target was asked; stderr:\n{}",

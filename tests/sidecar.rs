@@ -30,10 +30,8 @@ impl Sidecar {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut harness = Ocimodel::new()
             .env("OCIMODEL_MODE", "sidecar")
-            .env("OCIMODEL_LISTEN", &addr);
-        for (k, v) in env {
-            harness = harness.env(k, v);
-        }
+            .env("OCIMODEL_LISTEN", &addr)
+            .envs(env);
         // Retries are the sidecar's own business here.
         harness.cmd.env_remove("OCIMODEL_RETRIES");
         harness

@@ -229,11 +229,9 @@ impl Model {
     fn pull(&self, env: &[(&str, &str)]) -> (Run, tempfile::TempDir, PathBuf) {
         let work = tempfile::tempdir().unwrap();
         let dest = work.path().join("mnt/models");
-        let mut cmd = Ocimodel::new().insecure(&self.reg);
-        for (k, v) in env {
-            cmd = cmd.env(k, v);
-        }
-        let run = cmd.run(&[self.uri().as_str(), dest.to_str().unwrap()]);
+        let run = Ocimodel::for_registry(&self.reg)
+            .envs(env)
+            .pull(&self.uri(), &dest);
         (run, work, dest)
     }
 
@@ -634,7 +632,7 @@ fn a_tag_moved_during_a_pull_is_not_followed() {
     let run = Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy)
         .env("COSIGN_KEY", &trusted)
-        .run(&[&format!("{proxy}/models/mnist:v1"), dest.to_str().unwrap()]);
+        .pull(&format!("{proxy}/models/mnist:v1"), &dest);
     run.assert_ok();
     assert_eq!(
         tag_reads.load(Ordering::SeqCst),
@@ -648,10 +646,9 @@ fn a_tag_moved_during_a_pull_is_not_followed() {
 
     // The next pull sees the moved tag: unsigned, refused; the verified
     // model already in DEST stays as it was.
-    let run = Ocimodel::new()
-        .insecure(&model.reg)
+    let run = Ocimodel::for_registry(&model.reg)
         .env("COSIGN_KEY", &trusted)
-        .run(&[&model.uri(), dest.to_str().unwrap()]);
+        .pull(&model.uri(), &dest);
     run.assert_fails_with(&["no signature found for", &moved_to]);
     assert_eq!(marker(&dest)["digest"], model.digest.as_str());
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
@@ -947,7 +944,7 @@ fn keyless_bundle_with_matching_identity_and_issuer() {
     ]);
 
     // `ocimodel verify` prints who signed what, and writes nothing.
-    let mut cmd = Ocimodel::new().insecure(&model.reg);
+    let mut cmd = Ocimodel::for_registry(&model.reg);
     for (k, v) in &env {
         cmd = cmd.env(k, v);
     }
@@ -1594,8 +1591,7 @@ fn several_pairs_share_the_policy() {
     let work = tempfile::tempdir().unwrap();
     let (signed_dest, unsigned_dest) = (work.path().join("a"), work.path().join("b"));
     let unsigned_uri = format!("ocimodel://{}/models/unsigned:v1", model.reg.addr);
-    let run = Ocimodel::new()
-        .insecure(&model.reg)
+    let run = Ocimodel::for_registry(&model.reg)
         .env("COSIGN_KEY", &trusted)
         .run(&[
             model.uri().as_str(),

@@ -70,9 +70,7 @@ fn registry_layout_oci_archive_and_docker_archive_agree() {
         } else {
             "unpack"
         };
-        let run = Ocimodel::new()
-            .insecure(&reg)
-            .run(&[verb, uri, dest.to_str().unwrap()]);
+        let run = Ocimodel::for_registry(&reg).run(&[verb, uri, dest.to_str().unwrap()]);
         assert_eq!(run.code(), 0, "{name}: {}", run.stderr());
         results.push((name, tree(&dest), marker(&dest)));
     }

@@ -25,7 +25,7 @@ fn private_ca_bundles() {
     let dest = work.path().join("ca-env");
     Ocimodel::new()
         .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
 
@@ -36,19 +36,17 @@ fn private_ca_bundles() {
     let dest = work.path().join("ca-kserve");
     Ocimodel::new()
         .env("CA_BUNDLE_VOLUME_MOUNT_POINT", &mount)
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_ok();
     assert_eq!(sha256_file(&dest.join(MNIST_TITLE)), MNIST_SHA256);
 
     let dest = work.path().join("untrusted");
-    Ocimodel::new()
-        .run(&[&uri, dest.to_str().unwrap()])
-        .assert_fails_with(&[
-            "cannot reach registry",
-            &reg.addr,
-            "UnknownIssuer",
-            "OCIMODEL_CA_BUNDLE",
-        ]);
+    Ocimodel::new().pull(&uri, &dest).assert_fails_with(&[
+        "cannot reach registry",
+        &reg.addr,
+        "UnknownIssuer",
+        "OCIMODEL_CA_BUNDLE",
+    ]);
     assert!(model_files(&dest).is_empty());
 
     // Same server, reached by a name its certificate does not carry.
@@ -56,16 +54,13 @@ fn private_ca_bundles() {
     let dest = work.path().join("wrong-name");
     Ocimodel::new()
         .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
-        .run(&[
-            &format!("localhost:{port}/models/mnist:v1"),
-            dest.to_str().unwrap(),
-        ])
+        .pull(&format!("localhost:{port}/models/mnist:v1"), &dest)
         .assert_fails_with(&["cannot reach registry", "not valid for name \"localhost\""]);
     assert!(model_files(&dest).is_empty());
 
     Ocimodel::new()
         .env("OCIMODEL_CA_BUNDLE", work.path().join("missing.pem"))
-        .run(&[&uri, dest.to_str().unwrap()])
+        .pull(&uri, &dest)
         .assert_fails_with(&["cannot read CA bundle", "missing.pem"]);
 }
 
@@ -99,10 +94,10 @@ fn https_registry_with_a_plain_http_realm_gets_no_credentials() {
             "OCIMODEL_DOCKER_CONFIG_JSON",
             docker_config(USER, PASSWORD, &reg.addr),
         )
-        .run(&[
+        .pull(
             &format!("{}/models/mnist:v1", reg.addr),
-            dest.path().join("m").to_str().unwrap(),
-        ])
+            &dest.path().join("m"),
+        )
         .assert_fails_with(&[
             "names a plain-http token realm",
             "refusing to send credentials in clear",

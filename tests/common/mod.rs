@@ -550,9 +550,29 @@ impl Ocimodel {
         }
     }
 
+    /// Reaches `reg` over plain HTTP (listed in OCIMODEL_INSECURE_REGISTRIES).
     pub fn insecure(mut self, reg: &Registry) -> Ocimodel {
         self.cmd.env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr);
         self
+    }
+
+    /// The binary for a test registry: [`Ocimodel::new`], reaching `reg`
+    /// over plain HTTP.
+    pub fn for_registry(reg: &Registry) -> Ocimodel {
+        Ocimodel::new().insecure(reg)
+    }
+
+    /// Each of `env` set in the binary's environment.
+    pub fn envs<V: AsRef<std::ffi::OsStr>>(mut self, env: &[(&str, V)]) -> Ocimodel {
+        for (k, v) in env {
+            self.cmd.env(k, v);
+        }
+        self
+    }
+
+    /// `ocimodel URI DEST`, as KServe runs it.
+    pub fn pull(self, uri: &str, dest: &Path) -> Run {
+        self.run(&[uri, dest.to_str().unwrap()])
     }
 
     /// Runs as `uid:gid` with no supplementary groups (the test runs as
@@ -888,9 +908,7 @@ impl Registry {
 
     /// `ocimodel REG/REPO_TAG DEST` against this registry (plain HTTP).
     pub fn pull(&self, repo_tag: &str, dest: &Path) -> Run {
-        Ocimodel::new()
-            .insecure(self)
-            .run(&[&format!("{}/{repo_tag}", self.addr), dest.to_str().unwrap()])
+        Ocimodel::for_registry(self).pull(&format!("{}/{repo_tag}", self.addr), dest)
     }
 
     /// PUTs a manifest (e.g. the referrers fallback index a client maintains
