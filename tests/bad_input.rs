@@ -34,7 +34,7 @@ fn unknown_tag() {
     let dest = tempfile::tempdir().unwrap();
     let uri = format!("ocimodel://{}/models/mnist:v2", reg.addr);
     Ocimodel::for_registry(&reg)
-        .pull(&uri, &dest.path())
+        .pull(&uri, dest.path())
         .assert_fails_with(&[&uri, "manifest v2", "not found", "check the tag or digest"]);
     assert_nothing_installed(dest.path());
 }
@@ -45,7 +45,7 @@ fn missing_repository() {
     let dest = tempfile::tempdir().unwrap();
     let uri = format!("{}/no/such-repo:v1", reg.addr);
     Ocimodel::for_registry(&reg)
-        .pull(&uri, &dest.path())
+        .pull(&uri, dest.path())
         .assert_fails_with(&[&uri, "no/such-repo", "not found"]);
     assert_nothing_installed(dest.path());
 }
@@ -141,7 +141,7 @@ fn image_without_models_directory() {
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::for_registry(&reg)
         .env("OCIMODEL_SUBPATH", "/opt/model")
-        .pull(&format!("{}/models/car:v1", reg.addr), &dest.path())
+        .pull(&format!("{}/models/car:v1", reg.addr), dest.path())
         .assert_fails_with(&["nothing under /opt/model", "OCIMODEL_SUBPATH"]);
     assert_nothing_installed(dest.path());
 }
@@ -152,7 +152,7 @@ fn plain_http_registry_without_opt_in() {
     reg.oras_push_mnist("models/mnist:v1");
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
-        .pull(&format!("{}/models/mnist:v1", reg.addr), &dest.path())
+        .pull(&format!("{}/models/mnist:v1", reg.addr), dest.path())
         .assert_fails_with(&[
             "cannot reach registry",
             &format!(

@@ -184,7 +184,7 @@ fn pull_via(proxy: &Proxy, dest: &std::path::Path, env: &[(&str, &str)]) -> Run 
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy.addr)
         .env("OCIMODEL_RETRIES", "5")
         .envs(env);
-    o.pull(&format!("{}/models/mnist:v1", proxy.addr), &dest)
+    o.pull(&format!("{}/models/mnist:v1", proxy.addr), dest)
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn not_found_is_not_retried() {
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &proxy.addr)
         .env("OCIMODEL_RETRIES", "5")
-        .pull(&format!("{}/models/mnist:nope", proxy.addr), &dest.path())
+        .pull(&format!("{}/models/mnist:nope", proxy.addr), dest.path())
         .assert_fails_with(&["not found"]);
     assert_eq!(proxy.saw("/manifests/nope"), 1);
 }

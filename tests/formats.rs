@@ -370,7 +370,7 @@ fn signatures_and_unknown_types() {
     assert!(model_files(dest.path()).is_empty());
     Ocimodel::for_registry(&reg)
         .env("OCIMODEL_UNKNOWN", "raw")
-        .pull(&format!("{}/models/odd:v1", reg.addr), &dest.path())
+        .pull(&format!("{}/models/odd:v1", reg.addr), dest.path())
         .assert_ok();
     assert_eq!(
         fs::read(

@@ -48,7 +48,7 @@ fn manifest_with_layer(layer: serde_json::Value) -> Vec<u8> {
 fn refused(uri: &str, needles: &[&str]) {
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
-        .pull(uri, &dest.path())
+        .pull(uri, dest.path())
         .assert_fails_with(needles);
     assert!(model_files(dest.path()).is_empty());
 }

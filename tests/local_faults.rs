@@ -149,7 +149,7 @@ fn dest_that_is_a_file_or_read_only() {
     require_root("mounts a read-only tmpfs and runs as another UID");
     let ro = Tmpfs::new("1m", ",ro");
     Ocimodel::new()
-        .pull(&demo_uri(), &ro.path())
+        .pull(&demo_uri(), ro.path())
         .assert_fails_with(&["cannot write to destination", "read-only or not permitted"]);
     assert_eq!(fs::read_dir(ro.path()).unwrap().count(), 0);
 

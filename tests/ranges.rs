@@ -147,7 +147,7 @@ fn untouched(head: &str) -> String {
 
 fn pull(o: Ocimodel, host: &str, digest: &str, dest: &Path) -> Run {
     o.env("OCIMODEL_INSECURE_REGISTRIES", host)
-        .pull(&format!("{host}/models/big@{digest}"), &dest)
+        .pull(&format!("{host}/models/big@{digest}"), dest)
 }
 
 /// A big blob is fetched as back-to-back ranges over several connections at
@@ -448,7 +448,7 @@ fn ranges_follow_redirects_without_credentials_and_renew_expired_urls() {
         .env("OCIMODEL_RANGE_SIZE", "1M")
         .env("OCIMODEL_SPLIT_BELOW", "1T")
         .env("OCIMODEL_RANGE_CONNECTIONS", "2")
-        .pull(&format!("{addr}/m:v1"), &dest.path());
+        .pull(&format!("{addr}/m:v1"), dest.path());
     run.assert_ok();
     assert!(
         fs::read(dest.path().join("w.bin")).unwrap() == weights,

@@ -23,7 +23,7 @@ fn blob_redirect_to_another_host_drops_credentials() {
     );
     let dest = tempfile::tempdir().unwrap();
     with_credentials(&registry_addr)
-        .pull(&format!("{registry_addr}/m:v1"), &dest.path())
+        .pull(&format!("{registry_addr}/m:v1"), dest.path())
         .assert_ok();
     assert_eq!(std::fs::read(dest.path().join("w.bin")).unwrap(), blob);
     assert!(
@@ -66,7 +66,7 @@ fn a_stalled_blob_download_times_out() {
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
         .env("OCIMODEL_STALL_TIMEOUT", "1")
         .env("OCIMODEL_RETRIES", "0")
-        .pull(&format!("{addr}/m:v1"), &dest.path());
+        .pull(&format!("{addr}/m:v1"), dest.path());
     run.assert_fails_with(&["w.bin", &addr]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(4),
@@ -120,11 +120,11 @@ fn lying_registries_are_refused() {
     let dest = tempfile::tempdir().unwrap();
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .pull(&format!("{addr}/m:v1"), &dest.path())
+        .pull(&format!("{addr}/m:v1"), dest.path())
         .assert_fails_with(&["Docker-Content-Digest", &other, "does not match", &real]);
     Ocimodel::new()
         .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
-        .pull(&format!("{addr}/m@{real}"), &dest.path())
+        .pull(&format!("{addr}/m@{real}"), dest.path())
         .assert_fails_with(&["digest mismatch", &format!("expected {real}")]);
     assert!(model_files(dest.path()).is_empty());
 }
@@ -417,7 +417,7 @@ fn an_https_registry_redirecting_to_plain_http_is_refused() {
     let dest = tempfile::tempdir().unwrap();
     let run = Ocimodel::new()
         .env("OCIMODEL_CA_BUNDLE", certs.path().join("ca.pem"))
-        .pull(&format!("{}/models/mnist:v1", reg.addr), &dest.path());
+        .pull(&format!("{}/models/mnist:v1", reg.addr), dest.path());
     assert!(
         seen.lock().unwrap().is_empty(),
         "the plain-http target was asked; stderr:\n{}",
