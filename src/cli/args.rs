@@ -242,6 +242,14 @@ pub(super) struct AccessArgs {
     #[arg(long = "auth-file")]
     pub(super) auth_file: Option<PathBuf>,
 
+    /// Seconds a docker credential helper (credsStore, credHelpers) may take to answer.
+    #[arg(
+        long = "credential-helper-timeout",
+        env = "OCIMODEL_CREDENTIAL_HELPER_TIMEOUT",
+        default_value_t = config::DEFAULT_CREDENTIAL_HELPER_TIMEOUT
+    )]
+    pub(super) credential_helper_timeout: u64,
+
     /// Log format: text or json.
     #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
     pub(super) log_format: LogFormat,
@@ -951,7 +959,8 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
             split_below: access.split_below,
         },
     };
-    let sources = CredentialSources::from_env(access.auth_file.as_deref());
+    let mut sources = CredentialSources::from_env(access.auth_file.as_deref());
+    sources.helper_timeout = Some(Duration::from_secs(access.credential_helper_timeout.max(1)));
     let (default_hosts, default_conf) = crate::mirrors::default_paths();
     let off = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim() == "off");
     let hosts_dir = match &access.hosts_dir {
