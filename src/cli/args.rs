@@ -254,6 +254,14 @@ pub(super) struct AccessArgs {
     #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
     pub(super) log_format: LogFormat,
 
+    /// Warnings and errors only: no progress, no info lines (OCIMODEL_LOG=warn).
+    #[arg(short, long, conflicts_with = "verbose", help_heading = "Output")]
+    pub(super) quiet: bool,
+
+    /// More detail: -v debug lines of ocimodel, -vv everything at trace (over OCIMODEL_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Output")]
+    pub(super) verbose: u8,
+
     /// Seconds a registry may send no bytes before the transfer is abandoned.
     #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = config::DEFAULT_STALL_TIMEOUT, help_heading = "Transfers")]
     pub(super) stall_timeout: u64,

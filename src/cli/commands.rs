@@ -81,7 +81,10 @@ fn execute(
             }
             Err(e) => {
                 let line = crate::text::for_output(&format!("{}: {e:#}", job.uri));
-                tracing::error!("{line}");
+                // On a terminal the final line is the error, said once.
+                if !crate::progress::watched() {
+                    tracing::error!("{line}");
+                }
                 failed.push(line);
             }
         }
