@@ -44,7 +44,7 @@ fn run_in_empty_cwd(args: &[&str]) -> (Run, Vec<String>) {
 }
 
 /// #23/#24: a first word that is neither a command nor a reference is a
-/// usage error (exit 2) with the nearest command, not a Docker Hub pull
+/// usage error (exit 1, as every failure) with the nearest command, not a Docker Hub pull
 /// that retries and leaves `bash/.ocimodel/lock` behind.
 #[test]
 fn unknown_words_are_not_models() {
@@ -58,7 +58,7 @@ fn unknown_words_are_not_models() {
     for (args, nearest) in cases {
         let started = std::time::Instant::now();
         let (run, left) = run_in_empty_cwd(args);
-        assert_eq!(run.code(), 2, "{args:?}: stderr:\n{}", run.stderr());
+        assert_eq!(run.code(), 1, "{args:?}: stderr:\n{}", run.stderr());
         let expected = format!("unknown command '{}'", args[0]);
         assert!(run.stderr().contains(&expected), "{}", run.stderr());
         assert!(run.termination.contains(&expected), "{}", run.termination);
@@ -992,4 +992,45 @@ fn push_shows_progress_on_a_terminal_and_numbers_in_json() {
         "{f}"
     );
     assert_eq!(f["bytes_done"], f["bytes_total"], "{f}");
+}
+
+/// One exit-status convention, stated in --help: 0 success (and help,
+/// version), 1 every failure, usage errors included; 130 is Ctrl-C's
+/// (ctrl_c_on_a_laptop_resumes_from_the_per_user_cache).
+#[test]
+fn exit_status_is_0_or_1_and_stated_in_help() {
+    let help = Ocimodel::new().run(&["--help"]);
+    assert_eq!(help.code(), 0);
+    assert!(
+        help.stdout().contains("Exit status: 0 success")
+            && help.stdout().contains("130 interrupted"),
+        "{}",
+        help.stdout()
+    );
+    assert_eq!(Ocimodel::new().run(&["--version"]).code(), 0);
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().join("m");
+    let d = d.to_str().unwrap();
+    let layout = layout_uri();
+    let usage_errors: &[&[&str]] = &[
+        &[],
+        &["pull", "--no-such-flag", &layout, d],
+        &["pull", "--retries", "many", &layout, d],
+        &["pull", &layout],
+        &["inspcet", &layout],
+        &["completion", "tcsh"],
+    ];
+    for args in usage_errors {
+        let run = Ocimodel::new().run(args);
+        assert_eq!(run.code(), 1, "{args:?}: {}", run.stderr());
+        assert!(
+            !run.termination.trim().is_empty(),
+            "{args:?}: no termination line"
+        );
+    }
+    let run = Ocimodel::new()
+        .env("OCIMODEL_NO_SUCH", "1")
+        .run(&[&layout, d]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(!Path::new(d).exists());
 }

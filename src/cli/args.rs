@@ -33,12 +33,19 @@ pub(super) const VERSION: &str = concat!(
     ")"
 );
 
+/// The help's last paragraph states the exit status, one convention for
+/// every command: usage errors are failures like any other (as oras, skopeo
+/// and regctl; KServe and scripts tell only zero from non-zero), and Ctrl-C
+/// is SIGINT's 130.
 #[derive(Parser, Debug)]
 #[command(
     name = "ocimodel",
     version = VERSION,
     about = "Pull ML models from OCI registries and layouts onto disk, verified by digest",
-    after_help = "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models"
+    after_help = concat!(
+        "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models\n\n",
+        "Exit status: 0 success (and --help, --version); 1 any failure, usage errors included (an unknown command or flag, a bad value, a missing argument, an unknown OCIMODEL_* setting); 130 interrupted (Ctrl-C; run the same command again to resume)."
+    )
 )]
 pub(super) struct Cli {
     #[command(subcommand)]

@@ -88,8 +88,9 @@ fn looks_like_reference(word: &str) -> bool {
     word.contains('/') || word.contains(':')
 }
 
-/// `ocimodel inspcet REF`: a usage error (exit 2) naming the nearest
-/// command, if one is near; nothing is pulled and nothing is created.
+/// `ocimodel inspcet REF`: a usage error (exit 1, as every failure: the
+/// help's "Exit status") naming the nearest command, if one is near;
+/// nothing is pulled and nothing is created.
 fn unknown_command(word: &str, known: &[String]) -> ExitCode {
     let nearest = known
         .iter()
@@ -106,7 +107,7 @@ fn unknown_command(word: &str, known: &[String]) -> ExitCode {
     ));
     eprintln!("{line}");
     write_termination(None, &line);
-    ExitCode::from(2)
+    ExitCode::FAILURE
 }
 
 /// Dispatches to the command.
