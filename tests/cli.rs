@@ -1034,3 +1034,26 @@ fn exit_status_is_0_or_1_and_stated_in_help() {
     assert_eq!(run.code(), 1, "{}", run.stderr());
     assert!(!Path::new(d).exists());
 }
+
+/// #32: `check` of a directory that does not exist says so, not that it
+/// "has no completion marker" (which an empty directory gets).
+#[test]
+fn check_of_a_missing_directory_says_it_does_not_exist() {
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("nosuchdir");
+    let run = Ocimodel::new().run(&["check", missing.to_str().unwrap()]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_eq!(
+        run.stdout().trim(),
+        format!("{}: does not exist", missing.display())
+    );
+    let empty = work.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let run = Ocimodel::new().run(&["check", empty.to_str().unwrap()]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stdout().contains("has no completion marker"),
+        "{}",
+        run.stdout()
+    );
+}

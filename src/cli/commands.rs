@@ -180,6 +180,11 @@ pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
                     println!("  {p}");
                 }
             }
+            // Not "has no completion marker": there is nothing at all.
+            Err(_) if std::fs::symlink_metadata(dest).is_err() => {
+                code = ExitCode::FAILURE;
+                println!("{}: does not exist", dest.display());
+            }
             Err(e) => {
                 code = ExitCode::FAILURE;
                 println!("{}: {e:#}", dest.display());
