@@ -56,6 +56,14 @@ fn multi() -> &'static MultiProgress {
     MULTI.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
 }
 
+/// Takes the bars off the screen for good: the process is about to exit
+/// with a last line of its own (Ctrl-C), which must not land inside them.
+pub fn clear() {
+    if let Some(m) = MULTI.get() {
+        let _ = m.clear();
+    }
+}
+
 /// stderr for the log: each line is written with the bars lifted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LogWriter;

@@ -112,6 +112,7 @@ fn execute(
 /// rerun clears the staging directory left behind.
 fn interrupted(log: Option<&Path>) -> ! {
     let line = "ocimodel: interrupted; run the same command again to resume";
+    crate::progress::clear();
     eprintln!("{line}");
     write_termination(log, line);
     std::process::exit(130)
