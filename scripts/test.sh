@@ -34,7 +34,8 @@ scripts/check-structure.sh  # layers, circles, file lengths (see src/lib.rs)
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \
             zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
-            debootstrap:debootstrap; do
+            debootstrap:debootstrap docker-credential-pass:golang-docker-credential-helpers pass:pass \
+            gpg:gpg script:bsdutils; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -11,9 +11,22 @@
 //!    present (what KServe's `oci+fetch` mode mounts);
 //! 5. `~/.docker/config.json` and `$XDG_RUNTIME_DIR/containers/auth.json`, for
 //!    laptops, if present.
+//!
+//! Within one file the order is docker's: `credHelpers[host]`, then
+//! `credsStore`, then `auths`. A helper is the program
+//! `docker-credential-<name>` on `PATH`, run as docker runs it (`get`, the
+//! server on stdin, `{"ServerURL","Username","Secret"}` on stdout, a
+//! `<token>` user name meaning an identity token), once per host and under a
+//! timeout. One that is not on `PATH`, fails or times out is skipped with a
+//! note that the "no credentials" error repeats, so a Docker Desktop config
+//! on a machine without Docker Desktop says why nothing was found.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -48,19 +61,58 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// All credentials found, keyed by normalised registry (optionally with a
-/// repository path, as podman allows).
+/// All credentials found: per source read, in the order read, its `auths`
+/// (keyed by normalised registry, optionally with a repository path, as
+/// podman allows) and the credential helpers it names.
 #[derive(Clone, Debug, Default)]
 pub struct CredentialStore {
-    entries: HashMap<String, Credentials>,
+    layers: Vec<Layer>,
     /// The sources that were read, for "no credentials found" messages.
     pub searched: Vec<String>,
+    /// How long one helper may take to answer.
+    helper_timeout: Option<Duration>,
+    /// What each helper said, per (helper, server): asked once per run.
+    asked: Arc<Mutex<HashMap<(String, String), Asked>>>,
 }
+
+#[derive(Clone, Debug, Default)]
+struct Layer {
+    source: String,
+    auths: HashMap<String, Credentials>,
+    /// `credHelpers`, keys normalised.
+    helpers: HashMap<String, String>,
+    /// `credsStore`.
+    store: Option<String>,
+}
+
+/// A helper's answer.
+#[derive(Clone, Debug)]
+enum Asked {
+    Found(Credentials),
+    /// "credentials not found in native keychain": not an error (docker).
+    NotFound,
+    /// Not run, or no usable answer: why, for the error message.
+    Skipped(String),
+}
+
+/// How long a credential helper may take by default (a keychain prompt
+/// included); `OCIMODEL_CREDENTIAL_HELPER_TIMEOUT` sets it.
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What docker-credential-helpers prints when it has nothing for the server.
+const HELPER_NOT_FOUND: &str = "credentials not found in native keychain";
+
+/// A helper's answer larger than this is refused.
+const MAX_HELPER_OUTPUT: u64 = 1 << 20;
 
 #[derive(Deserialize)]
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +132,8 @@ struct AuthEntry {
 pub struct CredentialSources {
     pub inline_json: Option<String>,
     pub files: Vec<(PathBuf, bool)>, // (path, required)
+    /// How long a credential helper may take (default [`DEFAULT_HELPER_TIMEOUT`]).
+    pub helper_timeout: Option<Duration>,
 }
 
 impl CredentialSources {
@@ -109,11 +163,15 @@ impl CredentialSources {
         CredentialSources {
             inline_json: env("OCIMODEL_DOCKER_CONFIG_JSON"),
             files,
+            helper_timeout: None,
         }
     }
 
     pub fn load(&self) -> Result<CredentialStore> {
-        let mut store = CredentialStore::default();
+        let mut store = CredentialStore {
+            helper_timeout: self.helper_timeout,
+            ..CredentialStore::default()
+        };
         if let Some(json) = &self.inline_json {
             store
                 .merge_json(json.as_bytes(), "OCIMODEL_DOCKER_CONFIG_JSON")
@@ -135,10 +193,24 @@ impl CredentialSources {
 }
 
 impl CredentialStore {
-    /// Adds the `auths` of one docker config; entries already present win.
+    /// Adds one docker config, after those already read (which win).
     pub fn merge_json(&mut self, json: &[u8], source: &str) -> Result<()> {
         let cfg: DockerConfig = serde_json::from_slice(json)?;
         self.searched.push(source.to_string());
+        let mut layer = Layer {
+            source: source.to_string(),
+            helpers: cfg
+                .cred_helpers
+                .iter()
+                .filter(|(_, name)| !name.trim().is_empty())
+                .map(|(k, name)| (normalise_key(k), name.trim().to_string()))
+                .collect(),
+            store: cfg
+                .creds_store
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
+            ..Layer::default()
+        };
         for (key, entry) in cfg.auths {
             let identity = entry.identitytoken.as_deref().filter(|t| !t.is_empty());
             let (username, password, kind) = match (&entry.auth, &entry.username, &entry.password) {
@@ -163,7 +235,8 @@ impl CredentialStore {
                 (_, Some(u), Some(p)) => (u.clone(), p.clone(), CredentialKind::Password),
                 _ => continue,
             };
-            self.entries
+            layer
+                .auths
                 .entry(normalise_key(&key))
                 .or_insert(Credentials {
                     username,
@@ -172,23 +245,252 @@ impl CredentialStore {
                     kind,
                 });
         }
+        self.layers.push(layer);
         Ok(())
     }
 
-    /// Credentials for `repository` on `registry`: the most specific
-    /// `registry/namespace` key first, then the registry itself.
-    pub fn lookup(&self, registry: &str, repository: &str) -> Option<&Credentials> {
-        let mut path = format!("{registry}/{repository}");
-        loop {
-            if let Some(c) = self.entries.get(&path) {
-                return Some(c);
+    /// Credentials for `repository` on `registry`: source by source, as
+    /// docker reads one config, the helper `credHelpers` names for the
+    /// host, else `credsStore`, else `auths` (the most specific
+    /// `registry/namespace` key first, then the registry itself). A helper
+    /// with nothing for the host leaves the source's `auths` to answer.
+    pub fn lookup(&self, registry: &str, repository: &str) -> Option<Credentials> {
+        for layer in &self.layers {
+            let helper = layer.helpers.get(registry).map(|n| (n, "credHelpers"));
+            if let Some((name, field)) = helper.or(layer.store.as_ref().map(|n| (n, "credsStore")))
+            {
+                if let Asked::Found(c) = self.ask(name, field, &layer.source, registry) {
+                    return Some(c);
+                }
             }
-            match path.rfind('/') {
-                Some(i) => path.truncate(i),
-                None => return None,
+            let mut path = format!("{registry}/{repository}");
+            loop {
+                if let Some(c) = layer.auths.get(&path) {
+                    return Some(c.clone());
+                }
+                match path.rfind('/') {
+                    Some(i) => path.truncate(i),
+                    None => break,
+                }
             }
         }
+        None
     }
+
+    /// The sources read and the helpers skipped, for "no credentials" errors.
+    pub fn searched_summary(&self) -> String {
+        let mut out = if self.searched.is_empty() {
+            "none found".to_string()
+        } else {
+            self.searched.join(", ")
+        };
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notes: Vec<&String> = asked
+            .values()
+            .filter_map(|a| match a {
+                Asked::Skipped(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        notes.sort();
+        for n in notes {
+            out.push_str("; ");
+            out.push_str(n);
+        }
+        out
+    }
+
+    /// Asks helper `name` (named by `field` of `source`) for `registry`,
+    /// once; later calls get the first answer.
+    fn ask(&self, name: &str, field: &str, source: &str, registry: &str) -> Asked {
+        let server = if registry == DOCKER_HUB {
+            // What docker sends for Docker Hub, and so what helpers store.
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            registry.to_string()
+        };
+        // Held while the helper runs, so a prompt is never shown twice.
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), server.clone());
+        if let Some(a) = asked.get(&key) {
+            return a.clone();
+        }
+        let timeout = self.helper_timeout.unwrap_or(DEFAULT_HELPER_TIMEOUT);
+        let label = format!("credential helper docker-credential-{name} ({field} in {source})");
+        let answer = blocking(|| run_helper(name, &server, timeout));
+        let a = match answer {
+            Ok(Some((username, secret))) => {
+                let token = username == "<token>";
+                Asked::Found(Credentials {
+                    username,
+                    password: secret,
+                    source: label,
+                    kind: if token {
+                        CredentialKind::IdentityToken
+                    } else {
+                        CredentialKind::Password
+                    },
+                })
+            }
+            Ok(None) => Asked::NotFound,
+            Err(why) => {
+                let note = format!("{label} skipped: {why}");
+                tracing::warn!(registry, "{note}");
+                Asked::Skipped(note)
+            }
+        };
+        asked.insert(key, a.clone());
+        a
+    }
+}
+
+/// Runs `f`, which blocks, without stalling the async runtime's other
+/// tasks where the runtime allows.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// `docker-credential-<name> get` for `server`, as docker's client runs it:
+/// `Ok(Some((user, secret)))`, `Ok(None)` when it has nothing for the
+/// server, `Err(why)` when it cannot be run or gave no usable answer.
+fn run_helper(
+    name: &str,
+    server: &str,
+    timeout: Duration,
+) -> std::result::Result<Option<(String, String)>, String> {
+    // A name is a suffix, never a path: `credsStore: "../../x"` runs nothing.
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "'{}' is not a helper name",
+            crate::text::escape_controls(name)
+        ));
+    }
+    let program = format!("docker-credential-{name}");
+    let Some(path) = on_path(&program) else {
+        return Err(format!("{program} not found on PATH"));
+    };
+    let mut child = Command::new(&path)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    // Docker writes the server address with no newline, then closes stdin.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(MAX_HELPER_OUTPUT).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} did not answer within {}s (OCIMODEL_CREDENTIAL_HELPER_TIMEOUT)",
+                    timeout.as_secs_f64()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for {program}: {e}")),
+        }
+    };
+    // A helper that left a child holding its pipes must not hang us either.
+    let stdout = join_until(out, deadline).unwrap_or_default();
+    let stderr = join_until(err, deadline).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&stdout).trim().to_string();
+    if !status.success() {
+        if stdout == HELPER_NOT_FOUND {
+            return Ok(None);
+        }
+        let said = if stdout.is_empty() {
+            String::from_utf8_lossy(&stderr).trim().to_string()
+        } else {
+            stdout
+        };
+        let said = said
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>();
+        return Err(format!(
+            "{program} get failed ({status}): {}",
+            crate::text::escape_controls(&said)
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_str(&stdout).map_err(|e| {
+        format!("{program} get printed no credentials JSON ({{\"ServerURL\",\"Username\",\"Secret\"}}): {e}")
+    })?;
+    if a.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((a.username, a.secret)))
+}
+
+/// The reader thread's bytes, if it ends before `deadline`.
+fn join_until(h: std::thread::JoinHandle<Vec<u8>>, deadline: Instant) -> Option<Vec<u8>> {
+    while !h.is_finished() {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.join().ok()
+}
+
+/// `program` in a `PATH` directory, as an executable file.
+fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://host:5000/` → `host:5000`.
@@ -361,6 +663,35 @@ mod tests {
         assert!(!format!("{ghcr:?}").contains("tok)"));
         assert_eq!(store.searched, vec!["first", "second"]);
         assert!(!format!("{hub:?}").contains("s3cret"));
+    }
+
+    /// Helper names are read per source, Docker Hub's key normalised; a
+    /// name that is a path runs nothing and says so.
+    #[test]
+    fn helpers_are_read_per_source() {
+        let mut store = CredentialStore::default();
+        store
+            .merge_json(
+                br#"{"credHelpers":{"https://index.docker.io/v1/":"hub","gcr.io":" "},
+                    "credsStore":"../../bin/sh"}"#,
+                "cfg",
+            )
+            .unwrap();
+        let layer = &store.layers[0];
+        assert_eq!(
+            layer.helpers.get("docker.io").map(String::as_str),
+            Some("hub")
+        );
+        assert!(
+            !layer.helpers.contains_key("gcr.io"),
+            "a blank name is no helper"
+        );
+        assert!(store.lookup("quay.io", "x").is_none());
+        let summary = store.searched_summary();
+        assert!(
+            summary.contains("docker-credential-../../bin/sh (credsStore in cfg) skipped: '../../bin/sh' is not a helper name"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const DEFAULT_PROGRESS_INTERVAL: u64 = 10;
 pub const DEFAULT_STALL_TIMEOUT: u64 = 60;
 pub const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
+/// Seconds a docker credential helper may take (a keychain prompt included).
+pub const DEFAULT_CREDENTIAL_HELPER_TIMEOUT: u64 = 30;
 pub const DEFAULT_RETRIES: u32 = 5;
 pub const DEFAULT_MIN_RATE: &str = "1K";
 pub const DEFAULT_MAX_FILES: u64 = 100_000;
@@ -78,6 +80,7 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_CLOUD_AUTH",
     "OCIMODEL_CONCURRENCY",
     "OCIMODEL_CONNECT_TIMEOUT",
+    "OCIMODEL_CREDENTIAL_HELPER_TIMEOUT",
     "OCIMODEL_DOCKER_CONFIG_JSON",
     "OCIMODEL_EXCLUDE",
     "OCIMODEL_HF_REPO",

@@ -79,6 +79,7 @@ pub mod manifest;
 pub mod mirrors;
 pub(crate) mod model_registry;
 pub(crate) mod plan;
+pub(crate) mod progress;
 pub(crate) mod pull;
 pub(crate) mod push;
 pub mod reference;

@@ -16,10 +16,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::digest::{Algorithm, Digest};
-use crate::fetch::{fetch_blob, mib, Hashing, Progress};
+use crate::fetch::{fetch_blob, mib, Hashing};
 use crate::format::{Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
 use crate::plan::{check_paths, plan, Planned};
+use crate::progress::Board;
 use crate::reference::Target;
 use crate::registry::RegistryClient;
 use crate::source::Source;
@@ -573,13 +574,18 @@ async fn write_one(
     layer: crate::manifest::Descriptor,
     path: String,
     root: Arc<PathBuf>,
-    progress: Arc<Progress>,
+    progress: Arc<Board>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
     let digest = layer.digest.clone();
-    fetch_blob(source, &layer, &progress, Hashing::SameThread, move |r| {
-        write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest))
-    })
+    let blob = progress.blob(layer.size, &path);
+    fetch_blob(
+        source,
+        &layer,
+        blob.counter(),
+        Hashing::SameThread,
+        move |r| write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest)),
+    )
     .await
     .with_context(|| format!("file '{path}'"))
 }
@@ -590,7 +596,7 @@ async fn write_whole_files(
     plan: &Plan,
     staging: &Path,
     settings: &Settings,
-    progress: &Arc<Progress>,
+    progress: &Arc<Board>,
 ) -> Result<Vec<crate::unpack::FileRecord>> {
     let root = Arc::new(staging.to_path_buf());
     // Owned items: a closure over borrowed ones defeats rustc's Send proof
@@ -616,7 +622,7 @@ async fn apply_tar_layers(
     plan: &Plan,
     mut tree: Tree,
     settings: &Settings,
-    progress: &Arc<Progress>,
+    progress: &Arc<Board>,
 ) -> Result<Tree> {
     let tars: Vec<_> = plan
         .steps
@@ -628,10 +634,11 @@ async fn apply_tar_layers(
         let action = step.action.clone();
         tree.set_layer_size(step.layer.size);
         let subtree = settings.subtree.clone();
+        let blob = progress.blob(step.layer.size, &format!("layer {} of {total}", i + 1));
         tree = fetch_blob(
             source,
             &step.layer,
-            progress,
+            blob.counter(),
             Hashing::OwnThread,
             move |r| {
                 match action {
@@ -667,21 +674,10 @@ async fn unpack_plan(
     uri: &str,
 ) -> Result<Contents> {
     let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
-    let progress = Progress::new(plan.total_bytes() + parent_bytes);
-    tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), cpus = crate::cpus::available(), "pulling");
-    let reporter = {
-        let progress = progress.clone();
-        let uri = uri.to_string();
-        let every = settings.progress_every;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                tracing::info!(uri = %uri, "progress: {}", progress.line());
-            }
-        })
-    };
+    let total = plan.total_bytes() + parent_bytes;
+    tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), bytes_total = total, cpus = crate::cpus::available(), "pulling");
+    // Bars on a terminal, else a log line every interval; gone when dropped.
+    let progress = Board::start(uri, "pulling", total, settings.progress_every);
     let result = async {
         let records = write_whole_files(source, plan, staging, settings, &progress).await?;
         // Whole files first, then the tar layers over them.
@@ -724,9 +720,16 @@ async fn unpack_plan(
         tree.finish(settings.owner)
     }
     .await;
-    reporter.abort();
+    let line = progress.line();
+    let done = progress.done();
+    drop(progress);
     if result.is_ok() {
-        tracing::info!(uri, "fetched {}", progress.line());
+        tracing::info!(
+            uri,
+            bytes_done = done,
+            bytes_total = total,
+            "fetched {line}"
+        );
     }
     result
 }

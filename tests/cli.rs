@@ -44,7 +44,7 @@ fn run_in_empty_cwd(args: &[&str]) -> (Run, Vec<String>) {
 }
 
 /// #23/#24: a first word that is neither a command nor a reference is a
-/// usage error (exit 2) with the nearest command, not a Docker Hub pull
+/// usage error (exit 1, as every failure) with the nearest command, not a Docker Hub pull
 /// that retries and leaves `bash/.ocimodel/lock` behind.
 #[test]
 fn unknown_words_are_not_models() {
@@ -58,7 +58,7 @@ fn unknown_words_are_not_models() {
     for (args, nearest) in cases {
         let started = std::time::Instant::now();
         let (run, left) = run_in_empty_cwd(args);
-        assert_eq!(run.code(), 2, "{args:?}: stderr:\n{}", run.stderr());
+        assert_eq!(run.code(), 1, "{args:?}: stderr:\n{}", run.stderr());
         let expected = format!("unknown command '{}'", args[0]);
         assert!(run.stderr().contains(&expected), "{}", run.stderr());
         assert!(run.termination.contains(&expected), "{}", run.termination);
@@ -738,5 +738,322 @@ fn the_build_sets_no_ocimodel_variable_for_cargo_run() {
     assert!(
         stray.is_empty(),
         "cargo passes these to `cargo run`, and the binary refuses them: {stray:?}"
+    );
+}
+
+/// On a terminal a pull draws bars (the whole pull's and one per blob in
+/// flight, with sizes, rate and ETA) and says an error once; `-q` draws
+/// none and logs no info; in a pipe (a pod's log) there is no bar, only
+/// log lines.
+#[test]
+fn progress_bars_on_a_terminal_and_not_in_a_pipe() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let reg = StallingRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let uri = format!("{}/models/big:v1", reg.addr);
+    let env = [
+        ("OCIMODEL_INSECURE_REGISTRIES", reg.addr.as_str()),
+        ("OCIMODEL_CACHE_DIR", "off"),
+        ("TERM", "xterm"),
+    ];
+    let stalled = || reg.stalled.load(SeqCst);
+
+    // Stalled after 1 MiB of 3 MiB: the bars stand still on screen.
+    reg.stall.store(true, SeqCst);
+    let dest = work.path().join("tty");
+    let (code, shown) = on_a_terminal(
+        &home,
+        &env,
+        &["pull", &uri, dest.to_str().unwrap()],
+        Some((b"\x03", &stalled)),
+    );
+    assert_eq!(code, 130, "{shown}");
+    let whole = format!("pulling {uri} [");
+    assert!(shown.contains(&whole), "no bar for the pull: {shown}");
+    let blob_bar = shown
+        .split(['\r', '\n'])
+        .find(|l| l.contains("w.bin [") && l.contains("1.00 MiB/3.00 MiB"))
+        .unwrap_or_else(|| panic!("no bar for w.bin at 1 of 3 MiB: {shown}"));
+    assert!(
+        blob_bar.contains("/s") && blob_bar.contains("ETA"),
+        "{blob_bar}"
+    );
+    assert!(
+        !shown.contains("progress: "),
+        "a log line as well as bars: {shown}"
+    );
+
+    // -q: no bar, no info line; the interruption is still said.
+    reg.stalled.store(false, SeqCst);
+    let quiet = work.path().join("quiet");
+    let (code, shown) = on_a_terminal(
+        &home,
+        &env,
+        &["pull", "-q", &uri, quiet.to_str().unwrap()],
+        Some((b"\x03", &stalled)),
+    );
+    assert_eq!(code, 130, "{shown}");
+    assert!(shown.contains("interrupted"), "{shown}");
+    assert!(
+        !shown.contains("w.bin") && !shown.contains(&whole) && !shown.contains("INFO"),
+        "-q showed progress or info: {shown}"
+    );
+
+    // An error on a terminal: said once, not as a log line and again.
+    let missing = work.path().join("no-such-layout");
+    let (code, shown) = on_a_terminal(
+        &home,
+        &env,
+        &[
+            &format!("oci-layout://{}", missing.display()),
+            work.path().join("e").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{shown}");
+    assert_eq!(
+        shown.matches("is not an OCI image layout").count(),
+        1,
+        "{shown}"
+    );
+    assert!(!shown.contains("ERROR"), "{shown}");
+
+    // A pipe: no bar, whatever happens; the numbers are in the log line.
+    reg.stall.store(false, SeqCst);
+    let pod = work.path().join("pod");
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .run(&[&uri, pod.to_str().unwrap()]);
+    run.assert_ok();
+    let err = run.stderr();
+    assert!(
+        !err.contains('\r') && !err.contains(" [="),
+        "a bar in a pipe: {err}"
+    );
+    assert!(
+        err.contains("fetched 3.0 MiB of 3.0 MiB (100%)")
+            && err.contains(&format!("bytes_done={} bytes_total={}", 3 << 20, 3 << 20)),
+        "{err}"
+    );
+}
+
+/// JSON logs carry sizes and progress as numbers: `bytes_total` when the
+/// pull starts, `bytes_done`/`bytes_total` every progress interval (a pod
+/// has no bars) and when it is fetched.
+#[test]
+fn json_logs_carry_progress_as_numbers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let reg = StallingRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let uri = format!("{}/models/big:v1", reg.addr);
+    let fields = |text: &str, message: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+            })
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .map(|v| v["fields"].clone())
+            .collect()
+    };
+
+    // Stalled at 1 MiB of 3: the periodic line says so in numbers.
+    reg.stall.store(true, SeqCst);
+    let log = work.path().join("stderr.json");
+    let mut o = Ocimodel::new().env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr);
+    let mut child = o
+        .cmd
+        .args([
+            "pull",
+            "--log-format",
+            "json",
+            "--progress-interval",
+            "1",
+            &uri,
+            work.path().join("stalled").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "a progress line at 1 MiB",
+        std::time::Duration::from_secs(30),
+        || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            text.ends_with('\n')
+                && fields(&text, "progress: ")
+                    .iter()
+                    .any(|f| f["bytes_done"].as_u64() == Some(1 << 20))
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let progress = fields(&text, "progress: ");
+    assert!(
+        progress
+            .iter()
+            .all(|f| f["bytes_total"].as_u64() == Some(3 << 20) && f["bytes_done"].is_u64()),
+        "{text}"
+    );
+    assert_eq!(
+        fields(&text, "pulling")[0]["bytes_total"].as_u64(),
+        Some(3 << 20),
+        "{text}"
+    );
+
+    reg.stall.store(false, SeqCst);
+    let run = Ocimodel::new()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &reg.addr)
+        .run(&[
+            "pull",
+            "--log-format",
+            "json",
+            &uri,
+            work.path().join("m").to_str().unwrap(),
+        ]);
+    run.assert_ok();
+    let fetched = fields(&run.stderr(), "fetched ");
+    assert_eq!(fetched.len(), 1, "{}", run.stderr());
+    assert_eq!(fetched[0]["bytes_done"].as_u64(), Some(3 << 20));
+    assert_eq!(fetched[0]["bytes_total"].as_u64(), Some(3 << 20));
+}
+
+/// `push` shows the same: a bar on a terminal, numbers in JSON logs.
+#[test]
+fn push_shows_progress_on_a_terminal_and_numbers_in_json() {
+    let reg = Registry::start(Auth::None);
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let model = work.path().join("model");
+    fs::create_dir(&model).unwrap();
+    let weights: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(model.join("weights.bin"), &weights).unwrap();
+    let target = format!("{}/models/pushed:v1", reg.addr);
+    let env = [
+        ("OCIMODEL_INSECURE_REGISTRIES", reg.addr.as_str()),
+        ("TERM", "xterm"),
+    ];
+    let (code, shown) = on_a_terminal(
+        &home,
+        &env,
+        &["push", model.to_str().unwrap(), &target],
+        None,
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains(&format!("pushing {target} [")),
+        "no bar: {shown}"
+    );
+
+    let run = Ocimodel::new().insecure(&reg).run(&[
+        "push",
+        "--log-format",
+        "json",
+        model.to_str().unwrap(),
+        &format!("{}/models/pushed:v2", reg.addr),
+    ]);
+    run.assert_ok();
+    let err = run.stderr();
+    assert!(!err.contains('\r'), "a bar in a pipe: {err}");
+    // The blobs are in the registry already (v1): nothing to upload.
+    assert!(!err.contains("\"uploaded "), "{err}");
+    let run = Ocimodel::new().insecure(&reg).run(&[
+        "push",
+        "--log-format",
+        "json",
+        "--format",
+        "oras",
+        model.to_str().unwrap(),
+        &format!("{}/models/other:v1", reg.addr),
+    ]);
+    run.assert_ok();
+    let uploaded: Vec<serde_json::Value> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("uploaded "))
+        })
+        .collect();
+    assert_eq!(uploaded.len(), 1, "{}", run.stderr());
+    let f = &uploaded[0]["fields"];
+    assert!(
+        f["bytes_total"].as_u64().is_some_and(|t| t >= 2 << 20),
+        "{f}"
+    );
+    assert_eq!(f["bytes_done"], f["bytes_total"], "{f}");
+}
+
+/// One exit-status convention, stated in --help: 0 success (and help,
+/// version), 1 every failure, usage errors included; 130 is Ctrl-C's
+/// (ctrl_c_on_a_laptop_resumes_from_the_per_user_cache).
+#[test]
+fn exit_status_is_0_or_1_and_stated_in_help() {
+    let help = Ocimodel::new().run(&["--help"]);
+    assert_eq!(help.code(), 0);
+    assert!(
+        help.stdout().contains("Exit status: 0 success")
+            && help.stdout().contains("130 interrupted"),
+        "{}",
+        help.stdout()
+    );
+    assert_eq!(Ocimodel::new().run(&["--version"]).code(), 0);
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().join("m");
+    let d = d.to_str().unwrap();
+    let layout = layout_uri();
+    let usage_errors: &[&[&str]] = &[
+        &[],
+        &["pull", "--no-such-flag", &layout, d],
+        &["pull", "--retries", "many", &layout, d],
+        &["pull", &layout],
+        &["inspcet", &layout],
+        &["completion", "tcsh"],
+    ];
+    for args in usage_errors {
+        let run = Ocimodel::new().run(args);
+        assert_eq!(run.code(), 1, "{args:?}: {}", run.stderr());
+        assert!(
+            !run.termination.trim().is_empty(),
+            "{args:?}: no termination line"
+        );
+    }
+    let run = Ocimodel::new()
+        .env("OCIMODEL_NO_SUCH", "1")
+        .run(&[&layout, d]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(!Path::new(d).exists());
+}
+
+/// #32: `check` of a directory that does not exist says so, not that it
+/// "has no completion marker" (which an empty directory gets).
+#[test]
+fn check_of_a_missing_directory_says_it_does_not_exist() {
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("nosuchdir");
+    let run = Ocimodel::new().run(&["check", missing.to_str().unwrap()]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_eq!(
+        run.stdout().trim(),
+        format!("{}: does not exist", missing.display())
+    );
+    let empty = work.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let run = Ocimodel::new().run(&["check", empty.to_str().unwrap()]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stdout().contains("has no completion marker"),
+        "{}",
+        run.stdout()
     );
 }

@@ -33,12 +33,19 @@ pub(super) const VERSION: &str = concat!(
     ")"
 );
 
+/// The help's last paragraph states the exit status, one convention for
+/// every command: usage errors are failures like any other (as oras, skopeo
+/// and regctl; KServe and scripts tell only zero from non-zero), and Ctrl-C
+/// is SIGINT's 130.
 #[derive(Parser, Debug)]
 #[command(
     name = "ocimodel",
     version = VERSION,
     about = "Pull ML models from OCI registries and layouts onto disk, verified by digest",
-    after_help = "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models"
+    after_help = concat!(
+        "A bare argument list (as KServe passes it) means `pull`:\n  ocimodel ocimodel://registry/repo@sha256:... /mnt/models\n\n",
+        "Exit status: 0 success (and --help, --version); 1 any failure, usage errors included (an unknown command or flag, a bad value, a missing argument, an unknown OCIMODEL_* setting); 130 interrupted (Ctrl-C; run the same command again to resume)."
+    )
 )]
 pub(super) struct Cli {
     #[command(subcommand)]
@@ -242,9 +249,25 @@ pub(super) struct AccessArgs {
     #[arg(long = "auth-file")]
     pub(super) auth_file: Option<PathBuf>,
 
+    /// Seconds a docker credential helper (credsStore, credHelpers) may take to answer.
+    #[arg(
+        long = "credential-helper-timeout",
+        env = "OCIMODEL_CREDENTIAL_HELPER_TIMEOUT",
+        default_value_t = config::DEFAULT_CREDENTIAL_HELPER_TIMEOUT
+    )]
+    pub(super) credential_helper_timeout: u64,
+
     /// Log format: text or json.
     #[arg(long, env = "OCIMODEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Output")]
     pub(super) log_format: LogFormat,
+
+    /// Warnings and errors only: no progress, no info lines (OCIMODEL_LOG=warn).
+    #[arg(short, long, conflicts_with = "verbose", help_heading = "Output")]
+    pub(super) quiet: bool,
+
+    /// More detail: -v debug lines of ocimodel, -vv everything at trace (over OCIMODEL_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Output")]
+    pub(super) verbose: u8,
 
     /// Seconds a registry may send no bytes before the transfer is abandoned.
     #[arg(long, env = "OCIMODEL_STALL_TIMEOUT", default_value_t = config::DEFAULT_STALL_TIMEOUT, help_heading = "Transfers")]
@@ -951,7 +974,8 @@ pub(super) fn client_factory(access: &AccessArgs) -> ClientFactory {
             split_below: access.split_below,
         },
     };
-    let sources = CredentialSources::from_env(access.auth_file.as_deref());
+    let mut sources = CredentialSources::from_env(access.auth_file.as_deref());
+    sources.helper_timeout = Some(Duration::from_secs(access.credential_helper_timeout.max(1)));
     let (default_hosts, default_conf) = crate::mirrors::default_paths();
     let off = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim() == "off");
     let hosts_dir = match &access.hosts_dir {

@@ -81,7 +81,10 @@ fn execute(
             }
             Err(e) => {
                 let line = crate::text::for_output(&format!("{}: {e:#}", job.uri));
-                tracing::error!("{line}");
+                // On a terminal the final line is the error, said once.
+                if !crate::progress::watched() {
+                    tracing::error!("{line}");
+                }
                 failed.push(line);
             }
         }
@@ -109,6 +112,7 @@ fn execute(
 /// rerun clears the staging directory left behind.
 fn interrupted(log: Option<&Path>) -> ! {
     let line = "ocimodel: interrupted; run the same command again to resume";
+    crate::progress::clear();
     eprintln!("{line}");
     write_termination(log, line);
     std::process::exit(130)
@@ -176,6 +180,11 @@ pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
                 for p in problems {
                     println!("  {p}");
                 }
+            }
+            // Not "has no completion marker": there is nothing at all.
+            Err(_) if std::fs::symlink_metadata(dest).is_err() => {
+                code = ExitCode::FAILURE;
+                println!("{}: does not exist", dest.display());
             }
             Err(e) => {
                 code = ExitCode::FAILURE;

@@ -88,8 +88,9 @@ fn looks_like_reference(word: &str) -> bool {
     word.contains('/') || word.contains(':')
 }
 
-/// `ocimodel inspcet REF`: a usage error (exit 2) naming the nearest
-/// command, if one is near; nothing is pulled and nothing is created.
+/// `ocimodel inspcet REF`: a usage error (exit 1, as every failure: the
+/// help's "Exit status") naming the nearest command, if one is near;
+/// nothing is pulled and nothing is created.
 fn unknown_command(word: &str, known: &[String]) -> ExitCode {
     let nearest = known
         .iter()
@@ -106,7 +107,7 @@ fn unknown_command(word: &str, known: &[String]) -> ExitCode {
     ));
     eprintln!("{line}");
     write_termination(None, &line);
-    ExitCode::from(2)
+    ExitCode::FAILURE
 }
 
 /// Dispatches to the command.
@@ -114,27 +115,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let log = cli.termination_log.as_deref();
     match cli.command {
         Command::Pull(a) | Command::Unpack(a) => {
-            init_logging(a.access.log_format);
+            init_logging(&a.access);
             commands::pull_all(a, log)
         }
         Command::Sidecar(a) => {
-            init_logging(a.pull.access.log_format);
+            init_logging(&a.pull.access);
             commands::sidecar(a)
         }
         Command::Inspect(a) => {
-            init_logging(a.access.log_format);
+            init_logging(&a.access);
             commands::inspect(a)
         }
         Command::Referrers(a) => {
-            init_logging(a.access.log_format);
+            init_logging(&a.access);
             commands::referrers(a)
         }
         Command::Verify(a) => {
-            init_logging(a.access.log_format);
+            init_logging(&a.access);
             commands::verify(a)
         }
         Command::Push(a) => {
-            init_logging(a.access.log_format);
+            init_logging(&a.access);
             commands::push(a)
         }
         Command::Check(a) => commands::check(a),
@@ -243,24 +244,43 @@ fn env_behind(line: &str, argv: &[String]) -> Option<String> {
     None
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OCIMODEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs on stderr: `-q` / `-v` / `-vv` over `OCIMODEL_LOG` (warn, debug
+/// for ocimodel, trace), else `info`. On a terminal with text logs: no
+/// timestamps, and progress bars unless the level hides progress.
+fn init_logging(access: &args::AccessArgs) {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::EnvFilter;
+    let format = access.log_format;
+    let filter = match (access.quiet, access.verbose) {
+        (true, _) => EnvFilter::new("warn"),
+        (false, 1) => EnvFilter::new("info,ocimodel=debug"),
+        (false, 2..) => EnvFilter::new("trace"),
+        (false, 0) => {
+            EnvFilter::try_from_env("OCIMODEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
+        }
+    };
+    let shows_progress = filter
+        .max_level_hint()
+        .is_none_or(|max| max >= LevelFilter::INFO);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let watched = terminal && format == LogFormat::Text;
+    // A terminal that cannot move the cursor (TERM unset or dumb) gets the
+    // log lines a pod gets, as indicatif would draw nothing there.
+    let can_draw = std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb");
+    crate::progress::set_display(watched, shows_progress && can_draw);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(crate::progress::LogWriter)
+        .with_ansi(terminal)
         .with_target(false);
-    let _ = if format == LogFormat::Json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match (format, watched) {
+        (LogFormat::Json, _) => builder.json().try_init(),
+        // A person at a terminal knows the time; a log collector does not.
+        (LogFormat::Text, true) => builder.without_time().try_init(),
+        (LogFormat::Text, false) => builder.try_init(),
     };
 }
 
-/// Writes one line to the termination log: the given path (or
-/// `$OCIMODEL_TERMINATION_LOG`), else `/dev/termination-log` when it exists
-/// (as in a Kubernetes container).
 /// Writes one line to the termination log: the given path (or
 /// `$OCIMODEL_TERMINATION_LOG`), else `/dev/termination-log` when it exists
 /// (as in a Kubernetes container).

@@ -363,18 +363,44 @@ pub async fn subject_of(source: &crate::source::Source) -> Result<Descriptor> {
 /// Pushes a packed model; returns how many blobs were uploaded (the rest the
 /// registry had).
 pub async fn push(client: &RegistryClient, r: &ImageRef, packed: &Packed) -> Result<usize> {
-    let mut uploaded = 0;
+    let mut missing = Vec::new();
     for b in &packed.blobs {
         if client.has_blob(r, &b.desc.digest).await? {
             tracing::info!(blob = %b.desc.digest, "already in the registry; not uploading");
-            continue;
+        } else {
+            missing.push(b);
         }
-        tracing::info!(blob = %b.desc.digest, size = b.desc.size, "uploading");
-        client
-            .upload_blob(r, &b.desc.digest, b.desc.size, &b.body)
-            .await?;
-        uploaded += 1;
     }
+    let total = missing.iter().map(|b| b.desc.size).sum();
+    // Bars on a terminal, else a log line every interval.
+    let progress = crate::progress::Board::start(
+        &r.to_string(),
+        "pushing",
+        total,
+        std::time::Duration::from_secs(crate::config::DEFAULT_PROGRESS_INTERVAL),
+    );
+    for b in &missing {
+        tracing::info!(blob = %b.desc.digest, size = b.desc.size, bytes_total = b.desc.size, "uploading");
+        let label = match b.desc.annotations.get(ANNOTATION_TITLE) {
+            Some(title) => title.clone(),
+            None => b.desc.digest.to_string(),
+        };
+        let blob = progress.blob(b.desc.size, &label);
+        let counter = blob.counter().clone();
+        let sent = std::sync::Arc::new(move |n: u64| {
+            counter
+                .fetched
+                .store(n, std::sync::atomic::Ordering::Relaxed)
+        });
+        client
+            .upload_blob(r, &b.desc.digest, b.desc.size, &b.body, sent)
+            .await?;
+    }
+    let uploaded = missing.len();
+    if uploaded > 0 {
+        tracing::info!(reference = %r, bytes_done = progress.done(), bytes_total = total, "uploaded {}", progress.line());
+    }
+    drop(progress);
     let reference = r.tag.clone().unwrap_or_else(|| packed.digest.to_string());
     let processed = client
         .put_manifest(r, &reference, OCI_MANIFEST, &packed.manifest)

@@ -31,15 +31,12 @@ impl RegistryClient {
     /// when `plain` (a host's scheme depends on its role: as a plain-http
     /// mirror it is http, as a registry https).
     fn credentials_over(&self, r: &ImageRef, plain: bool) -> Option<Credentials> {
-        self.creds
-            .lookup(&r.registry, &r.repository)
-            .cloned()
-            .or_else(|| {
-                if plain {
-                    return None;
-                }
-                self.cloud.as_ref()?.cached(&r.registry)
-            })
+        self.creds.lookup(&r.registry, &r.repository).or_else(|| {
+            if plain {
+                return None;
+            }
+            self.cloud.as_ref()?.cached(&r.registry)
+        })
     }
 
     /// As [`Self::credentials`], for answering `ch`: asks the cloud for
@@ -52,7 +49,7 @@ impl RegistryClient {
         plain: bool,
     ) -> Result<Option<Credentials>> {
         if let Some(c) = self.creds.lookup(&r.registry, &r.repository) {
-            return Ok(Some(c.clone()));
+            return Ok(Some(c));
         }
         let Some(cloud) = &self.cloud else {
             return Ok(None);
@@ -361,13 +358,9 @@ impl RegistryClient {
     }
 
     pub(super) fn no_credentials(&self, r: &ImageRef) -> anyhow::Error {
-        let searched = if self.creds.searched.is_empty() {
-            "none found".to_string()
-        } else {
-            self.creds.searched.join(", ")
-        };
+        let searched = self.creds.searched_summary();
         anyhow!(
-            "registry {} requires authentication for {} but no credentials for it were found (read: {searched}); provide a docker config through OCIMODEL_DOCKER_CONFIG_JSON, REGISTRY_AUTH_FILE or DOCKER_CONFIG",
+            "registry {} requires authentication for {} but no credentials for it were found (read: {searched}); log in with docker login or podman login, or provide a docker config through --auth-file, REGISTRY_AUTH_FILE, DOCKER_CONFIG or OCIMODEL_DOCKER_CONFIG_JSON",
             r.registry,
             r.repository
         )

@@ -1,6 +1,8 @@
 //! Uploads: blob existence, monolithic blob uploads, manifest puts.
 
 use super::*;
+use futures_util::StreamExt;
+use std::sync::Arc;
 
 impl RegistryClient {
     /// Whether the repository already has blob `digest` (so a push can skip it).
@@ -18,13 +20,15 @@ impl RegistryClient {
     }
 
     /// Uploads a blob in one monolithic PUT, streamed from `body` (a file, or
-    /// bytes in memory for small blobs).
+    /// bytes in memory for small blobs); `sent` hears how many bytes of the
+    /// current attempt went out so far (for progress).
     pub async fn upload_blob(
         &self,
         r: &ImageRef,
         digest: &Digest,
         size: u64,
         body: &BlobBody,
+        sent: Arc<dyn Fn(u64) + Send + Sync>,
     ) -> Result<()> {
         let what = format!("upload of blob {digest} to {}/{}", r.registry, r.repository);
         let start = format!("{}/blobs/uploads/", self.base_url(r));
@@ -49,15 +53,28 @@ impl RegistryClient {
                     .put(&put)
                     .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                     .header(reqwest::header::CONTENT_LENGTH, size);
+                sent(0);
                 match body {
-                    BlobBody::Bytes(b) => req.body(b.clone()),
+                    BlobBody::Bytes(b) => {
+                        sent(b.len() as u64);
+                        req.body(b.clone())
+                    }
                     BlobBody::File(path) => match std::fs::File::open(path) {
-                        Ok(f) => req.body(reqwest::Body::wrap_stream(
-                            tokio_util::io::ReaderStream::with_capacity(
-                                tokio::fs::File::from_std(f),
-                                256 * 1024,
-                            ),
-                        )),
+                        Ok(f) => {
+                            let (sent, mut so_far) = (sent.clone(), 0u64);
+                            req.body(reqwest::Body::wrap_stream(
+                                tokio_util::io::ReaderStream::with_capacity(
+                                    tokio::fs::File::from_std(f),
+                                    256 * 1024,
+                                )
+                                .inspect(move |chunk| {
+                                    if let Ok(c) = chunk {
+                                        so_far += c.len() as u64;
+                                        sent(so_far);
+                                    }
+                                }),
+                            ))
+                        }
                         Err(_) => req, // reported below as a failed upload
                     },
                 }
