@@ -19,7 +19,9 @@
 //! [`push`] packages a directory; [`cli`] is the command line (`cli/`:
 //! typed flags in `args.rs`, the commands in `commands.rs`), with every
 //! setting and default in [`config`]. Where bytes may come from besides
-//! the registry: `cache` (the node cache and DEST's partial downloads),
+//! the registry: `cache` (the node cache and DEST's partial downloads;
+//! whole files are cloned from it by `clone` where the filesystem shares
+//! extents),
 //! [`mirrors`] (the node's mirror configuration), `registry/ranges.rs`
 //! (one blob over several connections), [`cloud`] (ECR, GAR and ACR
 //! credentials from the workload's identity), `model_registry`
@@ -33,6 +35,7 @@
 pub mod auth;
 pub(crate) mod cache;
 pub mod cli;
+pub(crate) mod clone;
 pub mod cloud;
 pub(crate) mod config;
 pub(crate) mod cpus;

@@ -568,7 +568,7 @@ async fn install_planned(
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let mut contents =
+    let (mut contents, disk) =
         unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
     let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
     if let Some(s) = &model_signature {
@@ -594,6 +594,7 @@ async fn install_planned(
         parents: parents.iter().map(|p| p.reference.clone()).collect(),
         hf_repo: settings.hf_repo.as_ref().map(|r| r.id().to_string()),
         entries: Vec::new(),
+        disk: Some(disk),
         contents,
     };
     let config = plan
@@ -677,12 +678,9 @@ async fn write_one(
     progress: Arc<Progress>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
-    let digest = layer.digest.clone();
-    fetch_blob(source, &layer, &progress, Hashing::SameThread, move |r| {
-        write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest))
-    })
-    .await
-    .with_context(|| format!("file '{path}'"))
+    crate::fetch::fetch_file(source, layer, progress, root, rel)
+        .await
+        .with_context(|| format!("file '{path}'"))
 }
 
 /// Whole-file layers, several at once: they are independent blobs.
@@ -766,7 +764,7 @@ async fn unpack_plan(
     staging: &Path,
     settings: &Settings,
     uri: &str,
-) -> Result<Contents> {
+) -> Result<(Contents, crate::install::DiskUse)> {
     let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
     let progress = Progress::new(plan.total_bytes() + parent_bytes);
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), cpus = crate::cpus::available(), "pulling");
@@ -829,5 +827,9 @@ async fn unpack_plan(
     if result.is_ok() {
         tracing::info!(uri, "fetched {}", progress.line());
     }
-    result
+    let cloned = progress.cloned.load(std::sync::atomic::Ordering::Relaxed);
+    result.map(|c| {
+        let disk = crate::install::DiskUse::of(&c, cloned);
+        (c, disk)
+    })
 }
