@@ -33,7 +33,7 @@ esac
 missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \
             zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
-            debootstrap:debootstrap; do
+            debootstrap:debootstrap mkfs.xfs:xfsprogs; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
