@@ -551,11 +551,8 @@ pub async fn fetch_file(
     }
     let (at, staged) = (root.clone(), rel.clone());
     let cloned = tokio::task::spawn_blocking(move || {
-        let dst = match create_staged(&at, &staged) {
-            Ok(dst) => dst,
-            Err(e) => return Err(e),
-        };
-        Ok(match crate::clone::clone_into(&file, &dst) {
+        let dst = create_staged(&at, &staged)?;
+        anyhow::Ok(match crate::clone::clone_into(&file, &dst) {
             Ok(()) => Ok(dst),
             Err(e) => Err((file, e)),
         })

@@ -108,12 +108,17 @@ fn run(tool: &str, args: &[&str]) -> String {
 /// A registry holding an ORAS model of [`SHARDS`] distinct shards (each a
 /// whole-file layer); the registry, the URI and the shards' bytes by name.
 fn model() -> (Registry, String, Vec<(String, Vec<u8>)>) {
+    model_of(SHARDS, SHARD)
+}
+
+/// The same with `n` shards of `size` bytes.
+fn model_of(n: usize, size: usize) -> (Registry, String, Vec<(String, Vec<u8>)>) {
     let reg = Registry::start(Auth::None);
     let dir = tempfile::tempdir().unwrap();
-    let shards: Vec<(String, Vec<u8>)> = (0..SHARDS)
+    let shards: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1);
-            let bytes: Vec<u8> = (0..SHARD / 8)
+            let bytes: Vec<u8> = (0..size / 8)
                 .flat_map(|_| {
                     x ^= x >> 12;
                     x ^= x << 25;
@@ -121,7 +126,7 @@ fn model() -> (Registry, String, Vec<(String, Vec<u8>)>) {
                     x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes()
                 })
                 .collect();
-            let name = format!("model-{:05}-of-{SHARDS:05}.safetensors", i + 1);
+            let name = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
             fs::write(dir.path().join(&name), &bytes).unwrap();
             (name, bytes)
         })
@@ -320,5 +325,108 @@ fn a_rewritten_cache_entry_is_never_installed_and_changes_no_installed_pod() {
     assert!(
         fs::read(&entry).unwrap() == *bytes,
         "the cache holds the model's blob again"
+    );
+}
+
+/// User CPU seconds each live thread of `pid` has used (as
+/// tests/node_scale.rs samples them: load on the machine does not inflate
+/// them).
+fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = std::collections::HashMap::new();
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        let Ok(stat) = fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): utime is 14.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let Ok(user) = f[11].parse::<f64>() else {
+            continue;
+        };
+        out.insert(
+            t.file_name().to_string_lossy().parse().unwrap(),
+            user / tick,
+        );
+    }
+    out
+}
+
+/// CPU seconds this thread spends on SHA-256 of `shards` (ocimodel's own
+/// hasher), from the thread's own clock.
+fn sha256_cpu_seconds(shards: &[(String, Vec<u8>)]) -> f64 {
+    let now = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let start = now();
+    for (_, b) in shards {
+        let mut h = ocimodel::digest::Hasher::new(ocimodel::digest::Algorithm::Sha256);
+        h.update(b);
+        std::hint::black_box(h.finish());
+    }
+    now() - start
+}
+
+/// The clones are hashed as any blob is: each on its own thread, so no one
+/// thread does everyone's hashing (tests/node_scale.rs's property, for a
+/// warm install).
+#[test]
+fn a_warm_install_hashes_its_clones_on_many_threads() {
+    let (reg, uri, shards) = model_of(8, 64 << 20);
+    let sha_seconds = sha256_cpu_seconds(&shards);
+    let image = Image::new("xfs", 2 << 30);
+    let mnt = image.mnt();
+    let cache = mnt.join("cache");
+    pod(&reg, 2001, &cache, &uri, &mnt.join("pod1"));
+
+    let dest = mnt.join("pod2");
+    let mut run = Ocimodel::new()
+        .insecure(&reg)
+        .run_as(2002, 0)
+        .env("OCIMODEL_CACHE_DIR", &cache);
+    run.cmd
+        .args([&uri, dest.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = run.cmd.spawn().unwrap();
+    let pid = child.id();
+    // The last reading of every thread that ever lived, read while the
+    // process runs (a poll, not a wait: /proc has them only until exit).
+    let mut seen = std::collections::HashMap::new();
+    let status = loop {
+        seen.extend(thread_cpu(pid));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    installed(&dest, &shards);
+    let cloned = stderr
+        .lines()
+        .filter(|l| l.contains("from the node cache, cloned"))
+        .count();
+    assert_eq!(cloned, 8, "{stderr}");
+    let busiest = seen.values().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "sha256 of all shards on one core: {sha_seconds:.3}s; the busiest thread: {busiest:.3}s"
+    );
+    assert!(
+        busiest <= sha_seconds / 3.0,
+        "one thread did {busiest:.2}s of user CPU work, more than a third of the {sha_seconds:.3}s one core needs to hash all 8 shards: the clones' hashing is not spread over the blobs' threads"
     );
 }
