@@ -142,6 +142,17 @@ class LoopImage:
         st = os.statvfs(self.mnt)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
+    def settle(self):
+        """Waits until space freed by removed files is counted: XFS frees in the background,
+        after `sync -f` returns."""
+        last, deadline = self.used(), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.used()
+            if now == last:
+                return
+            last = now
+
     def close(self):
         if self.mounted:
             if subprocess.run(["umount", str(self.mnt)]).returncode != 0:
@@ -226,12 +237,15 @@ def warm_installs(args):
                         for i in range(1, 5)]
                 for i in range(1, 5):
                     shutil.rmtree(image.mnt / f"pod{i}")
+                image.settle()
                 rounds = []
                 for r in range(args.rounds):
                     copy = warm_pod(ocimodel, uri, reg, image, image.mnt / "copy", 2010, clone=False)
                     shutil.rmtree(image.mnt / "copy")
+                    image.settle()
                     clone = warm_pod(ocimodel, uri, reg, image, image.mnt / "clone", 2011)
                     shutil.rmtree(image.mnt / "clone")
+                    image.settle()
                     rounds.append((copy, clone))
                     print(kind, r, copy, clone, flush=True)
                 blobs = sorted((image.mnt / "cache/blobs/sha256").iterdir())

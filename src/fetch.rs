@@ -12,6 +12,10 @@
 //! parsing, per-file hashing, writes) asks for [`Hashing::OwnThread`]: the
 //! digest is computed on a thread of its own in front of it, so the layer
 //! goes at the rate of the slower of the two, not of their sum.
+//!
+//! A whole-file layer the node cache holds is cloned into staging where the
+//! filesystem shares extents ([`fetch_file`], `clone`), and the clone then
+//! streamed through the same verification; elsewhere it is copied.
 
 use std::fs::File;
 use std::io::{self, BufRead, Read};

@@ -430,3 +430,57 @@ fn a_warm_install_hashes_its_clones_on_many_threads() {
         "one thread did {busiest:.2}s of user CPU work, more than a third of the {sha_seconds:.3}s one core needs to hash all 8 shards: the clones' hashing is not spread over the blobs' threads"
     );
 }
+
+/// The sidecar's metrics say how many bytes of its cache hits were cloned
+/// and how many written.
+#[test]
+fn the_sidecar_counts_cloned_and_written_bytes() {
+    let (reg, uri, shards) = model();
+    let image = Image::new("xfs", 768 << 20);
+    let mnt = image.mnt();
+    let cache = mnt.join("cache");
+    pod(&reg, 2001, &cache, &uri, &mnt.join("pod1"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dest = mnt.join("sidecar");
+    let mut sidecar = Ocimodel::new()
+        .insecure(&reg)
+        .run_as(2002, 0)
+        .env("OCIMODEL_CACHE_DIR", &cache)
+        .env("OCIMODEL_MODE", "sidecar")
+        .env("OCIMODEL_LISTEN", &addr)
+        .spawn(&[&uri, dest.to_str().unwrap()]);
+    wait_until(
+        "the sidecar to be ready",
+        std::time::Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect(&addr).is_ok()
+                && http_get(&addr, "/readyz", &[]).status == 200
+        },
+    );
+    let metrics = String::from_utf8(http_get(&addr, "/metrics", &[]).body).unwrap();
+    let _ = sidecar.child.kill();
+    let _ = sidecar.child.wait();
+    installed(&dest, &shards);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let hit = value("ocimodel_cache_bytes{result=\"hit\"}");
+    assert_eq!(
+        value("ocimodel_cache_hit_bytes{how=\"cloned\"}"),
+        MODEL,
+        "{metrics}"
+    );
+    // The rest of the hits (the small config blob) was read and written.
+    assert_eq!(
+        value("ocimodel_cache_hit_bytes{how=\"written\"}"),
+        hit - MODEL,
+        "{metrics}"
+    );
+    assert!(hit - MODEL < 4096, "{metrics}");
+    assert_eq!(disk(&dest), (MODEL, 0));
+}
