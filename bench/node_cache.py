@@ -307,6 +307,11 @@ def warm_installs(args):
         f"own thread (a CPU slot per chunk), so {shards} shards on {cores} cores hash in about "
         f"{hashed / min(cores, shards):.2f} s.",
         "",
+        "The image's backing file is a file in /tmp, so its blocks sit in the host's page cache: "
+        "`sync -f` makes the install durable on the loop device, and reads come at memory speed, "
+        "not a disk's. Each number is one run on a machine whose load it does not control; the "
+        "medians of the alternating rounds are the comparison.",
+        "",
     ]
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
