@@ -16,12 +16,12 @@ import os, re, sys
 # The layers, lowest first. A module may import from its own layer or any
 # below it, never from one above; circles are refused in any case.
 LAYERS = [
-    ("ground", "config error text digest rfc3339 cpus dirfd"),
+    ("ground", "config error text digest rfc3339 cpus dirfd clone"),
     ("names", "reference manifest select mirrors auth"),
     ("services and content", "cloud model_registry format unpack cache hf_cache"),
     ("transport", "registry"),
     ("sources", "source"),
-    ("stages", "fetch verify install settings plan push"),
+    ("stages", "fetch progress verify install settings plan push"),
     ("pipeline", "pull"),
     ("front", "inspect serve cli"),
 ]

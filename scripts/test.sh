@@ -35,7 +35,7 @@ missing=()
 for tool in docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils containerd:containerd \
             zstd:zstd openssl:openssl curl:curl chroot:coreutils podman:podman runc:runc catatonit:catatonit \
             debootstrap:debootstrap docker-credential-pass:golang-docker-credential-helpers pass:pass \
-            gpg:gpg script:bsdutils; do
+            gpg:gpg script:bsdutils mkfs.xfs:xfsprogs; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

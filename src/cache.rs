@@ -23,8 +23,10 @@
 //! it, so every path is reached through directory descriptors from the root
 //! down, never through a name a co-tenant could have made a symlink, and
 //! only regular files are read. Every byte read back is hashed again on its
-//! way into DEST (the same pass that writes it), and an entry that fails is
-//! dropped and fetched again ([`StaleEntry`]). Any trouble with an entry
+//! way into DEST (the same pass that writes it; a whole file cloned from the
+//! entry, where the filesystem shares extents, is hashed from the clone, see
+//! `fetch::fetch_file`), and an entry that fails is dropped and fetched
+//! again ([`StaleEntry`]). Any trouble with an entry
 //! costs a download, never the pull (see `fetch::open_blob`).
 
 use std::fs::File;
@@ -64,13 +66,17 @@ pub struct Cache {
     max: Option<u64>,
     lock_wait: Duration,
     /// Blobs and bytes this process read from the cache (hits) and
-    /// downloaded into it (misses), for logs and metrics.
-    counts: [AtomicU64; 4],
+    /// downloaded into it (misses), and of the hits those cloned into DEST
+    /// (sharing the cache's blocks), for logs and metrics.
+    counts: [AtomicU64; 6],
     /// Only blobs at least this big go through it (0: all).
     pub min_size: u64,
     /// Partial downloads only (DEST's own, without a node cache): a
     /// verified blob is not kept, just its download while it runs.
     transient: bool,
+    /// Whole files are cloned from it where DEST's filesystem allows
+    /// (`OCIMODEL_CLONE`, on by default).
+    pub clone_files: bool,
 }
 
 /// What [`Cache::stats`] reports.
@@ -80,6 +86,9 @@ pub struct Stats {
     pub hit_bytes: u64,
     pub miss_blobs: u64,
     pub miss_bytes: u64,
+    /// Of the hits, those cloned into DEST rather than written.
+    pub cloned_blobs: u64,
+    pub cloned_bytes: u64,
 }
 
 /// A blob's lock, held for as long as this lives.
@@ -162,6 +171,7 @@ impl Cache {
             counts: Default::default(),
             min_size: 0,
             transient: false,
+            clone_files: true,
         };
         cache.own_dir(&cache.root);
         Ok(cache)
@@ -179,6 +189,7 @@ impl Cache {
             counts: Default::default(),
             min_size,
             transient: true,
+            clone_files: false,
         }
     }
 
@@ -189,6 +200,12 @@ impl Cache {
         self.counts[i + 1].fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts a hit that was cloned into DEST (see `fetch::fetch_file`).
+    pub fn record_clone(&self, bytes: u64) {
+        self.counts[4].fetch_add(1, Ordering::Relaxed);
+        self.counts[5].fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> Stats {
         let n = |i: usize| self.counts[i].load(Ordering::Relaxed);
         Stats {
@@ -196,6 +213,8 @@ impl Cache {
             hit_bytes: n(1),
             miss_blobs: n(2),
             miss_bytes: n(3),
+            cloned_blobs: n(4),
+            cloned_bytes: n(5),
         }
     }
 

@@ -12,25 +12,35 @@
 //! parsing, per-file hashing, writes) asks for [`Hashing::OwnThread`]: the
 //! digest is computed on a thread of its own in front of it, so the layer
 //! goes at the rate of the slower of the two, not of their sum.
+//!
+//! A whole-file layer the node cache holds is cloned into staging where the
+//! filesystem shares extents ([`fetch_file`], `clone`), and the clone then
+//! streamed through the same verification; elsewhere it is copied.
 
+use std::fs::File;
 use std::io::{self, BufRead, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::{Cache, Entry, Ingest, StaleEntry};
+use crate::cache::{Cache, Entry, Ingest, Lock, StaleEntry};
 use crate::cpus::Slot;
 use crate::digest::{Digest, Hasher};
 use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
 use crate::registry::ByteStream;
 use crate::source::{file_stream, Source};
+use crate::unpack::{
+    join, prepare_parent, remove_existing, shared_mode, write_file, FileDigest, FileRecord, RelPath,
+};
 
 /// Chunks in flight between download and unpack, per blob...
 const CHANNEL_DEPTH: usize = 256;
@@ -68,6 +78,8 @@ pub enum Hashing {
 #[derive(Debug)]
 pub struct Progress {
     pub fetched: AtomicU64,
+    /// Bytes of whole files cloned from the node cache (no new disk).
+    pub cloned: AtomicU64,
     pub total: u64,
     pub started: Instant,
 }
@@ -76,6 +88,7 @@ impl Progress {
     pub fn new(total: u64) -> Arc<Progress> {
         Arc::new(Progress {
             fetched: AtomicU64::new(0),
+            cloned: AtomicU64::new(0),
             total,
             started: Instant::now(),
         })
@@ -307,24 +320,30 @@ pub async fn fetch_small(source: &Source, desc: &Descriptor, cap: u64) -> Result
     Ok(Bytes::from(bytes))
 }
 
+/// What [`open_blob`] found for a blob.
+enum Opened {
+    /// A committed node-cache blob: opened through the cache's directory
+    /// descriptors and checked to be a regular file, its shared lock held.
+    /// It is read (or cloned) from this descriptor, never by its name again.
+    Hit(File, Lock),
+    /// Bytes to stream, and the cache ingest to append new ones to.
+    Stream(ByteStream, Option<Ingest>),
+}
+
 /// Where a blob's bytes come from: the descriptor's embedded data, the
 /// node cache (a committed blob, or a partial download replayed before the
-/// rest is fetched with `Range`), or the source. Returns the stream, the
-/// cache ingest to append new bytes to, and whether it is a cache hit.
-async fn open_blob(
-    source: &Source,
-    desc: &Descriptor,
-) -> Result<(ByteStream, Option<Ingest>, bool)> {
+/// rest is fetched with `Range`), or the source.
+async fn open_blob(source: &Source, desc: &Descriptor) -> Result<Opened> {
     if let Some(data) = &desc.data {
         // Small blobs may be embedded in the descriptor itself.
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|_| anyhow!("blob {}: the embedded data is not base64", desc.digest))?;
         let stream: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from(bytes))]));
-        return Ok((stream, None, false));
+        return Ok(Opened::Stream(stream, None));
     }
     let Some(cache) = source.cache().filter(|c| desc.size >= c.min_size) else {
-        return Ok((source.blob(desc).await?, None, false));
+        return Ok(Opened::Stream(source.blob(desc).await?, None));
     };
     // The cache only saves work: trouble with it (a co-tenant's plant, a
     // lock held without progress) costs this blob a download, not the pull.
@@ -332,19 +351,18 @@ async fn open_blob(
         Ok(entry) => entry,
         Err(e) => {
             tracing::warn!(blob = %desc.digest, "node cache: {e:#}; downloading this blob without it");
-            return Ok((source.blob(desc).await?, None, false));
+            return Ok(Opened::Stream(source.blob(desc).await?, None));
         }
     };
     match entry {
         Entry::Hit { file, _lock } => {
             cache.record(true, desc.size);
-            tracing::info!(blob = %desc.digest, size = desc.size, "from the node cache");
-            Ok((file_stream(file, 0, None, _lock), None, true))
+            Ok(Opened::Hit(file, _lock))
         }
         Entry::Miss(ingest) if ingest.offset == 0 => {
             cache.record(false, desc.size);
             tracing::info!(blob = %desc.digest, size = desc.size, "from the network, into the node cache");
-            Ok((source.blob(desc).await?, Some(ingest), false))
+            Ok(Opened::Stream(source.blob(desc).await?, Some(ingest)))
         }
         Entry::Miss(ingest) => {
             cache.record(false, desc.size - ingest.offset.min(desc.size));
@@ -355,7 +373,7 @@ async fn open_blob(
                 Some(r) => r?,
                 None => bail!("blob {}: its source cannot resume a download", desc.digest),
             };
-            Ok((Box::pin(replay.chain(rest)), Some(ingest), false))
+            Ok(Opened::Stream(Box::pin(replay.chain(rest)), Some(ingest)))
         }
     }
 }
@@ -463,7 +481,182 @@ where
     F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let (stream, ingest, from_cache) = open_blob(source, desc).await?;
+    match open_blob(source, desc).await? {
+        Opened::Hit(file, lock) => {
+            tracing::info!(blob = %desc.digest, size = desc.size, way = "copied", "from the node cache, copied (only whole-file layers are cloned; a tar layer is unpacked)");
+            let stream = file_stream(file, 0, None, lock);
+            stream_blob(source, desc, progress, hashing, stream, None, true, consume).await
+        }
+        Opened::Stream(stream, ingest) => {
+            stream_blob(
+                source, desc, progress, hashing, stream, ingest, false, consume,
+            )
+            .await
+        }
+    }
+}
+
+/// A whole-file layer into `root/rel` (a staging tree), verified.
+///
+/// From a node-cache hit, where DEST's filesystem shares extents with the
+/// cache's, the blob is cloned from the descriptor the cache opened and
+/// checked (never its name again), and then the clone, the staged file
+/// itself, is hashed: what is verified is what is installed, whatever a
+/// co-tenant writes to the cache entry afterwards. A clone that fails its
+/// digest drops the entry ([`StaleEntry`]: the blob is downloaded again).
+/// Anywhere else (another filesystem, ext4, tmpfs, `OCIMODEL_CLONE=off`) the
+/// blob is copied and verified as it is written, as any other blob.
+pub async fn fetch_file(
+    source: &Source,
+    desc: Descriptor,
+    progress: Arc<Progress>,
+    root: Arc<PathBuf>,
+    rel: RelPath,
+) -> Result<FileRecord> {
+    let digest = desc.digest.clone();
+    let (root2, rel2) = (root.clone(), rel.clone());
+    let write = move |r: &mut BlobReader| {
+        write_file(&root2, &rel2, r, 0o644, None, FileDigest::Known(&digest))
+    };
+    let (file, lock) = match open_blob(source, &desc).await? {
+        Opened::Stream(stream, ingest) => {
+            return stream_blob(
+                source,
+                &desc,
+                &progress,
+                Hashing::SameThread,
+                stream,
+                ingest,
+                false,
+                write,
+            )
+            .await
+        }
+        Opened::Hit(file, lock) => (file, lock),
+    };
+    let cache = source.cache().cloned();
+    let copy = |file: File, lock: Lock, why: &str| {
+        tracing::info!(blob = %desc.digest, size = desc.size, way = "copied", "from the node cache, copied: {why}");
+        file_stream(file, 0, None, lock)
+    };
+    if !cache.as_ref().is_some_and(|c| c.clone_files) {
+        let stream = copy(file, lock, "cloning is off (OCIMODEL_CLONE=off)");
+        return stream_blob(
+            source,
+            &desc,
+            &progress,
+            Hashing::SameThread,
+            stream,
+            None,
+            true,
+            write,
+        )
+        .await;
+    }
+    let (at, staged) = (root.clone(), rel.clone());
+    let cloned = tokio::task::spawn_blocking(move || {
+        let dst = create_staged(&at, &staged)?;
+        anyhow::Ok(match crate::clone::clone_into(&file, &dst) {
+            Ok(()) => Ok(dst),
+            Err(e) => Err((file, e)),
+        })
+    })
+    .await
+    .map_err(|e| anyhow!("clone thread failed: {e}"))??;
+    let dst = match cloned {
+        Ok(dst) => dst,
+        Err((file, e)) => {
+            let stream = copy(file, lock, &crate::clone::why_not(&e));
+            return stream_blob(
+                source,
+                &desc,
+                &progress,
+                Hashing::SameThread,
+                stream,
+                None,
+                true,
+                write,
+            )
+            .await;
+        }
+    };
+    // The clone is verified by reading it back through the same pipeline
+    // as any blob (hashed on this blob's own thread, a CPU slot per chunk),
+    // so a cache whose entry was rewritten is caught here, from the clone.
+    let stream = file_stream(dst.try_clone()?, 0, None, lock);
+    let verified = stream_blob(
+        source,
+        &desc,
+        &progress,
+        Hashing::SameThread,
+        stream,
+        None,
+        true,
+        |_| Ok(()),
+    )
+    .await;
+    let path = root.join(join(&rel));
+    if let Err(e) = verified {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    dst.set_permissions(std::fs::Permissions::from_mode(shared_mode(0o644, false)))
+        .with_context(|| format!("cannot set mode on {}", path.display()))?;
+    progress.cloned.fetch_add(desc.size, Ordering::Relaxed);
+    if let Some(cache) = &cache {
+        cache.record_clone(desc.size);
+    }
+    tracing::info!(blob = %desc.digest, size = desc.size, way = "cloned", "from the node cache, cloned (it shares the cache's disk blocks) and the clone verified");
+    Ok(FileRecord {
+        path: join(&rel),
+        size: desc.size,
+        digest: desc.digest,
+    })
+}
+
+/// Creates the empty staged file `rel` under `root` for a clone, with
+/// [`write_file`]'s rules: a clean, unreserved name, real parent
+/// directories, the old entry removed, created `O_EXCL | O_NOFOLLOW`,
+/// private (0600) until verified.
+fn create_staged(root: &Path, rel: &[String]) -> Result<File> {
+    match rel.first() {
+        None => bail!("refusing to write a file with an empty name"),
+        Some(first) if crate::unpack::RESERVED_NAMES.contains(&first.as_str()) => bail!(
+            "refusing to write '{}': the name is reserved for ocimodel's bookkeeping",
+            join(rel)
+        ),
+        Some(_) => {}
+    }
+    let path = prepare_parent(root, rel)?;
+    remove_existing(&path)?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Streams `stream`, the bytes [`open_blob`] found, into `consume`: see
+/// [`fetch_blob`]. `from_cache`: they are a committed node-cache blob's (or
+/// its clone's), which is dropped if they fail.
+#[allow(clippy::too_many_arguments)]
+async fn stream_blob<T, F>(
+    source: &Source,
+    desc: &Descriptor,
+    progress: &Arc<Progress>,
+    hashing: Hashing,
+    stream: ByteStream,
+    ingest: Option<Ingest>,
+    from_cache: bool,
+    consume: F,
+) -> Result<T>
+where
+    F: FnOnce(&mut BlobReader) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
     // Bytes replayed from the cache count as the cache's, if they are bad.
     let replayed = ingest.as_ref().is_some_and(|i| i.offset > 0);
     let verifier = Verifier::new(desc, ingest, source.cache().cloned());

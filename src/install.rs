@@ -72,8 +72,31 @@ pub struct Marker {
     pub hf_repo: Option<String>,
     /// Top-level names in DEST that this install owns.
     pub entries: Vec<String>,
+    /// How the files took disk space (absent in markers of older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskUse>,
     #[serde(flatten)]
     pub contents: Contents,
+}
+
+/// The marker's `disk`: of the installed files' bytes, those cloned from
+/// the node cache (sharing its blocks: no new disk) and those written.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskUse {
+    pub cloned_bytes: u64,
+    pub written_bytes: u64,
+}
+
+impl DiskUse {
+    /// `cloned` bytes of `contents` were cloned; the rest were written.
+    pub fn of(contents: &Contents, cloned: u64) -> DiskUse {
+        let total: u64 = contents.files.iter().map(|f| f.size).sum();
+        DiskUse {
+            cloned_bytes: cloned,
+            written_bytes: total.saturating_sub(cloned),
+        }
+    }
 }
 
 /// Now, as markers record it.

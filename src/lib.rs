@@ -22,15 +22,17 @@
 //! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
 //! in `args.rs`, the commands in `commands.rs`), with every setting and
 //! default in [`config`]. Where bytes may come from besides the registry:
-//! [`cache`] (the node cache and DEST's partial downloads), [`mirrors`]
-//! (the node's mirror configuration; `registry/mirror.rs` routes by it),
+//! [`cache`] (the node cache and DEST's partial downloads; [`clone`]
+//! copies whole files from it by sharing extents where the filesystem
+//! can), [`mirrors`] (the node's mirror configuration; `registry/mirror.rs` routes by it),
 //! `registry/ranges.rs` (one blob over several connections), [`cloud`]
 //! (ECR, GAR and ACR credentials from the workload's identity; `cloud/`:
 //! `aws`, `gcp`, `azure`, `sigv4`), [`model_registry`] (`model-registry://`
 //! resolved to an OCI reference). After the unpack: `verify/model.rs`
 //! (OpenSSF model signatures over the files), [`hf_cache`] (the Hugging
 //! Face hub cache layout). [`cpus`] says how much of the node a run may
-//! keep busy. Beside them: [`digest`] (and hex), [`error`] (the typed
+//! keep busy; [`progress`] shows
+//! how far a transfer is (bars on a terminal, log lines elsewhere). Beside them: [`digest`] (and hex), [`error`] (the typed
 //! errors code branches on, and `root_cause`), [`text`] (making outside
 //! text safe to print), [`rfc3339`].
 //!
@@ -43,13 +45,14 @@
 //! below it.
 //!
 //! 1. ground: `config`, `error`, `text`, `digest`, `rfc3339`, `cpus`,
-//!    `dirfd`;
+//!    `dirfd`, `clone`;
 //! 2. names: `reference`, `manifest`, `select`, `mirrors`, `auth`;
 //! 3. services and content: `cloud`, `model_registry`, `format`, `unpack`,
 //!    `cache`, `hf_cache`;
 //! 4. transport: `registry`;
 //! 5. sources: `source`;
-//! 6. stages: `fetch`, `verify`, `install`, `settings`, `plan`, `push`;
+//! 6. stages: `fetch`, `progress`, `verify`, `install`, `settings`, `plan`,
+//!    `push`;
 //! 7. pipeline: `pull`;
 //! 8. front: `inspect`, `serve`, `cli`.
 //!
@@ -64,6 +67,7 @@
 pub mod auth;
 pub(crate) mod cache;
 pub mod cli;
+pub(crate) mod clone;
 pub mod cloud;
 pub(crate) mod config;
 pub(crate) mod cpus;

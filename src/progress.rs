@@ -166,10 +166,21 @@ impl Board {
             .sum()
     }
 
+    /// Bytes of whole files cloned from the node cache, over every blob.
+    pub fn cloned(&self) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.cloned.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// e.g. `12.0 MiB of 400.0 MiB (3%), 95.1 MiB/s, ETA 4s`
     pub fn line(&self) -> String {
         let p = Progress {
             fetched: AtomicU64::new(self.done()),
+            cloned: AtomicU64::new(self.cloned()),
             total: self.total,
             started: self.started,
         };

@@ -468,7 +468,7 @@ async fn install_planned(
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let mut contents =
+    let (mut contents, disk) =
         unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
     let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
     if let Some(s) = &model_signature {
@@ -494,6 +494,7 @@ async fn install_planned(
         parents: parents.iter().map(|p| p.reference.clone()).collect(),
         hf_repo: settings.hf_repo.as_ref().map(|r| r.id().to_string()),
         entries: Vec::new(),
+        disk: Some(disk),
         contents,
     };
     let config = plan
@@ -577,17 +578,10 @@ async fn write_one(
     progress: Arc<Board>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
-    let digest = layer.digest.clone();
     let blob = progress.blob(layer.size, &path);
-    fetch_blob(
-        source,
-        &layer,
-        blob.counter(),
-        Hashing::SameThread,
-        move |r| write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest)),
-    )
-    .await
-    .with_context(|| format!("file '{path}'"))
+    crate::fetch::fetch_file(source, layer, blob.counter().clone(), root, rel)
+        .await
+        .with_context(|| format!("file '{path}'"))
 }
 
 /// Whole-file layers, several at once: they are independent blobs.
@@ -672,7 +666,7 @@ async fn unpack_plan(
     staging: &Path,
     settings: &Settings,
     uri: &str,
-) -> Result<Contents> {
+) -> Result<(Contents, crate::install::DiskUse)> {
     let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
     let total = plan.total_bytes() + parent_bytes;
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), bytes_total = total, cpus = crate::cpus::available(), "pulling");
@@ -722,6 +716,7 @@ async fn unpack_plan(
     .await;
     let line = progress.line();
     let done = progress.done();
+    let cloned = progress.cloned();
     drop(progress);
     if result.is_ok() {
         tracing::info!(
@@ -731,5 +726,8 @@ async fn unpack_plan(
             "fetched {line}"
         );
     }
-    result
+    result.map(|c| {
+        let disk = crate::install::DiskUse::of(&c, cloned);
+        (c, disk)
+    })
 }

@@ -128,6 +128,7 @@ struct Metrics {
     ready: Family<Labels, Gauge>,
     cache_blobs: Family<Labels, Gauge>,
     cache_bytes: Family<Labels, Gauge>,
+    cache_hit_bytes: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -188,6 +189,12 @@ impl Metrics {
             "Bytes this process read from the node cache (result=hit) or downloaded into it (result=miss)",
             cache_bytes.clone(),
         );
+        let cache_hit_bytes = Family::default();
+        registry.register(
+            "cache_hit_bytes",
+            "Bytes of node-cache hits cloned into DEST, sharing the cache's disk blocks (how=cloned), or written there (how=written)",
+            cache_hit_bytes.clone(),
+        );
         Metrics {
             registry,
             bytes,
@@ -198,6 +205,7 @@ impl Metrics {
             ready,
             cache_blobs,
             cache_bytes,
+            cache_hit_bytes,
         }
     }
 }
@@ -248,6 +256,15 @@ impl State {
                 self.metrics
                     .cache_bytes
                     .get_or_create(&label)
+                    .set(bytes as i64);
+            }
+            for (how, bytes) in [
+                ("cloned", st.cloned_bytes),
+                ("written", st.hit_bytes.saturating_sub(st.cloned_bytes)),
+            ] {
+                self.metrics
+                    .cache_hit_bytes
+                    .get_or_create(&vec![("how".to_string(), how.to_string())])
                     .set(bytes as i64);
             }
         }

@@ -628,6 +628,11 @@ pub(super) struct PullArgs {
     #[arg(help_heading = "Install", long = "cache-max", env = "OCIMODEL_CACHE_MAX", value_parser = parse_size)]
     pub(super) cache_max: Option<u64>,
 
+    /// Whole files from the node cache are cloned into DEST (sharing its
+    /// disk blocks) where the filesystem allows, then verified; off: copied.
+    #[arg(help_heading = "Install", long, env = "OCIMODEL_CLONE", value_enum, default_value_t = OnOff::On)]
+    pub(super) clone: OnOff,
+
     /// Without a node cache: blobs at least this big (default 4G; 0 for all) are
     /// kept as they download under DEST/.ocimodel, so a killed run resumes;
     /// "off" for none.
@@ -804,7 +809,11 @@ fn user_cache_dir() -> Option<PathBuf> {
 /// laptop the per-user one (none, with a warning, when it cannot be made).
 fn open_cache(args: &PullArgs, laptop: bool) -> Result<Option<Arc<crate::cache::Cache>>> {
     let lock_wait = Duration::from_secs(args.lock_timeout);
-    let open = |dir: &Path| crate::cache::Cache::open(dir, args.cache_max, lock_wait).map(Arc::new);
+    let open = |dir: &Path| {
+        let mut cache = crate::cache::Cache::open(dir, args.cache_max, lock_wait)?;
+        cache.clone_files = args.clone == OnOff::On;
+        anyhow::Ok(Arc::new(cache))
+    };
     match args.cache_dir.as_deref() {
         Some(d) if d.as_os_str() == "off" => Ok(None),
         Some(d) => open(d).map(Some).context("OCIMODEL_CACHE_DIR"),
