@@ -15,7 +15,9 @@
 //! marker).
 //!
 //! [`pull`] drives one model through them; [`inspect`] reports on one
-//! without writing; [`serve`] is the sidecar (probes, metrics, signals);
+//! without writing; [`serve`] is the sidecar (probes, metrics, signals),
+//! with `s3` (an opt-in read-only S3 endpoint that serves each file as
+//! soon as its bytes verify, fed by events from [`pull`]);
 //! [`push`] packages a directory; [`cli`] is the command line (`cli/`:
 //! typed flags in `args.rs`, the commands in `commands.rs`), with every
 //! setting and default in [`config`]. Where bytes may come from besides
@@ -53,6 +55,7 @@ pub(crate) mod push;
 pub mod reference;
 pub(crate) mod registry;
 pub(crate) mod rfc3339;
+pub(crate) mod s3;
 pub mod select;
 pub(crate) mod serve;
 pub(crate) mod source;

@@ -67,6 +67,9 @@ pub struct Settings {
     pub model_registry: crate::model_registry::Config,
     /// Install as this repository of a Hugging Face hub cache.
     pub hf_repo: Option<crate::hf_cache::HfRepo>,
+    /// The sidecar's S3 endpoint: where this model's verified files are
+    /// reported as they verify (`OCIMODEL_S3_LISTEN`; one per model).
+    pub publish: Option<crate::s3::Publisher>,
 }
 
 impl Default for Settings {
@@ -92,11 +95,27 @@ impl Default for Settings {
             model_signature: Arc::new(ModelPolicy::default()),
             model_registry: crate::model_registry::Config::default(),
             hf_repo: None,
+            publish: None,
         }
     }
 }
 
 impl Settings {
+    /// The S3 endpoint's publisher, unless DEST's layout differs from the
+    /// staged one (a hub cache: then the sidecar publishes the install).
+    fn publisher(&self) -> Option<&crate::s3::Publisher> {
+        self.publish.as_ref().filter(|_| self.hf_repo.is_none())
+    }
+
+    /// The publisher when files may be served one by one as their layer
+    /// verifies: not under a model signature policy (the whole tree is
+    /// checked against the signature first), nor for an image (a later
+    /// layer may change or delete a file).
+    fn publish_each(&self, plan: &Plan) -> Option<&crate::s3::Publisher> {
+        self.publisher()
+            .filter(|_| self.model_signature.is_off() && plan.format != Format::Image)
+    }
+
     /// Everything besides the digest that shapes the installed tree; a
     /// marker only counts as "this install" when it matches.
     pub fn selection(&self) -> String {
@@ -574,6 +593,15 @@ async fn install_planned(
     if let Some(s) = &model_signature {
         tracing::info!(uri = %job.uri, "verified {s}");
     }
+    if let Some(p) = settings.publisher() {
+        // Not published file by file: every file once the tree verified.
+        if settings.publish_each(plan).is_none() {
+            for f in &contents.files {
+                p.verified(staging.path(), f);
+            }
+        }
+        p.complete();
+    }
     let top = &planned.top;
     if let Some(repo) = &settings.hf_repo {
         repo.arrange(staging.path(), &top.digest, &mut contents, settings.owner)?;
@@ -675,14 +703,45 @@ async fn write_one(
     path: String,
     root: Arc<PathBuf>,
     progress: Arc<Progress>,
+    publish: Option<crate::s3::Publisher>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
+    let key = crate::unpack::join(&rel);
     let digest = layer.digest.clone();
-    fetch_blob(source, &layer, &progress, Hashing::SameThread, move |r| {
-        write_file(&root, &rel, r, 0o644, None, FileDigest::Known(&digest))
+    let dir = root.clone();
+    let written = fetch_blob(source, &layer, &progress, Hashing::SameThread, move |r| {
+        write_file(&dir, &rel, r, 0o644, None, FileDigest::Known(&digest))
     })
     .await
-    .with_context(|| format!("file '{path}'"))
+    .with_context(|| format!("file '{path}'"));
+    if let Some(p) = &publish {
+        match &written {
+            Ok(record) => p.verified(&root, record),
+            Err(e) if crate::error::is_verification_failure(e) => p.failed(&key, &format!("{e:#}")),
+            Err(_) => {}
+        }
+    }
+    written
+}
+
+/// The order a model server reads files in: configs and tokenizer first,
+/// then the weights' index, then the weights by name (shards are
+/// numbered). Whole files download in this order, so an engine streaming
+/// them through the S3 endpoint waits for each only as long as its download.
+fn loader_order(path: &str) -> (u8, String) {
+    const WEIGHTS: &[&str] = &[
+        ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack", ".ckpt",
+        ".pdparams", ".tflite", ".npz", ".pb",
+    ];
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let rank = if name.ends_with(".index.json") {
+        1
+    } else if WEIGHTS.iter().any(|w| name.ends_with(w)) {
+        2
+    } else {
+        0
+    };
+    (rank, path.to_string())
 }
 
 /// Whole-file layers, several at once: they are independent blobs.
@@ -696,7 +755,7 @@ async fn write_whole_files(
     let root = Arc::new(staging.to_path_buf());
     // Owned items: a closure over borrowed ones defeats rustc's Send proof
     // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
-    let files: Vec<(crate::manifest::Descriptor, String)> = plan
+    let mut files: Vec<(crate::manifest::Descriptor, String)> = plan
         .steps
         .iter()
         .filter_map(|step| match &step.action {
@@ -704,11 +763,27 @@ async fn write_whole_files(
             _ => None,
         })
         .collect();
-    futures_util::stream::iter(files)
-        .map(|(layer, path)| write_one(source, layer, path, root.clone(), progress.clone()))
-        .buffer_unordered(settings.concurrency.max(1))
-        .try_collect()
-        .await
+    files.sort_by_cached_key(|(_, path)| loader_order(path));
+    let publish = settings.publish_each(plan).cloned();
+    let writes = futures_util::stream::iter(files)
+        .map(|(layer, path)| {
+            write_one(
+                source,
+                layer,
+                path,
+                root.clone(),
+                progress.clone(),
+                publish.clone(),
+            )
+        })
+        .buffer_unordered(settings.concurrency.max(1));
+    if publish.is_none() {
+        return writes.try_collect().await;
+    }
+    // Streaming: a bad file fails the pull, but only once the others are
+    // in (and served); the next attempt fetches them again otherwise.
+    let written: Vec<Result<_>> = writes.collect().await;
+    written.into_iter().collect()
 }
 
 /// Tar layers in order: image layers stack, artifact layers must not clash.
@@ -755,6 +830,11 @@ async fn apply_tar_layers(
         )
         .await
         .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
+        if let Some(p) = settings.publish_each(plan) {
+            for r in tree.layer_files() {
+                p.verified(tree.root(), &r);
+            }
+        }
     }
     Ok(tree)
 }
@@ -783,6 +863,13 @@ async fn unpack_plan(
             }
         })
     };
+    if let Some(p) = settings.publisher() {
+        p.planned(planned_keys(plan));
+        if parents.is_empty() && plan.steps.iter().all(|s| matches!(s.action, Action::WriteFile(_))) {
+            // No tar layer: the plan names every file there will be.
+            p.complete();
+        }
+    }
     let result = async {
         let records = write_whole_files(source, plan, staging, settings, &progress).await?;
         // Whole files first, then the tar layers over them.
@@ -820,6 +907,9 @@ async fn unpack_plan(
                 FileDigest::Compute(MARKER_ALGORITHM),
             )
             .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
+            if let Some(p) = settings.publish_each(plan) {
+                p.verified(staging, &record);
+            }
             tree.add_record(record);
         }
         tree.finish(settings.owner)
@@ -830,4 +920,49 @@ async fn unpack_plan(
         tracing::info!(uri, "fetched {}", progress.line());
     }
     result
+}
+
+/// The files a plan names before anything downloads (whole-file layers and
+/// files from the manifest), as S3 keys with sizes and ETags.
+fn planned_keys(plan: &Plan) -> Vec<(String, u64, String)> {
+    let key = |p: &str| clean_path(Path::new(p)).ok().map(|r| crate::unpack::join(&r));
+    let whole = plan.steps.iter().filter_map(|s| match &s.action {
+        Action::WriteFile(p) => Some((key(p)?, s.layer.size, crate::s3::catalog::etag(&s.layer.digest))),
+        _ => None,
+    });
+    let generated = plan.generated.iter().filter_map(|(p, bytes)| {
+        Some((
+            key(p)?,
+            bytes.len() as u64,
+            crate::s3::catalog::etag(&Digest::of(MARKER_ALGORITHM, bytes)),
+        ))
+    });
+    whole.chain(generated).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loader_order;
+
+    #[test]
+    fn files_download_in_the_order_a_loader_reads_them() {
+        let mut files = vec![
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "model-00001-of-00002.safetensors",
+            "config.json",
+        ];
+        files.sort_by_cached_key(|p| loader_order(p));
+        assert_eq!(
+            files,
+            [
+                "config.json",
+                "tokenizer.json",
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+            ]
+        );
+    }
 }
