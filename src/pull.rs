@@ -724,6 +724,9 @@ async fn write_one(
     written
 }
 
+/// Whole files downloading at once while the S3 endpoint streams them.
+const STREAMING_CONCURRENCY: usize = 2;
+
 /// The order a model server reads files in: configs and tokenizer first,
 /// then the weights' index, then the weights by name (shards are
 /// numbered). Whole files download in this order, so an engine streaming
@@ -765,6 +768,14 @@ async fn write_whole_files(
         .collect();
     files.sort_by_cached_key(|(_, path)| loader_order(path));
     let publish = settings.publish_each(plan).cloned();
+    // Streaming, a loader waits on the files in order: fewer at once, each
+    // over more of the host's connections (ranges), finish in that order
+    // at the same total rate (16 connections / 8 ranges per blob, the
+    // defaults, keep every connection busy with two).
+    let concurrency = match publish {
+        Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
+        None => settings.concurrency.max(1),
+    };
     let writes = futures_util::stream::iter(files)
         .map(|(layer, path)| {
             write_one(
@@ -776,7 +787,7 @@ async fn write_whole_files(
                 publish.clone(),
             )
         })
-        .buffer_unordered(settings.concurrency.max(1));
+        .buffer_unordered(concurrency);
     if publish.is_none() {
         return writes.try_collect().await;
     }
