@@ -733,8 +733,19 @@ const STREAMING_CONCURRENCY: usize = 2;
 /// them through the S3 endpoint waits for each only as long as its download.
 fn loader_order(path: &str) -> (u8, String) {
     const WEIGHTS: &[&str] = &[
-        ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack", ".ckpt",
-        ".pdparams", ".tflite", ".npz", ".pb",
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".gguf",
+        ".onnx",
+        ".h5",
+        ".msgpack",
+        ".ckpt",
+        ".pdparams",
+        ".tflite",
+        ".npz",
+        ".pb",
     ];
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
     let rank = if name.ends_with(".index.json") {
@@ -876,7 +887,12 @@ async fn unpack_plan(
     };
     if let Some(p) = settings.publisher() {
         p.planned(planned_keys(plan));
-        if parents.is_empty() && plan.steps.iter().all(|s| matches!(s.action, Action::WriteFile(_))) {
+        if parents.is_empty()
+            && plan
+                .steps
+                .iter()
+                .all(|s| matches!(s.action, Action::WriteFile(_)))
+        {
             // No tar layer: the plan names every file there will be.
             p.complete();
         }
@@ -936,9 +952,17 @@ async fn unpack_plan(
 /// The files a plan names before anything downloads (whole-file layers and
 /// files from the manifest), as S3 keys with sizes and ETags.
 fn planned_keys(plan: &Plan) -> Vec<(String, u64, String)> {
-    let key = |p: &str| clean_path(Path::new(p)).ok().map(|r| crate::unpack::join(&r));
+    let key = |p: &str| {
+        clean_path(Path::new(p))
+            .ok()
+            .map(|r| crate::unpack::join(&r))
+    };
     let whole = plan.steps.iter().filter_map(|s| match &s.action {
-        Action::WriteFile(p) => Some((key(p)?, s.layer.size, crate::s3::catalog::etag(&s.layer.digest))),
+        Action::WriteFile(p) => Some((
+            key(p)?,
+            s.layer.size,
+            crate::s3::catalog::etag(&s.layer.digest),
+        )),
         _ => None,
     });
     let generated = plan.generated.iter().filter_map(|(p, bytes)| {

@@ -311,7 +311,13 @@ out["elapsed"] = time.monotonic() - start
 print(json.dumps(out))
 "#;
 
-fn read_all(s: &Sidecar, bucket: &str, range: usize, first: &str, release: &str) -> serde_json::Value {
+fn read_all(
+    s: &Sidecar,
+    bucket: &str,
+    range: usize,
+    first: &str,
+    release: &str,
+) -> serde_json::Value {
     let out = Command::new("timeout")
         .args(["150", "python3", "-c", READER, &s.s3, bucket])
         .arg(range.to_string())
@@ -378,8 +384,13 @@ fn a_loader_reads_the_first_shard_while_the_last_is_still_held_back() {
     let last_first_byte = got["first_byte"][shard(SHARDS)].as_f64().unwrap();
     assert!(first_done <= last_first_byte, "{got}");
 
-    wait_until("readiness", Duration::from_secs(30), || s.get("/readyz").0 == 200);
-    let total: u64 = names.iter().map(|n| fs::metadata(model.join(n)).unwrap().len()).sum();
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let total: u64 = names
+        .iter()
+        .map(|n| fs::metadata(model.join(n)).unwrap().len())
+        .sum();
     let metrics = s.get("/metrics").1;
     let served: f64 = metrics
         .lines()
@@ -415,10 +426,7 @@ fn a_corrupt_shard_is_never_sent_and_the_others_are() {
     let k = &got["keys"][&bad];
     assert_eq!(k["bytes"], 0, "no byte of the corrupt shard is sent: {k}");
     // HEAD answers without a body: boto3 names the error by its status.
-    assert!(
-        k["error"] == "InternalError" || k["error"] == "500",
-        "{k}"
-    );
+    assert!(k["error"] == "InternalError" || k["error"] == "500", "{k}");
     assert_eq!(k["status"], 500, "{k}");
     for n in names.iter().filter(|n| **n != bad) {
         let k = &got["keys"][n];
@@ -522,7 +530,9 @@ fn boto3_sees_s3_shapes() {
         &reg.addr,
         &[],
     );
-    wait_until("readiness", Duration::from_secs(30), || s.get("/readyz").0 == 200);
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
     let out = Command::new("python3")
         .args(["-c", SHAPES, &s.s3])
         .output()
@@ -536,11 +546,18 @@ fn boto3_sees_s3_shapes() {
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let j = |v: serde_json::Value| v;
     assert_eq!(got["buckets"], j(serde_json::json!(["tree"])));
-    assert_eq!(got["top"], j(serde_json::json!(["config.json", "weights.bin"])));
+    assert_eq!(
+        got["top"],
+        j(serde_json::json!(["config.json", "weights.bin"]))
+    );
     assert_eq!(got["top_prefixes"], j(serde_json::json!(["sub/"])));
     assert_eq!(
         got["sub"],
-        j(serde_json::json!([["sub/a.txt", 1], ["sub/deeper/b.txt", 3], ["sub/with space+plus.txt", 8]]))
+        j(serde_json::json!([
+            ["sub/a.txt", 1],
+            ["sub/deeper/b.txt", 3],
+            ["sub/with space+plus.txt", 8]
+        ]))
     );
     let all = serde_json::json!([
         "config.json",
@@ -560,11 +577,18 @@ fn boto3_sees_s3_shapes() {
     assert_eq!(got["paginator"], all);
     assert_eq!(
         got["v1"],
-        j(serde_json::json!(["sub/a.txt", "sub/deeper/b.txt", "sub/with space+plus.txt"]))
+        j(serde_json::json!([
+            "sub/a.txt",
+            "sub/deeper/b.txt",
+            "sub/with space+plus.txt"
+        ]))
     );
     let etag = format!("\"{}\"", &sha256_hex(b"0123456789")[..32]);
     assert_eq!(got["head"], j(serde_json::json!([10, etag, "bytes"])));
-    assert_eq!(got["range"], j(serde_json::json!([206, "bytes 2-5/10", "2345"])));
+    assert_eq!(
+        got["range"],
+        j(serde_json::json!([206, "bytes 2-5/10", "2345"]))
+    );
     assert_eq!(got["suffix"], "789");
     assert_eq!(got["whole"], "bee");
     assert_eq!(got["spaced"], "odd name");
@@ -572,12 +596,27 @@ fn boto3_sees_s3_shapes() {
         got["unsatisfiable"],
         j(serde_json::json!(["InvalidRange", 416, "bytes */10"]))
     );
-    assert_eq!(got["no_key"], j(serde_json::json!(["NoSuchKey", 404, null])));
+    assert_eq!(
+        got["no_key"],
+        j(serde_json::json!(["NoSuchKey", 404, null]))
+    );
     assert_eq!(got["head_no_key"], j(serde_json::json!(["404", 404, null])));
-    assert_eq!(got["no_bucket"], j(serde_json::json!(["NoSuchBucket", 404, null])));
-    assert_eq!(got["put"], j(serde_json::json!(["MethodNotAllowed", 405, null])));
-    assert_eq!(got["delete"], j(serde_json::json!(["MethodNotAllowed", 405, null])));
-    assert_eq!(got["acl"], j(serde_json::json!(["NotImplemented", 501, null])));
+    assert_eq!(
+        got["no_bucket"],
+        j(serde_json::json!(["NoSuchBucket", 404, null]))
+    );
+    assert_eq!(
+        got["put"],
+        j(serde_json::json!(["MethodNotAllowed", 405, null]))
+    );
+    assert_eq!(
+        got["delete"],
+        j(serde_json::json!(["MethodNotAllowed", 405, null]))
+    );
+    assert_eq!(
+        got["acl"],
+        j(serde_json::json!(["NotImplemented", 501, null]))
+    );
     assert_eq!(got["head_bucket"], 200);
 }
 
@@ -622,8 +661,15 @@ fn the_streaming_llminferenceservice_example_is_valid() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(report.contains("ok   llminferenceservice-streaming.yaml: LLMInferenceService/"), "{report}");
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("ok   llminferenceservice-streaming.yaml: LLMInferenceService/"),
+        "{report}"
+    );
     // What makes it streaming: no storage initializer, ocimodel as a
     // native sidecar with the S3 endpoint, vLLM reading s3:// through it.
     for needle in [

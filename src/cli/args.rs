@@ -184,7 +184,11 @@ pub(super) struct SidecarArgs {
     /// Serve the models read-only over S3 on this loopback address (e.g.
     /// 127.0.0.1:9000) as they install: bucket = DEST's last directory, and
     /// each file once its bytes verified (docs/streaming.md).
-    #[arg(help_heading = "Sidecar", long = "s3-listen", env = "OCIMODEL_S3_LISTEN")]
+    #[arg(
+        help_heading = "Sidecar",
+        long = "s3-listen",
+        env = "OCIMODEL_S3_LISTEN"
+    )]
     pub(super) s3_listen: Option<String>,
 }
 

@@ -33,7 +33,10 @@ pub struct VerifiedFile {
 #[derive(Clone, Debug)]
 pub enum FileState {
     /// Known from the plan; its bytes have not verified yet.
-    Pending { size: u64, etag: String },
+    Pending {
+        size: u64,
+        etag: String,
+    },
     Verified(Arc<VerifiedFile>),
     /// Its bytes did not match their digest: never served.
     Failed(String),
@@ -374,7 +377,10 @@ mod tests {
         };
         assert!(state(&catalog).await.is_none(), "pending until verified");
         p.verified(dir.path(), &record);
-        assert!(matches!(state(&catalog).await, Some(FileState::Verified(_))));
+        assert!(matches!(
+            state(&catalog).await,
+            Some(FileState::Verified(_))
+        ));
         // A failure after a verified copy does not take it back...
         p.failed("a.bin", "digest mismatch");
         p.failed("b.bin", "digest mismatch");
@@ -384,6 +390,9 @@ mod tests {
             })
             .await;
         assert!(matches!(failed, Some(FileState::Failed(_))));
-        assert!(matches!(state(&catalog).await, Some(FileState::Verified(_))));
+        assert!(matches!(
+            state(&catalog).await,
+            Some(FileState::Verified(_))
+        ));
     }
 }

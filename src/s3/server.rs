@@ -56,9 +56,9 @@ pub fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
     } else {
         t.to_string()
     };
-    let addr: SocketAddr = t
-        .parse()
-        .map_err(|_| anyhow::anyhow!("OCIMODEL_S3_LISTEN '{s}' is not host:port (e.g. 127.0.0.1:9000)"))?;
+    let addr: SocketAddr = t.parse().map_err(|_| {
+        anyhow::anyhow!("OCIMODEL_S3_LISTEN '{s}' is not host:port (e.g. 127.0.0.1:9000)")
+    })?;
     if !addr.ip().is_loopback() {
         anyhow::bail!(
             "OCIMODEL_S3_LISTEN '{s}' is not a loopback address: the S3 endpoint accepts any credentials, so it listens only on 127.0.0.1 or [::1], where only the pod's own containers reach it"
@@ -367,11 +367,22 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
     };
     let mut entries: Vec<Entry> = Vec::new();
     for (key, size, etag) in keys {
-        if !after.is_empty() && (key.as_str() <= after.as_str() || (after.ends_with(&delimiter) && !delimiter.is_empty() && key.starts_with(&after))) {
+        if !after.is_empty()
+            && (key.as_str() <= after.as_str()
+                || (after.ends_with(&delimiter)
+                    && !delimiter.is_empty()
+                    // A token or marker that was a common prefix stands
+                    // for its whole group; a client's StartAfter does not.
+                    && (token.is_some() || !v2)
+                    && key.starts_with(&after)))
+        {
             continue;
         }
         let rest = &key[prefix.len()..];
-        match (!delimiter.is_empty()).then(|| rest.find(&delimiter)).flatten() {
+        match (!delimiter.is_empty())
+            .then(|| rest.find(&delimiter))
+            .flatten()
+        {
             Some(i) => {
                 let cp = format!("{prefix}{}", &rest[..i + delimiter.len()]);
                 if !matches!(entries.last(), Some(Entry::Prefix(p)) if *p == cp) {
@@ -401,13 +412,21 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
     if v2 {
         let _ = write!(body, "<KeyCount>{}</KeyCount>", entries.len());
         if let Some(t) = &token {
-            let _ = write!(body, "<ContinuationToken>{}</ContinuationToken>", xml_escape(t));
+            let _ = write!(
+                body,
+                "<ContinuationToken>{}</ContinuationToken>",
+                xml_escape(t)
+            );
         }
         if let Some(sa) = get("start-after") {
             let _ = write!(body, "<StartAfter>{}</StartAfter>", xml_escape(sa));
         }
         if let (true, Some(l)) = (truncated, &last) {
-            let _ = write!(body, "<NextContinuationToken>{}</NextContinuationToken>", hex(l));
+            let _ = write!(
+                body,
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                hex(l)
+            );
         }
     } else {
         let _ = write!(body, "<Marker>{}</Marker>", xml_escape(&after));
@@ -443,7 +462,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -682,8 +701,14 @@ mod tests {
     #[test]
     fn listen_is_loopback_only() {
         assert_eq!(parse_listen(":9000").unwrap().to_string(), "127.0.0.1:9000");
-        assert_eq!(parse_listen("localhost:9000").unwrap().to_string(), "127.0.0.1:9000");
-        assert_eq!(parse_listen("[::1]:9000").unwrap().to_string(), "[::1]:9000");
+        assert_eq!(
+            parse_listen("localhost:9000").unwrap().to_string(),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            parse_listen("[::1]:9000").unwrap().to_string(),
+            "[::1]:9000"
+        );
         let e = parse_listen("0.0.0.0:9000").unwrap_err().to_string();
         assert!(e.contains("not a loopback address"), "{e}");
         assert!(parse_listen("nonsense").is_err());
