@@ -685,3 +685,66 @@ fn the_streaming_llminferenceservice_example_is_valid() {
         assert!(text.contains(needle), "the example lacks {needle}");
     }
 }
+
+#[test]
+fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let tar_layer = |name: &str, data: &str| {
+        serde_json::json!({"mediaType": "application/vnd.cncf.model.weight.v1.tar",
+                           "tar": [{"name": name, "data": data}]})
+    };
+    reg.push_artifact(
+        "models/pack:v1",
+        &serde_json::json!({
+            "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cncf.model.config.v1+json",
+                       "json": {"descriptor": {"name": "pack"}, "modelfs": {"type": "layers", "diffIds": []}}},
+            "layers": [tar_layer("w/shard-1.safetensors", "first shard\n"),
+                       tar_layer("w/shard-2.safetensors", "second shard\n")]
+        }),
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &http_get(
+            &reg.addr,
+            "/v2/models/pack/manifests/v1",
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        )
+        .body,
+    )
+    .unwrap();
+    let held = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let front = Front::start(&reg.addr, &held);
+    let dest = work.path().join("pack");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/pack:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[],
+    );
+    // The second layer is held back: the first one's file is served anyway
+    // (a key not known yet is waited for while layers remain).
+    let r = http_get(&s.s3, "/pack/w/shard-1.safetensors", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"first shard\n");
+    assert!(!front.released.load(Ordering::SeqCst));
+    assert_eq!(
+        s.get("/readyz").0,
+        503,
+        "not installed while a layer is held"
+    );
+    http_get(&front.addr, "/__release", &[]);
+    let r = http_get(&s.s3, "/pack/w/shard-2.safetensors", &[]);
+    assert_eq!(r.body, b"second shard\n");
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let r = http_get(&s.s3, "/pack/w/none", &[]);
+    assert_eq!(
+        r.status, 404,
+        "once every layer is in, an unknown key is missing"
+    );
+}
