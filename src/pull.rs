@@ -589,7 +589,19 @@ async fn install_planned(
     let staging = dest.new_staging()?;
     let mut contents =
         unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
-    let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
+    let model_signature = match check_model_signature(settings, staging.path(), &contents).await {
+        Ok(s) => s,
+        Err(e) => {
+            // None of the files may be served: say so to whoever waits on one.
+            if let Some(p) = settings.publisher() {
+                let why = format!("{e:#}");
+                for f in &contents.files {
+                    p.failed(&f.path, &why);
+                }
+            }
+            return Err(e);
+        }
+    };
     if let Some(s) = &model_signature {
         tracing::info!(uri = %job.uri, "verified {s}");
     }

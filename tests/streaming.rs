@@ -748,3 +748,58 @@ fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
         "once every layer is in, an unknown key is missing"
     );
 }
+
+/// `python3 -m model_signing sign key` over `model`, the signature at
+/// `model.sig` inside it.
+fn sign(model: &Path, private: &Path) {
+    let out = Command::new("python3")
+        .args(["-m", "model_signing", "--log-level", "ERROR", "sign", "key"])
+        .arg("--private_key")
+        .arg(private)
+        .arg("--signature")
+        .arg(model.join("model.sig"))
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "model_signing sign: {out:?}");
+}
+
+#[test]
+fn under_a_model_signature_policy_files_are_served_once_the_tree_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let (private, public) = ec_keypair_on(work.path(), "prime256v1", "good");
+    let (other, _) = ec_keypair_on(work.path(), "prime256v1", "other");
+    for (name, signer, ok) in [("signed", &private, true), ("forged", &other, false)] {
+        let model = work.path().join(name).join("model");
+        fs::create_dir_all(model.join("weights")).unwrap();
+        fs::write(model.join("config.json"), br#"{"arch": "tiny"}"#).unwrap();
+        let weights: Vec<u8> = (0..=255u8).cycle().take(300_001).collect();
+        fs::write(model.join("weights/part-1.bin"), &weights).unwrap();
+        sign(&model, signer);
+        let uri = push_layout(&model, &work.path().join(name).join("layout"), "oras");
+        let dest = work.path().join(name).join("models");
+        let s = Sidecar::start(
+            &uri,
+            &dest,
+            "127.0.0.1:1",
+            &[("OCIMODEL_MODEL_KEY", public.to_str().unwrap())],
+        );
+        let r = http_get(&s.s3, "/models/weights/part-1.bin", &[]);
+        if ok {
+            assert_eq!(r.status, 200, "{}", s.log());
+            assert_eq!(r.body, weights);
+        } else {
+            // The blobs matched their digests, the tree not its signature:
+            // nothing of it is sent.
+            assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("<Code>InternalError</Code>"), "{body}");
+            assert!(body.contains("model signature"), "{body}");
+            assert!(
+                !body.contains("\u{0}\u{1}\u{2}"),
+                "no weights in the answer"
+            );
+            assert_eq!(s.get("/readyz").0, 503);
+        }
+    }
+}
