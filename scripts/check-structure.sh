@@ -21,7 +21,7 @@ LAYERS = [
     ("services and content", "cloud model_registry format unpack cache hf_cache"),
     ("transport", "registry"),
     ("sources", "source"),
-    ("stages", "fetch progress verify install settings plan push"),
+    ("stages", "fetch progress s3 verify install settings plan push"),
     ("pipeline", "pull"),
     ("front", "inspect serve cli"),
 ]

@@ -51,6 +51,8 @@ python3 -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null || python3
 python3 -c 'import model_signing, OpenSSL' 2>/dev/null || python3 -m pip install -q 'model-signing==1.1.1' pyopenssl
 # moto answers AWS's STS and ECR APIs for the cloud credential tests (botocore comes with it).
 python3 -c 'import moto.server, flask, botocore' 2>/dev/null || python3 -m pip install -q 'moto[server]==5.2.5'
+# boto3: tests/streaming.rs reads the sidecar's S3 endpoint with it (moto brings it too).
+python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q boto3
 # Kubeflow Model Registry's Python client registers the models the model-registry:// tests resolve.
 python3 -c 'import model_registry' 2>/dev/null || python3 -m pip install -q 'model-registry==0.3.18'
 # huggingface_hub reads the Hugging Face cache layout OCIMODEL_HF_REPO installs (tests/local.rs).

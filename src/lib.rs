@@ -18,7 +18,9 @@
 //!
 //! [`pull`] drives one model through them, with the run's [`settings`];
 //! [`inspect`] reports on one without writing; [`serve`] is the sidecar
-//! (probes, metrics, signals); [`push`] packages a directory (`push/`:
+//! (probes, metrics, signals), with [`s3`] (an opt-in read-only S3
+//! endpoint that serves each file as soon as its bytes verify, fed by
+//! events from [`pull`]); [`push`] packages a directory (`push/`:
 //! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
 //! in `args.rs`, the commands in `commands.rs`), with every setting and
 //! default in [`config`]. Where bytes may come from besides the registry:
@@ -51,7 +53,7 @@
 //!    `cache`, `hf_cache`;
 //! 4. transport: `registry`;
 //! 5. sources: `source`;
-//! 6. stages: `fetch`, `progress`, `verify`, `install`, `settings`, `plan`,
+//! 6. stages: `fetch`, `progress`, `s3`, `verify`, `install`, `settings`, `plan`,
 //!    `push`;
 //! 7. pipeline: `pull`;
 //! 8. front: `inspect`, `serve`, `cli`.
@@ -89,6 +91,7 @@ pub(crate) mod push;
 pub mod reference;
 pub(crate) mod registry;
 pub(crate) mod rfc3339;
+pub(crate) mod s3;
 pub mod select;
 pub(crate) mod serve;
 pub(crate) mod settings;

@@ -470,9 +470,30 @@ async fn install_planned(
     let staging = dest.new_staging()?;
     let (mut contents, disk) =
         unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
-    let model_signature = check_model_signature(settings, staging.path(), &contents).await?;
+    let model_signature = match check_model_signature(settings, staging.path(), &contents).await {
+        Ok(s) => s,
+        Err(e) => {
+            // None of the files may be served: say so to whoever waits on one.
+            if let Some(p) = settings.publisher() {
+                let why = format!("{e:#}");
+                for f in &contents.files {
+                    p.failed(&f.path, &why);
+                }
+            }
+            return Err(e);
+        }
+    };
     if let Some(s) = &model_signature {
         tracing::info!(uri = %job.uri, "verified {s}");
+    }
+    if let Some(p) = settings.publisher() {
+        // Not published file by file: every file once the tree verified.
+        if settings.publish_each(plan).is_none() {
+            for f in &contents.files {
+                p.verified(staging.path(), f);
+            }
+        }
+        p.complete();
     }
     let top = &planned.top;
     if let Some(repo) = &settings.hf_repo {
@@ -576,12 +597,57 @@ async fn write_one(
     path: String,
     root: Arc<PathBuf>,
     progress: Arc<Board>,
+    publish: Option<crate::s3::Publisher>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
+    let key = crate::unpack::join(&rel);
     let blob = progress.blob(layer.size, &path);
-    crate::fetch::fetch_file(source, layer, blob.counter().clone(), root, rel)
-        .await
-        .with_context(|| format!("file '{path}'"))
+    let written =
+        crate::fetch::fetch_file(source, layer, blob.counter().clone(), root.clone(), rel)
+            .await
+            .with_context(|| format!("file '{path}'"));
+    if let Some(p) = &publish {
+        match &written {
+            Ok(record) => p.verified(&root, record),
+            Err(e) if crate::error::is_verification_failure(e) => p.failed(&key, &format!("{e:#}")),
+            Err(_) => {}
+        }
+    }
+    written
+}
+
+/// Whole files downloading at once while the S3 endpoint streams them.
+const STREAMING_CONCURRENCY: usize = 2;
+
+/// The order a model server reads files in: configs and tokenizer first,
+/// then the weights' index, then the weights by name (shards are
+/// numbered). Whole files download in this order, so an engine streaming
+/// them through the S3 endpoint waits for each only as long as its download.
+fn loader_order(path: &str) -> (u8, String) {
+    const WEIGHTS: &[&str] = &[
+        ".safetensors",
+        ".bin",
+        ".pt",
+        ".pth",
+        ".gguf",
+        ".onnx",
+        ".h5",
+        ".msgpack",
+        ".ckpt",
+        ".pdparams",
+        ".tflite",
+        ".npz",
+        ".pb",
+    ];
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let rank = if name.ends_with(".index.json") {
+        1
+    } else if WEIGHTS.iter().any(|w| name.ends_with(w)) {
+        2
+    } else {
+        0
+    };
+    (rank, path.to_string())
 }
 
 /// Whole-file layers, several at once: they are independent blobs.
@@ -595,7 +661,7 @@ async fn write_whole_files(
     let root = Arc::new(staging.to_path_buf());
     // Owned items: a closure over borrowed ones defeats rustc's Send proof
     // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
-    let files: Vec<(crate::manifest::Descriptor, String)> = plan
+    let mut files: Vec<(crate::manifest::Descriptor, String)> = plan
         .steps
         .iter()
         .filter_map(|step| match &step.action {
@@ -603,11 +669,35 @@ async fn write_whole_files(
             _ => None,
         })
         .collect();
-    futures_util::stream::iter(files)
-        .map(|(layer, path)| write_one(source, layer, path, root.clone(), progress.clone()))
-        .buffer_unordered(settings.concurrency.max(1))
-        .try_collect()
-        .await
+    files.sort_by_cached_key(|(_, path)| loader_order(path));
+    let publish = settings.publish_each(plan).cloned();
+    // Streaming, a loader waits on the files in order: fewer at once, each
+    // over more of the host's connections (ranges), finish in that order
+    // at the same total rate (16 connections / 8 ranges per blob, the
+    // defaults, keep every connection busy with two).
+    let concurrency = match publish {
+        Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
+        None => settings.concurrency.max(1),
+    };
+    let writes = futures_util::stream::iter(files)
+        .map(|(layer, path)| {
+            write_one(
+                source,
+                layer,
+                path,
+                root.clone(),
+                progress.clone(),
+                publish.clone(),
+            )
+        })
+        .buffer_unordered(concurrency);
+    if publish.is_none() {
+        return writes.try_collect().await;
+    }
+    // Streaming: a bad file fails the pull, but only once the others are
+    // in (and served); the next attempt fetches them again otherwise.
+    let written: Vec<Result<_>> = writes.collect().await;
+    written.into_iter().collect()
 }
 
 /// Tar layers in order: image layers stack, artifact layers must not clash.
@@ -655,6 +745,11 @@ async fn apply_tar_layers(
         )
         .await
         .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
+        if let Some(p) = settings.publish_each(plan) {
+            for r in tree.layer_files() {
+                p.verified(tree.root(), &r);
+            }
+        }
     }
     Ok(tree)
 }
@@ -672,6 +767,18 @@ async fn unpack_plan(
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), bytes_total = total, cpus = crate::cpus::available(), "pulling");
     // Bars on a terminal, else a log line every interval; gone when dropped.
     let progress = Board::start(uri, "pulling", total, settings.progress_every);
+    if let Some(p) = settings.publisher() {
+        p.planned(planned_keys(plan));
+        if parents.is_empty()
+            && plan
+                .steps
+                .iter()
+                .all(|s| matches!(s.action, Action::WriteFile(_)))
+        {
+            // No tar layer: the plan names every file there will be.
+            p.complete();
+        }
+    }
     let result = async {
         let records = write_whole_files(source, plan, staging, settings, &progress).await?;
         // Whole files first, then the tar layers over them.
@@ -709,6 +816,9 @@ async fn unpack_plan(
                 FileDigest::Compute(MARKER_ALGORITHM),
             )
             .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
+            if let Some(p) = settings.publish_each(plan) {
+                p.verified(staging, &record);
+            }
             tree.add_record(record);
         }
         tree.finish(settings.owner)
@@ -730,4 +840,57 @@ async fn unpack_plan(
         let disk = crate::install::DiskUse::of(&c, cloned);
         (c, disk)
     })
+}
+
+/// The files a plan names before anything downloads (whole-file layers and
+/// files from the manifest), as S3 keys with sizes and ETags.
+fn planned_keys(plan: &Plan) -> Vec<(String, u64, String)> {
+    let key = |p: &str| {
+        clean_path(Path::new(p))
+            .ok()
+            .map(|r| crate::unpack::join(&r))
+    };
+    let whole = plan.steps.iter().filter_map(|s| match &s.action {
+        Action::WriteFile(p) => Some((
+            key(p)?,
+            s.layer.size,
+            crate::s3::catalog::etag(&s.layer.digest),
+        )),
+        _ => None,
+    });
+    let generated = plan.generated.iter().filter_map(|(p, bytes)| {
+        Some((
+            key(p)?,
+            bytes.len() as u64,
+            crate::s3::catalog::etag(&Digest::of(MARKER_ALGORITHM, bytes)),
+        ))
+    });
+    whole.chain(generated).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loader_order;
+
+    #[test]
+    fn files_download_in_the_order_a_loader_reads_them() {
+        let mut files = vec![
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "model-00001-of-00002.safetensors",
+            "config.json",
+        ];
+        files.sort_by_cached_key(|p| loader_order(p));
+        assert_eq!(
+            files,
+            [
+                "config.json",
+                "tokenizer.json",
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+            ]
+        );
+    }
 }

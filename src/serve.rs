@@ -26,6 +26,10 @@
 //! oldest one still without a request (idle, or sending its headers slowly)
 //! is closed to make room, so a client holding many idle connections open
 //! cannot keep a kubelet's probe waiting in the kernel's backlog.
+//!
+//! With `OCIMODEL_S3_LISTEN` (loopback only) it also serves the models over
+//! a read-only S3 API while they install (see [`crate::s3`]): each pull
+//! reports its files there as their bytes verify; `/readyz` is unchanged.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -62,6 +66,8 @@ type Labels = Vec<(String, String)>;
 pub struct Options {
     pub listen: SocketAddr,
     pub exit_on_failure: bool,
+    /// The S3 endpoint's address, when it is on.
+    pub s3_listen: Option<SocketAddr>,
 }
 
 /// Where one model stands.
@@ -115,6 +121,8 @@ impl std::fmt::Display for Readiness {
 struct Model {
     job: Job,
     status: Mutex<Status>,
+    /// Its bucket on the S3 endpoint, when it is on.
+    publish: Option<crate::s3::Publisher>,
 }
 
 /// The metrics, registered once.
@@ -129,6 +137,7 @@ struct Metrics {
     cache_blobs: Family<Labels, Gauge>,
     cache_bytes: Family<Labels, Gauge>,
     cache_hit_bytes: Family<Labels, Gauge>,
+    s3_bytes_served: crate::s3::server::Served,
 }
 
 impl Metrics {
@@ -195,7 +204,14 @@ impl Metrics {
             "Bytes of node-cache hits cloned into DEST, sharing the cache's disk blocks (how=cloned), or written there (how=written)",
             cache_hit_bytes.clone(),
         );
+        let s3_bytes_served = Family::default();
+        registry.register(
+            "s3_bytes_served",
+            "Bytes of verified files sent by the S3 endpoint, by bucket",
+            s3_bytes_served.clone(),
+        );
         Metrics {
+            s3_bytes_served,
             registry,
             bytes,
             blobs,
@@ -295,6 +311,8 @@ async fn keep_pulling(
 ) -> Result<(), String> {
     let model = &state.models[index];
     let m = &state.metrics;
+    let mut settings = settings;
+    settings.publish = model.publish.clone();
     let source = vec![("source".to_string(), source_label(&model.job.target))];
     let mut backoff = BACKOFF_START;
     for attempt in 1.. {
@@ -317,6 +335,10 @@ async fn keep_pulling(
                 m.bytes.get_or_create(&source).inc_by(o.bytes_fetched);
                 m.blobs.get_or_create(&source).inc_by(o.blobs_fetched);
                 tracing::info!(uri = %model.job.uri, dest = %model.job.dest.display(), digest = %o.marker.digest, "model installed; serving");
+                if let Some(p) = &model.publish {
+                    // Up to date, or a layout the pull did not publish as it went.
+                    p.installed(&model.job.dest, o.marker.contents.files.clone());
+                }
                 *model.status.lock().unwrap() = Status::Installed {
                     digest: o.marker.digest.clone(),
                 };
@@ -497,18 +519,42 @@ pub async fn run(
     clients: ClientFactory,
     options: Options,
 ) -> Result<()> {
+    let metrics = Metrics::new();
+    raise_fd_limit();
+    // The S3 endpoint first: a bad address or bucket fails before any pull.
+    let (publishers, s3_server) = match options.s3_listen {
+        None => (vec![None; jobs.len()], None),
+        Some(addr) => {
+            let dests: Vec<_> = jobs.iter().map(|j| j.dest.clone()).collect();
+            let buckets = crate::s3::bucket_names(&dests)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (OCIMODEL_S3_LISTEN)"))?;
+            let (catalog, publishers) = crate::s3::Catalog::start(&buckets);
+            for (bucket, dest) in &buckets {
+                tracing::info!(listen = %addr, bucket = %bucket, dest = %dest.display(), "S3 endpoint: serving s3://{bucket}/ as its files verify");
+            }
+            let s3 = crate::s3::server::S3 {
+                catalog,
+                served: metrics.s3_bytes_served.clone(),
+            };
+            let server = tokio::spawn(crate::s3::server::serve(listener, s3));
+            (publishers.into_iter().map(Some).collect(), Some(server))
+        }
+    };
     let state = Arc::new(State {
         models: jobs
             .into_iter()
-            .map(|job| Model {
+            .zip(publishers)
+            .map(|(job, publish)| Model {
                 job,
                 status: Mutex::new(Status::Pulling { attempt: 0 }),
+                publish,
             })
             .collect(),
-        metrics: Metrics::new(),
+        metrics,
         cache: settings.cache.clone(),
     });
-    raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {} (OCIMODEL_LISTEN)", options.listen))?;
@@ -560,6 +606,9 @@ pub async fn run(
         let _ = p.await;
     }
     server.abort();
+    if let Some(s) = s3_server {
+        s.abort();
+    }
     outcome
 }
 
@@ -599,6 +648,7 @@ mod tests {
                 dest: dest.to_path_buf(),
             },
             status: Mutex::new(status),
+            publish: None,
         }
     }
 

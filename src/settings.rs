@@ -49,6 +49,9 @@ pub struct Settings {
     pub model_registry: crate::model_registry::Config,
     /// Install as this repository of a Hugging Face hub cache.
     pub hf_repo: Option<crate::hf_cache::HfRepo>,
+    /// The sidecar's S3 endpoint: where this model's verified files are
+    /// reported as they verify (`OCIMODEL_S3_LISTEN`; one per model).
+    pub publish: Option<crate::s3::Publisher>,
 }
 
 impl Default for Settings {
@@ -74,11 +77,28 @@ impl Default for Settings {
             model_signature: Arc::new(ModelPolicy::default()),
             model_registry: crate::model_registry::Config::default(),
             hf_repo: None,
+            publish: None,
         }
     }
 }
 
 impl Settings {
+    /// The S3 endpoint's publisher, unless DEST's layout differs from the
+    /// staged one (a hub cache: then the sidecar publishes the install).
+    pub(crate) fn publisher(&self) -> Option<&crate::s3::Publisher> {
+        self.publish.as_ref().filter(|_| self.hf_repo.is_none())
+    }
+
+    /// The publisher when files may be served one by one as their layer
+    /// verifies: not under a model signature policy (the whole tree is
+    /// checked against the signature first), nor for an image (a later
+    /// layer may change or delete a file).
+    pub(crate) fn publish_each(&self, plan: &crate::format::Plan) -> Option<&crate::s3::Publisher> {
+        self.publisher().filter(|_| {
+            self.model_signature.is_off() && plan.format != crate::format::Format::Image
+        })
+    }
+
     /// Everything besides the digest that shapes the installed tree; a
     /// marker only counts as "this install" when it matches.
     pub fn selection(&self) -> String {

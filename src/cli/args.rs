@@ -187,6 +187,16 @@ pub(super) struct SidecarArgs {
     /// Exit 1 on the first failed pull instead of retrying (for those who prefer a restart).
     #[arg(help_heading = "Sidecar", long, env = "OCIMODEL_SIDECAR_EXIT_ON_FAILURE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0..=1, default_missing_value = "true")]
     pub(super) exit_on_failure: bool,
+
+    /// Serve the models read-only over S3 on this loopback address (e.g.
+    /// 127.0.0.1:9000) as they install: bucket = DEST's last directory, and
+    /// each file once its bytes verified (docs/streaming.md).
+    #[arg(
+        help_heading = "Sidecar",
+        long = "s3-listen",
+        env = "OCIMODEL_S3_LISTEN"
+    )]
+    pub(super) s3_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]

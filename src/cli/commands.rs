@@ -124,6 +124,12 @@ pub(super) fn sidecar(args: SidecarArgs) -> Result<ExitCode> {
     let options = serve::Options {
         listen: serve::parse_listen(&args.listen)?,
         exit_on_failure: args.exit_on_failure,
+        s3_listen: args
+            .s3_listen
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(crate::s3::server::parse_listen)
+            .transpose()?,
     };
     // Two workers: pulls overlap hashing and unpacking; idle, both park.
     let runtime = runtime(Some(2))?;

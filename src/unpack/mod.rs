@@ -233,6 +233,15 @@ impl Tree {
         self.records.insert(r.path.clone(), r);
     }
 
+    /// The files the last applied layer wrote (for the S3 endpoint, which
+    /// serves them once that layer verified).
+    pub fn layer_files(&self) -> Vec<FileRecord> {
+        self.this_layer
+            .iter()
+            .filter_map(|k| self.records.get(k).cloned())
+            .collect()
+    }
+
     /// Applies one container-image layer (possibly compressed) as a
     /// changeset, keeping `subtree`.
     pub fn apply_tar(

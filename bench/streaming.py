@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Streaming through the sidecar's S3 endpoint (OCIMODEL_S3_LISTEN) over an emulated far link.
+
+    python3 bench/streaming.py                      # 8 shards x 128 MiB (1 GiB), 16 MiB/s per connection
+    python3 bench/streaming.py --shard-size 16M     # quicker
+    python3 bench/streaming.py --binary target/debug/ocimodel --runai-python /path/to/venv/bin/python
+
+A model shaped like a Hugging Face checkpoint (config.json, tokenizer.json,
+model.safetensors.index.json, 8 safetensors shards of incompressible bytes) is pushed as an ORAS
+artifact (one layer per file) to docker-registry behind `bench/wan.py`. Then, one after another:
+1. the pull alone: `ocimodel REF DEST`, the time to an installed, verified model;
+2. the sidecar with `OCIMODEL_S3_LISTEN`, and boto3 started at the same moment, reading every
+   file in `--range` ranges from `--threads` threads (listing the bucket first; 503 SlowDown, "not
+   verified yet", is retried): the time until the reader holds every byte, and when the first byte
+   of the first shard arrived.
+Targets (issue #31): reader done <= 1.15x the pull alone; first byte of the first shard before
+half the pull alone. With `--runai-python` (a Python with torch and runai-model-streamer[-s3]),
+the Run:ai Model Streamer's SafetensorsStreamer also reads every shard through the endpoint and
+its tensors are compared with the files'.
+
+Writes bench/RESULTS-streaming.md.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as suite  # noqa: E402
+import wan  # noqa: E402
+
+REPO = suite.REPO
+MiB = suite.MiB
+SHARDS = 8
+
+
+def shard_name(i):
+    return f"model-{i:05d}-of-{SHARDS:05d}.safetensors"
+
+
+def write_safetensors(path, tensor, size, seed):
+    """A valid safetensors file holding one U8 tensor of incompressible bytes."""
+    body = path.with_suffix(".body")
+    suite.keystream(body, size, seed)
+    header = json.dumps({tensor: {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as out, open(body, "rb") as data:
+        out.write(struct.pack("<Q", len(header)))
+        out.write(header)
+        shutil.copyfileobj(data, out, 4 * MiB)
+    body.unlink()
+
+
+def make_model(root, shard_size):
+    root.mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "llama"}')
+    (root / "tokenizer.json").write_text('{"version": "1.0"}')
+    weight_map = {f"layers.{i}.weight": shard_name(i) for i in range(1, SHARDS + 1)}
+    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for i in range(1, SHARDS + 1):
+        write_safetensors(root / shard_name(i), f"layers.{i}.weight", shard_size, f"shard{i}")
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_everything(endpoint, bucket, rng, threads, first, start):
+    """boto3 as a loader: list, then every file in ranges from `threads` threads."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    s3 = boto3.client("s3", endpoint_url="http://" + endpoint, region_name="us-east-1",
+                      aws_access_key_id="anything", aws_secret_access_key="anything",
+                      config=Config(retries={"max_attempts": 1}, read_timeout=120,
+                                    max_pool_connections=2 * threads))
+    lock = threading.Lock()
+    out = {"first_byte": None, "hashes": {}}
+
+    def retrying(call):
+        while True:
+            try:
+                return call()
+            except ClientError as e:
+                if e.response["Error"]["Code"] in ("SlowDown", "503"):
+                    time.sleep(0.05)
+                    continue
+                raise
+            except EndpointConnectionError:  # the sidecar is still starting
+                time.sleep(0.02)
+
+    keys, token = [], None
+    while True:
+        kw = {"Bucket": bucket, **({"ContinuationToken": token} if token else {})}
+        page = retrying(lambda: s3.list_objects_v2(**kw))
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            break
+        token = page["NextContinuationToken"]
+
+    ranges = ThreadPoolExecutor(threads)
+
+    def get_range(key, a, b):
+        def call():
+            body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={a}-{b}")["Body"]
+            parts = []
+            while True:
+                chunk = body.read(1 << 20)
+                if not chunk:
+                    break
+                if key == first and out["first_byte"] is None:
+                    with lock:
+                        out["first_byte"] = out["first_byte"] or time.monotonic() - start
+                parts.append(chunk)
+            return b"".join(parts)
+        return retrying(call)
+
+    def read_key(key):
+        size = retrying(lambda: s3.head_object(Bucket=bucket, Key=key))["ContentLength"]
+        futs = [ranges.submit(get_range, key, a, min(a + rng, size) - 1) for a in range(0, size, rng)]
+        h = hashlib.sha256()
+        for f in futs:
+            h.update(f.result())
+        out["hashes"][key] = h.hexdigest()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(read_key, keys))
+    ranges.shutdown()
+    out["done"] = time.monotonic() - start
+    return out
+
+
+RUNAI = r'''
+import sys, torch
+from runai_model_streamer import SafetensorsStreamer
+from safetensors.torch import load_file
+bucket, local = sys.argv[1], sys.argv[2]
+names = sys.argv[3:]
+checked = 0
+with SafetensorsStreamer() as streamer:
+    streamer.stream_files(["s3://%s/%s" % (bucket, n) for n in names])
+    expected = {}
+    for n in names:
+        expected.update(load_file(local + "/" + n))
+    for name, tensor in streamer.get_tensors():
+        assert torch.equal(tensor.cpu(), expected[name]), name
+        checked += 1
+assert checked == len(names), checked
+print("runai ok: %d tensors equal" % checked)
+'''
+
+
+def wait_port(addr, limit=30):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(tuple(addr.rsplit(":", 1)), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on {addr}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shard-size", default="128M")
+    ap.add_argument("--rate", default="16M")
+    ap.add_argument("--connect-delay", type=float, default=0.02)
+    ap.add_argument("--rtt", type=float, default=0.02)
+    ap.add_argument("--range", default="8M")
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--binary", help="an ocimodel binary (default: build the release one)")
+    ap.add_argument("--runai-python", help="a Python with torch and runai-model-streamer-s3")
+    ap.add_argument("--work", default="/tmp/ocimodel-bench-streaming")
+    ap.add_argument("--out", default=str(REPO / "bench/RESULTS-streaming.md"))
+    args = ap.parse_args()
+    shard_size = wan.parse_rate(args.shard_size)
+    rate = wan.parse_rate(args.rate)
+    rng = wan.parse_rate(args.range)
+    work = suite.fresh_dir(args.work)
+    ocimodel = Path(args.binary).resolve() if args.binary else suite.release_binary()
+    reg = suite.Registry(work)
+    link = wan.Wan(reg.addr, rate, args.connect_delay, rtt=args.rtt)
+    model = work / "model"
+    make_model(model, shard_size)
+    names = sorted(p.name for p in model.iterdir())
+    total = sum((model / n).stat().st_size for n in names)
+    env = {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": reg.addr}
+    out = subprocess.run([str(ocimodel), "push", str(model), f"{reg.addr}/stream/llm:v1", "--format", "oras"],
+                         env=env, check=True, capture_output=True, text=True)
+    ref = out.stdout.split()[0]
+    far = link.start()
+    pull_env = {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": far, "OCIMODEL_LOG": "warn"}
+    uri = f"{far}/stream/llm@{ref}"
+    results = {}
+    runai = None
+    try:
+        # 1. The pull alone.
+        dest = work / "alone" / "models"
+        t0 = time.monotonic()
+        subprocess.run([str(ocimodel), uri, str(dest)], env=pull_env, check=True)
+        results["pull"] = time.monotonic() - t0
+        shutil.rmtree(work / "alone")
+        print(f"pull alone: {results['pull']:.2f}s", flush=True)
+
+        # 2. The sidecar and a reader started together.
+        dest = work / "sidecar" / "models"
+        s3 = f"127.0.0.1:{suite.free_port()}"
+        probes = f"127.0.0.1:{suite.free_port()}"
+        side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3, "OCIMODEL_LISTEN": probes}
+        t0 = time.monotonic()
+        side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
+        try:
+            got = read_everything(s3, "models", rng, args.threads, shard_name(1), t0)
+            for n in names:
+                assert got["hashes"].get(n) == sha256(model / n), f"{n}: wrong bytes"
+            results["reader"] = got["done"]
+            results["first_byte"] = got["first_byte"]
+            while urllib.request.urlopen(f"http://{probes}/metrics").status != 200:
+                time.sleep(0.05)
+            served = [l for l in urllib.request.urlopen(f"http://{probes}/metrics").read().decode().splitlines()
+                      if l.startswith("ocimodel_s3_bytes_served_total")]
+            results["served"] = served
+            print(results, flush=True)
+            if args.runai_python:
+                # Wait for the install: the streamer then reads at full speed.
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    try:
+                        if urllib.request.urlopen(f"http://{probes}/readyz").status == 200:
+                            break
+                    except Exception:
+                        time.sleep(0.1)
+                renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
+                        "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                        "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0"}
+                shards = [shard_name(i) for i in range(1, SHARDS + 1)]
+                t1 = time.monotonic()
+                r = subprocess.run([args.runai_python, "-c", RUNAI, "models", str(model), *shards],
+                                   env=renv, capture_output=True, text=True)
+                runai = (r.returncode, time.monotonic() - t1, (r.stdout + r.stderr).strip().splitlines()[-1:])
+                print("runai:", runai, flush=True)
+        finally:
+            side.terminate()
+            side.wait()
+    finally:
+        link.stop()
+        reg.stop()
+
+    pull, reader, first = results["pull"], results["reader"], results["first_byte"]
+    binary = "release" if not args.binary else shlex.quote(args.binary)
+    lines = [
+        "# Streaming through the S3 endpoint",
+        "",
+        f"`python3 bench/streaming.py --shard-size {args.shard_size}` ({binary} binary) on {suite.machine()}. "
+        "**The machine is shared with other builds running at the same time: the numbers are noisy, "
+        "the ratios (both runs on the same link, one after the other) are what counts.**",
+        "",
+        f"Model: config.json, tokenizer.json, model.safetensors.index.json and {SHARDS} safetensors shards of "
+        f"{shard_size // MiB} MiB ({total / MiB:.0f} MiB in all), one ORAS layer per file, pulled by digest from "
+        f"docker-registry behind `bench/wan.py` ({rate // MiB} MiB/s per connection, {args.connect_delay * 1000:.0f} ms "
+        f"per connection, {args.rtt * 1000:.0f} ms per request). The reader is boto3, {args.threads} threads, "
+        f"{rng // MiB} MiB ranges, started with the sidecar.",
+        "",
+        "| measurement | seconds | ratio to the pull alone | target |",
+        "|---|---|---|---|",
+        f"| pull alone (`ocimodel REF DEST`) | {pull:.2f} | 1.00 | |",
+        f"| sidecar + boto3: every byte in the reader's hands | {reader:.2f} | {reader / pull:.2f} | <= 1.15 "
+        f"{'(met)' if reader / pull <= 1.15 else '(**missed**)'} |",
+        f"| sidecar + boto3: first byte of the first shard | {first:.2f} | {first / pull:.2f} | < 0.50 "
+        f"{'(met)' if first / pull < 0.5 else '(**missed**)'} |",
+        "",
+        f"Bytes served (metric): `{'; '.join(results['served'])}`.",
+        "",
+    ]
+    if runai:
+        code, secs, tail = runai
+        lines += [f"Run:ai Model Streamer (`SafetensorsStreamer`, {args.runai_python}) reading the {SHARDS} shards "
+                  f"through the endpoint after the install: exit {code} in {secs:.2f}s: `{' '.join(tail)}`.", ""]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

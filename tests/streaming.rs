@@ -1,0 +1,805 @@
+//! The sidecar's read-only S3 endpoint (`OCIMODEL_S3_LISTEN`), read with
+//! boto3 (a real S3 client) while the sidecar pulls from a real registry:
+//! files are served as their bytes verify and in the order a loader wants
+//! them (proven without timing: a registry front holds the last shard back
+//! until the reader has the whole first shard), a corrupt shard is never
+//! sent, and the S3 shapes (list, head, get, ranges, errors) are what boto3
+//! understands. Also: the example LLMInferenceService is valid against
+//! KServe's CRD.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SHARDS: usize = 8;
+
+/// A model shaped like a Hugging Face checkpoint: configs, a tokenizer, a
+/// safetensors index and 8 shards (distinct pseudo-random bytes).
+fn make_model(dir: &Path, shard_size: usize) -> Vec<String> {
+    fs::create_dir_all(dir).unwrap();
+    let mut names = vec![
+        "config.json".to_string(),
+        "tokenizer.json".to_string(),
+        "model.safetensors.index.json".to_string(),
+    ];
+    fs::write(dir.join("config.json"), br#"{"model_type": "llama"}"#).unwrap();
+    fs::write(dir.join("tokenizer.json"), br#"{"version": "1.0"}"#).unwrap();
+    fs::write(
+        dir.join("model.safetensors.index.json"),
+        br#"{"weight_map": {}}"#,
+    )
+    .unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 1..=SHARDS {
+        let name = shard(i);
+        let bytes: Vec<u8> = (0..shard_size + i * 4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(dir.join(&name), bytes).unwrap();
+        names.push(name);
+    }
+    names
+}
+
+fn shard(i: usize) -> String {
+    format!("model-{i:05}-of-{SHARDS:05}.safetensors")
+}
+
+/// Pushes the files with the oras SDK, in a scrambled layer order (shards
+/// last to first, then the index, the tokenizer, the config), so that the
+/// loader order has to come from ocimodel.
+fn push(reg: &Registry, dir: &Path, names: &[String], repo_tag: &str) {
+    let mut order: Vec<&String> = names.iter().collect();
+    order.reverse();
+    let files: Vec<_> = order
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "path": dir.join(n),
+                "title": n,
+                "mediaType": "application/octet-stream",
+            })
+        })
+        .collect();
+    reg.oras_push(
+        repo_tag,
+        &serde_json::json!({"artifactType": "application/vnd.unknown.artifact.v1", "files": files}),
+    );
+}
+
+fn sha256_of_file(dir: &Path, name: &str) -> String {
+    sha256_file(&dir.join(name))
+}
+
+/// A registry front that forwards every request to `upstream`, one
+/// connection per request, records the blob GETs in order, and holds the
+/// GET of `held` back until `/__release` is asked for.
+struct Front {
+    addr: String,
+    released: Arc<AtomicBool>,
+    blob_gets: Arc<Mutex<Vec<String>>>,
+}
+
+impl Front {
+    fn start(upstream: &str, held: &str) -> Front {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let released = Arc::new(AtomicBool::new(false));
+        let blob_gets = Arc::new(Mutex::new(Vec::new()));
+        let (up, held) = (upstream.to_string(), held.to_string());
+        let (rel, gets) = (released.clone(), blob_gets.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (up, held, rel, gets) = (up.clone(), held.clone(), rel.clone(), gets.clone());
+                std::thread::spawn(move || {
+                    answer_one(stream, &|req: &Request| {
+                        if req.path == "/__release" {
+                            rel.store(true, Ordering::SeqCst);
+                            return response("200 OK", &[], b"released\n");
+                        }
+                        if req.method == "GET" && req.path.contains("/blobs/sha256:") {
+                            let digest = req.path.rsplit('/').next().unwrap().to_string();
+                            gets.lock().unwrap().push(digest.clone());
+                            if digest == held {
+                                let deadline = Instant::now() + Duration::from_secs(120);
+                                while !rel.load(Ordering::SeqCst) && Instant::now() < deadline {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                        }
+                        forward(&up, req)
+                    })
+                });
+            }
+        });
+        Front {
+            addr,
+            released,
+            blob_gets,
+        }
+    }
+}
+
+/// `req` sent on to `upstream`; its answer as raw bytes.
+fn forward(upstream: &str, req: &Request) -> Vec<u8> {
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| !["host", "content-length", "connection"].contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = http_request(upstream, &req.method, &req.path, &headers, &req.body);
+    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+    let mut has_length = false;
+    for (k, v) in &r.headers {
+        let k_l = k.to_ascii_lowercase();
+        if k_l == "connection" || k_l == "transfer-encoding" {
+            continue;
+        }
+        has_length |= k_l == "content-length";
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_length {
+        out.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    if req.method != "HEAD" {
+        out.extend_from_slice(&r.body);
+    }
+    out
+}
+
+/// A sidecar with the S3 endpoint on; its log is kept for failures.
+struct Sidecar {
+    child: Child,
+    probes: String,
+    s3: String,
+    log: PathBuf,
+    _harness: Ocimodel,
+}
+
+impl Sidecar {
+    fn start(uri: &str, dest: &Path, registry: &str, env: &[(&str, &str)]) -> Sidecar {
+        let probes = format!("127.0.0.1:{}", free_port());
+        let s3 = format!("127.0.0.1:{}", free_port());
+        let mut h = Ocimodel::new()
+            .env("OCIMODEL_MODE", "sidecar")
+            .env("OCIMODEL_LISTEN", &probes)
+            .env("OCIMODEL_S3_LISTEN", &s3)
+            .env("OCIMODEL_INSECURE_REGISTRIES", registry);
+        for (k, v) in env {
+            h = h.env(k, v);
+        }
+        let log = h.termination_log.with_file_name("sidecar.log");
+        h.cmd
+            .args([uri, dest.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = h.cmd.spawn().unwrap();
+        let s = Sidecar {
+            child,
+            probes,
+            s3,
+            log,
+            _harness: h,
+        };
+        wait_until("the S3 endpoint to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&s.s3).is_ok()
+        });
+        s
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let r = http_get(&self.probes, path, &[]);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// boto3, as an engine's loader would read: list the bucket, then every
+/// file in `range`-byte ranges from `threads` threads at once. 503
+/// SlowDown (not verified yet) is retried; any other error is recorded
+/// with the bytes of that file received so far. Once every range of
+/// `first` has arrived, it asks `release` (when not `-`).
+const READER: &str = r#"
+import hashlib, json, sys, threading, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+endpoint, bucket, rng, threads, first, release = sys.argv[1:7]
+rng, threads = int(rng), int(threads)
+s3 = boto3.client("s3", endpoint_url="http://" + endpoint, region_name="us-east-1",
+                  aws_access_key_id="anything", aws_secret_access_key="anything",
+                  config=Config(retries={"max_attempts": 1}, read_timeout=60,
+                                max_pool_connections=2 * threads))
+start = time.monotonic()
+lock = threading.Lock()
+out = {"keys": {}, "first_byte": {}}
+
+def retrying(call):
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return call()
+        except ClientError as e:
+            code = e.response["Error"]["Code"]
+            if code in ("SlowDown", "503") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
+
+keys = []
+token = None
+while True:
+    kw = {"Bucket": bucket}
+    if token:
+        kw["ContinuationToken"] = token
+    page = retrying(lambda: s3.list_objects_v2(**kw))
+    keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    if not page.get("IsTruncated"):
+        break
+    token = page["NextContinuationToken"]
+
+ranges = ThreadPoolExecutor(threads)
+
+def get_range(key, a, b):
+    def call():
+        body = s3.get_object(Bucket=bucket, Key=key, Range="bytes=%d-%d" % (a, b))["Body"]
+        parts = []
+        while True:
+            chunk = body.read(65536)
+            if not chunk:
+                break
+            with lock:
+                rec = out["keys"][key]
+                rec["bytes"] += len(chunk)
+                out["first_byte"].setdefault(key, time.monotonic() - start)
+            parts.append(chunk)
+        return b"".join(parts)
+    return retrying(call)
+
+def read_key(item):
+    key, size = item
+    with lock:
+        out["keys"][key] = {"bytes": 0, "sha256": None, "error": None, "size": size}
+    try:
+        head = retrying(lambda: s3.head_object(Bucket=bucket, Key=key))
+        size = head["ContentLength"]
+        futs = [ranges.submit(get_range, key, a, min(a + rng, size) - 1) for a in range(0, size, rng)]
+        data = b"".join(f.result() for f in futs)
+        with lock:
+            out["keys"][key]["sha256"] = hashlib.sha256(data).hexdigest()
+            out["keys"][key]["done"] = time.monotonic() - start
+        if key == first and release != "-":
+            urllib.request.urlopen(release).read()
+    except ClientError as e:
+        with lock:
+            out["keys"][key]["error"] = e.response["Error"]["Code"]
+            out["keys"][key]["status"] = e.response["ResponseMetadata"]["HTTPStatusCode"]
+
+with ThreadPoolExecutor(threads) as pool:
+    list(pool.map(read_key, keys))
+out["elapsed"] = time.monotonic() - start
+print(json.dumps(out))
+"#;
+
+fn read_all(
+    s: &Sidecar,
+    bucket: &str,
+    range: usize,
+    first: &str,
+    release: &str,
+) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["150", "python3", "-c", READER, &s.s3, bucket])
+        .arg(range.to_string())
+        .args(["8", first, release])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the boto3 reader failed: {}\nsidecar log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_loader_reads_the_first_shard_while_the_last_is_still_held_back() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    let names = make_model(&model, 512 * 1024);
+    let reg = Registry::start(Auth::None);
+    push(&reg, &model, &names, "models/llm:v1");
+    let digest_of = |n: &str| format!("sha256:{}", sha256_of_file(&model, n));
+    let last = digest_of(&shard(SHARDS));
+    let front = Front::start(&reg.addr, &last);
+    let dest = work.path().join("Llama_Tiny");
+    // One download at a time: the order of blob GETs is the download order.
+    let s = Sidecar::start(
+        &format!("oci://{}/models/llm:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[("OCIMODEL_CONCURRENCY", "1")],
+    );
+    let release = format!("http://{}/__release", front.addr);
+    // Without streaming, the first shard is only served after the install,
+    // which waits for the held last shard: the reader never finishes.
+    let got = read_all(&s, "llama-tiny", 256 * 1024, &shard(1), &release);
+    assert!(front.released.load(Ordering::SeqCst));
+    for n in &names {
+        let k = &got["keys"][n];
+        assert_eq!(k["error"], serde_json::Value::Null, "{n}: {k}");
+        assert_eq!(k["sha256"], sha256_of_file(&model, n), "{n}");
+    }
+    assert_eq!(got["keys"].as_object().unwrap().len(), names.len());
+    // Layers were fetched in loader order, not in the manifest's.
+    let mut expected: Vec<String> = vec![
+        "config.json".into(),
+        "tokenizer.json".into(),
+        "model.safetensors.index.json".into(),
+    ];
+    expected.extend((1..=SHARDS).map(shard));
+    let layer_digests: Vec<String> = expected.iter().map(|n| digest_of(n)).collect();
+    let gets: Vec<String> = front
+        .blob_gets
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| layer_digests.contains(d))
+        .cloned()
+        .collect();
+    assert_eq!(gets, layer_digests, "blob GETs in loader order");
+    // The first shard was in the reader's hands before the last was released.
+    let first_done = got["keys"][shard(1)]["done"].as_f64().unwrap();
+    let last_first_byte = got["first_byte"][shard(SHARDS)].as_f64().unwrap();
+    assert!(first_done <= last_first_byte, "{got}");
+
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let total: u64 = names
+        .iter()
+        .map(|n| fs::metadata(model.join(n)).unwrap().len())
+        .sum();
+    let metrics = s.get("/metrics").1;
+    let served: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ocimodel_s3_bytes_served_total{bucket=\"llama-tiny\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes-served metric:\n{metrics}"));
+    assert_eq!(served as u64, total);
+    for n in &names {
+        assert_eq!(sha256_file(&dest.join(n)), sha256_of_file(&model, n));
+    }
+}
+
+#[test]
+fn a_corrupt_shard_is_never_sent_and_the_others_are() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    let names = make_model(&model, 256 * 1024);
+    let reg = Registry::start(Auth::None);
+    push(&reg, &model, &names, "models/llm:v1");
+    let bad = shard(3);
+    let blob = reg.blob_data_path(&sha256_of_file(&model, &bad));
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(&blob, bytes).unwrap();
+    let dest = work.path().join("models");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/llm:v1", reg.addr),
+        &dest,
+        &reg.addr,
+        &[],
+    );
+    let got = read_all(&s, "models", 64 * 1024, "-", "-");
+    let k = &got["keys"][&bad];
+    assert_eq!(k["bytes"], 0, "no byte of the corrupt shard is sent: {k}");
+    // HEAD answers without a body: boto3 names the error by its status.
+    assert!(k["error"] == "InternalError" || k["error"] == "500", "{k}");
+    assert_eq!(k["status"], 500, "{k}");
+    for n in names.iter().filter(|n| **n != bad) {
+        let k = &got["keys"][n];
+        assert_eq!(k["sha256"], sha256_of_file(&model, n), "{n}: {k}");
+    }
+    // A GET of it, too, is refused without a byte.
+    let r = http_get(&s.s3, &format!("/models/{bad}"), &[]);
+    assert_eq!(r.status, 500);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("<Code>InternalError</Code>"), "{body}");
+    assert!(body.contains("digest mismatch"), "{body}");
+    let (code, body) = s.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("digest mismatch"), "{body}");
+}
+
+/// boto3 against the endpoint once a small tree is installed.
+const SHAPES: &str = r#"
+import json, sys
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url="http://" + sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="AKIA", aws_secret_access_key="whatever",
+                  config=Config(retries={"max_attempts": 1}))
+out = {}
+def err(call):
+    try:
+        call()
+        return None
+    except ClientError as e:
+        return [e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"],
+                e.response["ResponseMetadata"]["HTTPHeaders"].get("content-range")]
+out["buckets"] = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+top = s3.list_objects_v2(Bucket="tree", Delimiter="/")
+out["top"] = [o["Key"] for o in top.get("Contents", [])]
+out["top_prefixes"] = [p["Prefix"] for p in top.get("CommonPrefixes", [])]
+sub = s3.list_objects_v2(Bucket="tree", Prefix="sub/")
+out["sub"] = [[o["Key"], o["Size"]] for o in sub["Contents"]]
+pages, token = [], None
+while True:
+    kw = {"Bucket": "tree", "MaxKeys": 2}
+    if token:
+        kw["ContinuationToken"] = token
+    p = s3.list_objects_v2(**kw)
+    pages.append([o["Key"] for o in p.get("Contents", [])])
+    if not p["IsTruncated"]:
+        break
+    token = p["NextContinuationToken"]
+out["pages"] = pages
+out["paginator"] = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="tree", PaginationConfig={"PageSize": 3}) for o in page.get("Contents", [])]
+out["v1"] = [o["Key"] for o in s3.list_objects(Bucket="tree", Prefix="sub/")["Contents"]]
+h = s3.head_object(Bucket="tree", Key="weights.bin")
+out["head"] = [h["ContentLength"], h["ETag"], h["AcceptRanges"]]
+g = s3.get_object(Bucket="tree", Key="weights.bin", Range="bytes=2-5")
+out["range"] = [g["ResponseMetadata"]["HTTPStatusCode"], g["ContentRange"], g["Body"].read().decode()]
+out["suffix"] = s3.get_object(Bucket="tree", Key="weights.bin", Range="bytes=-3")["Body"].read().decode()
+out["whole"] = s3.get_object(Bucket="tree", Key="sub/deeper/b.txt")["Body"].read().decode()
+out["spaced"] = s3.get_object(Bucket="tree", Key="sub/with space+plus.txt")["Body"].read().decode()
+out["unsatisfiable"] = err(lambda: s3.get_object(Bucket="tree", Key="weights.bin", Range="bytes=100-"))
+out["no_key"] = err(lambda: s3.get_object(Bucket="tree", Key="nope.bin"))
+out["head_no_key"] = err(lambda: s3.head_object(Bucket="tree", Key="nope.bin"))
+out["no_bucket"] = err(lambda: s3.list_objects_v2(Bucket="other"))
+out["put"] = err(lambda: s3.put_object(Bucket="tree", Key="x", Body=b"x"))
+out["delete"] = err(lambda: s3.delete_object(Bucket="tree", Key="weights.bin"))
+out["acl"] = err(lambda: s3.get_object_acl(Bucket="tree", Key="weights.bin"))
+out["head_bucket"] = s3.head_bucket(Bucket="tree")["ResponseMetadata"]["HTTPStatusCode"]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn boto3_sees_s3_shapes() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    let files: BTreeMap<&str, &str> = [
+        ("weights.bin", "0123456789"),
+        ("config.json", "{}"),
+        ("sub/a.txt", "a"),
+        ("sub/deeper/b.txt", "bee"),
+        ("sub/with space+plus.txt", "odd name"),
+    ]
+    .into();
+    let specs: Vec<_> = files
+        .iter()
+        .map(|(name, data)| {
+            let p = src.join(name);
+            fs::write(&p, data).unwrap();
+            serde_json::json!({"path": p, "title": name, "mediaType": "application/octet-stream"})
+        })
+        .collect();
+    let reg = Registry::start(Auth::None);
+    reg.oras_push(
+        "models/tree:v1",
+        &serde_json::json!({"artifactType": "application/vnd.unknown.artifact.v1", "files": specs}),
+    );
+    let dest = work.path().join("tree");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/tree:v1", reg.addr),
+        &dest,
+        &reg.addr,
+        &[],
+    );
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let out = Command::new("python3")
+        .args(["-c", SHAPES, &s.s3])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = |v: serde_json::Value| v;
+    assert_eq!(got["buckets"], j(serde_json::json!(["tree"])));
+    assert_eq!(
+        got["top"],
+        j(serde_json::json!(["config.json", "weights.bin"]))
+    );
+    assert_eq!(got["top_prefixes"], j(serde_json::json!(["sub/"])));
+    assert_eq!(
+        got["sub"],
+        j(serde_json::json!([
+            ["sub/a.txt", 1],
+            ["sub/deeper/b.txt", 3],
+            ["sub/with space+plus.txt", 8]
+        ]))
+    );
+    let all = serde_json::json!([
+        "config.json",
+        "sub/a.txt",
+        "sub/deeper/b.txt",
+        "sub/with space+plus.txt",
+        "weights.bin"
+    ]);
+    assert_eq!(
+        got["pages"],
+        j(serde_json::json!([
+            ["config.json", "sub/a.txt"],
+            ["sub/deeper/b.txt", "sub/with space+plus.txt"],
+            ["weights.bin"]
+        ]))
+    );
+    assert_eq!(got["paginator"], all);
+    assert_eq!(
+        got["v1"],
+        j(serde_json::json!([
+            "sub/a.txt",
+            "sub/deeper/b.txt",
+            "sub/with space+plus.txt"
+        ]))
+    );
+    let etag = format!("\"{}\"", &sha256_hex(b"0123456789")[..32]);
+    assert_eq!(got["head"], j(serde_json::json!([10, etag, "bytes"])));
+    assert_eq!(
+        got["range"],
+        j(serde_json::json!([206, "bytes 2-5/10", "2345"]))
+    );
+    assert_eq!(got["suffix"], "789");
+    assert_eq!(got["whole"], "bee");
+    assert_eq!(got["spaced"], "odd name");
+    assert_eq!(
+        got["unsatisfiable"],
+        j(serde_json::json!(["InvalidRange", 416, "bytes */10"]))
+    );
+    assert_eq!(
+        got["no_key"],
+        j(serde_json::json!(["NoSuchKey", 404, null]))
+    );
+    assert_eq!(got["head_no_key"], j(serde_json::json!(["404", 404, null])));
+    assert_eq!(
+        got["no_bucket"],
+        j(serde_json::json!(["NoSuchBucket", 404, null]))
+    );
+    assert_eq!(
+        got["put"],
+        j(serde_json::json!(["MethodNotAllowed", 405, null]))
+    );
+    assert_eq!(
+        got["delete"],
+        j(serde_json::json!(["MethodNotAllowed", 405, null]))
+    );
+    assert_eq!(
+        got["acl"],
+        j(serde_json::json!(["NotImplemented", 501, null]))
+    );
+    assert_eq!(got["head_bucket"], 200);
+}
+
+#[test]
+fn the_endpoint_refuses_a_non_loopback_address_and_clashing_buckets() {
+    let work = tempfile::tempdir().unwrap();
+    let uri = "oci-layout:///nonexistent";
+    let run = Ocimodel::new()
+        .env("OCIMODEL_S3_LISTEN", "0.0.0.0:9000")
+        .run(&["sidecar", uri, work.path().join("models").to_str().unwrap()]);
+    run.assert_fails_with(&["OCIMODEL_S3_LISTEN", "not a loopback address"]);
+    let port = free_port().to_string();
+    let run = Ocimodel::new()
+        .env("OCIMODEL_S3_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OCIMODEL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .run(&[
+            "sidecar",
+            uri,
+            work.path().join("a/models").to_str().unwrap(),
+            uri,
+            work.path().join("b/Models").to_str().unwrap(),
+        ]);
+    run.assert_fails_with(&["both be S3 bucket 'models'"]);
+}
+
+#[test]
+fn the_streaming_llminferenceservice_example_is_valid() {
+    let file = repo_root().join("manifests/examples/llminferenceservice-streaming.yaml");
+    let text = fs::read_to_string(&file).unwrap();
+    // The validator checks a directory against its kustomization.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("llminferenceservice-streaming.yaml"), &text).unwrap();
+    fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n  - llminferenceservice-streaming.yaml\n",
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/support/validate_manifests.py"))
+        .arg(dir.path())
+        .arg(repo_root().join("tests/fixtures/kserve-crds"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("ok   llminferenceservice-streaming.yaml: LLMInferenceService/"),
+        "{report}"
+    );
+    // What makes it streaming: no storage initializer, ocimodel as a
+    // native sidecar with the S3 endpoint, vLLM reading s3:// through it.
+    for needle in [
+        "enabled: false",
+        "restartPolicy: Always",
+        "OCIMODEL_S3_LISTEN",
+        "--load-format",
+        "runai_streamer",
+        "s3://",
+        "AWS_ENDPOINT_URL",
+        "http://127.0.0.1:9000",
+    ] {
+        assert!(text.contains(needle), "the example lacks {needle}");
+    }
+}
+
+#[test]
+fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let tar_layer = |name: &str, data: &str| {
+        serde_json::json!({"mediaType": "application/vnd.cncf.model.weight.v1.tar",
+                           "tar": [{"name": name, "data": data}]})
+    };
+    reg.push_artifact(
+        "models/pack:v1",
+        &serde_json::json!({
+            "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cncf.model.config.v1+json",
+                       "json": {"descriptor": {"name": "pack"}, "modelfs": {"type": "layers", "diffIds": []}}},
+            "layers": [tar_layer("w/shard-1.safetensors", "first shard\n"),
+                       tar_layer("w/shard-2.safetensors", "second shard\n")]
+        }),
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &http_get(
+            &reg.addr,
+            "/v2/models/pack/manifests/v1",
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        )
+        .body,
+    )
+    .unwrap();
+    let held = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let front = Front::start(&reg.addr, &held);
+    let dest = work.path().join("pack");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/pack:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[],
+    );
+    // The second layer is held back: the first one's file is served anyway
+    // (a key not known yet is waited for while layers remain).
+    let r = http_get(&s.s3, "/pack/w/shard-1.safetensors", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"first shard\n");
+    assert!(!front.released.load(Ordering::SeqCst));
+    assert_eq!(
+        s.get("/readyz").0,
+        503,
+        "not installed while a layer is held"
+    );
+    http_get(&front.addr, "/__release", &[]);
+    let r = http_get(&s.s3, "/pack/w/shard-2.safetensors", &[]);
+    assert_eq!(r.body, b"second shard\n");
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let r = http_get(&s.s3, "/pack/w/none", &[]);
+    assert_eq!(
+        r.status, 404,
+        "once every layer is in, an unknown key is missing"
+    );
+}
+
+/// `python3 -m model_signing sign key` over `model`, the signature at
+/// `model.sig` inside it.
+fn sign(model: &Path, private: &Path) {
+    let out = Command::new("python3")
+        .args(["-m", "model_signing", "--log-level", "ERROR", "sign", "key"])
+        .arg("--private_key")
+        .arg(private)
+        .arg("--signature")
+        .arg(model.join("model.sig"))
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "model_signing sign: {out:?}");
+}
+
+#[test]
+fn under_a_model_signature_policy_files_are_served_once_the_tree_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let (private, public) = ec_keypair_on(work.path(), "prime256v1", "good");
+    let (other, _) = ec_keypair_on(work.path(), "prime256v1", "other");
+    for (name, signer, ok) in [("signed", &private, true), ("forged", &other, false)] {
+        let model = work.path().join(name).join("model");
+        fs::create_dir_all(model.join("weights")).unwrap();
+        fs::write(model.join("config.json"), br#"{"arch": "tiny"}"#).unwrap();
+        let weights: Vec<u8> = (0..=255u8).cycle().take(300_001).collect();
+        fs::write(model.join("weights/part-1.bin"), &weights).unwrap();
+        sign(&model, signer);
+        let uri = push_layout(&model, &work.path().join(name).join("layout"), "oras");
+        let dest = work.path().join(name).join("models");
+        let s = Sidecar::start(
+            &uri,
+            &dest,
+            "127.0.0.1:1",
+            &[("OCIMODEL_MODEL_KEY", public.to_str().unwrap())],
+        );
+        let r = http_get(&s.s3, "/models/weights/part-1.bin", &[]);
+        if ok {
+            assert_eq!(r.status, 200, "{}", s.log());
+            assert_eq!(r.body, weights);
+        } else {
+            // The blobs matched their digests, the tree not its signature:
+            // nothing of it is sent.
+            assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("<Code>InternalError</Code>"), "{body}");
+            assert!(body.contains("model signature"), "{body}");
+            assert!(
+                !body.contains("\u{0}\u{1}\u{2}"),
+                "no weights in the answer"
+            );
+            assert_eq!(s.get("/readyz").0, 503);
+        }
+    }
+}
