@@ -112,7 +112,9 @@ fn manifests_are_valid() {
             continue;
         }
         assert!(
-            report.lines().any(|l| l.starts_with(&format!("ok   {file}: "))),
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("ok   {file}: "))),
             "{file} was not validated:\n{report}"
         );
     }
@@ -153,10 +155,7 @@ fn the_validator_catches_mistakes() {
         report.contains("FAIL kustomization.yaml: gone.yaml does not exist"),
         "{report}"
     );
-    assert!(
-        report.contains("leave out ['pod-init.yaml']"),
-        "{report}"
-    );
+    assert!(report.contains("leave out ['pod-init.yaml']"), "{report}");
 }
 
 /// tests/support/manifest_facts.py's reading of `dir`.
@@ -269,7 +268,10 @@ fn every_pinned_digest_is_one_the_repository_makes() {
             let dest = tempfile::tempdir().unwrap();
             Ocimodel::new()
                 .insecure(&reg)
-                .run(&[&local_ref(&reg, uri, &layout), dest.path().to_str().unwrap()])
+                .run(&[
+                    &local_ref(&reg, uri, &layout),
+                    dest.path().to_str().unwrap(),
+                ])
                 .assert_ok();
         }
     }
@@ -343,7 +345,10 @@ fn openvino_examples_install_a_model_in_its_layout() {
         let dest = tempfile::tempdir().unwrap();
         Ocimodel::new()
             .insecure(&reg)
-            .run(&[&local_ref(&reg, uri, &layout), dest.path().to_str().unwrap()])
+            .run(&[
+                &local_ref(&reg, uri, &layout),
+                dest.path().to_str().unwrap(),
+            ])
             .assert_ok();
         dest
     };
