@@ -1,5 +1,5 @@
-//! Every `OCIMODEL_*` setting ocimodel reads, in one place (the README's
-//! Configuration table lists the same names). A variable with our prefix
+//! Every `OCIMODEL_*` setting ocimodel reads, in one place (the
+//! table in docs/configuration.md lists the same names). A variable with our prefix
 //! that is not one of them is an error, not a silent no-op: a misspelled
 //! `OCIMODEL_VERFY=required` must not turn verification off.
 
@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 const PREFIX: &str = "OCIMODEL_";
 
 // Defaults, written once: clap shows them in --help, `Settings::default`
-// and the registry client start from them, the README's table lists them.
+// and the registry client start from them, docs/configuration.md lists them.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8099";
 pub const DEFAULT_SUBPATH: &str = "/models";
 pub const DEFAULT_CONCURRENCY: usize = 8;

@@ -1,16 +1,20 @@
 //! End to end in a real container runtime: build ocimodel's image from the
-//! repository's Containerfile, build the shell-less modelcar from
-//! images/mobilenet-modelcar and push it to the test registry, then run
-//! manifests/pod-init.yaml with `podman kube play`. The Pod is adapted only
-//! where it must be: image names, the registry address (a plain-HTTP registry
-//! on the host's loopback, hence hostNetwork and OCIMODEL_INSECURE_REGISTRIES),
-//! and the model server's command. No base image can be pulled here, so the
-//! servers' image is made from packages (tests/support/server_image.sh:
-//! Debian from debootstrap, OpenVINO, KServe and ONNX Runtime from PyPI,
-//! cached under target/test-deps) and imported with `podman import`. OpenVINO
-//! loads `/mnt/models/1/model.onnx` and must read three drawn digits right;
-//! KServe's own Python model server answers V2 `infer` for the seed's ORAS
-//! artifact.
+//! repository's Containerfile, push the model the examples pin (the OpenVINO
+//! modelcar, made by `ocimodel push` with the same digest) to the test
+//! registry, then run manifests/examples/pod-init.yaml, pod-node-cache.yaml
+//! and pod-sidecar.yaml with `podman kube play`. The Pods are adapted only
+//! where they must be: image names, the registry's host (a plain-HTTP
+//! registry on the host's loopback, hence hostNetwork and
+//! OCIMODEL_INSECURE_REGISTRIES), a hostPath's location, and the model
+//! server's image: `docker.io/openvino/model_server` cannot be pulled here,
+//! so a stand-in that takes OVMS's own arguments and finds the model by its
+//! version-folder rule (tests/support/openvino_classify.py) runs the
+//! manifest's `args` unchanged. No base image can be pulled, so the servers'
+//! image is made from packages (tests/support/server_image.sh: Debian from
+//! debootstrap, OpenVINO, KServe and ONNX Runtime from PyPI, cached under
+//! target/test-deps) and imported with `podman import`. OpenVINO must read
+//! three drawn digits right; KServe's own Python model server answers V2
+//! `infer` for the seed's ORAS artifact.
 
 mod common;
 #[path = "support/static_binary.rs"]
@@ -144,10 +148,53 @@ fn push_mnist_modelcar(reg: &Registry, work: &Path, car_ref: &str, flags: &[&str
     reg.ocimodel_push(&args)
 }
 
-/// Runs manifests/pod-init.yaml (adapted as the module doc says) with the
-/// model at `model_ref`: its server, OpenVINO, must read the drawn digits.
-fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) {
-    run_pod_init_with_key(podman, reg, model_ref, work, None)
+/// An example under manifests/examples.
+fn example(file: &str) -> String {
+    fs::read_to_string(repo_root().join("manifests/examples").join(file)).unwrap()
+}
+
+/// The creation time the examples' OpenVINO modelcar is pushed with (the
+/// seed's, as manifests/examples/inferenceservice-openvino.yaml says), so
+/// that `ocimodel push` makes the digest they pin.
+const CAR_CREATED: &str = "org.opencontainers.image.created=2023-12-12T09:11:31Z";
+
+/// Pushes the model the examples pin, as their comment says (mnist as
+/// `models/1/model.onnx` in a modelcar, by `ocimodel push`), to
+/// `models/mnist-ovms:v1`; it must get the very digest pod-init.yaml pins.
+fn push_pinned_modelcar(reg: &Registry, work: &Path) -> String {
+    let car_ref = format!("{}/models/mnist-ovms:v1", reg.addr);
+    let digest = push_mnist_modelcar(reg, work, &car_ref, &["--annotation", CAR_CREATED]);
+    let pinned = format!("registry.example.com/models/mnist-ovms@{digest}");
+    assert!(
+        example("pod-init.yaml").contains(&pinned),
+        "pod-init.yaml does not pin {pinned}"
+    );
+    digest
+}
+
+/// OpenVINO Model Server's image and arguments as the examples run it.
+const OVMS_IMAGE: &str = "      image: docker.io/openvino/model_server:2025.0\n";
+const OVMS_ARGS: &str = "      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]\n";
+
+/// `yaml` (the example `file`) with OVMS's image swapped for the stand-in in
+/// the servers' image, which gets the same `args`.
+fn ovms_standin(yaml: &str, file: &str) -> String {
+    assert!(
+        yaml.contains(&format!("{OVMS_IMAGE}{OVMS_ARGS}")),
+        "{file} changed how it runs OVMS; update this test"
+    );
+    yaml.replace(
+        OVMS_IMAGE,
+        &format!("      image: {SERVER_IMAGE}\n      command: [\"python3\", \"/opt/serve/classify.py\"]\n      env:\n        - {{name: HOME, value: /tmp}}\n"),
+    )
+}
+
+/// Runs manifests/examples/pod-init.yaml (adapted as the module doc says):
+/// with `model` None the model it pins (push it first with
+/// `push_pinned_modelcar`), else the reference `model` instead. Its server,
+/// OpenVINO with OVMS's arguments, must read the drawn digits.
+fn run_pod_init(podman: &Podman, reg: &Registry, model: Option<&str>, work: &Path) {
+    run_pod_init_with_key(podman, reg, model, work, None)
 }
 
 /// Like `run_pod_init`; with `key`, the init container gets COSIGN_KEY from
@@ -155,24 +202,28 @@ fn run_pod_init(podman: &Podman, reg: &Registry, model_ref: &str, work: &Path) {
 fn run_pod_init_with_key(
     podman: &Podman,
     reg: &Registry,
-    model_ref: &str,
+    model: Option<&str>,
     work: &Path,
     key: Option<&str>,
 ) {
-    let yaml = fs::read_to_string(repo_root().join("manifests/pod-init.yaml")).unwrap();
-    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
-    assert!(
-        yaml.contains(server),
-        "pod-init.yaml changed; update this test"
-    );
-    let pod = yaml
+    let yaml = example("pod-init.yaml");
+    let yaml = match model {
+        Some(model_ref) => {
+            let (pinned, _) = yaml
+                .split_once("args: [\"ocimodel://")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .unwrap();
+            yaml.replace(pinned, model_ref)
+        }
+        None => yaml,
+    };
+    let pod = ovms_standin(&yaml, "pod-init.yaml")
         .replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
-        .replace("registry.example.com/models/mnist:v1", model_ref)
+        .replace("registry.example.com", &reg.addr)
         .replace(
             "          value: \"\"",
             &format!("          value: \"{}\"", reg.addr),
         )
-        .replace(server, OPENVINO_SERVER)
         .replace(
             "        - {name: models, mountPath: /mnt/models, readOnly: true}\n",
             "        - {name: models, mountPath: /mnt/models, readOnly: true}\n        - {name: tmp, mountPath: /tmp}\n",
@@ -262,11 +313,19 @@ fn pod_init_installs_as_an_arbitrary_uid_and_a_server_reads_it() {
     let car_ref = format!("{}/models/mobilenet:v1", reg.addr);
     podman.ok(&["build", "-q", "-t", &car_ref, "."], &car);
     podman.ok(&["push", "--tls-verify=false", &car_ref], &car);
-
-    run_pod_init(&podman, &reg, &car_ref, work.path());
+    run_pod_init(&podman, &reg, Some(&car_ref), work.path());
     assert!(
         reg.log().contains("GET /v2/models/mobilenet/manifests/v1"),
         "the init container pulled from the test registry"
+    );
+
+    // pod-init.yaml as shipped: the model it pins, pushed as its comment says.
+    let digest = push_pinned_modelcar(&reg, work.path());
+    run_pod_init(&podman, &reg, None, work.path());
+    assert!(
+        reg.log()
+            .contains(&format!("GET /v2/models/mnist-ovms/manifests/{digest}")),
+        "the init container pulled the pinned digest"
     );
 }
 
@@ -291,7 +350,7 @@ fn modelcar_pushed_by_ocimodel_works_under_podman() {
     podman.ok(&["image", "unmount", &car_ref], work.path());
 
     build_ocimodel_image(&podman, work.path());
-    run_pod_init(&podman, &reg, &car_ref, work.path());
+    run_pod_init(&podman, &reg, Some(&car_ref), work.path());
 }
 
 /// A signed model in a real runtime: the cosign key reaches the init
@@ -303,16 +362,15 @@ fn signed_modelcar_with_the_key_from_a_configmap() {
     let podman = Podman::new();
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
-    let car_ref = format!("{}/models/signed-car:v1", reg.addr);
-    let digest = push_mnist_modelcar(&reg, work.path(), &car_ref, &[]);
+    let digest = push_pinned_modelcar(&reg, work.path());
     let public = ec_keypair(work.path(), "k");
-    let tag = sign_legacy(&reg, work.path(), "models/signed-car", &digest);
+    let tag = sign_legacy(&reg, work.path(), "models/mnist-ovms", &digest);
 
     build_ocimodel_image(&podman, work.path());
-    run_pod_init_with_key(&podman, &reg, &car_ref, work.path(), Some(&public));
+    run_pod_init_with_key(&podman, &reg, None, work.path(), Some(&public));
     assert!(
         reg.log()
-            .contains(&format!("GET /v2/models/signed-car/manifests/{tag}")),
+            .contains(&format!("GET /v2/models/mnist-ovms/manifests/{tag}")),
         "the init container looked up the signature"
     );
 }
@@ -425,7 +483,7 @@ print(yaml.safe_dump(pod))
 "#;
         let out = Command::new("python3")
             .args(["-c", script])
-            .arg(repo_root().join("manifests/cluster-storage-container-localmodel.yaml"))
+            .arg(repo_root().join("manifests/base/cluster-storage-container-localmodel.yaml"))
             .args([
                 &uri,
                 &reg.addr,
@@ -486,41 +544,64 @@ print(yaml.safe_dump(pod))
     assert_eq!(layer_gets(&reg.log()), before, "the rerun downloaded blobs");
 }
 
-/// manifests/pod-node-cache.yaml under podman: two pods on one "node" share
-/// the hostPath cache; the second downloads nothing and its server reads
-/// the model.
+/// manifests/examples/pod-node-cache.yaml under podman, as shipped but for
+/// the hostPath's location: the node's folder made by the command the file
+/// gives (`install -d -m 2775 -g 0`, root-owned), two pods on one "node"
+/// share it; both servers (OVMS's arguments) read the model, and the second
+/// pod downloads nothing.
 #[test]
 fn pods_on_one_node_share_the_node_cache() {
     let podman = Podman::new();
     let reg = Registry::start(Auth::None);
     let work = tempfile::tempdir().unwrap();
     build_ocimodel_image(&podman, work.path());
-    reg.oras_push_mnist("models/mnist:v1");
-    let digest = reg.digest_of("models/mnist", "v1");
+    let digest = push_pinned_modelcar(&reg, work.path());
+    let yaml = example("pod-node-cache.yaml");
+    // The node's folder, made as the file says (here under the test's tmp).
     let cache = work.path().join("var-lib-ocimodel");
-    fs::create_dir_all(&cache).unwrap();
-    std::os::unix::fs::chown(&cache, Some(1000930000), Some(0)).unwrap();
-    let yaml = fs::read_to_string(repo_root().join("manifests/pod-node-cache.yaml")).unwrap();
-    let server = "      image: docker.io/openvino/model_server:2025.0\n      args: [\"--model_path\", \"/mnt/models\", \"--model_name\", \"mnist\", \"--port\", \"9000\"]";
+    let make = "install -d -m 2775 -g 0 /var/lib/ocimodel";
     assert!(
-        yaml.contains(server),
+        yaml.contains(make),
+        "pod-node-cache.yaml changed; update this test"
+    );
+    let cmd = make.replace("/var/lib/ocimodel", cache.to_str().unwrap());
+    assert!(Command::new("sh")
+        .args(["-c", &cmd])
+        .status()
+        .unwrap()
+        .success());
+    let volume = "hostPath: {path: /var/lib/ocimodel, type: Directory}";
+    assert!(
+        yaml.contains(volume),
         "pod-node-cache.yaml changed; update this test"
     );
     let pod = |name: &str| {
-        yaml.replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
-            .replace(
-                "registry.example.com/models/mnist@sha256:52154286252844566c1028dc579c5a157e7a012e41e683e35ded7a5410fe60aa",
-                &format!("{}/models/mnist@{digest}", reg.addr),
-            )
+        ovms_standin(&yaml, "pod-node-cache.yaml")
+            .replace("quay.io/ocimodel/ocimodel:0.1.0", "localhost/ocimodel:e2e")
+            .replace("registry.example.com", &reg.addr)
             .replace(
                 "        - {name: OCIMODEL_CACHE_MAX, value: 500G}\n",
                 &format!("        - {{name: OCIMODEL_CACHE_MAX, value: 500G}}\n        - {{name: OCIMODEL_INSECURE_REGISTRIES, value: \"{}\"}}\n", reg.addr),
             )
-            .replace(server, "      image: localhost/ocimodel:e2e\n      args: [\"check\", \"/mnt/models\"]")
-            .replace("path: /var/lib/ocimodel, type: DirectoryOrCreate", &format!("path: {}, type: Directory", cache.display()))
+            .replace(
+                "        - {name: models, mountPath: /mnt/models, readOnly: true}\n",
+                "        - {name: models, mountPath: /mnt/models, readOnly: true}\n        - {name: tmp, mountPath: /tmp}\n",
+            )
+            .replace(
+                "      emptyDir: {}",
+                "      emptyDir: {}\n    - name: tmp\n      emptyDir: {}",
+            )
+            .replace(volume, &format!("hostPath: {{path: {}, type: Directory}}", cache.display()))
             .replace("name: mnist-node-cache", &format!("name: {name}"))
             .replace("spec:\n  securityContext:", "spec:\n  hostNetwork: true\n  restartPolicy: Never\n  securityContext:")
     };
+    let blob_gets = || {
+        reg.log()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains("/blobs/"))
+            .count()
+    };
+    let mut gets = vec![];
     for name in ["first", "second"] {
         let (code, logs) = play_and_wait(
             &podman,
@@ -529,14 +610,20 @@ fn pods_on_one_node_share_the_node_cache() {
             &pod(name),
             &format!("{name}-server"),
         );
-        assert_eq!(code, "0", "{logs}");
+        assert_reads_digits(&code, &logs);
         podman.ok(&["pod", "rm", "-f", name], work.path());
+        gets.push(blob_gets());
     }
-    assert_eq!(
-        reg.blob_gets(&format!("sha256:{MNIST_SHA256}")),
-        1,
-        "one download for the node"
+    assert!(gets[0] > 0, "the first pod downloaded the model");
+    assert_eq!(gets[1], gets[0], "the second pod downloaded blobs");
+    let manifest = http_get(
+        &reg.addr,
+        &format!("/v2/models/mnist-ovms/manifests/{digest}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
     );
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(reg.blob_gets(layer), 1, "one download for the node");
 }
 
 /// A real runtime reads what ocimodel installed (the seed 003 workflow):
@@ -544,10 +631,8 @@ fn pods_on_one_node_share_the_node_cache() {
 /// (`1/model.onnx`), pushed as a modelcar with no shell, installed by the
 /// ocimodel init container as UID 1000930000, then loaded by OpenVINO in
 /// the server container as UID 1000940000 (group 0, read-only root, no
-/// capabilities), which must read three drawn digits right. No base image
-/// can be pulled here: the server container is ocimodel's own scratch image
-/// with the machine's `/usr` and Python (with `openvino` from PyPI, which
-/// scripts/test.sh installs) mounted read-only.
+/// capabilities), which must read three drawn digits right. The server is
+/// the servers' image (see `server_image_store`).
 #[test]
 fn openvino_loads_the_installed_model_in_a_pod() {
     let podman = Podman::new();
@@ -871,7 +956,7 @@ fn assert_runs_as(podman: &Podman, container: &str, user: &str, work: &Path) {
     assert_eq!(seen.trim(), format!("{user} true"), "{container}");
 }
 
-/// manifests/pod-sidecar.yaml, ocimodel as a native sidecar: the server
+/// manifests/examples/pod-sidecar.yaml, ocimodel as a native sidecar: the server
 /// starts only once the sidecar's startupProbe (`/startupz`) says 200, and
 /// then serves. podman 4.3 runs no restartable init containers, so the test
 /// plays the kubelet's part (tests/support/sidecar_pods.py): the sidecar runs
@@ -890,7 +975,6 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
     let work = work.path();
     build_ocimodel_image(&podman, work);
     let public = ec_keypair(work, "k");
-    let car_ref = format!("{}/models/sidecar-car:v1", reg.addr);
     let models = work.join("models");
     fs::create_dir(&models).unwrap();
     std::os::unix::fs::chown(&models, Some(1000930000), Some(0)).unwrap();
@@ -899,18 +983,20 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
     let port = free_port();
     let adapt = serde_json::json!({
         "images": {"quay.io/ocimodel/ocimodel:0.1.0": "localhost/ocimodel:e2e"},
-        "model": ["registry.example.com/models/mnist:v1", car_ref],
+        "model": ["registry.example.com", reg.addr],
         "registry": reg.addr,
         "port": port,
         "models": models,
-        "server": {"image": SERVER_IMAGE, "command": ["python3", "/opt/serve/classify.py", "/mnt/models"],
+        // The OVMS stand-in, run with the manifest's own args.
+        "server": {"image": SERVER_IMAGE, "command": ["python3", "/opt/serve/classify.py"],
                    "env": [{"name": "HOME", "value": "/tmp"}]},
         "server_uid": 1000940000,
     });
     fs::write(work.join("adapt.json"), adapt.to_string()).unwrap();
+    ovms_standin(&example("pod-sidecar.yaml"), "pod-sidecar.yaml");
     let split = Command::new("python3")
         .arg(repo_root().join("tests/support/sidecar_pods.py"))
-        .arg(repo_root().join("manifests/pod-sidecar.yaml"))
+        .arg(repo_root().join("manifests/examples/pod-sidecar.yaml"))
         .args(["adapt.json", "sidecar.yaml", "servers.yaml"])
         .current_dir(work)
         .output()
@@ -973,10 +1059,11 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
     // Nothing in the registry yet: the probe fails and says why.
     let (status, body) = probe_until(&|b| b.contains("failed"));
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("sidecar-car"), "{body}");
+    assert!(body.contains("mnist-ovms"), "{body}");
     assert!(!servers_started());
     // The model, unsigned: still 503, now for the signature.
-    let digest = push_mnist_modelcar(&reg, work, &car_ref, &[]);
+    let digest = push_pinned_modelcar(&reg, work);
+    assert!(example("pod-sidecar.yaml").contains(&digest));
     let (status, body) = probe_until(&|b| b.contains("signature"));
     assert_eq!(status, 503, "an unsigned model passed the probe: {body}");
     assert!(
@@ -984,7 +1071,7 @@ fn native_sidecar_holds_the_server_until_startupz_says_installed() {
         "an unverified model was installed"
     );
     // Signed: the probe says 200 within the sidecar's retry backoff.
-    sign_legacy(&reg, work, "models/sidecar-car", &digest);
+    sign_legacy(&reg, work, "models/mnist-ovms", &digest);
     let (status, body) = probe_until(&|_| false);
     assert_eq!(status, 200, "{body}");
     assert_eq!(sha256_file(&models.join("1/model.onnx")), MNIST_SHA256);

@@ -376,7 +376,7 @@ pub(super) struct SelectArgs {
     pub(super) hf_repo: Option<String>,
 }
 
-/// Signature policy (see README "Signatures"). Env names are cosign's and
+/// Signature policy (see docs/signatures.md). Env names are cosign's and
 /// kitops-init's, so existing ClusterStorageContainers carry over.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Signatures")]
@@ -498,7 +498,7 @@ impl ModelRegistryArgs {
     }
 }
 
-/// Model signature policy (see README "Model signatures"): OpenSSF model
+/// Model signature policy (see docs/signatures.md): OpenSSF model
 /// signing (`model_signing sign`) over the installed files.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Model signatures (OpenSSF model signing)")]

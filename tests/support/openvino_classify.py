@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
 """The model server's side of the pod e2e: OpenVINO (`openvino` on PyPI) loads
-the model ocimodel installed, in OpenVINO Model Server's versioned layout
-(MODEL_DIR/1/model.onnx), and classifies three digits drawn here (the seed's
+the model ocimodel installed and classifies three digits drawn here (the seed's
 MNIST network: input [1,28,28] in 0..1, output ten scores).
 
-usage: openvino_classify.py MODEL_DIR
+It takes OpenVINO Model Server's own arguments (`--model_path DIR --model_name
+N --port P`, as the manifests run `docker.io/openvino/model_server`, which
+cannot be pulled here) and finds the model the way OVMS does: DIR holds
+numeric version folders (`1/`, `2/`, ...), the highest is served, and the
+model file is the `.onnx` in it; anything else in DIR is ignored, and no
+numeric folder is an error, as OVMS gives. `MODEL_DIR` alone is accepted too.
+
+usage: openvino_classify.py --model_path DIR [--model_name N] [--port P] | MODEL_DIR
 Prints {"0": d0, "1": d1, "7": d7} with the digits it read; exits 1 unless each
 is right. A model that does not load fails with OpenVINO's own error.
 """
+import argparse
+import glob
 import json
+import os
 import sys
 
 import numpy as np
@@ -29,10 +38,31 @@ def digits():
     return {"0": zero, "1": one, "7": seven}
 
 
+def model_file(model_dir):
+    """OVMS's layout rule: the highest numeric version folder, its .onnx."""
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and int(v) > 0
+                and os.path.isdir(os.path.join(model_dir, v))]
+    if not versions:
+        sys.exit(f"no version folder (1/, 2/, ...) in {model_dir}: {sorted(os.listdir(model_dir))}")
+    version = os.path.join(model_dir, str(max(versions)))
+    found = glob.glob(os.path.join(version, "*.onnx"))
+    if len(found) != 1:
+        sys.exit(f"expected one .onnx in {version}: {sorted(os.listdir(version))}")
+    return found[0]
+
+
 def main():
-    model_dir = sys.argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir", nargs="?")
+    parser.add_argument("--model_path")
+    parser.add_argument("--model_name")
+    parser.add_argument("--port")
+    args = parser.parse_args()
+    model_dir = args.model_path or args.model_dir
+    if not model_dir:
+        parser.error("--model_path DIR or MODEL_DIR")
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(f"{model_dir}/1/model.onnx"), "CPU")
+    compiled = core.compile_model(core.read_model(model_file(model_dir)), "CPU")
     read = {}
     for want, image in digits().items():
         scores = compiled(image.reshape(1, 28, 28))[compiled.output(0)]

@@ -12,7 +12,7 @@ the manifest's containers, which the test plays only after the probe said 200.
 Everything else comes from the manifest unchanged but for what the test must
 adapt: images, the model reference, the registry, the probe port, the models
 volume (a hostPath both pods share, as the pod's emptyDir would be), and the
-server's image, command and UID.
+server's image, command and UID (its args stay as the manifest has them).
 
 usage: sidecar_pods.py MANIFEST ADAPT.json SIDECAR.yaml SERVERS.yaml
 ADAPT.json: {"images": {from: to}, "model": [from, to], "registry": host:port,
@@ -86,8 +86,7 @@ open(sidecar_out, "w").write(pod_of(name, [sidecar]))
 
 servers = []
 for c in spec["containers"]:
-    c = dict(c, **adapt["server"])
-    c.pop("args", None)
+    c = dict(c, **adapt["server"])  # the manifest's args stay: the stand-in takes them
     c["volumeMounts"] = c.get("volumeMounts", []) + [{"name": "tmp", "mountPath": "/tmp"}]
     c["securityContext"] = dict(c.get("securityContext", {}), runAsUser=adapt["server_uid"], runAsGroup=0)
     servers.append(c)

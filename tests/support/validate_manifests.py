@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Validate every YAML document in manifests/.
+"""Validate every YAML document under a manifests directory, recursively.
 
 Kubernetes core objects with the `kubernetes-validate` package (strict: unknown fields fail);
 KServe objects against KServe's own CRD schemas (tests/fixtures/kserve-crds, or $KSERVE_CRDS), made
 strict the way the API server prunes: an object schema with properties and no
-x-kubernetes-preserve-unknown-fields accepts no other keys. The kustomization must list every
-manifest and nothing else.
+x-kubernetes-preserve-unknown-fields accepts no other keys. Every kustomization.yaml found must name
+resources that exist (a file, or a folder with its own kustomization.yaml), and list every other
+manifest in its folder; a folder without one (manifests/examples) is validated file by file.
 
-usage: validate_manifests.py MANIFEST_DIR CRD_DIR   (prints one line per object; exit 1 on error)
+usage: validate_manifests.py MANIFEST_DIR CRD_DIR   (prints one line per object, named by its path
+under MANIFEST_DIR; exit 1 on error)
 """
 import glob
 import os
@@ -16,6 +18,8 @@ import sys
 import jsonschema
 import kubernetes_validate
 import yaml
+
+KUSTOMIZE_FILES = ("kustomization.yaml", "kustomizeconfig.yaml")
 
 
 def strict(schema):
@@ -41,20 +45,48 @@ def crd_schemas(crd_dir):
     return out
 
 
+def check_kustomization(manifest_dir, folder):
+    """Problems with folder/kustomization.yaml, as lines."""
+    rel = os.path.relpath(os.path.join(folder, "kustomization.yaml"), manifest_dir)
+    k = yaml.safe_load(open(os.path.join(folder, "kustomization.yaml")))
+    problems = []
+    resources = k.get("resources") or []
+    if not resources:
+        problems.append(f"FAIL {rel}: no resources")
+    for r in resources + (k.get("configurations") or []):
+        path = os.path.join(folder, r)
+        if os.path.isdir(path):
+            if not os.path.exists(os.path.join(path, "kustomization.yaml")):
+                problems.append(f"FAIL {rel}: {r}/ has no kustomization.yaml")
+        elif not os.path.isfile(path):
+            problems.append(f"FAIL {rel}: {r} does not exist")
+    here = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.yaml"))
+                  if os.path.basename(p) not in KUSTOMIZE_FILES)
+    unlisted = [f for f in here if f not in resources]
+    if unlisted:
+        problems.append(f"FAIL {rel}: resources {sorted(resources)} leave out {unlisted}")
+    return problems
+
+
 def main():
     manifest_dir, crd_dir = sys.argv[1:3]
     schemas = crd_schemas(crd_dir)
     if not schemas:
         sys.exit(f"no CRDs found in {crd_dir}")
     failed = False
-    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(manifest_dir, "*.yaml")))
-    kustomization = yaml.safe_load(open(os.path.join(manifest_dir, "kustomization.yaml")))
-    expected = sorted(f for f in files if f not in ("kustomization.yaml", "kustomizeconfig.yaml"))
-    if sorted(kustomization["resources"]) != expected:
-        print(f"FAIL kustomization.yaml: resources {sorted(kustomization['resources'])} != files {expected}")
-        failed = True
-    for name in expected:
-        for doc in yaml.safe_load_all(open(os.path.join(manifest_dir, name))):
+    paths = sorted(glob.glob(os.path.join(manifest_dir, "**", "*.yaml"), recursive=True))
+    if not paths:
+        sys.exit(f"no manifests in {manifest_dir}")
+    for folder in sorted({os.path.dirname(p) for p in paths}):
+        if os.path.exists(os.path.join(folder, "kustomization.yaml")):
+            for line in check_kustomization(manifest_dir, folder):
+                print(line)
+                failed = True
+    for path in paths:
+        if os.path.basename(path) in KUSTOMIZE_FILES:
+            continue
+        name = os.path.relpath(path, manifest_dir)
+        for doc in yaml.safe_load_all(open(path)):
             if not doc:
                 continue
             what = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
