@@ -21,9 +21,8 @@ use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
@@ -36,6 +35,7 @@ use crate::cpus::Slot;
 use crate::digest::{Digest, Hasher};
 use crate::error::IntegrityError;
 use crate::manifest::Descriptor;
+use crate::progress::Progress;
 use crate::registry::ByteStream;
 use crate::source::{file_stream, Source};
 use crate::unpack::{
@@ -72,50 +72,6 @@ pub enum Hashing {
     /// On a thread of its own, in front of the consumer: for consumers with
     /// work of their own per byte (tar layers).
     OwnThread,
-}
-
-/// Byte counters for progress lines and metrics.
-#[derive(Debug)]
-pub struct Progress {
-    pub fetched: AtomicU64,
-    /// Bytes of whole files cloned from the node cache (no new disk).
-    pub cloned: AtomicU64,
-    pub total: u64,
-    pub started: Instant,
-}
-
-impl Progress {
-    pub fn new(total: u64) -> Arc<Progress> {
-        Arc::new(Progress {
-            fetched: AtomicU64::new(0),
-            cloned: AtomicU64::new(0),
-            total,
-            started: Instant::now(),
-        })
-    }
-
-    /// e.g. `12.0 MiB of 400.0 MiB (3%), 95.1 MiB/s, ETA 4s`
-    pub fn line(&self) -> String {
-        let done = self.fetched.load(Ordering::Relaxed);
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / secs;
-        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
-        let eta = if rate > 0.0 && self.total > done {
-            format!("{:.0}s", (self.total - done) as f64 / rate)
-        } else {
-            "-".into()
-        };
-        format!(
-            "{} of {} ({pct}%), {}/s, ETA {eta}",
-            mib(done),
-            mib(self.total),
-            mib(rate as u64)
-        )
-    }
-}
-
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Checks one blob's bytes as they pass: its digest and size, and with a

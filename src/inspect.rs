@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::fetch::mib;
 use crate::format::{artifact_type, Action};
 use crate::manifest::Descriptor;
 use crate::plan::plan;
+use crate::progress::mib;
 use crate::pull::Settings;
 use crate::source::Source;
 

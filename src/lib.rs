@@ -13,14 +13,15 @@
 //! says what each layer becomes: a [`format::Plan`], narrowed by
 //! [`select`]) → [`fetch`] (stream + verify) → [`unpack`] (`unpack/`: safe
 //! extraction into staging; path rules in `paths.rs`, links in `links.rs`)
-//! → [`install`] (atomic swap into DEST through [`dirfd`], completion
-//! marker).
+//! → [`install`] (atomic swap into DEST through [`dirfd`]; the completion
+//! marker in `install/marker.rs`).
 //!
 //! [`pull`] drives one model through them, with the run's [`settings`];
 //! [`inspect`] reports on one without writing; [`serve`] is the sidecar
 //! (probes, metrics, signals), with [`s3`] (an opt-in read-only S3
 //! endpoint that serves each file as soon as its bytes verify, fed by
-//! events from [`pull`]); [`push`] packages a directory (`push/`:
+//! events from [`pull`]; `s3/`: `catalog.rs` which files may be served,
+//! `server.rs` the S3 API); [`push`] packages a directory (`push/`:
 //! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
 //! in `args.rs`, the commands in `commands.rs`), with every setting and
 //! default in [`config`]. Where bytes may come from besides the registry:

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::fetch::Progress;
-
 /// Whether bars are drawn: set once, by the command line, when stderr is a
 /// terminal, the log format is text and `-q` was not given.
 static BARS: AtomicBool = AtomicBool::new(false);
@@ -258,6 +256,50 @@ fn shorten(label: &str, max: usize) -> String {
     }
     let tail: String = label.chars().skip(n - (max - 1)).collect();
     format!("…{tail}")
+}
+
+/// Byte counters for progress lines and metrics.
+#[derive(Debug)]
+pub struct Progress {
+    pub fetched: AtomicU64,
+    /// Bytes of whole files cloned from the node cache (no new disk).
+    pub cloned: AtomicU64,
+    pub total: u64,
+    pub started: Instant,
+}
+
+impl Progress {
+    pub fn new(total: u64) -> Arc<Progress> {
+        Arc::new(Progress {
+            fetched: AtomicU64::new(0),
+            cloned: AtomicU64::new(0),
+            total,
+            started: Instant::now(),
+        })
+    }
+
+    /// e.g. `12.0 MiB of 400.0 MiB (3%), 95.1 MiB/s, ETA 4s`
+    pub fn line(&self) -> String {
+        let done = self.fetched.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
+        let eta = if rate > 0.0 && self.total > done {
+            format!("{:.0}s", (self.total - done) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        format!(
+            "{} of {} ({pct}%), {}/s, ETA {eta}",
+            mib(done),
+            mib(self.total),
+            mib(rate as u64)
+        )
+    }
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

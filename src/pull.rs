@@ -16,10 +16,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::digest::{Algorithm, Digest};
-use crate::fetch::{fetch_blob, mib, Hashing};
+use crate::fetch::{fetch_blob, Hashing};
 use crate::format::{Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
 use crate::plan::{check_paths, plan, Planned};
+use crate::progress::mib;
 use crate::progress::Board;
 use crate::reference::Target;
 use crate::registry::RegistryClient;
