@@ -16,14 +16,18 @@
 //! → [`install`] (atomic swap into DEST through [`dirfd`]; the completion
 //! marker in `install/marker.rs`).
 //!
-//! [`pull`] drives one model through them, with the run's [`settings`];
+//! [`pull`] drives one model through them, with the run's [`settings`]
+//! (`pull/`: `kit.rs` follows KitOps parent kits, `write.rs` fetches a
+//! plan into staging);
 //! [`inspect`] reports on one without writing; [`serve`] is the sidecar
 //! (probes, metrics, signals), with [`s3`] (an opt-in read-only S3
 //! endpoint that serves each file as soon as its bytes verify, fed by
 //! events from [`pull`]; `s3/`: `catalog.rs` which files may be served,
 //! `server.rs` the S3 API); [`push`] packages a directory (`push/`:
 //! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
-//! in `args.rs`, the commands in `commands.rs`), with every setting and
+//! in `args.rs`, their values and parsers in `values.rs`, `prepare.rs`
+//! turning them into jobs, settings and a client, the commands in
+//! `commands.rs`), with every setting and
 //! default in [`config`]. Where bytes may come from besides the registry:
 //! [`cache`] (the node cache and DEST's partial downloads; [`clone`]
 //! copies whole files from it by sharing extents where the filesystem
@@ -65,7 +69,7 @@
 //! helper two layers need lives in the lower one (`root_cause` in `error`,
 //! the `model-registry://` scheme in `reference`, Docker Hub's names in
 //! `config`); settings travel down as values (`ClientOptions`,
-//! `Settings`), read once in `cli/args.rs`.
+//! `Settings`), read once in `cli/prepare.rs`.
 
 pub mod auth;
 pub(crate) mod cache;

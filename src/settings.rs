@@ -1,7 +1,7 @@
 //! The settings shared by every model of one run: what the command line
 //! and the environment decided (see [`crate::config`]), handed to the
 //! pipeline ([`crate::pull`]) and the stages it calls. It lives apart from
-//! `pull.rs` so that those stages (`plan.rs`) can read it without importing
+//! `pull/` so that those stages (`plan.rs`) can read it without importing
 //! the pipeline that calls them.
 
 use std::sync::Arc;

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 
 use super::args::{
-    client_factory, prepare, settings, AccessArgs, CheckArgs, InspectArgs, Output, PullArgs,
-    PushArgs, ReferrersArgs, SidecarArgs, VerifyArgs,
+    AccessArgs, CheckArgs, InspectArgs, PullArgs, PushArgs, ReferrersArgs, SidecarArgs, VerifyArgs,
 };
+use super::prepare::{client_factory, prepare, settings};
+use super::values::Output;
 use super::{runtime, write_termination};
 use crate::inspect;
 use crate::install::Marker;
@@ -25,7 +26,7 @@ use crate::verify::model::ModelPolicy;
 
 /// `pull` (and `unpack`): every pair, then one termination line.
 pub(super) fn pull_all(args: PullArgs, log: Option<&Path>) -> Result<ExitCode> {
-    let (jobs, settings, clients) = prepare(&args, super::args::interactive())?;
+    let (jobs, settings, clients) = prepare(&args, super::prepare::interactive())?;
     execute(jobs, settings, clients, log)
 }
 

@@ -10,6 +10,8 @@
 
 mod args;
 mod commands;
+mod prepare;
+mod values;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,8 @@ use anyhow::Result;
 use clap::CommandFactory;
 use clap::FromArgMatches;
 
-use args::{Cli, Command, LogFormat};
+use args::{Cli, Command};
+use values::LogFormat;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_LIMIT: usize = 4000;
@@ -421,7 +424,7 @@ mod tests {
 
 #[cfg(test)]
 mod unit {
-    use super::args::{parse_owner, parse_size};
+    use super::values::{parse_owner, parse_size};
     use super::*;
 
     #[test]

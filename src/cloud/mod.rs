@@ -148,7 +148,7 @@ impl std::fmt::Debug for CloudEnv {
 
 impl CloudEnv {
     /// The variables, as this process has them: read once, where the
-    /// other settings are read (`cli/args.rs`).
+    /// other settings are read (`cli/prepare.rs`).
     pub fn from_env() -> CloudEnv {
         let v = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
         CloudEnv {

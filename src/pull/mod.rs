@@ -13,23 +13,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{StreamExt, TryStreamExt};
 
-use crate::digest::{Algorithm, Digest};
-use crate::fetch::{fetch_blob, Hashing};
+use crate::digest::Digest;
 use crate::format::{Action, Format, Plan};
 use crate::install::{Dest, Marker, MARKER_VERSION};
 use crate::plan::{check_paths, plan, Planned};
 use crate::progress::mib;
-use crate::progress::Board;
 use crate::reference::Target;
 use crate::registry::RegistryClient;
 use crate::source::Source;
-use crate::unpack::{clean_path, write_file, Contents, FileDigest, Tree, MARKER_ALGORITHM};
+use crate::unpack::{clean_path, Contents};
 use crate::verify;
 use crate::verify::model::ModelSignature;
 
 pub use crate::settings::{Recheck, Settings};
+
+mod kit;
+mod write;
+
+use kit::{kit_parents, Parent};
+use write::unpack_plan;
 
 /// One `URI DEST` pair.
 #[derive(Clone, Debug)]
@@ -356,104 +359,6 @@ fn refuse_empty(plan: &Plan, settings: &Settings) -> Result<()> {
     )
 }
 
-/// A KitOps parent kit, resolved by digest and planned (model layers only).
-struct Parent {
-    source: Source,
-    planned: Planned,
-    /// Pinned by digest, for logs and the marker.
-    reference: String,
-}
-
-/// Longest chain of parent kits followed (kit's `MaxModelRefChain`).
-const MAX_KIT_PARENTS: usize = 10;
-
-/// The parent kits a child ModelKit's model comes from, eldest first, as
-/// `kit unpack` installs them: each resolved to a digest once, checked by
-/// the same signature policy and reached with the same registry settings;
-/// only their model layers, and none when `OCIMODEL_KIT_FILTER` leaves the
-/// model out. A chain longer than 10 or one that loops is refused. A parent
-/// named by tag is not pinned by its child's digest: refused under
-/// `OCIMODEL_REQUIRE_DIGEST`, else followed with a warning.
-async fn kit_parents(
-    job: &Job,
-    settings: &Settings,
-    clients: &ClientFactory,
-    child: &Planned,
-) -> Result<Vec<Parent>> {
-    let mut chain = Vec::new();
-    let Some(mut next) = child.plan.parent.clone() else {
-        return Ok(chain);
-    };
-    let filter = &settings.format.kit_filter;
-    if !filter.is_empty() && !filter.iter().any(|f| f == "model") {
-        tracing::info!(uri = %job.uri, parent = %next, "the parent kit's model is left out by OCIMODEL_KIT_FILTER");
-        return Ok(chain);
-    }
-    let mut parent_settings = settings.clone();
-    parent_settings.format.kit_filter = vec!["model".to_string()];
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        if chain.len() == MAX_KIT_PARENTS {
-            bail!(
-                "the ModelKit's chain of parent kits is longer than {MAX_KIT_PARENTS} (at {next})"
-            );
-        }
-        if !seen.insert(next.clone()) {
-            bail!("the ModelKit's chain of parent kits loops back to {next}");
-        }
-        let step = || format!("parent kit {next}");
-        let image = crate::reference::ImageRef::parse(&next).with_context(step)?;
-        // A tag in the Kitfile is not pinned by the child's digest: whoever
-        // moves it changes the weights a pinned child installs.
-        let by_tag = image.digest.is_none();
-        if by_tag && settings.require_digest {
-            bail!("parent kit {next} is named by tag in the ModelKit's Kitfile, so the child's digest does not pin the parent's model, and OCIMODEL_REQUIRE_DIGEST is set; the Kitfile's model.path must name the parent by digest (REGISTRY/REPO@sha256:...)");
-        }
-        let source = Source::new(
-            &Target::Registry(image),
-            || clients(),
-            settings.cache.clone(),
-        )
-        .with_context(step)?;
-        let top = source.resolve().await.with_context(step)?;
-        if !settings.verify.is_off() {
-            for s in verify::verify(&source, &top, &settings.verify)
-                .await
-                .with_context(step)?
-            {
-                tracing::info!(uri = %job.uri, parent = %next, "verified {s}");
-            }
-        }
-        let planned = plan(&source, top, &parent_settings)
-            .await
-            .with_context(step)?;
-        if planned.plan.format != Format::KitOps {
-            bail!(
-                "parent kit {next} is a {} artifact, not a ModelKit",
-                planned.plan.format
-            );
-        }
-        let reference = source.pinned(&planned.top.digest);
-        if by_tag {
-            tracing::warn!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit, named by tag: the child's digest does not pin it (it resolved to {})", planned.top.digest);
-        } else {
-            tracing::info!(uri = %job.uri, parent = %reference, "the kit's model comes from its parent kit");
-        }
-        let up = planned.plan.parent.clone();
-        chain.push(Parent {
-            source,
-            planned,
-            reference,
-        });
-        match up {
-            Some(u) => next = u,
-            None => break,
-        }
-    }
-    chain.reverse();
-    Ok(chain)
-}
-
 /// Fetches and unpacks the plan into staging, then installs it with its
 /// marker.
 #[allow(clippy::too_many_arguments)]
@@ -582,296 +487,9 @@ fn free_space(path: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// A relative directory from a plan as path components.
-fn components(dir: &Option<String>) -> Result<Vec<String>> {
-    match dir {
-        Some(d) => clean_path(Path::new(d))
-            .with_context(|| format!("unsafe directory '{d}' in the manifest")),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Streams one whole-file layer into `root/path`.
-async fn write_one(
-    source: &Source,
-    layer: crate::manifest::Descriptor,
-    path: String,
-    root: Arc<PathBuf>,
-    progress: Arc<Board>,
-    publish: Option<crate::s3::Publisher>,
-) -> Result<crate::unpack::FileRecord> {
-    let rel = clean_path(Path::new(&path))?;
-    let key = crate::unpack::join(&rel);
-    let blob = progress.blob(layer.size, &path);
-    let written =
-        crate::fetch::fetch_file(source, layer, blob.counter().clone(), root.clone(), rel)
-            .await
-            .with_context(|| format!("file '{path}'"));
-    if let Some(p) = &publish {
-        match &written {
-            Ok(record) => p.verified(&root, record),
-            Err(e) if crate::error::is_verification_failure(e) => p.failed(&key, &format!("{e:#}")),
-            Err(_) => {}
-        }
-    }
-    written
-}
-
-/// Whole files downloading at once while the S3 endpoint streams them.
-const STREAMING_CONCURRENCY: usize = 2;
-
-/// The order a model server reads files in: configs and tokenizer first,
-/// then the weights' index, then the weights by name (shards are
-/// numbered). Whole files download in this order, so an engine streaming
-/// them through the S3 endpoint waits for each only as long as its download.
-fn loader_order(path: &str) -> (u8, String) {
-    const WEIGHTS: &[&str] = &[
-        ".safetensors",
-        ".bin",
-        ".pt",
-        ".pth",
-        ".gguf",
-        ".onnx",
-        ".h5",
-        ".msgpack",
-        ".ckpt",
-        ".pdparams",
-        ".tflite",
-        ".npz",
-        ".pb",
-    ];
-    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
-    let rank = if name.ends_with(".index.json") {
-        1
-    } else if WEIGHTS.iter().any(|w| name.ends_with(w)) {
-        2
-    } else {
-        0
-    };
-    (rank, path.to_string())
-}
-
-/// Whole-file layers, several at once: they are independent blobs.
-async fn write_whole_files(
-    source: &Source,
-    plan: &Plan,
-    staging: &Path,
-    settings: &Settings,
-    progress: &Arc<Board>,
-) -> Result<Vec<crate::unpack::FileRecord>> {
-    let root = Arc::new(staging.to_path_buf());
-    // Owned items: a closure over borrowed ones defeats rustc's Send proof
-    // for the whole future (higher-ranked lifetimes), which the sidecar spawns.
-    let mut files: Vec<(crate::manifest::Descriptor, String)> = plan
-        .steps
-        .iter()
-        .filter_map(|step| match &step.action {
-            Action::WriteFile(path) => Some((step.layer.clone(), path.clone())),
-            _ => None,
-        })
-        .collect();
-    files.sort_by_cached_key(|(_, path)| loader_order(path));
-    let publish = settings.publish_each(plan).cloned();
-    // Streaming, a loader waits on the files in order: fewer at once, each
-    // over more of the host's connections (ranges), finish in that order
-    // at the same total rate (16 connections / 8 ranges per blob, the
-    // defaults, keep every connection busy with two).
-    let concurrency = match publish {
-        Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
-        None => settings.concurrency.max(1),
-    };
-    let writes = futures_util::stream::iter(files)
-        .map(|(layer, path)| {
-            write_one(
-                source,
-                layer,
-                path,
-                root.clone(),
-                progress.clone(),
-                publish.clone(),
-            )
-        })
-        .buffer_unordered(concurrency);
-    if publish.is_none() {
-        return writes.try_collect().await;
-    }
-    // Streaming: a bad file fails the pull, but only once the others are
-    // in (and served); the next attempt fetches them again otherwise.
-    let written: Vec<Result<_>> = writes.collect().await;
-    written.into_iter().collect()
-}
-
-/// Tar layers in order: image layers stack, artifact layers must not clash.
-async fn apply_tar_layers(
-    source: &Source,
-    plan: &Plan,
-    mut tree: Tree,
-    settings: &Settings,
-    progress: &Arc<Board>,
-) -> Result<Tree> {
-    let tars: Vec<_> = plan
-        .steps
-        .iter()
-        .filter(|s| !matches!(s.action, Action::WriteFile(_)))
-        .collect();
-    let total = tars.len();
-    for (i, step) in tars.into_iter().enumerate() {
-        let action = step.action.clone();
-        tree.set_layer_size(step.layer.size);
-        let subtree = settings.subtree.clone();
-        let blob = progress.blob(step.layer.size, &format!("layer {} of {total}", i + 1));
-        tree = fetch_blob(
-            source,
-            &step.layer,
-            blob.counter(),
-            Hashing::OwnThread,
-            move |r| {
-                match action {
-                    Action::ApplyTar(compression) => tree.apply_tar(r, compression, &subtree)?,
-                    Action::ExtractTar {
-                        compression,
-                        into,
-                        within,
-                        content_digest,
-                    } => {
-                        let into = components(&into)?;
-                        let within = components(&within)?;
-                        let within = (!within.is_empty()).then_some(&within[..]);
-                        tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
-                    }
-                    Action::WriteFile(_) => unreachable!("whole files are written above"),
-                }
-                Ok(tree)
-            },
-        )
-        .await
-        .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
-        if let Some(p) = settings.publish_each(plan) {
-            for r in tree.layer_files() {
-                p.verified(tree.root(), &r);
-            }
-        }
-    }
-    Ok(tree)
-}
-
-async fn unpack_plan(
-    source: &Source,
-    plan: &Plan,
-    parents: &[Parent],
-    staging: &Path,
-    settings: &Settings,
-    uri: &str,
-) -> Result<(Contents, crate::install::DiskUse)> {
-    let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
-    let total = plan.total_bytes() + parent_bytes;
-    tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), bytes_total = total, cpus = crate::cpus::available(), "pulling");
-    // Bars on a terminal, else a log line every interval; gone when dropped.
-    let progress = Board::start(uri, "pulling", total, settings.progress_every);
-    if let Some(p) = settings.publisher() {
-        p.planned(planned_keys(plan));
-        if parents.is_empty()
-            && plan
-                .steps
-                .iter()
-                .all(|s| matches!(s.action, Action::WriteFile(_)))
-        {
-            // No tar layer: the plan names every file there will be.
-            p.complete();
-        }
-    }
-    let result = async {
-        let records = write_whole_files(source, plan, staging, settings, &progress).await?;
-        // Whole files first, then the tar layers over them.
-        let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
-        tree.limit_expansion(settings.max_expanded);
-        tree.limit_entries(settings.max_files);
-        if !settings.model_signature.is_off() {
-            tree.hash_files_with(Algorithm::Sha256);
-        }
-        for r in records {
-            tree.add_record(r);
-        }
-        // Parent kits' model layers first, eldest first; the child's over them.
-        for p in parents {
-            tree = apply_tar_layers(&p.source, &p.planned.plan, tree, settings, &progress)
-                .await
-                .with_context(|| format!("parent kit {}", p.reference))?;
-        }
-
-        let mut tree = apply_tar_layers(source, plan, tree, settings, &progress).await?;
-        if plan.format == Format::Image && !tree.saw_subtree {
-            bail!(
-                "the image has nothing under {}; put the model files there or set OCIMODEL_SUBPATH",
-                settings.subtree.display()
-            );
-        }
-        for (path, bytes) in &plan.generated {
-            let rel = clean_path(Path::new(path))?;
-            let record = write_file(
-                staging,
-                &rel,
-                &mut &bytes[..],
-                0o644,
-                None,
-                FileDigest::Compute(MARKER_ALGORITHM),
-            )
-            .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
-            if let Some(p) = settings.publish_each(plan) {
-                p.verified(staging, &record);
-            }
-            tree.add_record(record);
-        }
-        tree.finish(settings.owner)
-    }
-    .await;
-    let line = progress.line();
-    let done = progress.done();
-    let cloned = progress.cloned();
-    drop(progress);
-    if result.is_ok() {
-        tracing::info!(
-            uri,
-            bytes_done = done,
-            bytes_total = total,
-            "fetched {line}"
-        );
-    }
-    result.map(|c| {
-        let disk = crate::install::DiskUse::of(&c, cloned);
-        (c, disk)
-    })
-}
-
-/// The files a plan names before anything downloads (whole-file layers and
-/// files from the manifest), as S3 keys with sizes and ETags.
-fn planned_keys(plan: &Plan) -> Vec<(String, u64, String)> {
-    let key = |p: &str| {
-        clean_path(Path::new(p))
-            .ok()
-            .map(|r| crate::unpack::join(&r))
-    };
-    let whole = plan.steps.iter().filter_map(|s| match &s.action {
-        Action::WriteFile(p) => Some((
-            key(p)?,
-            s.layer.size,
-            crate::s3::catalog::etag(&s.layer.digest),
-        )),
-        _ => None,
-    });
-    let generated = plan.generated.iter().filter_map(|(p, bytes)| {
-        Some((
-            key(p)?,
-            bytes.len() as u64,
-            crate::s3::catalog::etag(&Digest::of(MARKER_ALGORITHM, bytes)),
-        ))
-    });
-    whole.chain(generated).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::loader_order;
+    use super::write::loader_order;
 
     #[test]
     fn files_download_in_the_order_a_loader_reads_them() {
