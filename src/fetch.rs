@@ -490,39 +490,27 @@ pub async fn fetch_file(
         }
         Opened::Hit(file, lock) => (file, lock),
     };
-    let cache = source.cache().cloned();
-    let copy = |file: File, lock: Lock, why: &str| {
-        tracing::info!(blob = %desc.digest, size = desc.size, way = "copied", "from the node cache, copied: {why}");
-        file_stream(file, 0, None, lock)
-    };
-    if !cache.as_ref().is_some_and(|c| c.clone_files) {
-        let stream = copy(file, lock, "cloning is off (OCIMODEL_CLONE=off)");
-        return stream_blob(
-            source,
-            &desc,
-            &progress,
-            Hashing::SameThread,
-            stream,
-            None,
-            true,
-            write,
-        )
-        .await;
-    }
-    let (at, staged) = (root.clone(), rel.clone());
-    let cloned = tokio::task::spawn_blocking(move || {
-        let dst = create_staged(&at, &staged)?;
-        anyhow::Ok(match crate::clone::clone_into(&file, &dst) {
-            Ok(()) => Ok(dst),
-            Err(e) => Err((file, e)),
+    // Clone where the cache allows it; otherwise (or when the filesystem
+    // cannot) the verified copy, with the reason in the log.
+    let cloned = if source.cache().is_some_and(|c| c.clone_files) {
+        let (at, staged) = (root.clone(), rel.clone());
+        tokio::task::spawn_blocking(move || {
+            let dst = create_staged(&at, &staged)?;
+            anyhow::Ok(match crate::clone::clone_into(&file, &dst) {
+                Ok(()) => Ok(dst),
+                Err(e) => Err((file, crate::clone::why_not(&e))),
+            })
         })
-    })
-    .await
-    .map_err(|e| anyhow!("clone thread failed: {e}"))??;
+        .await
+        .map_err(|e| anyhow!("clone thread failed: {e}"))??
+    } else {
+        Err((file, "cloning is off (OCIMODEL_CLONE=off)".to_string()))
+    };
     let dst = match cloned {
         Ok(dst) => dst,
-        Err((file, e)) => {
-            let stream = copy(file, lock, &crate::clone::why_not(&e));
+        Err((file, why)) => {
+            tracing::info!(blob = %desc.digest, size = desc.size, way = "copied", "from the node cache, copied: {why}");
+            let stream = file_stream(file, 0, None, lock);
             return stream_blob(
                 source,
                 &desc,
@@ -559,7 +547,7 @@ pub async fn fetch_file(
     dst.set_permissions(std::fs::Permissions::from_mode(shared_mode(0o644, false)))
         .with_context(|| format!("cannot set mode on {}", path.display()))?;
     progress.cloned.fetch_add(desc.size, Ordering::Relaxed);
-    if let Some(cache) = &cache {
+    if let Some(cache) = source.cache() {
         cache.record_clone(desc.size);
     }
     tracing::info!(blob = %desc.digest, size = desc.size, way = "cloned", "from the node cache, cloned (it shares the cache's disk blocks) and the clone verified");
