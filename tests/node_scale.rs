@@ -8,65 +8,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
-
-/// User CPU seconds each live thread of `pid` has used, with the thread's
-/// name.
-fn thread_cpu(pid: u32) -> HashMap<u32, (String, f64)> {
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut out = HashMap::new();
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in rd.flatten() {
-        let Ok(stat) = fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name, which may hold spaces: state is
-        // field 3, utime 14.
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let Ok(user) = f[11].parse::<f64>() else {
-            continue;
-        };
-        let tid = t.file_name().to_string_lossy().parse().unwrap();
-        out.insert(tid, (name, user / tick));
-    }
-    out
-}
-
-/// CPU seconds this thread spends on SHA-256 of `files` (the same code
-/// ocimodel uses), read from the thread's own clock.
-fn sha256_cpu_seconds(files: &[std::path::PathBuf]) -> f64 {
-    let now = || {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to fill.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-    };
-    let bytes: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
-    let start = now();
-    for b in &bytes {
-        let mut h = ocimodel::digest::Hasher::new(ocimodel::digest::Algorithm::Sha256);
-        h.update(b);
-        std::hint::black_box(h.finish());
-    }
-    now() - start
-}
 
 /// Writes `n` shards of `size` bytes of distinct, incompressible-looking
 /// content; their paths.
@@ -102,7 +49,8 @@ fn an_eight_shard_install_hashes_on_many_threads() {
         &work.path().join("layout"),
         "oras",
     );
-    let sha_seconds = sha256_cpu_seconds(&files);
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+    let sha_seconds = sha256_cpu_seconds(bytes.iter().map(Vec::as_slice));
 
     let dest = work.path().join("dest");
     let mut run = Ocimodel::new();
@@ -111,18 +59,7 @@ fn an_eight_shard_install_hashes_on_many_threads() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = run.cmd.spawn().unwrap();
-    let pid = child.id();
-    // The last reading of every thread that ever lived.
-    let mut seen: HashMap<u32, (String, f64)> = HashMap::new();
-    let status = loop {
-        for (tid, cpu) in thread_cpu(pid) {
-            seen.insert(tid, cpu);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, seen) = wait_sampling_threads(&mut child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");

@@ -328,64 +328,13 @@ fn a_rewritten_cache_entry_is_never_installed_and_changes_no_installed_pod() {
     );
 }
 
-/// User CPU seconds each live thread of `pid` has used (as
-/// tests/node_scale.rs samples them: load on the machine does not inflate
-/// them).
-fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, f64> {
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut out = std::collections::HashMap::new();
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in rd.flatten() {
-        let Ok(stat) = fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces): utime is 14.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let Ok(user) = f[11].parse::<f64>() else {
-            continue;
-        };
-        out.insert(
-            t.file_name().to_string_lossy().parse().unwrap(),
-            user / tick,
-        );
-    }
-    out
-}
-
-/// CPU seconds this thread spends on SHA-256 of `shards` (ocimodel's own
-/// hasher), from the thread's own clock.
-fn sha256_cpu_seconds(shards: &[(String, Vec<u8>)]) -> f64 {
-    let now = || {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to fill.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-    };
-    let start = now();
-    for (_, b) in shards {
-        let mut h = ocimodel::digest::Hasher::new(ocimodel::digest::Algorithm::Sha256);
-        h.update(b);
-        std::hint::black_box(h.finish());
-    }
-    now() - start
-}
-
 /// The clones are hashed as any blob is: each on its own thread, so no one
 /// thread does everyone's hashing (tests/node_scale.rs's property, for a
 /// warm install).
 #[test]
 fn a_warm_install_hashes_its_clones_on_many_threads() {
     let (reg, uri, shards) = model_of(8, 64 << 20);
-    let sha_seconds = sha256_cpu_seconds(&shards);
+    let sha_seconds = sha256_cpu_seconds(shards.iter().map(|(_, b)| b.as_slice()));
     let image = Image::new("xfs", 2 << 30);
     let mnt = image.mnt();
     let cache = mnt.join("cache");
@@ -401,17 +350,7 @@ fn a_warm_install_hashes_its_clones_on_many_threads() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = run.cmd.spawn().unwrap();
-    let pid = child.id();
-    // The last reading of every thread that ever lived, read while the
-    // process runs (a poll, not a wait: /proc has them only until exit).
-    let mut seen = std::collections::HashMap::new();
-    let status = loop {
-        seen.extend(thread_cpu(pid));
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let (status, seen) = wait_sampling_threads(&mut child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
@@ -421,7 +360,7 @@ fn a_warm_install_hashes_its_clones_on_many_threads() {
         .filter(|l| l.contains("from the node cache, cloned"))
         .count();
     assert_eq!(cloned, 8, "{stderr}");
-    let busiest = seen.values().cloned().fold(0.0, f64::max);
+    let busiest = seen.values().map(|(_, cpu)| *cpu).fold(0.0, f64::max);
     eprintln!(
         "sha256 of all shards on one core: {sha_seconds:.3}s; the busiest thread: {busiest:.3}s"
     );

@@ -1454,3 +1454,75 @@ pub fn hosts_dir(registry: &str, mirrors: &[(&str, &str)]) -> tempfile::TempDir 
     fs::write(sub.join("hosts.toml"), text).unwrap();
     dir
 }
+
+/// User CPU seconds each live thread of `pid` has used, with the thread's
+/// name (from `/proc/PID/task/*/stat`: load on the machine does not inflate
+/// them).
+pub fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = std::collections::HashMap::new();
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in rd.flatten() {
+        let Ok(stat) = fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name, which may hold spaces: state is
+        // field 3, utime 14.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let Ok(user) = f[11].parse::<f64>() else {
+            continue;
+        };
+        let tid = t.file_name().to_string_lossy().parse().unwrap();
+        out.insert(tid, (name, user / tick));
+    }
+    out
+}
+
+/// Waits for `child`, reading every thread's CPU time while it runs (a
+/// poll, not a wait: /proc has them only until exit); its exit status and
+/// the last reading of every thread that ever lived.
+pub fn wait_sampling_threads(
+    child: &mut Child,
+) -> (
+    std::process::ExitStatus,
+    std::collections::HashMap<u32, (String, f64)>,
+) {
+    let pid = child.id();
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        seen.extend(thread_cpu(pid));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, seen);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// CPU seconds this thread spends on SHA-256 of `blobs` (the hasher
+/// ocimodel uses), read from the thread's own clock.
+pub fn sha256_cpu_seconds<'a>(blobs: impl IntoIterator<Item = &'a [u8]>) -> f64 {
+    let now = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let blobs: Vec<&[u8]> = blobs.into_iter().collect();
+    let start = now();
+    for b in blobs {
+        let mut h = ocimodel::digest::Hasher::new(ocimodel::digest::Algorithm::Sha256);
+        h.update(b);
+        std::hint::black_box(h.finish());
+    }
+    now() - start
+}
