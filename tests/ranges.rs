@@ -96,18 +96,7 @@ fn proxy(
             // Requests: GETs have no body, so head by head.
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(c_in);
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
+                while let Some(head) = request_head(&mut reader) {
                     if s_out.write_all(tamper(&head).as_bytes()).is_err() {
                         return;
                     }
@@ -139,6 +128,22 @@ fn proxy(
         }
     });
     Proxy { addr, opened }
+}
+
+/// The next request head on a connection (GETs have no body), or `None`
+/// when the client is gone.
+fn request_head(reader: &mut impl BufRead) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            return Some(head);
+        }
+    }
 }
 
 fn untouched(head: &str) -> String {
@@ -543,4 +548,147 @@ fn through_the_wan_emulator_with_expiring_redirects() {
         "no redirect URL expired: {}",
         run.stderr()
     );
+}
+
+/// Per blob path, whether another range of it was asked for (as it
+/// stands now), and then, once its first range's body was let go, whether
+/// that happened while the body was held back.
+#[derive(Default)]
+struct Firsts {
+    asked_more: Vec<(String, bool)>,
+    decided: Vec<(String, bool)>,
+}
+type FirstRanges = Arc<(Mutex<Firsts>, std::sync::Condvar)>;
+
+/// A TCP proxy that holds back the body of each blob's first range (after
+/// the response head) for up to `hold`, releasing it as soon as another
+/// range of that blob is asked for, and records which came first.
+fn first_range_proxy(upstream: &str, hold: std::time::Duration) -> (String, FirstRanges) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: FirstRanges = Arc::default();
+    let (upstream, state) = (upstream.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            // The request this connection is answering: (path, range start).
+            let asked: Arc<Mutex<Option<(String, u64)>>> = Arc::default();
+            let (c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (asked_w, state_w) = (asked.clone(), state.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(c_in);
+                while let Some(head) = request_head(&mut reader) {
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let start = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("range: bytes=")
+                                .map(str::to_string)
+                        })
+                        .and_then(|r| r.split('-').next().and_then(|s| s.parse::<u64>().ok()));
+                    if let (true, Some(start)) = (path.contains("/blobs/"), start) {
+                        *asked_w.lock().unwrap() = Some((path.clone(), start));
+                        if start > 0 {
+                            let (firsts, changed) = &*state_w;
+                            let mut firsts = firsts.lock().unwrap();
+                            for (p, joined) in firsts.asked_more.iter_mut() {
+                                *joined |= *p == path;
+                            }
+                            changed.notify_all();
+                        }
+                    }
+                    if s_out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let (mut s_in, mut c_out) = (server, client);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(k) = s_in.read(&mut buf) {
+                    if k == 0 || c_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    let first = asked.lock().unwrap().take_if(|(_, start)| *start == 0);
+                    if let Some((path, _)) = first {
+                        let (firsts, changed) = &*state;
+                        let mut firsts = firsts.lock().unwrap();
+                        if firsts.asked_more.iter().all(|(p, _)| *p != path) {
+                            firsts.asked_more.push((path.clone(), false));
+                            let deadline = std::time::Instant::now() + hold;
+                            let joined =
+                                |f: &Firsts| f.asked_more.iter().any(|(p, j)| *p == path && *j);
+                            while !joined(&firsts) {
+                                let left =
+                                    deadline.saturating_duration_since(std::time::Instant::now());
+                                if left.is_zero() {
+                                    break;
+                                }
+                                firsts = changed.wait_timeout(firsts, left).unwrap().0;
+                            }
+                            let decided = joined(&firsts);
+                            firsts.decided.push((path, decided));
+                        }
+                    }
+                }
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+                let _ = s_in.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A host whose first blob came slowly is not timed again: the next
+/// blob's other ranges are asked for while its first range still comes
+/// (before, each blob waited for its whole first range on one connection,
+/// leaving the others idle for that range's time, once per blob).
+#[test]
+fn after_one_slow_blob_the_next_splits_from_its_first_request() {
+    let reg = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        weights(),
+        weights().iter().rev().copied().collect::<Vec<u8>>(),
+    );
+    fs::write(dir.path().join("a.bin"), &a).unwrap();
+    fs::write(dir.path().join("b.bin"), &b).unwrap();
+    let digest = reg.ocimodel_push(&[
+        dir.path().to_str().unwrap(),
+        &format!("{}/models/two:v1", reg.addr),
+        "--format",
+        "oras",
+    ]);
+    let (addr, firsts) = first_range_proxy(&reg.addr, std::time::Duration::from_secs(3));
+    let dest = tempfile::tempdir().unwrap();
+    ranged()
+        .env("OCIMODEL_INSECURE_REGISTRIES", &addr)
+        .env("OCIMODEL_CONCURRENCY", "1")
+        .env("OCIMODEL_RANGE_CONNECTIONS", "4")
+        .pull(&format!("{addr}/models/two@{digest}"), dest.path())
+        .assert_ok();
+    assert!(
+        fs::read(dest.path().join("a.bin")).unwrap() == a,
+        "a.bin differs"
+    );
+    assert!(
+        fs::read(dest.path().join("b.bin")).unwrap() == b,
+        "b.bin differs"
+    );
+    let firsts = firsts.0.lock().unwrap().decided.clone();
+    let blobs: Vec<String> = [&a, &b]
+        .iter()
+        .map(|w| format!("/v2/models/two/blobs/sha256:{}", sha256_hex(w)))
+        .collect();
+    let joined: Vec<bool> = blobs
+        .iter()
+        .filter_map(|blob| firsts.iter().find(|(p, _)| p == blob).map(|(_, j)| *j))
+        .collect();
+    // The first blob's first range measures the link alone (nothing else
+    // of it is asked for until it is in); the second's is not waited for.
+    assert_eq!(joined, vec![false, true], "first ranges seen: {firsts:?}");
 }

@@ -139,6 +139,7 @@ impl RegistryClient {
             // A mirror's range is not asked again: the next host is the retry.
             let retries = if at.mirror() { 0 } else { self.options.retries };
             let (size, digest) = (at.size, at.digest.clone());
+            let api_host = at.r.api_host().to_string();
             let (client, at) = (self.clone(), Arc::new(at));
             let open: ranges::OpenRange = Arc::new(move |start, end| {
                 let (client, at, location) = (client.clone(), at.clone(), location.clone());
@@ -152,8 +153,20 @@ impl RegistryClient {
                 open.clone(),
                 retries,
                 share,
-            )
-            .await?;
+            );
+            if self.host_permits.slow(&api_host) {
+                tracing::debug!(blob = %digest, "split from the start: this host's links were slow before");
+                return Ok(ranges::parallel(
+                    Box::pin(first),
+                    offset,
+                    size,
+                    limits,
+                    host,
+                    open,
+                    retries,
+                ));
+            }
+            let first = first.await?;
             // (All of it in one read: as fast as can be told.)
             let rate = match first_bytes.get() {
                 Some((at, n)) if (*n as u64) < end - start => {
@@ -161,8 +174,11 @@ impl RegistryClient {
                 }
                 _ => f64::INFINITY,
             };
-            if rate < limits.split_below as f64 {
+            let slow = rate < limits.split_below as f64;
+            self.host_permits.set_slow(&api_host, slow);
+            if slow {
                 tracing::debug!(blob = %digest, rate = rate as u64, "the rest in parallel ranges");
+                let first: ranges::First = Box::pin(std::future::ready(Ok(first)));
                 return Ok(ranges::parallel(
                     first, offset, size, limits, host, open, retries,
                 ));

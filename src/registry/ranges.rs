@@ -107,10 +107,12 @@ fn window() -> Arc<Semaphore> {
         .clone()
 }
 
-/// One client's connection permits per host, `per_host` each.
+/// One client's connection permits per host, `per_host` each, and the
+/// hosts whose first range came slowly (see [`HostPermits::slow`]).
 pub struct HostPermits {
     per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slow: Mutex<std::collections::HashSet<String>>,
 }
 
 impl HostPermits {
@@ -118,7 +120,26 @@ impl HostPermits {
         HostPermits {
             per_host: per_host.max(1),
             hosts: Mutex::default(),
+            slow: Mutex::default(),
         }
+    }
+
+    /// Whether a blob from `host` was split before: its next blobs split
+    /// from their first request, without first timing one range alone
+    /// (which leaves the other connections idle for that range's time,
+    /// once per blob; a model of 8 shards paid it 8 times).
+    pub fn slow(&self, host: &str) -> bool {
+        self.slow.lock().unwrap().contains(host)
+    }
+
+    /// Records that a blob from `host` came slower than one connection
+    /// should bring it (or, `false`, that one connection kept up).
+    pub fn set_slow(&self, host: &str, slow: bool) {
+        let mut hosts = self.slow.lock().unwrap();
+        match slow {
+            true => hosts.insert(host.to_string()),
+            false => hosts.remove(host),
+        };
     }
 
     /// The connection permits of `host`.
@@ -159,10 +180,13 @@ pub fn holding<G: Send + 'static>(stream: ByteStream, guard: G) -> ByteStream {
     }))
 }
 
+/// A blob's first range (`limits.first`): downloaded already (it measured
+/// the link), or downloading (the host's link was measured before).
+pub type First = BoxFuture<'static, Result<Done>>;
+
 /// A blob's bytes `offset..size` as one ordered stream, fetched in ranges.
-/// `first` is the first range (`limits.first`), already downloaded.
 pub fn parallel(
-    first: Done,
+    first: First,
     offset: u64,
     size: u64,
     limits: Limits,
@@ -176,7 +200,10 @@ pub fn parallel(
         .map(|s| (s, (s + step).min(size)))
         .skip(1)
         .collect();
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    // Every piece holds its range's window share, so the window bounds the
+    // memory behind this channel, not its length: it is long enough that
+    // a consumer that falls behind never keeps the driver from launching.
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>((WINDOW as usize / HANDOFF).max(8));
     let driver = Task(tokio::spawn(drive(
         ranges, first, limits, host, open, retries, tx,
     )));
@@ -288,7 +315,7 @@ pub type Done = (Vec<u8>, OwnedSemaphorePermit);
 /// forwards each finished head range.
 async fn drive(
     ranges: Vec<(u64, u64)>,
-    first: Done,
+    first: First,
     limits: Limits,
     host: Arc<Semaphore>,
     open: OpenRange,
@@ -296,11 +323,29 @@ async fn drive(
     tx: mpsc::Sender<std::io::Result<Bytes>>,
 ) {
     let mut running: FuturesOrdered<BoxFuture<'static, Result<Done>>> = FuturesOrdered::new();
-    running.push_back(Box::pin(std::future::ready(Ok(first))));
+    let first = Task(tokio::spawn(first));
+    running.push_back(Box::pin(async move {
+        first
+            .await
+            .map_err(|e| anyhow!("a range download failed: {e}"))?
+    }));
+    // Connections of this blob downloading now: a range that finished
+    // ahead of a slower one before it waits in `running` for its turn, but
+    // no longer counts, so one slow range does not idle the others'
+    // connections (the window still bounds the bytes waiting).
+    let downloading = Arc::new(Semaphore::new(limits.connections.max(1)));
     let mut next = 0;
     loop {
-        let launch = next < ranges.len() && running.len() < limits.connections.max(1);
+        let launch = next < ranges.len();
         let (start, end) = ranges.get(next).copied().unwrap_or_default();
+        let slot = async {
+            let slot = downloading
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| anyhow!("closed"))?;
+            Ok::<_, anyhow::Error>((slot, window_share(end - start).await?))
+        };
         tokio::select! {
             biased;
             Some(done) = running.next(), if !running.is_empty() => {
@@ -317,9 +362,14 @@ async fn drive(
                     }
                 }
             }
-            share = window_share(end - start), if launch => {
-                let Ok(share) = share else { return };
-                let task = Task(tokio::spawn(fetch_range(start..end, limits.range_size(), None, host.clone(), open.clone(), retries, share)));
+            slot = slot, if launch => {
+                let Ok((slot, share)) = slot else { return };
+                let fetch = fetch_range(start..end, limits.range_size(), None, host.clone(), open.clone(), retries, share);
+                let task = Task(tokio::spawn(async move {
+                    let done = fetch.await;
+                    drop(slot);
+                    done
+                }));
                 running.push_back(Box::pin(async move {
                     task.await.map_err(|e| anyhow!("a range download failed: {e}"))?
                 }));
@@ -451,10 +501,9 @@ mod tests {
             open.clone(),
             2,
             share,
-        )
-        .await
-        .unwrap();
-        let mut stream = parallel(first, offset, size as u64, limits, host, open, 2);
+        );
+        // Still downloading, as a host already known slow hands it over.
+        let mut stream = parallel(Box::pin(first), offset, size as u64, limits, host, open, 2);
         let mut out = Vec::new();
         let mut err = None;
         while let Some(c) = stream.next().await {
