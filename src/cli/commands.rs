@@ -120,7 +120,19 @@ fn interrupted(log: Option<&Path>) -> ! {
 }
 
 /// `sidecar`: pull, then serve probes until SIGTERM.
-pub(super) fn sidecar(args: SidecarArgs) -> Result<ExitCode> {
+pub(super) fn sidecar(mut args: SidecarArgs) -> Result<ExitCode> {
+    let streaming = args
+        .s3_listen
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty());
+    if streaming {
+        // Files download two at a time, in the order a loader reads them:
+        // each blob may take every connection to its host, so the first of
+        // the two gets them (permits are first come, first served) and
+        // finishes first, and the second fills what the first leaves idle.
+        let access = &mut args.pull.access;
+        access.range_connections = access.range_connections.max(access.host_connections);
+    }
     let (jobs, settings, clients) = prepare(&args.pull, false)?;
     let options = serve::Options {
         listen: serve::parse_listen(&args.listen)?,

@@ -107,10 +107,9 @@ async fn write_whole_files(
         .collect();
     files.sort_by_cached_key(|(_, path)| loader_order(path));
     let publish = settings.publish_each(plan).cloned();
-    // Streaming, a loader waits on the files in order: fewer at once, each
-    // over more of the host's connections (ranges), finish in that order
-    // at the same total rate (16 connections / 8 ranges per blob, the
-    // defaults, keep every connection busy with two).
+    // Streaming, a loader waits on the files in order: two at once, each
+    // allowed all of the host's connections (the sidecar sets that), finish
+    // nearly in that order at about the total rate of eight at once.
     let concurrency = match publish {
         Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
         None => settings.concurrency.max(1),
