@@ -91,7 +91,7 @@ def read_everything(endpoint, bucket, rng, threads, first, start):
                       config=Config(retries={"max_attempts": 1}, read_timeout=120,
                                     max_pool_connections=2 * threads))
     lock = threading.Lock()
-    out = {"first_byte": None, "hashes": {}}
+    out = {"first_byte": None, "hashes": {}, "key_done": {}}
 
     def retrying(call):
         while True:
@@ -138,6 +138,7 @@ def read_everything(endpoint, bucket, rng, threads, first, start):
         for f in futs:
             h.update(f.result())
         out["hashes"][key] = h.hexdigest()
+        out["key_done"][key] = round(time.monotonic() - start, 2)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(read_key, keys))
@@ -164,6 +165,12 @@ with SafetensorsStreamer() as streamer:
 assert checked == len(names), checked
 print("runai ok: %d tensors equal" % checked)
 '''
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(addr, limit=30):
@@ -196,7 +203,12 @@ def main():
     work = suite.fresh_dir(args.work)
     ocimodel = Path(args.binary).resolve() if args.binary else suite.release_binary()
     reg = suite.Registry(work)
-    link = wan.Wan(reg.addr, rate, args.connect_delay, rtt=args.rtt)
+    # The link runs in its own process: in this one, its relay threads would share the GIL with
+    # the boto3 reader, and a busy reader would slow the "network" (a real link is not slowed by
+    # its client's interpreter).
+    link = subprocess.Popen([sys.executable, str(REPO / "bench/wan.py"), "--upstream", reg.addr,
+                             "--rate", str(rate), "--connect-delay", str(args.connect_delay),
+                             "--rtt", str(args.rtt)], stdout=subprocess.PIPE, text=True)
     model = work / "model"
     make_model(model, shard_size)
     names = sorted(p.name for p in model.iterdir())
@@ -205,8 +217,10 @@ def main():
     out = subprocess.run([str(ocimodel), "push", str(model), f"{reg.addr}/stream/llm:v1", "--format", "oras"],
                          env=env, check=True, capture_output=True, text=True)
     ref = out.stdout.split()[0]
-    far = link.start()
+    far = link.stdout.readline().split()[-1]
     pull_env = {"PATH": "/usr/bin:/bin", "OCIMODEL_INSECURE_REGISTRIES": far, "OCIMODEL_LOG": "warn"}
+    # Settings to compare (OCIMODEL_CONCURRENCY, OCIMODEL_RANGE_CONNECTIONS, ...) apply to both runs.
+    pull_env.update({k: v for k, v in os.environ.items() if k.startswith("OCIMODEL_") and k not in pull_env})
     uri = f"{far}/stream/llm@{ref}"
     results = {}
     runai = None
@@ -224,14 +238,43 @@ def main():
         s3 = f"127.0.0.1:{suite.free_port()}"
         probes = f"127.0.0.1:{suite.free_port()}"
         side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3, "OCIMODEL_LISTEN": probes}
+        # Where the CPU goes while the sidecar pulls and serves and the reader reads: on a machine
+        # with few CPUs the reader's share comes out of the pull's (and the registry's and link's).
+        cpu0 = {"registry": cpu_seconds(reg.proc.pid), "link": cpu_seconds(link.pid),
+                "reader": time.process_time(), "idle": int(open("/proc/stat").readline().split()[4])}
         t0 = time.monotonic()
         side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
+        installed = {}
+
+        def watch_ready():
+            # When the sidecar's pull (verify + install) ended: what is left after it is the tail.
+            while side.poll() is None:
+                try:
+                    if urllib.request.urlopen(f"http://{probes}/readyz", timeout=1).status == 200:
+                        installed["at"] = time.monotonic() - t0
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.02)
+        threading.Thread(target=watch_ready, daemon=True).start()
         try:
             got = read_everything(s3, "models", rng, args.threads, shard_name(1), t0)
+            results["cpu"] = {
+                "sidecar": cpu_seconds(side.pid),
+                "reader (boto3)": time.process_time() - cpu0["reader"],
+                "registry": cpu_seconds(reg.proc.pid) - cpu0["registry"],
+                "link emulator": cpu_seconds(link.pid) - cpu0["link"],
+                "idle": (int(open("/proc/stat").readline().split()[4]) - cpu0["idle"]) / os.sysconf("SC_CLK_TCK"),
+            }
             for n in names:
                 assert got["hashes"].get(n) == sha256(model / n), f"{n}: wrong bytes"
             results["reader"] = got["done"]
             results["first_byte"] = got["first_byte"]
+            results["key_done"] = got["key_done"]
+            deadline = time.monotonic() + 120
+            while "at" not in installed and side.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            results["installed"] = installed["at"]
             while urllib.request.urlopen(f"http://{probes}/metrics").status != 200:
                 time.sleep(0.05)
             served = [l for l in urllib.request.urlopen(f"http://{probes}/metrics").read().decode().splitlines()
@@ -261,7 +304,8 @@ def main():
             side.terminate()
             side.wait()
     finally:
-        link.stop()
+        link.terminate()
+        link.wait()
         reg.stop()
 
     pull, reader, first = results["pull"], results["reader"], results["first_byte"]
@@ -270,8 +314,8 @@ def main():
         "# Streaming through the S3 endpoint",
         "",
         f"`python3 bench/streaming.py --shard-size {args.shard_size}` ({binary} binary) on {suite.machine()}. "
-        "**The machine is shared with other builds running at the same time: the numbers are noisy, "
-        "the ratios (both runs on the same link, one after the other) are what counts.**",
+        "Other load on the machine is not controlled: the ratios (both runs on the same link, one after "
+        "the other) are what counts.",
         "",
         f"Model: config.json, tokenizer.json, model.safetensors.index.json and {SHARDS} safetensors shards of "
         f"{shard_size // MiB} MiB ({total / MiB:.0f} MiB in all), one ORAS layer per file, pulled by digest from "
@@ -286,6 +330,13 @@ def main():
         f"{'(met)' if reader / pull <= 1.15 else '(**missed**)'} |",
         f"| sidecar + boto3: first byte of the first shard | {first:.2f} | {first / pull:.2f} | < 0.50 "
         f"{'(met)' if first / pull < 0.5 else '(**missed**)'} |",
+        f"| sidecar + boto3: the sidecar's install done (`/readyz`) | {results['installed']:.2f} | "
+        f"{results['installed'] / pull:.2f} | |",
+        "",
+        "Each file in the reader's hands at (s): " + ", ".join(f"{k} {v:.2f}" for k, v in results["key_done"].items()) + ".",
+        "",
+        "CPU seconds while the sidecar pulled and the reader read ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in results["cpu"].items()) + f"; {os.cpu_count()} CPUs).",
         "",
         f"Bytes served (metric): `{'; '.join(results['served'])}`.",
         "",
