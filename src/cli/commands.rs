@@ -121,11 +121,13 @@ fn interrupted(log: Option<&Path>) -> ! {
 
 /// `sidecar`: pull, then serve probes until SIGTERM.
 pub(super) fn sidecar(mut args: SidecarArgs) -> Result<ExitCode> {
-    let streaming = args
+    let s3_listen = args
         .s3_listen
         .as_deref()
-        .is_some_and(|s| !s.trim().is_empty());
-    if streaming {
+        .filter(|s| !s.trim().is_empty())
+        .map(crate::s3::server::parse_listen)
+        .transpose()?;
+    if s3_listen.is_some() {
         // Files download two at a time, in the order a loader reads them:
         // each blob may take every connection to its host, so the first of
         // the two gets them (permits are first come, first served) and
@@ -137,12 +139,7 @@ pub(super) fn sidecar(mut args: SidecarArgs) -> Result<ExitCode> {
     let options = serve::Options {
         listen: serve::parse_listen(&args.listen)?,
         exit_on_failure: args.exit_on_failure,
-        s3_listen: args
-            .s3_listen
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(crate::s3::server::parse_listen)
-            .transpose()?,
+        s3_listen,
     };
     // Two workers: pulls overlap hashing and unpacking; idle, both park.
     let runtime = runtime(Some(2))?;

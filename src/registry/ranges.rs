@@ -323,12 +323,7 @@ async fn drive(
     tx: mpsc::Sender<std::io::Result<Bytes>>,
 ) {
     let mut running: FuturesOrdered<BoxFuture<'static, Result<Done>>> = FuturesOrdered::new();
-    let first = Task(tokio::spawn(first));
-    running.push_back(Box::pin(async move {
-        first
-            .await
-            .map_err(|e| anyhow!("a range download failed: {e}"))?
-    }));
+    running.push_back(spawned(first));
     // Connections of this blob downloading now: a range that finished
     // ahead of a slower one before it waits in `running` for its turn, but
     // no longer counts, so one slow range does not idle the others'
@@ -365,19 +360,26 @@ async fn drive(
             slot = slot, if launch => {
                 let Ok((slot, share)) = slot else { return };
                 let fetch = fetch_range(start..end, limits.range_size(), None, host.clone(), open.clone(), retries, share);
-                let task = Task(tokio::spawn(async move {
+                running.push_back(spawned(Box::pin(async move {
                     let done = fetch.await;
                     drop(slot);
                     done
-                }));
-                running.push_back(Box::pin(async move {
-                    task.await.map_err(|e| anyhow!("a range download failed: {e}"))?
-                }));
+                })));
                 next += 1;
             }
             else => return,
         }
     }
+}
+
+/// A range download on a task of its own (ranges download side by side
+/// while the driver hands them on in order), aborted if dropped.
+fn spawned(range: First) -> BoxFuture<'static, Result<Done>> {
+    let task = Task(tokio::spawn(range));
+    Box::pin(async move {
+        task.await
+            .map_err(|e| anyhow!("a range download failed: {e}"))?
+    })
 }
 
 /// Downloads `range` whole into a pooled buffer of `capacity` bytes under a
