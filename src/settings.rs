@@ -89,16 +89,6 @@ impl Settings {
         self.publish.as_ref().filter(|_| self.hf_repo.is_none())
     }
 
-    /// The publisher when files may be served one by one as their layer
-    /// verifies: not under a model signature policy (the whole tree is
-    /// checked against the signature first), nor for an image (a later
-    /// layer may change or delete a file).
-    pub(crate) fn publish_each(&self, plan: &crate::format::Plan) -> Option<&crate::s3::Publisher> {
-        self.publisher().filter(|_| {
-            self.model_signature.is_off() && plan.format != crate::format::Format::Image
-        })
-    }
-
     /// Everything besides the digest that shapes the installed tree; a
     /// marker only counts as "this install" when it matches.
     pub fn selection(&self) -> String {

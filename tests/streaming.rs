@@ -765,7 +765,7 @@ fn sign(model: &Path, private: &Path) {
 }
 
 #[test]
-fn under_a_model_signature_policy_files_are_served_once_the_tree_verified() {
+fn under_a_model_signature_policy_a_model_signed_by_another_key_sends_nothing() {
     let work = tempfile::tempdir().unwrap();
     let (private, public) = ec_keypair_on(work.path(), "prime256v1", "good");
     let (other, _) = ec_keypair_on(work.path(), "prime256v1", "other");
@@ -802,4 +802,64 @@ fn under_a_model_signature_policy_files_are_served_once_the_tree_verified() {
             assert_eq!(s.get("/readyz").0, 503);
         }
     }
+}
+
+#[test]
+fn under_a_model_signature_policy_each_file_is_served_once_it_matches_its_signed_digest() {
+    let work = tempfile::tempdir().unwrap();
+    let (private, public) = ec_keypair_on(work.path(), "prime256v1", "good");
+    let model = work.path().join("model");
+    let mut names = make_model(&model, 256 * 1024);
+    sign(&model, &private);
+    // Changed after signing: its blob's digest matches what the registry
+    // holds, not what the signature lists.
+    let changed = shard(5);
+    let mut bytes = fs::read(model.join(&changed)).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(model.join(&changed), bytes).unwrap();
+    names.push("model.sig".into());
+    let reg = Registry::start(Auth::None);
+    push(&reg, &model, &names, "models/llm:v1");
+    let digest_of = |n: &str| format!("sha256:{}", sha256_of_file(&model, n));
+    let front = Front::start(&reg.addr, &digest_of(&shard(SHARDS)));
+    let dest = work.path().join("signed-llm");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/llm:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[
+            ("OCIMODEL_CONCURRENCY", "1"),
+            ("OCIMODEL_MODEL_KEY", public.to_str().unwrap()),
+        ],
+    );
+    let release = format!("http://{}/__release", front.addr);
+    // Served only after the whole tree's check, the first shard would wait
+    // for the held last one: the reader would never finish.
+    let got = read_all(&s, "signed-llm", 64 * 1024, &shard(1), &release);
+    assert!(front.released.load(Ordering::SeqCst));
+    let first_done = got["keys"][shard(1)]["done"].as_f64().unwrap();
+    let last_first_byte = got["first_byte"][shard(SHARDS)].as_f64().unwrap();
+    assert!(first_done <= last_first_byte, "{got}");
+    for n in names.iter().filter(|n| **n != changed) {
+        let k = &got["keys"][n];
+        assert_eq!(k["sha256"], sha256_of_file(&model, n), "{n}: {k}");
+    }
+    let k = &got["keys"][&changed];
+    assert_eq!(k["bytes"], 0, "no byte of the changed shard is sent: {k}");
+    assert_eq!(k["status"], 500, "{k}");
+    let r = http_get(&s.s3, &format!("/signed-llm/{changed}"), &[]);
+    assert_eq!(r.status, 500);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("is not signed with these bytes"), "{body}");
+    // The signature downloaded first: the others waited on it.
+    assert_eq!(
+        front.blob_gets.lock().unwrap().first(),
+        Some(&digest_of("model.sig"))
+    );
+    // The whole tree's check still refuses the install.
+    wait_until("readiness to fail", Duration::from_secs(30), || {
+        s.get("/readyz").1.contains("model signature")
+    });
+    assert_eq!(s.get("/readyz").0, 503);
+    assert!(!dest.join(&changed).exists());
 }

@@ -29,9 +29,11 @@ use crate::verify::model::ModelSignature;
 pub use crate::settings::{Recheck, Settings};
 
 mod kit;
+mod stream;
 mod write;
 
 use kit::{kit_parents, Parent};
+use stream::Streaming;
 use write::unpack_plan;
 
 /// One `URI DEST` pair.
@@ -374,8 +376,17 @@ async fn install_planned(
 ) -> Result<Outcome> {
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
-    let (mut contents, disk) =
-        unpack_plan(source, plan, parents, staging.path(), settings, &job.uri).await?;
+    let stream = Streaming::for_plan(settings, plan);
+    let (mut contents, disk) = unpack_plan(
+        source,
+        plan,
+        parents,
+        staging.path(),
+        settings,
+        stream.as_ref(),
+        &job.uri,
+    )
+    .await?;
     let model_signature = match check_model_signature(settings, staging.path(), &contents).await {
         Ok(s) => s,
         Err(e) => {
@@ -393,8 +404,9 @@ async fn install_planned(
         tracing::info!(uri = %job.uri, "verified {s}");
     }
     if let Some(p) = settings.publisher() {
-        // Not published file by file: every file once the tree verified.
-        if settings.publish_each(plan).is_none() {
+        // Every file once the tree verified, unless each was as it came
+        // (a file the signature's digests could not judge alone waited).
+        if !matches!(stream, Some(Streaming::Each(_))) {
             for f in &contents.files {
                 p.verified(staging.path(), f);
             }

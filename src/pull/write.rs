@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::kit::Parent;
+use super::stream::Streaming;
 use super::Settings;
 use crate::digest::{Algorithm, Digest};
 use crate::fetch::{fetch_blob, Hashing};
@@ -33,7 +34,7 @@ async fn write_one(
     path: String,
     root: Arc<PathBuf>,
     progress: Arc<Board>,
-    publish: Option<crate::s3::Publisher>,
+    stream: Option<Streaming>,
 ) -> Result<crate::unpack::FileRecord> {
     let rel = clean_path(Path::new(&path))?;
     let key = crate::unpack::join(&rel);
@@ -42,7 +43,7 @@ async fn write_one(
         crate::fetch::fetch_file(source, layer, blob.counter().clone(), root.clone(), rel)
             .await
             .with_context(|| format!("file '{path}'"));
-    if let Some(p) = &publish {
+    if let Some(p) = &stream {
         match &written {
             Ok(record) => p.verified(&root, record),
             Err(e) if crate::error::is_verification_failure(e) => p.failed(&key, &format!("{e:#}")),
@@ -92,6 +93,7 @@ async fn write_whole_files(
     plan: &Plan,
     staging: &Path,
     settings: &Settings,
+    stream: Option<&Streaming>,
     progress: &Arc<Board>,
 ) -> Result<Vec<crate::unpack::FileRecord>> {
     let root = Arc::new(staging.to_path_buf());
@@ -105,12 +107,13 @@ async fn write_whole_files(
             _ => None,
         })
         .collect();
-    files.sort_by_cached_key(|(_, path)| loader_order(path));
-    let publish = settings.publish_each(plan).cloned();
+    // Under a model-signature policy the others wait on the signature.
+    let first = stream.and_then(Streaming::first);
+    files.sort_by_cached_key(|(_, path)| (Some(path.as_str()) != first, loader_order(path)));
     // Streaming, a loader waits on the files in order: two at once, each
     // allowed all of the host's connections (the sidecar sets that), finish
     // nearly in that order at about the total rate of eight at once.
-    let concurrency = match publish {
+    let concurrency = match stream {
         Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
         None => settings.concurrency.max(1),
     };
@@ -122,11 +125,11 @@ async fn write_whole_files(
                 path,
                 root.clone(),
                 progress.clone(),
-                publish.clone(),
+                stream.cloned(),
             )
         })
         .buffer_unordered(concurrency);
-    if publish.is_none() {
+    if stream.is_none() {
         return writes.try_collect().await;
     }
     // Streaming: a bad file fails the pull, but only once the others are
@@ -141,6 +144,7 @@ async fn apply_tar_layers(
     plan: &Plan,
     mut tree: Tree,
     settings: &Settings,
+    stream: Option<&Streaming>,
     progress: &Arc<Board>,
 ) -> Result<Tree> {
     let tars: Vec<_> = plan
@@ -180,7 +184,7 @@ async fn apply_tar_layers(
         )
         .await
         .with_context(|| format!("layer {} of {total} ({})", i + 1, step.layer.digest))?;
-        if let Some(p) = settings.publish_each(plan) {
+        if let Some(p) = stream {
             for r in tree.layer_files() {
                 p.verified(tree.root(), &r);
             }
@@ -195,6 +199,7 @@ pub(super) async fn unpack_plan(
     parents: &[Parent],
     staging: &Path,
     settings: &Settings,
+    stream: Option<&Streaming>,
     uri: &str,
 ) -> Result<(Contents, crate::install::DiskUse)> {
     let parent_bytes: u64 = parents.iter().map(|p| p.planned.plan.total_bytes()).sum();
@@ -215,7 +220,7 @@ pub(super) async fn unpack_plan(
         }
     }
     let result = async {
-        let records = write_whole_files(source, plan, staging, settings, &progress).await?;
+        let records = write_whole_files(source, plan, staging, settings, stream, &progress).await?;
         // Whole files first, then the tar layers over them.
         let mut tree = Tree::new(staging.to_path_buf(), settings.filter.clone());
         tree.limit_expansion(settings.max_expanded);
@@ -228,12 +233,19 @@ pub(super) async fn unpack_plan(
         }
         // Parent kits' model layers first, eldest first; the child's over them.
         for p in parents {
-            tree = apply_tar_layers(&p.source, &p.planned.plan, tree, settings, &progress)
-                .await
-                .with_context(|| format!("parent kit {}", p.reference))?;
+            tree = apply_tar_layers(
+                &p.source,
+                &p.planned.plan,
+                tree,
+                settings,
+                stream,
+                &progress,
+            )
+            .await
+            .with_context(|| format!("parent kit {}", p.reference))?;
         }
 
-        let mut tree = apply_tar_layers(source, plan, tree, settings, &progress).await?;
+        let mut tree = apply_tar_layers(source, plan, tree, settings, stream, &progress).await?;
         if plan.format == Format::Image && !tree.saw_subtree {
             bail!(
                 "the image has nothing under {}; put the model files there or set OCIMODEL_SUBPATH",
@@ -251,7 +263,7 @@ pub(super) async fn unpack_plan(
                 FileDigest::Compute(MARKER_ALGORITHM),
             )
             .map_err(|e| anyhow!("cannot write {path}: {e:#}"))?;
-            if let Some(p) = settings.publish_each(plan) {
+            if let Some(p) = stream {
                 p.verified(staging, &record);
             }
             tree.add_record(record);

@@ -29,6 +29,25 @@ pub struct VerifiedFile {
     pub etag: String,
 }
 
+impl VerifiedFile {
+    /// `root/record.path`, opened now (before anything can rename or swap
+    /// it); `None`, logged, when it cannot be: then it is served once
+    /// installed (from DEST, by [`Publisher::installed`]).
+    pub fn open(root: &Path, record: &FileRecord) -> Option<VerifiedFile> {
+        match open_regular(&root.join(&record.path)) {
+            Ok(file) => Some(VerifiedFile {
+                file,
+                size: record.size,
+                etag: etag(&record.digest),
+            }),
+            Err(e) => {
+                tracing::warn!(key = %record.path, "S3 endpoint: cannot open a verified file: {e}");
+                None
+            }
+        }
+    }
+}
+
 /// Where one key stands.
 #[derive(Clone, Debug)]
 pub enum FileState {
@@ -124,20 +143,14 @@ impl Publisher {
 
     /// `root/key` verified: opens it now, before anything can rename it.
     pub fn verified(&self, root: &Path, record: &FileRecord) {
-        match open_regular(&root.join(&record.path)) {
-            Ok(file) => self.send(Event::Verified(
-                record.path.clone(),
-                VerifiedFile {
-                    file,
-                    size: record.size,
-                    etag: etag(&record.digest),
-                },
-            )),
-            // Served once installed instead (from DEST, by `installed`).
-            Err(e) => {
-                tracing::warn!(key = %record.path, "S3 endpoint: cannot open a verified file: {e}")
-            }
+        if let Some(file) = VerifiedFile::open(root, record) {
+            self.serve(record.path.clone(), file);
         }
+    }
+
+    /// Serves `key` from a file opened when its bytes verified.
+    pub fn serve(&self, key: String, file: VerifiedFile) {
+        self.send(Event::Verified(key, file));
     }
 
     pub fn failed(&self, key: &str, reason: &str) {
@@ -251,8 +264,10 @@ fn apply(b: &mut Bucket, event: Event) {
         Event::Verified(key, file) => {
             b.keys.insert(key, FileState::Verified(Arc::new(file)));
         }
+        // The first reason stays: it is the most specific (a file refused
+        // alone, then with its whole tree).
         Event::Failed(key, reason) => {
-            if !matches!(b.keys.get(&key), Some(FileState::Verified(_))) {
+            if matches!(b.keys.get(&key), None | Some(FileState::Pending { .. })) {
                 b.keys.insert(key, FileState::Failed(reason));
             }
         }

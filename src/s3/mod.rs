@@ -11,4 +11,4 @@
 pub mod catalog;
 pub mod server;
 
-pub use catalog::{bucket_names, Catalog, Publisher};
+pub use catalog::{bucket_names, Catalog, Publisher, VerifiedFile};

@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::cosign::{verify_bundle, Signed};
 use super::{keys, matcher, set, sigstore, trusted_root, Mode, Policy};
-use crate::digest::{hex, Algorithm, Hasher};
+use crate::digest::{hex, Algorithm, Digest, Hasher};
 use crate::error::SignatureError;
 use crate::unpack::Contents;
 
@@ -231,6 +231,7 @@ impl Serialization {
 }
 
 /// What the signature says the model is: resource name → hex digest.
+#[derive(Debug)]
 struct Statement {
     serialization: Serialization,
     resources: BTreeMap<String, String>,
@@ -259,22 +260,55 @@ pub fn check(
         tracing::warn!(signature = %policy.signature, "the model is not signed; installing it (OCIMODEL_MODEL_SIGNATURE=if-present)");
         return Ok(None);
     };
-    let verified = verify_bundle(&bytes, None, &policy.trust).map_err(refuse)?;
-    let Signed::Statement(payload) = verified.signed else {
-        return Err(refuse(anyhow!(
-            "the bundle holds a message signature, not a DSSE envelope; model_signing signs statements"
-        )));
-    };
-    let mut signed = read_statement(&payload).map_err(refuse)?;
-    signed.serialization.ignore.push(policy.signature.clone());
-    compare(root, contents, &signed).map_err(refuse)?;
+    let SignedFiles { signer, statement } = read_signed(&bytes, policy).map_err(refuse)?;
+    compare(root, contents, &statement).map_err(refuse)?;
     Ok(Some(ModelSignature {
         path: policy.signature.clone(),
-        signer: verified.signer,
-        digest: signed.digest.map(|d| format!("sha256:{d}")),
-        serialization: signed.serialization.describe(),
-        resources: signed.resources.len(),
+        signer,
+        digest: statement.digest.map(|d| format!("sha256:{d}")),
+        serialization: statement.serialization.describe(),
+        resources: statement.resources.len(),
     }))
+}
+
+/// What a signature that verified lists: each file's digest, so a file can
+/// be judged alone as it arrives (the S3 endpoint serves it then); the
+/// whole tree is still checked by [`check`].
+#[derive(Debug)]
+pub struct SignedFiles {
+    pub signer: String,
+    statement: Statement,
+}
+
+impl SignedFiles {
+    /// Whether the file at `path` with `digest` is what the signature lists
+    /// for it. `None` when its digest alone cannot tell: shard or other-hash
+    /// serializations (the file must be hashed again), ignored paths.
+    pub fn vouches(&self, path: &str, digest: &Digest) -> Option<bool> {
+        let s = &self.statement.serialization;
+        if s.shard_size.is_some() || s.hash != digest.algorithm() || s.ignored(path) {
+            return None;
+        }
+        Some(self.statement.resources.get(path).map(String::as_str) == Some(digest.hex()))
+    }
+}
+
+/// The signature file's bytes checked against the policy's trust, and the
+/// statement they sign read.
+pub fn read_signed(bytes: &[u8], policy: &ModelPolicy) -> Result<SignedFiles> {
+    let verified = verify_bundle(bytes, None, &policy.trust)?;
+    let Signed::Statement(payload) = verified.signed else {
+        bail!("the bundle holds a message signature, not a DSSE envelope; model_signing signs statements");
+    };
+    let mut statement = read_statement(&payload)?;
+    statement
+        .serialization
+        .ignore
+        .push(policy.signature.clone());
+    Ok(SignedFiles {
+        signer: verified.signer,
+        statement,
+    })
 }
 
 /// The signature file's bytes, if the model has one: a regular file we
@@ -287,17 +321,33 @@ fn read_signature(root: &Path, contents: &Contents, path: &str) -> Result<Option
         return Ok(None);
     }
     let file = fs::File::open(root.join(path)).context("cannot open it")?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SIGNATURE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .context("cannot read it")?;
-    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
-        bail!(
-            "it is larger than {} MiB; not a model signature",
-            MAX_SIGNATURE_BYTES >> 20
-        );
+    read_signature_file(&file).map(Some)
+}
+
+/// A signature file's bytes, from its start whatever the descriptor's
+/// offset (others may read it too); refused past a sane size.
+pub fn read_signature_file(file: &fs::File) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; 64 << 10];
+    let mut len = 0;
+    while len as u64 <= MAX_SIGNATURE_BYTES {
+        if len == bytes.len() {
+            bytes.resize((len * 2).min(MAX_SIGNATURE_BYTES as usize + 1), 0);
+        }
+        match file.read_at(&mut bytes[len..], len as u64) {
+            Ok(0) => {
+                bytes.truncate(len);
+                return Ok(bytes);
+            }
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read it")),
+        }
     }
-    Ok(Some(bytes))
+    bail!(
+        "it is larger than {} MiB; not a model signature",
+        MAX_SIGNATURE_BYTES >> 20
+    )
 }
 
 fn read_statement(payload: &[u8]) -> Result<Statement> {
@@ -612,6 +662,36 @@ mod tests {
 
     fn files() -> Value {
         serde_json::json!({"method": "files", "hash_type": "sha256", "allow_symlinks": false, "ignore_paths": [".git", "model.sig"]})
+    }
+
+    #[test]
+    fn a_file_is_vouched_for_alone_only_by_its_own_listed_digest() {
+        let signed = |serialization, algorithm| SignedFiles {
+            signer: "key".into(),
+            statement: read_statement(&statement(
+                serialization,
+                &[("w/a", algorithm, &sha(b"a"))],
+                None,
+            ))
+            .unwrap(),
+        };
+        let sha256 = |bytes| Digest::of(Algorithm::Sha256, bytes);
+        let files = signed(files(), "sha256");
+        assert_eq!(files.vouches("w/a", &sha256(b"a")), Some(true));
+        assert_eq!(files.vouches("w/a", &sha256(b"b")), Some(false));
+        assert_eq!(
+            files.vouches("w/b", &sha256(b"a")),
+            Some(false),
+            "not listed"
+        );
+        // Another hash, an ignored path or shards: the tree check decides.
+        let blake3 = Digest::of(Algorithm::Blake3, b"a");
+        assert_eq!(files.vouches("w/a", &blake3), None);
+        assert_eq!(files.vouches(".git/x", &sha256(b"a")), None);
+        let shards =
+            serde_json::json!({"method": "shards", "hash_type": "sha256", "shard_size": 10});
+        let shards = signed(shards, "sha256-sharded-10");
+        assert_eq!(shards.vouches("w/a", &sha256(b"a")), None);
     }
 
     #[test]
