@@ -166,6 +166,17 @@ pub struct Options {
     pub kit_filter: Vec<String>,
 }
 
+/// The path a layer says its content has: ModelPack's file path, else
+/// its title (a hint for a tar layer: what it holds is known once unpacked).
+pub fn layer_path(layer: &Descriptor) -> Option<&str> {
+    layer
+        .annotations
+        .get(MODELPACK_FILEPATH)
+        .or_else(|| layer.annotations.get(MODELPACK_LEGACY_FILEPATH))
+        .map(String::as_str)
+        .or_else(|| layer.title())
+}
+
 /// The type an artifact declares: `artifactType`, else `config.mediaType`.
 pub fn artifact_type(m: &ImageManifest) -> &str {
     m.artifact_type.as_deref().unwrap_or(&m.config.media_type)

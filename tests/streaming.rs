@@ -687,11 +687,13 @@ fn the_streaming_llminferenceservice_example_is_valid() {
 }
 
 #[test]
-fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
+fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verified() {
     let work = tempfile::tempdir().unwrap();
     let reg = Registry::start(Auth::None);
+    // As modctl writes them: one file a layer, its path annotated.
     let tar_layer = |name: &str, data: &str| {
         serde_json::json!({"mediaType": "application/vnd.cncf.model.weight.v1.tar",
+                           "annotations": {"org.cncf.model.filepath": name},
                            "tar": [{"name": name, "data": data}]})
     };
     reg.push_artifact(
@@ -700,8 +702,8 @@ fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
             "artifactType": "application/vnd.cncf.model.manifest.v1+json",
             "config": {"mediaType": "application/vnd.cncf.model.config.v1+json",
                        "json": {"descriptor": {"name": "pack"}, "modelfs": {"type": "layers", "diffIds": []}}},
-            "layers": [tar_layer("w/shard-1.safetensors", "first shard\n"),
-                       tar_layer("w/shard-2.safetensors", "second shard\n")]
+            "layers": [tar_layer("w/shard-2.safetensors", "second shard\n"),
+                       tar_layer("w/shard-1.safetensors", "first shard\n")]
         }),
     );
     let manifest: serde_json::Value = serde_json::from_slice(
@@ -713,7 +715,8 @@ fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
         .body,
     )
     .unwrap();
-    let held = manifest["layers"][1]["digest"]
+    // The manifest lists the second shard first: it is fetched second.
+    let held = manifest["layers"][0]["digest"]
         .as_str()
         .unwrap()
         .to_string();
@@ -725,8 +728,8 @@ fn a_file_from_a_tar_layer_is_served_once_that_layer_verified() {
         &front.addr,
         &[],
     );
-    // The second layer is held back: the first one's file is served anyway
-    // (a key not known yet is waited for while layers remain).
+    // The second shard's layer is held back: the first one's file is
+    // served anyway (a key not known yet is waited for while layers remain).
     let r = http_get(&s.s3, "/pack/w/shard-1.safetensors", &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, b"first shard\n");

@@ -1,6 +1,7 @@
 //! Fetching a plan into staging: whole-file layers side by side in the
 //! order a loader reads them (each verified as it is written, and reported
-//! to the S3 endpoint when one streams), then tar layers in order over them.
+//! to the S3 endpoint when one streams), then tar layers over them, an
+//! artifact's in loader order too when every layer names its path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::stream::Streaming;
 use super::Settings;
 use crate::digest::{Algorithm, Digest};
 use crate::fetch::{fetch_blob, Hashing};
-use crate::format::{Action, Format, Plan};
+use crate::format::{layer_path, Action, Format, Plan};
 use crate::progress::{mib, Board};
 use crate::source::Source;
 use crate::unpack::{clean_path, write_file, Contents, FileDigest, Tree, MARKER_ALGORITHM};
@@ -147,11 +148,22 @@ async fn apply_tar_layers(
     stream: Option<&Streaming>,
     progress: &Arc<Board>,
 ) -> Result<Tree> {
-    let tars: Vec<_> = plan
+    let mut tars: Vec<_> = plan
         .steps
         .iter()
         .filter(|s| !matches!(s.action, Action::WriteFile(_)))
         .collect();
+    // Artifact layers must not clash, so their order is free: the order a
+    // loader reads them in, when every layer names its path (ModelPack's
+    // file path or a title). An image's layers stack in manifest order.
+    if plan.format != Format::Image {
+        let named: Option<Vec<_>> = tars.iter().map(|s| layer_path(&s.layer)).collect();
+        if let Some(named) = named {
+            let mut order: Vec<_> = named.iter().map(|p| loader_order(p)).zip(0..).collect();
+            order.sort();
+            tars = order.into_iter().map(|(_, i)| tars[i]).collect();
+        }
+    }
     let total = tars.len();
     for (i, step) in tars.into_iter().enumerate() {
         let action = step.action.clone();
