@@ -537,6 +537,7 @@ pub async fn run(
             let s3 = crate::s3::server::S3 {
                 catalog,
                 served: metrics.s3_bytes_served.clone(),
+                buffers: Default::default(),
             };
             let server = tokio::spawn(crate::s3::server::serve(listener, s3));
             (publishers.into_iter().map(Some).collect(), Some(server))
