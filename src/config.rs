@@ -24,6 +24,9 @@ pub const DEFAULT_RETRIES: u32 = 5;
 pub const DEFAULT_MIN_RATE: &str = "1K";
 pub const DEFAULT_MAX_FILES: u64 = 100_000;
 pub const DEFAULT_LOCK_TIMEOUT: u64 = 1800;
+/// Seconds the S3 endpoint holds a request for a file not verified yet
+/// before `503 SlowDown`: under boto3's 60 s read timeout.
+pub const DEFAULT_S3_WAIT: u64 = 20;
 // Sizes are written once, as the text --help shows; the numbers follow.
 pub const DEFAULT_RESUME_MIN_TEXT: &str = "4G";
 pub const DEFAULT_RESUME_MIN: u64 = size(DEFAULT_RESUME_MIN_TEXT);
@@ -119,6 +122,7 @@ pub const SETTINGS: &[&str] = &[
     "OCIMODEL_RESUME_MIN",
     "OCIMODEL_RETRIES",
     "OCIMODEL_S3_LISTEN",
+    "OCIMODEL_S3_WAIT",
     "OCIMODEL_SIDECAR_EXIT_ON_FAILURE",
     "OCIMODEL_SPLIT_BELOW",
     "OCIMODEL_STALL_TIMEOUT",

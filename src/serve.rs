@@ -68,6 +68,8 @@ pub struct Options {
     pub exit_on_failure: bool,
     /// The S3 endpoint's address, when it is on.
     pub s3_listen: Option<SocketAddr>,
+    /// How long a request for a file not verified yet is held.
+    pub s3_wait: Duration,
 }
 
 /// Where one model stands.
@@ -538,6 +540,7 @@ pub async fn run(
                 catalog,
                 served: metrics.s3_bytes_served.clone(),
                 buffers: Default::default(),
+                wait: options.s3_wait,
             };
             let server = tokio::spawn(crate::s3::server::serve(listener, s3));
             (publishers.into_iter().map(Some).collect(), Some(server))

@@ -726,7 +726,7 @@ fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verifi
         &format!("oci://{}/models/pack:v1", front.addr),
         &dest,
         &front.addr,
-        &[],
+        &[("OCIMODEL_S3_WAIT", "1")],
     );
     // The second shard's layer is held back: the first one's file is
     // served anyway (a key not known yet is waited for while layers remain).
@@ -739,6 +739,12 @@ fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verifi
         503,
         "not installed while a layer is held"
     );
+    // A key not known yet is held for OCIMODEL_S3_WAIT, then S3's retry-me.
+    let asked = Instant::now();
+    let r = http_get(&s.s3, "/pack/w/shard-2.safetensors", &[]);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("<Code>SlowDown</Code>"));
+    assert!(asked.elapsed() >= Duration::from_secs(1));
     http_get(&front.addr, "/__release", &[]);
     let r = http_get(&s.s3, "/pack/w/shard-2.safetensors", &[]);
     assert_eq!(r.body, b"second shard\n");

@@ -140,9 +140,12 @@ pub(super) fn sidecar(mut args: SidecarArgs) -> Result<ExitCode> {
         listen: serve::parse_listen(&args.listen)?,
         exit_on_failure: args.exit_on_failure,
         s3_listen,
+        s3_wait: std::time::Duration::from_secs(args.s3_wait),
     };
     // Two workers: pulls overlap hashing and unpacking; idle, both park.
-    let runtime = runtime(Some(2))?;
+    // Serving over S3, the workers also send what the engine reads while
+    // the pull receives: as many as for a pull alone.
+    let runtime = runtime(options.s3_listen.is_none().then_some(2))?;
     let result = runtime.block_on(serve::run(jobs, settings, clients, options));
     // Unpack threads of cancelled pulls may still be winding down: don't wait.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -4,8 +4,8 @@
 //! listens on loopback only and SigV4 headers are not checked. Everything
 //! else answers 405 (other methods) or 501 (other sub-resources).
 //!
-//! A key whose bytes have not verified yet is waited for, up to [`WAIT`],
-//! then answered `503 SlowDown` (S3 clients retry that); a key whose bytes
+//! A key whose bytes have not verified yet is waited for, up to
+//! `OCIMODEL_S3_WAIT` ([`S3::wait`]), then answered `503 SlowDown` (S3 clients retry that); a key whose bytes
 //! failed their digest answers `500 InternalError`, and no byte of it is
 //! ever sent: a body is only ever read from a [`VerifiedFile`].
 
@@ -25,10 +25,6 @@ use prometheus_client::metrics::family::Family;
 
 use super::catalog::{Catalog, FileState, Snapshot, VerifiedFile};
 
-/// How long a request waits for a key to verify (or a listing for the
-/// model's keys to be known) before `503 SlowDown`. Shorter than the read
-/// timeouts of S3 clients (boto3: 60 s), so they retry instead of failing.
-pub const WAIT: Duration = Duration::from_secs(20);
 /// Bytes read from disk per body frame.
 const CHUNK: u64 = 1 << 20;
 const MAX_KEYS: usize = 1000;
@@ -45,6 +41,10 @@ pub struct S3 {
     pub catalog: Catalog,
     pub served: Served,
     pub buffers: Buffers,
+    /// How long a request waits for a key to verify (or a listing for the
+    /// model's keys to be known) before `503 SlowDown`: shorter than the
+    /// client's read timeout, so it retries instead of failing.
+    pub wait: Duration,
 }
 
 /// Body buffers, reused: a fresh 1 MiB a frame costs zeroing and a page
@@ -384,7 +384,7 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
     // A listing is only true once every key of the model is known.
     let listed = s3
         .catalog
-        .wait_for(WAIT, |s| {
+        .wait_for(s3.wait, |s| {
             let b = &s.buckets[bucket];
             b.complete.then(|| {
                 b.keys
@@ -566,7 +566,7 @@ async fn get_object(
     // Settled: verified, failed, or absent from a model whose keys are all known.
     let settled = s3
         .catalog
-        .wait_for(WAIT, |s| {
+        .wait_for(s3.wait, |s| {
             let b = &s.buckets[bucket];
             match b.keys.get(key) {
                 Some(FileState::Pending { .. }) => None,
