@@ -24,7 +24,7 @@
 //! (probes, metrics, signals), with [`s3`] (an opt-in read-only S3
 //! endpoint that serves each file as soon as its bytes verify, fed by
 //! events from [`pull`]; `s3/`: `catalog.rs` which files may be served,
-//! `server.rs` the S3 API); [`push`] packages a directory (`push/`:
+//! `server.rs` the S3 API, `body.rs` its file bodies); [`push`] packages a directory (`push/`:
 //! `files.rs` walks it); [`cli`] is the command line (`cli/`: typed flags
 //! in `args.rs`, their values and parsers in `values.rs`, `prepare.rs`
 //! turning them into jobs, settings and a client, the commands in

@@ -190,9 +190,8 @@ pub(super) struct SidecarArgs {
     )]
     pub(super) s3_listen: Option<String>,
 
-    /// Seconds the S3 endpoint holds a request for a file not verified yet
-    /// before answering 503 SlowDown, which S3 clients retry; keep it under
-    /// the client's read timeout.
+    /// Seconds the S3 endpoint holds a request for an unverified file before
+    /// 503 SlowDown (clients retry it); keep it under their read timeout.
     #[arg(help_heading = "Sidecar", long = "s3-wait", env = "OCIMODEL_S3_WAIT", default_value_t = config::DEFAULT_S3_WAIT, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(super) s3_wait: u64,
 }

@@ -5,9 +5,10 @@
 //! instead of waiting for the whole pull. Only verified bytes leave.
 //!
 //! [`catalog`] is the verified-file registry (one owner, fed by events from
-//! the pulls); [`server`] is the HTTP side. `docs/streaming.md` says how to
+//! the pulls); [`server`] is the HTTP side, its bodies read by `body.rs`. `docs/streaming.md` says how to
 //! use it.
 
+mod body;
 pub mod catalog;
 pub mod server;
 
