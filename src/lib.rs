@@ -19,7 +19,7 @@
 //! [`pull`] drives one model through them, with the run's [`settings`]
 //! (`pull/`: `kit.rs` follows KitOps parent kits, `write.rs` fetches a
 //! plan into staging, `stream.rs` tells the S3 endpoint which files
-//! verified);
+//! verified, `listing.rs` names tar layers' files ahead for its listing);
 //! [`inspect`] reports on one without writing; [`serve`] is the sidecar
 //! (probes, metrics, signals), with [`s3`] (an opt-in read-only S3
 //! endpoint that serves each file as soon as its bytes verify, fed by

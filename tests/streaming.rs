@@ -87,7 +87,9 @@ fn sha256_of_file(dir: &Path, name: &str) -> String {
 
 /// A registry front that forwards every request to `upstream`, one
 /// connection per request, records the blob GETs in order, and holds the
-/// GET of `held` back until `/__release` is asked for.
+/// GET of `held` back until `/__release` is asked for (with
+/// `probes_pass`, all but a `Range` of at most 64 KiB: a peek at its tar
+/// header).
 struct Front {
     addr: String,
     released: Arc<AtomicBool>,
@@ -96,6 +98,10 @@ struct Front {
 
 impl Front {
     fn start(upstream: &str, held: &str) -> Front {
+        Front::start_with(upstream, held, false)
+    }
+
+    fn start_with(upstream: &str, held: &str, probes_pass: bool) -> Front {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let released = Arc::new(AtomicBool::new(false));
@@ -115,7 +121,9 @@ impl Front {
                         if req.method == "GET" && req.path.contains("/blobs/sha256:") {
                             let digest = req.path.rsplit('/').next().unwrap().to_string();
                             gets.lock().unwrap().push(digest.clone());
-                            if digest == held {
+                            let probe =
+                                probes_pass && range_len(req).is_some_and(|n| n <= 64 << 10);
+                            if digest == held && !probe {
                                 let deadline = Instant::now() + Duration::from_secs(120);
                                 while !rel.load(Ordering::SeqCst) && Instant::now() < deadline {
                                     std::thread::sleep(Duration::from_millis(10));
@@ -133,6 +141,16 @@ impl Front {
             blob_gets,
         }
     }
+}
+
+/// How many bytes `req`'s `Range: bytes=A-B` asks for.
+fn range_len(req: &Request) -> Option<u64> {
+    let (_, v) = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("range"))?;
+    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+    Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?)
 }
 
 /// `req` sent on to `upstream`; its answer as raw bytes.
@@ -756,6 +774,92 @@ fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verifi
         r.status, 404,
         "once every layer is in, an unknown key is missing"
     );
+}
+
+#[test]
+fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let shard_1 = "a".repeat(300 * 1024);
+    let shard_2 = "b".repeat(200 * 1024 + 7);
+    let tar_layer = |name: &str, data: &str| {
+        serde_json::json!({"mediaType": "application/vnd.cncf.model.weight.v1.tar",
+                           "annotations": {"org.cncf.model.filepath": name},
+                           "tar": [{"name": name, "data": data}]})
+    };
+    reg.push_artifact(
+        "models/listed:v1",
+        &serde_json::json!({
+            "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.cncf.model.config.v1+json",
+                       "json": {"descriptor": {"name": "listed"}, "modelfs": {"type": "layers", "diffIds": []}}},
+            "layers": [tar_layer("config.json", "{}\n"),
+                       tar_layer("w/shard-1.safetensors", &shard_1),
+                       tar_layer("w/shard-2.safetensors", &shard_2)]
+        }),
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &http_get(
+            &reg.addr,
+            "/v2/models/listed/manifests/v1",
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        )
+        .body,
+    )
+    .unwrap();
+    // The last shard's download is held back; a peek at its header is not.
+    let held = manifest["layers"][2]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let front = Front::start_with(&reg.addr, &held, true);
+    let dest = work.path().join("listed");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/listed:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[("OCIMODEL_S3_WAIT", "5")],
+    );
+    // The listing is whole while a layer has still to come: every key with
+    // the size of its file (without reading ahead: 503 SlowDown after 5 s).
+    let r = http_get(&s.s3, "/listed?list-type=2", &[]);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 200, "{body}\nsidecar log:\n{}", s.log());
+    for (key, size) in [
+        ("config.json", 3),
+        ("w/shard-1.safetensors", shard_1.len()),
+        ("w/shard-2.safetensors", shard_2.len()),
+    ] {
+        assert!(
+            body.contains(&format!("<Key>{key}</Key>"))
+                && body.contains(&format!("<Size>{size}</Size>")),
+            "{key} of {size} bytes is not listed: {body}"
+        );
+    }
+    assert!(!front.released.load(Ordering::SeqCst));
+    assert_eq!(s.get("/readyz").0, 503, "a layer is still held");
+    // A listed key is not served before its layer verified.
+    let r = http_get(&s.s3, "/listed/w/shard-2.safetensors", &[]);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    // boto3 reads it all, asking for the last layer once the first shard is in.
+    let release = format!("http://{}/__release", front.addr);
+    let out = read_all(&s, "listed", 64 * 1024, "w/shard-1.safetensors", &release);
+    for (key, data) in [
+        ("config.json", "{}\n"),
+        ("w/shard-1.safetensors", shard_1.as_str()),
+        ("w/shard-2.safetensors", shard_2.as_str()),
+    ] {
+        assert_eq!(
+            out["keys"][key]["sha256"].as_str(),
+            Some(sha256_hex(data.as_bytes()).as_str()),
+            "{key}: {}",
+            out["keys"][key]
+        );
+    }
+    assert_eq!(out["keys"].as_object().unwrap().len(), 3);
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
 }
 
 /// `python3 -m model_signing sign key` over `model`, the signature at

@@ -29,6 +29,7 @@ use crate::verify::model::ModelSignature;
 pub use crate::settings::{Recheck, Settings};
 
 mod kit;
+mod listing;
 mod stream;
 mod write;
 

@@ -17,16 +17,9 @@ use crate::fetch::{fetch_blob, Hashing};
 use crate::format::{layer_path, Action, Format, Plan};
 use crate::progress::{mib, Board};
 use crate::source::Source;
-use crate::unpack::{clean_path, write_file, Contents, FileDigest, Tree, MARKER_ALGORITHM};
-
-/// A relative directory from a plan as path components.
-fn components(dir: &Option<String>) -> Result<Vec<String>> {
-    match dir {
-        Some(d) => clean_path(Path::new(d))
-            .with_context(|| format!("unsafe directory '{d}' in the manifest")),
-        None => Ok(Vec::new()),
-    }
-}
+use crate::unpack::{
+    clean_dir, clean_path, write_file, Contents, FileDigest, Tree, MARKER_ALGORITHM,
+};
 
 /// Streams one whole-file layer into `root/path`.
 async fn write_one(
@@ -184,8 +177,8 @@ async fn apply_tar_layers(
                         within,
                         content_digest,
                     } => {
-                        let into = components(&into)?;
-                        let within = components(&within)?;
+                        let into = clean_dir(&into)?;
+                        let within = clean_dir(&within)?;
                         let within = (!within.is_empty()).then_some(&within[..]);
                         tree.extract_tar(r, compression, &into, within, content_digest.as_ref())?
                     }
@@ -219,6 +212,8 @@ pub(super) async fn unpack_plan(
     tracing::info!(uri, format = %plan.format, layers = plan.steps.len(), size = %mib(plan.total_bytes()), bytes_total = total, cpus = crate::cpus::available(), "pulling");
     // Bars on a terminal, else a log line every interval; gone when dropped.
     let progress = Board::start(uri, "pulling", total, settings.progress_every);
+    // Names the tar layers' files for the listing while they download.
+    let mut read_ahead = None;
     if let Some(p) = settings.publisher() {
         p.planned(planned_keys(plan));
         if parents.is_empty()
@@ -229,6 +224,8 @@ pub(super) async fn unpack_plan(
         {
             // No tar layer: the plan names every file there will be.
             p.complete();
+        } else if parents.is_empty() {
+            read_ahead = super::listing::start(source, plan, &settings.filter, p);
         }
     }
     let result = async {
@@ -283,6 +280,7 @@ pub(super) async fn unpack_plan(
         tree.finish(settings.owner)
     }
     .await;
+    drop(read_ahead);
     let line = progress.line();
     let done = progress.done();
     let cloned = progress.cloned();

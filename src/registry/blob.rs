@@ -70,6 +70,70 @@ impl RegistryClient {
         self.blob_at(at, offset).await
     }
 
+    /// Bytes `start..end` of a blob, **unverified**: a hint read ahead of
+    /// its download (what a one-file tar layer holds, for a listing). One
+    /// request to the first host that may serve the blob, holding one of its
+    /// connections; from a host that ignores `Range`, only a head is read.
+    pub async fn blob_bytes(
+        self: &Arc<Self>,
+        r: &ImageRef,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>> {
+        let insecure = self.is_insecure(&r.registry);
+        let via = self
+            .route
+            .endpoints_for(r, true, insecure)?
+            .into_iter()
+            .find(|(_, ep)| self.route.may_serve_blob(r, ep, digest));
+        let at = match via {
+            Some((mref, ep)) => BlobAt {
+                r: mref,
+                url: ep.url("blobs", &digest.to_string()),
+                via: Some(ep),
+                digest: digest.clone(),
+                size: end,
+            },
+            None => BlobAt {
+                r: r.clone(),
+                url: format!("{}/blobs/{digest}", self.base_url(r)),
+                via: None,
+                digest: digest.clone(),
+                size: end,
+            },
+        };
+        let _conn = ranges::connection(&self.host_permits.of(at.r.api_host())).await?;
+        let range = format!("bytes={start}-{}", end.saturating_sub(1));
+        let resp = self
+            .send_via(&at.r, Scope::Pull, at.via.as_ref(), |c| {
+                with_headers(c.get(&at.url), at.via.as_ref()).header(RANGE, &range)
+            })
+            .await?;
+        let mut resp = self
+            .check_status(resp, &at.r, &at.what(), Scope::Pull)
+            .await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => at.check_range(&resp, start)?,
+            // The whole blob: its head is what was asked for.
+            _ if start == 0 => {}
+            s => bail!(
+                "{}: asked for bytes {range}, the registry answered {s}",
+                at.what()
+            ),
+        }
+        let want = (end - start) as usize;
+        let mut out = Vec::with_capacity(want);
+        while out.len() < want {
+            match resp.chunk().await? {
+                Some(c) => out.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        out.truncate(want);
+        Ok(out)
+    }
+
     /// A mirror's blob stream that, when it breaks off mid-body, leaves the
     /// mirror as a dead one is left: skipped for that blob (and, stalled or
     /// trickling, for every request of this process), so the caller's resume

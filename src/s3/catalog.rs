@@ -86,6 +86,8 @@ pub struct Bucket {
     /// Every key of the model is known (the plan had only whole files, or
     /// every layer is unpacked): a key that is not here never will be.
     pub complete: bool,
+    /// The model is installed: what the pull names from now on is stale.
+    pub installed: bool,
 }
 
 /// Every bucket, as of one event.
@@ -251,6 +253,8 @@ impl Catalog {
 /// One event into one bucket.
 fn apply(b: &mut Bucket, event: Event) {
     match event {
+        // (A read-ahead that answers after the install knows no better.)
+        Event::Planned(_) if b.installed => {}
         Event::Planned(files) => {
             for (key, size, etag) in files {
                 // A retried pull plans again: verified keys stay served.
@@ -291,7 +295,12 @@ fn apply(b: &mut Bucket, event: Event) {
                     }
                 }
             }
+            // A key named ahead (a tar layer's first header) that the
+            // installed model lacks: never there, so not waited for.
+            b.keys
+                .retain(|_, state| !matches!(state, FileState::Pending { .. }));
             b.complete = true;
+            b.installed = true;
         }
     }
 }
@@ -409,5 +418,43 @@ mod tests {
             state(&catalog).await,
             Some(FileState::Verified(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn keys_named_ahead_that_the_install_lacks_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.bin"), b"abc").unwrap();
+        let (catalog, publishers) = Catalog::start(&[("models".into(), dir.path().into())]);
+        let p = &publishers[0];
+        let record = FileRecord {
+            path: "a.bin".into(),
+            size: 3,
+            digest: Digest::sha256_of(b"abc"),
+        };
+        // Read ahead from tar headers: one key the layers turn out to lack.
+        p.planned(vec![
+            ("a.bin".into(), 3, etag(&record.digest)),
+            ("ghost.bin".into(), 9, etag(&record.digest)),
+        ]);
+        p.complete();
+        p.installed(dir.path(), vec![record.clone()]);
+        // A read-ahead answering late names nothing any more.
+        p.planned(vec![("late.bin".into(), 1, etag(&record.digest))]);
+        let keys = catalog
+            .wait_for(Duration::from_secs(2), |s| {
+                let b = &s.buckets["models"];
+                (b.installed && !b.keys.contains_key("ghost.bin"))
+                    .then(|| b.keys.keys().cloned().collect::<Vec<_>>())
+            })
+            .await;
+        // (Events apply in order: `late.bin` would be there by now.)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(keys.as_deref(), Some(&["a.bin".to_string()][..]));
+        let now = catalog
+            .wait_for(Duration::from_millis(10), |s| {
+                Some(s.buckets["models"].keys.keys().cloned().collect::<Vec<_>>())
+            })
+            .await;
+        assert_eq!(now, keys);
     }
 }

@@ -36,8 +36,8 @@ mod paths;
 use links::{check_link_inside, confine_symlink};
 use paths::{check_not_reserved, make_dir};
 pub use paths::{
-    clean_path, group_zero, join, normalise_mode, prepare_parent, remove_existing, shared_mode,
-    write_file, FileDigest, RelPath,
+    clean_dir, clean_path, group_zero, join, normalise_mode, prepare_parent, remove_existing,
+    shared_mode, write_file, FileDigest, RelPath,
 };
 
 /// Names at the top of DEST that belong to ocimodel itself.

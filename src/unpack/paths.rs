@@ -42,6 +42,16 @@ pub fn clean_path(raw: &Path) -> Result<RelPath> {
     Ok(out)
 }
 
+/// A directory a plan names (a layer's `into` or `within`), cleaned like
+/// [`clean_path`]; none is the root.
+pub fn clean_dir(dir: &Option<String>) -> Result<RelPath> {
+    match dir {
+        Some(d) => clean_path(Path::new(d))
+            .with_context(|| format!("unsafe directory '{d}' in the manifest")),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `u=rw(x),g=u,o=r(x)` for files, `u=rwx,g=u,o=rx` for directories.
 pub fn normalise_mode(mode: u32, dir: bool) -> u32 {
     let user = ((mode >> 6) & 0o7) | if dir { 0o7 } else { 0o6 };
