@@ -724,20 +724,8 @@ fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verifi
                        tar_layer("w/shard-1.safetensors", "first shard\n")]
         }),
     );
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &http_get(
-            &reg.addr,
-            "/v2/models/pack/manifests/v1",
-            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        )
-        .body,
-    )
-    .unwrap();
     // The manifest lists the second shard first: it is fetched second.
-    let held = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let held = reg.layer_digest("models/pack", "v1", 0);
     let front = Front::start(&reg.addr, &held);
     let dest = work.path().join("pack");
     let s = Sidecar::start(
@@ -798,20 +786,8 @@ fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
                        tar_layer("w/shard-2.safetensors", &shard_2)]
         }),
     );
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &http_get(
-            &reg.addr,
-            "/v2/models/listed/manifests/v1",
-            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        )
-        .body,
-    )
-    .unwrap();
     // The last shard's download is held back; a peek at its header is not.
-    let held = manifest["layers"][2]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let held = reg.layer_digest("models/listed", "v1", 2);
     let front = Front::start_with(&reg.addr, &held, true);
     let dest = work.path().join("listed");
     let s = Sidecar::start(

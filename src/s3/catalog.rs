@@ -375,17 +375,23 @@ mod tests {
         assert!(e.contains("both be S3 bucket 'models'"), "{e}");
     }
 
-    #[tokio::test]
-    async fn keys_wait_until_verified_and_failures_stick() {
+    /// Bucket `models` over a directory holding `a.bin` ("abc").
+    fn one_file_bucket() -> (tempfile::TempDir, Catalog, Vec<Publisher>, FileRecord) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.bin"), b"abc").unwrap();
         let (catalog, publishers) = Catalog::start(&[("models".into(), dir.path().into())]);
-        let p = &publishers[0];
         let record = FileRecord {
             path: "a.bin".into(),
             size: 3,
             digest: Digest::sha256_of(b"abc"),
         };
+        (dir, catalog, publishers, record)
+    }
+
+    #[tokio::test]
+    async fn keys_wait_until_verified_and_failures_stick() {
+        let (dir, catalog, publishers, record) = one_file_bucket();
+        let p = &publishers[0];
         p.planned(vec![("a.bin".into(), 3, etag(&record.digest))]);
         let state = |c: &Catalog| {
             let c = c.clone();
@@ -422,15 +428,8 @@ mod tests {
 
     #[tokio::test]
     async fn keys_named_ahead_that_the_install_lacks_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.bin"), b"abc").unwrap();
-        let (catalog, publishers) = Catalog::start(&[("models".into(), dir.path().into())]);
+        let (dir, catalog, publishers, record) = one_file_bucket();
         let p = &publishers[0];
-        let record = FileRecord {
-            path: "a.bin".into(),
-            size: 3,
-            digest: Digest::sha256_of(b"abc"),
-        };
         // Read ahead from tar headers: one key the layers turn out to lack.
         p.planned(vec![
             ("a.bin".into(), 3, etag(&record.digest)),

@@ -403,6 +403,21 @@ impl Registry {
         serde_json::from_slice(&out.stdout).expect("oras_push.py prints the manifest")
     }
 
+    /// The digest of layer `index` in the image manifest `repo:tag`.
+    pub fn layer_digest(&self, repo: &str, tag: &str, index: usize) -> String {
+        let resp = http_get(
+            &self.addr,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&resp.body).expect("the registry sends the manifest");
+        manifest["layers"][index]["digest"]
+            .as_str()
+            .expect("the manifest has that layer")
+            .to_string()
+    }
+
     /// The digest the registry reports for `repo:tag`.
     pub fn digest_of(&self, repo: &str, tag: &str) -> String {
         let resp = http_get(
