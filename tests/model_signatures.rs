@@ -56,28 +56,6 @@ fn sign_with_key_to(model: &Path, private: &Path, sig: &str) {
     assert!(out.status.success(), "model_signing sign: {out:?}");
 }
 
-/// Signs through the library, for the serializations its CLI does not offer.
-fn sign_with_api(model: &Path, private: &Path, serialization: &str) {
-    let sig = model.join("model.sig");
-    let script = format!(
-        r#"
-import pathlib
-from model_signing import hashing, signing
-model = pathlib.Path({model:?})
-h = hashing.Config().{serialization}.set_ignored_paths(paths=[model / "model.sig"], ignore_git_paths=True)
-signing.Config().use_elliptic_key_signer(private_key={private:?}).set_hashing_config(h).sign(model, {sig:?})
-"#,
-        model = model.display().to_string(),
-        private = private.display().to_string(),
-        sig = sig.display().to_string(),
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "signing via the API: {out:?}");
-}
-
 /// What `model_signing`'s verifier says of the installed tree. Through its
 /// library: its CLI always hashes files whole, so it cannot verify the shard
 /// signatures its own library makes. Our bookkeeping is left out, as any

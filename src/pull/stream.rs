@@ -4,9 +4,11 @@
 //!
 //! The signature file (`model.sig`) downloads first; until it is in and
 //! verified, files that arrive are held, opened when their blob verified.
-//! Files the signature's digests cannot judge alone (shard or other-hash
-//! serializations) wait for the whole tree's check, as does everything
-//! when the signature does not verify: that check then says why.
+//! Files the download's digest cannot judge (shard or other-hash
+//! serializations) are hashed again as the signer did, off the async
+//! workers, and served when they match. Ignored paths wait for the whole
+//! tree's check, as does everything when the signature does not verify:
+//! that check then says why.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -82,7 +84,7 @@ pub(super) struct SignedGate {
 enum Gate {
     /// The signature is not in yet: files that verified, held open.
     Waiting(Vec<(FileRecord, VerifiedFile)>),
-    Signed(SignedFiles),
+    Signed(Arc<SignedFiles>),
     /// The signature did not verify: nothing is served before the tree
     /// check, which refuses it.
     Closed,
@@ -105,6 +107,7 @@ impl SignedGate {
                 };
                 match signed {
                     Ok(signed) => {
+                        let signed = Arc::new(signed);
                         tracing::info!(signature = %self.policy.signature, signer = %signed.signer, "model signature verified; serving each file that matches it");
                         self.publisher.serve(record.path.clone(), file);
                         for (r, f) in held {
@@ -121,19 +124,41 @@ impl SignedGate {
         }
     }
 
-    fn judge(&self, signed: &SignedFiles, record: &FileRecord, file: VerifiedFile) {
+    fn judge(&self, signed: &Arc<SignedFiles>, record: &FileRecord, file: VerifiedFile) {
         match signed.vouches(&record.path, &record.digest) {
             Some(true) => self.publisher.serve(record.path.clone(), file),
-            Some(false) => self.publisher.failed(
-                &record.path,
-                &format!(
-                    "model signature {}: {} is not signed with these bytes",
-                    self.policy.signature,
-                    crate::text::escape_controls(&record.path)
-                ),
-            ),
-            // Served after the whole tree's check.
-            None => {}
+            Some(false) => self.refuse(record),
+            // Hashed again as the signer did, off the async workers.
+            None => {
+                let (publisher, signed, record) =
+                    (self.publisher.clone(), signed.clone(), record.clone());
+                let refuse = self.refusal(&record);
+                let hash = move || match signed.vouches_for_bytes(&record.path, &file.file) {
+                    Ok(Some(true)) => publisher.serve(record.path.clone(), file),
+                    Ok(Some(false)) => publisher.failed(&record.path, &refuse),
+                    // Ignored by the signature: served after the tree check.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %record.path, "cannot hash it as the signature does ({e:#}); it is served after the whole tree's check")
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(hash)),
+                    Err(_) => hash(),
+                }
+            }
         }
+    }
+
+    fn refuse(&self, record: &FileRecord) {
+        self.publisher.failed(&record.path, &self.refusal(record));
+    }
+
+    fn refusal(&self, record: &FileRecord) -> String {
+        format!(
+            "model signature {}: {} is not signed with these bytes",
+            self.policy.signature,
+            crate::text::escape_controls(&record.path)
+        )
     }
 }

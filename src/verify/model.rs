@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -291,6 +290,40 @@ impl SignedFiles {
         }
         Some(self.statement.resources.get(path).map(String::as_str) == Some(digest.hex()))
     }
+
+    /// Whether `file` (opened at `path`) is what the signature lists, hashed
+    /// as the signer serialized it: for shard and other-hash serializations,
+    /// where [`SignedFiles::vouches`] cannot tell from the download's digest.
+    /// `None` for an ignored path: only the tree check decides those.
+    pub fn vouches_for_bytes(&self, path: &str, file: &fs::File) -> Result<Option<bool>> {
+        let s = &self.statement.serialization;
+        if s.ignored(path) {
+            return Ok(None);
+        }
+        let mut actual = BTreeMap::new();
+        hash_into(&mut actual, file, path, s)?;
+        let signed: BTreeMap<&String, &String> = match s.shard_size {
+            None => self
+                .statement
+                .resources
+                .get_key_value(path)
+                .into_iter()
+                .collect(),
+            // `path:start:end`, and only this file's (another file's name may
+            // begin with `path:`).
+            Some(_) => self
+                .statement
+                .resources
+                .range(format!("{path}:")..)
+                .take_while(|(name, _)| name.starts_with(&format!("{path}:")))
+                .filter(|(name, _)| file_of(name, s) == path)
+                .collect(),
+        };
+        Ok(Some(
+            actual.len() == signed.len()
+                && actual.iter().all(|(name, d)| signed.get(name) == Some(&d)),
+        ))
+    }
 }
 
 /// The signature file's bytes checked against the policy's trust, and the
@@ -518,7 +551,8 @@ fn compare(root: &Path, contents: &Contents, signed: &Statement) -> Result<()> {
         if !resolved.starts_with(&inside) || !resolved.is_file() {
             bail!("symlink {path} does not point to a file inside the model");
         }
-        hash_into(&mut actual, &resolved, path, s)?;
+        let file = fs::File::open(&resolved).with_context(|| format!("cannot read {path}"))?;
+        hash_into(&mut actual, &file, path, s)?;
     }
     let files: Vec<_> = contents
         .files
@@ -533,7 +567,11 @@ fn compare(root: &Path, contents: &Contents, signed: &Statement) -> Result<()> {
             (None, true) => {
                 one.insert(f.path.clone(), f.digest.hex().to_string());
             }
-            _ => hash_into(&mut one, &root.join(&f.path), &f.path, s)?,
+            _ => {
+                let file = fs::File::open(root.join(&f.path))
+                    .with_context(|| format!("cannot read {}", f.path))?;
+                hash_into(&mut one, &file, &f.path, s)?
+            }
         }
         Ok::<_, anyhow::Error>(one)
     }) {
@@ -582,43 +620,53 @@ fn shown(name: &str) -> String {
 
 /// The file's digest (files) or each of its shards' (shards: `path:start:end`,
 /// end exclusive; an empty file has none), as the signer computes them.
+/// Positional reads: others may be reading the same descriptor.
 fn hash_into(
     out: &mut BTreeMap<String, String>,
-    file: &Path,
+    file: &fs::File,
     name: &str,
     s: &Serialization,
 ) -> Result<()> {
-    let mut f = fs::File::open(file).with_context(|| format!("cannot read {name}"))?;
-    let Some(shard) = s.shard_size else {
-        let (_, d) = crate::digest::hash_reader(&mut f, s.hash)
-            .with_context(|| format!("cannot read {name}"))?;
-        out.insert(name.to_string(), d.hex().to_string());
-        return Ok(());
-    };
-    let size = f.metadata()?.len();
-    let mut start = 0;
+    use std::os::unix::fs::FileExt;
+    let size = file
+        .metadata()
+        .with_context(|| format!("cannot read {name}"))?
+        .len();
+    let shard = s.shard_size.unwrap_or(u64::MAX);
     let mut buf = vec![0u8; 1 << 20];
-    while start < size {
+    let mut start = 0u64;
+    loop {
         let end = size.min(start.saturating_add(shard));
-        f.seek(SeekFrom::Start(start))?;
         let mut h = Hasher::new(s.hash);
-        let mut left = end - start;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = f.read(&mut buf[..want])?;
+        let mut at = start;
+        while at < end {
+            let want = (end - at).min(buf.len() as u64) as usize;
+            let n = file
+                .read_at(&mut buf[..want], at)
+                .with_context(|| format!("cannot read {name}"))?;
             if n == 0 {
                 bail!("{name} shrank while it was hashed");
             }
             h.update(&buf[..n]);
-            left -= n as u64;
+            at += n as u64;
         }
-        out.insert(
-            format!("{name}:{start}:{end}"),
-            h.finish().hex().to_string(),
-        );
+        let hex = h.finish().hex().to_string();
+        match s.shard_size {
+            None => {
+                out.insert(name.to_string(), hex);
+                return Ok(());
+            }
+            // An empty file has no shard.
+            Some(_) if start < end => {
+                out.insert(format!("{name}:{start}:{end}"), hex);
+            }
+            Some(_) => {}
+        }
+        if end >= size {
+            return Ok(());
+        }
         start = end;
     }
-    Ok(())
 }
 
 /// Hex that is not empty: an empty digest is no digest here.
@@ -692,6 +740,55 @@ mod tests {
             serde_json::json!({"method": "shards", "hash_type": "sha256", "shard_size": 10});
         let shards = signed(shards, "sha256-sharded-10");
         assert_eq!(shards.vouches("w/a", &sha256(b"a")), None);
+    }
+
+    #[test]
+    fn a_file_is_hashed_again_as_shards_or_blake3_were_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..25u8).collect();
+        std::fs::write(dir.path().join("a"), &bytes).unwrap();
+        let mut changed = bytes.clone();
+        changed[12] ^= 1;
+        std::fs::write(dir.path().join("b"), &changed).unwrap();
+        std::fs::write(dir.path().join("c"), &bytes[..20]).unwrap();
+        let open = |name: &str| std::fs::File::open(dir.path().join(name)).unwrap();
+        let signed = |serialization, resources: &[(&str, &str, &str)]| SignedFiles {
+            signer: "key".into(),
+            statement: read_statement(&statement(serialization, resources, None)).unwrap(),
+        };
+        let shard = |r: std::ops::Range<usize>| sha(&bytes[r]);
+        let (s0, s1, s2) = (shard(0..10), shard(10..20), shard(20..25));
+        let shards = signed(
+            serde_json::json!({"method": "shards", "hash_type": "sha256", "shard_size": 10, "ignore_paths": ["skip"]}),
+            &[
+                ("a:0:10", "sha256-sharded-10", &s0),
+                ("a:10:20", "sha256-sharded-10", &s1),
+                ("a:20:25", "sha256-sharded-10", &s2),
+                // Another file whose name begins with `a:`, and `c` signed
+                // with one shard more than it has.
+                ("a:0:10:0:3", "sha256-sharded-10", &s0),
+                ("c:0:10", "sha256-sharded-10", &s0),
+                ("c:10:20", "sha256-sharded-10", &s1),
+                ("c:20:25", "sha256-sharded-10", &s2),
+            ],
+        );
+        let judge = |signed: &SignedFiles, path: &str, file: &str| {
+            signed.vouches_for_bytes(path, &open(file)).unwrap()
+        };
+        assert_eq!(judge(&shards, "a", "a"), Some(true));
+        assert_eq!(judge(&shards, "a", "b"), Some(false), "a changed shard");
+        assert_eq!(judge(&shards, "c", "c"), Some(false), "a missing shard");
+        assert_eq!(judge(&shards, "d", "a"), Some(false), "not signed");
+        assert_eq!(judge(&shards, "skip", "b"), None, "ignored");
+
+        let blake3 = Digest::of(Algorithm::Blake3, &bytes);
+        let files = signed(
+            serde_json::json!({"method": "files", "hash_type": "blake3", "allow_symlinks": false}),
+            &[("a", "blake3", blake3.hex())],
+        );
+        assert_eq!(judge(&files, "a", "a"), Some(true));
+        assert_eq!(judge(&files, "a", "b"), Some(false));
+        assert_eq!(judge(&files, "b", "a"), Some(false), "not signed");
     }
 
     #[test]

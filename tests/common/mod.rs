@@ -1541,3 +1541,27 @@ pub fn sha256_cpu_seconds<'a>(blobs: impl IntoIterator<Item = &'a [u8]>) -> f64 
     }
     now() - start
 }
+
+/// Signs `model` (signature at `model.sig`) through `model_signing`'s
+/// library, for the serializations its CLI does not offer: `serialization`
+/// is a `hashing.Config` call such as `use_shard_serialization(shard_size=N)`.
+pub fn sign_with_api(model: &Path, private: &Path, serialization: &str) {
+    let sig = model.join("model.sig");
+    let script = format!(
+        r#"
+import pathlib
+from model_signing import hashing, signing
+model = pathlib.Path({model:?})
+h = hashing.Config().{serialization}.set_ignored_paths(paths=[model / "model.sig"], ignore_git_paths=True)
+signing.Config().use_elliptic_key_signer(private_key={private:?}).set_hashing_config(h).sign(model, {sig:?})
+"#,
+        model = model.display().to_string(),
+        private = private.display().to_string(),
+        sig = sig.display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "signing via the API: {out:?}");
+}
