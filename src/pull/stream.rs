@@ -133,13 +133,19 @@ impl SignedGate {
                 let (publisher, signed, record) =
                     (self.publisher.clone(), signed.clone(), record.clone());
                 let refuse = self.refusal(&record);
-                let hash = move || match signed.vouches_for_bytes(&record.path, &file.file) {
-                    Ok(Some(true)) => publisher.serve(record.path.clone(), file),
-                    Ok(Some(false)) => publisher.failed(&record.path, &refuse),
-                    // Ignored by the signature: served after the tree check.
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(path = %record.path, "cannot hash it as the signature does ({e:#}); it is served after the whole tree's check")
+                let hash = move || {
+                    // One CPU's worth at a time, beside the download's hashing.
+                    let cpu = crate::cpus::Slot::take();
+                    let judged = signed.vouches_for_bytes(&record.path, &file.file);
+                    drop(cpu);
+                    match judged {
+                        Ok(Some(true)) => publisher.serve(record.path.clone(), file),
+                        Ok(Some(false)) => publisher.failed(&record.path, &refuse),
+                        // Ignored by the signature: served after the tree check.
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(path = %record.path, "cannot hash it as the signature does ({e:#}); it is served after the whole tree's check")
+                        }
                     }
                 };
                 match tokio::runtime::Handle::try_current() {
