@@ -355,6 +355,7 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
         })
         .await;
     let Some(keys) = listed else {
+        tracing::info!(bucket, "S3 endpoint: the listing is not whole after {:?}; answered 503 SlowDown (the client retries)", s3.wait);
         return error(
             false,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -537,13 +538,14 @@ async fn get_object(
         .await;
     let file = match settled {
         None => {
+            tracing::info!(bucket, key = %crate::text::escape_controls(key), "S3 endpoint: not verified after {:?}; answered 503 SlowDown (the client retries)", s3.wait);
             return error(
                 head,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SlowDown",
                 "the file has not been downloaded and verified yet; retry",
                 &resource,
-            )
+            );
         }
         Some(None) => {
             return error(
