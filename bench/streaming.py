@@ -13,6 +13,10 @@ artifact (one layer per file) to docker-registry behind `bench/wan.py`. Then, on
    file in `--range` ranges from `--threads` threads (listing the bucket first; 503 SlowDown, "not
    verified yet", is retried): the time until the reader holds every byte, and when the first byte
    of the first shard arrived.
+   Before it, the same sidecar with no reader (its own cost); after it, when the Run:ai streamer's
+   wheels are in `--runai-lib` (tests/streaming.rs installs them there), 3. the streamer's own S3
+   client started with a fresh sidecar, reading every file (bench/runai_reader.py), optionally at
+   a lower priority (`--runai-nice 19`) so that on a small machine the pull has the CPUs first.
 Targets (issue #31): reader done <= 1.15x the pull alone; first byte of the first shard before
 half the pull alone. With `--runai-python` (a Python with torch and runai-model-streamer[-s3]),
 the Run:ai Model Streamer's SafetensorsStreamer also reads every shard through the endpoint and
@@ -24,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import socket
@@ -167,6 +172,65 @@ print("runai ok: %d tensors equal" % checked)
 '''
 
 
+def sidecar_alone(ocimodel, uri, work, pull_env):
+    """Seconds until a streaming sidecar that nobody reads from is ready (installed)."""
+    dest = work / "quiet" / "models"
+    probes = f"127.0.0.1:{suite.free_port()}"
+    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": f"127.0.0.1:{suite.free_port()}",
+                "OCIMODEL_LISTEN": probes}
+    t0 = time.monotonic()
+    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
+    try:
+        while side.poll() is None and time.monotonic() - t0 < 600:
+            try:
+                if urllib.request.urlopen(f"http://{probes}/readyz", timeout=1).status == 200:
+                    return time.monotonic() - t0
+            except Exception:
+                pass
+            time.sleep(0.02)
+        raise SystemExit("the streaming sidecar did not get ready")
+    finally:
+        side.terminate()
+        side.wait()
+        shutil.rmtree(work / "quiet")
+
+
+def stream_with_runai(ocimodel, uri, work, pull_env, model, names, lib, rng, nice):
+    """A fresh sidecar, and bench/runai_reader.py started with it on every file (as vLLM reads
+    once it has listed the bucket): when each file and all were in the client's hands."""
+    dest = work / "runai" / "models"
+    s3 = f"127.0.0.1:{suite.free_port()}"
+    probes = f"127.0.0.1:{suite.free_port()}"
+    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3, "OCIMODEL_LISTEN": probes}
+    t0 = time.monotonic()
+    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
+    try:
+        wait_port(s3)
+        renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
+                "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0", "RUNAI_STREAMER_S3_TIMEOUT": "600",
+                "T0": repr(t0)}
+        files = [f"{n}:{(model / n).stat().st_size}" for n in names]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reader = subprocess.Popen([sys.executable, str(REPO / "bench/runai_reader.py"), lib, "models",
+                                   str(rng), *files], env=renv, stdout=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: os.nice(nice))
+        got = json.loads(reader.communicate()[0])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        got["cpu"] = {"sidecar": cpu_seconds(side.pid),
+                      "reader": after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime}
+        got["served"] = [l for l in urllib.request.urlopen(f"http://{probes}/metrics").read().decode()
+                         .splitlines() if l.startswith("ocimodel_s3_bytes_served_total")]
+        assert not got["errors"], got["errors"]
+        for n in names:
+            assert got["hashes"][n] == sha256(model / n), f"{n}: wrong bytes"
+        return got
+    finally:
+        side.terminate()
+        side.wait()
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -194,6 +258,12 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--binary", help="an ocimodel binary (default: build the release one)")
     ap.add_argument("--runai-python", help="a Python with torch and runai-model-streamer-s3")
+    ap.add_argument("--runai-lib", default=str(REPO / "target/test-deps/runai-model-streamer-0.17.1"),
+                    help="the Run:ai streamer's wheels installed with --no-deps --target (as "
+                         "tests/streaming.rs leaves them); its S3 client reads in a third run")
+    ap.add_argument("--runai-nice", type=int, default=0,
+                    help="run that client at this niceness: on a machine with few CPUs, 19 lets the "
+                         "pull have the CPUs it needs first, as on a node where the engine has its own")
     ap.add_argument("--work", default="/tmp/ocimodel-bench-streaming")
     ap.add_argument("--out", default=str(REPO / "bench/RESULTS-streaming.md"))
     args = ap.parse_args()
@@ -232,6 +302,10 @@ def main():
         results["pull"] = time.monotonic() - t0
         shutil.rmtree(work / "alone")
         print(f"pull alone: {results['pull']:.2f}s", flush=True)
+
+        # 1b. The streaming sidecar with no reader: its own cost, apart from a reader's CPU.
+        results["sidecar_alone"] = sidecar_alone(ocimodel, uri, work, pull_env)
+        print(f"streaming sidecar, no reader: {results['sidecar_alone']:.2f}s", flush=True)
 
         # 2. The sidecar and a reader started together.
         dest = work / "sidecar" / "models"
@@ -303,6 +377,13 @@ def main():
         finally:
             side.terminate()
             side.wait()
+
+        # 3. The sidecar and the Run:ai streamer's own S3 client started together.
+        if Path(args.runai_lib, "runai_model_streamer").is_dir():
+            results["runai"] = stream_with_runai(ocimodel, uri, work, pull_env, model, names,
+                                                 args.runai_lib, rng, args.runai_nice)
+            print("runai client:", {k: v for k, v in results["runai"].items() if k != "hashes"},
+                  flush=True)
     finally:
         link.terminate()
         link.wait()
@@ -326,6 +407,8 @@ def main():
         "| measurement | seconds | ratio to the pull alone | target |",
         "|---|---|---|---|",
         f"| pull alone (`ocimodel REF DEST`) | {pull:.2f} | 1.00 | |",
+        f"| streaming sidecar, no reader: installed (`/readyz`) | {results['sidecar_alone']:.2f} | "
+        f"{results['sidecar_alone'] / pull:.2f} | |",
         f"| sidecar + boto3: every byte in the reader's hands | {reader:.2f} | {reader / pull:.2f} | <= 1.15 "
         f"{'(met)' if reader / pull <= 1.15 else '(**missed**)'} |",
         f"| sidecar + boto3: first byte of the first shard | {first:.2f} | {first / pull:.2f} | < 0.50 "
@@ -341,6 +424,17 @@ def main():
         f"Bytes served (metric): `{'; '.join(results['served'])}`.",
         "",
     ]
+    if "runai" in results:
+        r = results["runai"]
+        done, first_shard = r["done"], r["first"][shard_name(1)]
+        lines += [
+            f"The Run:ai Model Streamer's own S3 client (`bench/runai_reader.py`, runai-model-streamer-s3 "
+            f"0.17.1, every file asked for at once in {rng // MiB} MiB ranges, started with a fresh sidecar"
+            f"{f', at niceness {args.runai_nice}' if args.runai_nice else ''}): "
+            f"every byte at {done:.2f} s (**{done / pull:.2f}×** the pull alone), the first range of the "
+            f"first shard at {first_shard:.2f} s ({first_shard / pull:.2f}×); CPU seconds: sidecar "
+            f"{r['cpu']['sidecar']:.2f}, reader {r['cpu']['reader']:.2f}; bytes served "
+            f"`{'; '.join(r['served'])}`.", ""]
     if runai:
         code, secs, tail = runai
         lines += [f"Run:ai Model Streamer (`SafetensorsStreamer`, {args.runai_python}) reading the {SHARDS} shards "
