@@ -94,7 +94,7 @@ pub(super) fn start(
                     .collect();
                 tracing::debug!(keys = keys.len(), "S3 endpoint: every tar layer named its file; the listing is whole");
                 publisher.planned(keys);
-                publisher.complete();
+                publisher.listed();
             }
             Ok(Ok(None)) => tracing::debug!("S3 endpoint: a tar layer may hold several files; the listing waits for the layers"),
             Ok(Err(e)) => tracing::debug!("S3 endpoint: cannot read the tar layers ahead ({e:#}); the listing waits for them"),
@@ -119,7 +119,10 @@ async fn named_keys(
             rel.extend(clean_path(&path)?);
             // Until it verified, the layer's digest stands for the file's.
             let etag = crate::s3::catalog::etag(&layer.digest);
-            Ok::<_, anyhow::Error>((!rel.is_empty()).then(|| (join(&rel), size, etag)))
+            let key = join(&rel);
+            // A control character has no place in a listing's XML.
+            let listable = !key.is_empty() && !key.chars().any(char::is_control);
+            Ok::<_, anyhow::Error>(listable.then_some((key, size, etag)))
         })
         .buffer_unordered(AT_ONCE)
         .try_collect()

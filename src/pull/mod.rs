@@ -378,7 +378,7 @@ async fn install_planned(
     let plan = &planned.plan;
     let staging = dest.new_staging()?;
     let stream = Streaming::for_plan(settings, plan);
-    let (mut contents, disk) = unpack_plan(
+    let unpacked = unpack_plan(
         source,
         plan,
         parents,
@@ -387,8 +387,23 @@ async fn install_planned(
         stream.as_ref(),
         &job.uri,
     )
-    .await?;
-    let model_signature = match check_model_signature(settings, staging.path(), &contents).await {
+    .await;
+    let (mut contents, disk) = match unpacked {
+        Ok(u) => u,
+        Err(e) => {
+            if let Some(s) = &stream {
+                s.close();
+            }
+            return Err(e);
+        }
+    };
+    let checked = check_model_signature(settings, staging.path(), &contents).await;
+    // The tree check has decided: a file still being hashed again against
+    // the signature is not served when its hash comes in.
+    if let Some(s) = &stream {
+        s.close();
+    }
+    let model_signature = match checked {
         Ok(s) => s,
         Err(e) => {
             // None of the files may be served: say so to whoever waits on one.

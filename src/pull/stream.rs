@@ -56,6 +56,15 @@ impl Streaming {
         }
     }
 
+    /// The attempt's tree check has decided (or the attempt ended): from
+    /// now on it alone says what is served, so a file still being hashed
+    /// again is not served when its hash comes in.
+    pub(super) fn close(&self) {
+        if let Streaming::Signed(g) = self {
+            *g.state.lock().unwrap_or_else(|e| e.into_inner()) = Gate::Closed;
+        }
+    }
+
     /// `root/record.path` verified against its blob or layer digest.
     pub(super) fn verified(&self, root: &Path, record: &FileRecord) {
         match self {
@@ -85,13 +94,13 @@ enum Gate {
     /// The signature is not in yet: files that verified, held open.
     Waiting(Vec<(FileRecord, VerifiedFile)>),
     Signed(Arc<SignedFiles>),
-    /// The signature did not verify: nothing is served before the tree
-    /// check, which refuses it.
+    /// Nothing more is served through the gate: the signature did not
+    /// verify (the tree check refuses it), or the tree check has decided.
     Closed,
 }
 
 impl SignedGate {
-    fn offer(&self, root: &Path, record: &FileRecord) {
+    fn offer(self: &Arc<Self>, root: &Path, record: &FileRecord) {
         let Some(file) = VerifiedFile::open(root, record) else {
             return;
         };
@@ -124,34 +133,45 @@ impl SignedGate {
         }
     }
 
-    fn judge(&self, signed: &Arc<SignedFiles>, record: &FileRecord, file: VerifiedFile) {
+    fn judge(self: &Arc<Self>, signed: &Arc<SignedFiles>, record: &FileRecord, file: VerifiedFile) {
         match signed.vouches(&record.path, &record.digest) {
             Some(true) => self.publisher.serve(record.path.clone(), file),
             Some(false) => self.refuse(record),
-            // Hashed again as the signer did, off the async workers.
+            // Hashed again as the signer did, off the async workers (the
+            // caller holds the gate's lock: never inline).
             None => {
-                let (publisher, signed, record) =
-                    (self.publisher.clone(), signed.clone(), record.clone());
-                let refuse = self.refusal(&record);
+                let (gate, signed, record) = (self.clone(), signed.clone(), record.clone());
                 let hash = move || {
-                    // One CPU's worth at a time, beside the download's hashing.
-                    let cpu = crate::cpus::Slot::take();
-                    let judged = signed.vouches_for_bytes(&record.path, &file.file);
-                    drop(cpu);
-                    match judged {
-                        Ok(Some(true)) => publisher.serve(record.path.clone(), file),
-                        Ok(Some(false)) => publisher.failed(&record.path, &refuse),
-                        // Ignored by the signature: served after the tree check.
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(path = %record.path, "cannot hash it as the signature does ({e:#}); it is served after the whole tree's check")
-                        }
-                    }
+                    let judged = signed.vouches_for_bytes(&record.path, &file.file, file.size);
+                    gate.decide(&record, file, judged)
                 };
                 match tokio::runtime::Handle::try_current() {
                     Ok(runtime) => drop(runtime.spawn_blocking(hash)),
-                    Err(_) => hash(),
+                    Err(_) => drop(std::thread::spawn(hash)),
                 }
+            }
+        }
+    }
+
+    /// A file hashed again: served or refused, unless the gate closed
+    /// meanwhile (then the tree check says, as it does for everything).
+    fn decide(
+        &self,
+        record: &FileRecord,
+        file: VerifiedFile,
+        judged: anyhow::Result<Option<bool>>,
+    ) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*state, Gate::Signed(_)) {
+            return;
+        }
+        match judged {
+            Ok(Some(true)) => self.publisher.serve(record.path.clone(), file),
+            Ok(Some(false)) => self.refuse(record),
+            // Ignored by the signature: served after the tree check.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %record.path, "cannot hash it as the signature does ({e:#}); it is served after the whole tree's check")
             }
         }
     }
@@ -166,5 +186,62 @@ impl SignedGate {
             self.policy.signature,
             crate::text::escape_controls(&record.path)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::s3::catalog::FileState;
+    use crate::s3::Catalog;
+    use std::time::Duration;
+
+    /// A gate whose signature verified, listing `a.bin` by shards.
+    fn signed_gate(dir: &Path, bytes: &[u8]) -> (Catalog, Arc<SignedGate>, FileRecord) {
+        std::fs::write(dir.join("a.bin"), bytes).unwrap();
+        let (catalog, publishers) = Catalog::start(&[("models".into(), dir.into())]);
+        let signed = SignedFiles::sharded_for_tests(10, &[("a.bin", bytes)]);
+        let gate = Arc::new(SignedGate {
+            publisher: publishers[0].clone(),
+            policy: Arc::new(ModelPolicy::default()),
+            state: Mutex::new(Gate::Signed(Arc::new(signed))),
+        });
+        let record = FileRecord {
+            path: "a.bin".into(),
+            size: bytes.len() as u64,
+            digest: Digest::sha256_of(bytes),
+        };
+        (catalog, gate, record)
+    }
+
+    async fn served(catalog: &Catalog, within: Duration) -> bool {
+        catalog
+            .wait_for(within, |s| match s.buckets["models"].keys.get("a.bin") {
+                Some(FileState::Verified(_)) => Some(()),
+                _ => None,
+            })
+            .await
+            .is_some()
+    }
+
+    #[tokio::test]
+    async fn a_file_hashed_again_is_not_served_once_the_gate_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..35u8).collect();
+        // Open: hashed again as the signature's shards, then served.
+        let (catalog, gate, record) = signed_gate(dir.path(), &bytes);
+        gate.offer(dir.path(), &record);
+        assert!(served(&catalog, Duration::from_secs(10)).await);
+
+        // Closed while the hash waits for a CPU: not served.
+        let (catalog, gate, record) = signed_gate(dir.path(), &bytes);
+        let cpus: Vec<_> = (0..crate::cpus::available())
+            .map(|_| crate::cpus::Slot::take())
+            .collect();
+        gate.offer(dir.path(), &record);
+        Streaming::Signed(gate.clone()).close();
+        drop(cpus);
+        assert!(!served(&catalog, Duration::from_millis(500)).await);
     }
 }

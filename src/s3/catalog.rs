@@ -86,6 +86,9 @@ pub struct Bucket {
     /// Every key of the model is known (the plan had only whole files, or
     /// every layer is unpacked): a key that is not here never will be.
     pub complete: bool,
+    /// Every key is named, some only by tar headers read ahead (unverified):
+    /// enough to list, not to answer that a key does not exist.
+    pub listed: bool,
     /// The model is installed: what the pull names from now on is stale.
     pub installed: bool,
 }
@@ -109,6 +112,8 @@ pub enum Event {
     Failed(String, String),
     /// Every key is known now.
     Complete,
+    /// Every key is named, by tar headers read ahead.
+    Listed,
     /// The model is installed in `dest` with these files: any not yet
     /// verified in this process (an install found up to date) is opened there.
     Installed(PathBuf, Vec<FileRecord>),
@@ -161,6 +166,10 @@ impl Publisher {
 
     pub fn complete(&self) {
         self.send(Event::Complete);
+    }
+
+    pub fn listed(&self) {
+        self.send(Event::Listed);
     }
 
     pub fn installed(&self, dest: &Path, files: Vec<FileRecord>) {
@@ -266,6 +275,13 @@ fn apply(b: &mut Bucket, event: Event) {
         // A retry's copy replaces the last one (same bytes; the older
         // inode, unlinked with its staging, is released).
         Event::Verified(key, file) => {
+            if let Some(FileState::Pending { size, .. }) = b.keys.get(&key) {
+                if *size != file.size {
+                    // Only a tar header read ahead can name another size:
+                    // the registry answered that range with other bytes.
+                    tracing::warn!(key = %crate::text::escape_controls(&key), "S3 endpoint: listed with {size} bytes ahead of its layer, which holds {}; the registry's ranges disagree with its blob", file.size);
+                }
+            }
             b.keys.insert(key, FileState::Verified(Arc::new(file)));
         }
         // The first reason stays: it is the most specific (a file refused
@@ -276,6 +292,7 @@ fn apply(b: &mut Bucket, event: Event) {
             }
         }
         Event::Complete => b.complete = true,
+        Event::Listed => b.listed = true,
         Event::Installed(dest, files) => {
             for f in files {
                 if matches!(b.keys.get(&f.path), Some(FileState::Verified(_))) {
@@ -435,7 +452,15 @@ mod tests {
             ("a.bin".into(), 3, etag(&record.digest)),
             ("ghost.bin".into(), 9, etag(&record.digest)),
         ]);
-        p.complete();
+        p.listed();
+        // Listed, but unverified names cannot say a key is missing.
+        let listed = catalog
+            .wait_for(Duration::from_secs(2), |s| {
+                let b = &s.buckets["models"];
+                b.listed.then_some(b.complete)
+            })
+            .await;
+        assert_eq!(listed, Some(false));
         p.installed(dir.path(), vec![record.clone()]);
         // A read-ahead answering late names nothing any more.
         p.planned(vec![("late.bin".into(), 1, etag(&record.digest))]);

@@ -340,12 +340,12 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
     } else {
         get("marker").unwrap_or("").to_string()
     };
-    // A listing is only true once every key of the model is known.
+    // A listing is only true once every key of the model is named.
     let listed = s3
         .catalog
         .wait_for(s3.wait, |s| {
             let b = &s.buckets[bucket];
-            b.complete.then(|| {
+            (b.complete || b.listed).then(|| {
                 b.keys
                     .iter()
                     .filter(|(k, _)| k.starts_with(&prefix))

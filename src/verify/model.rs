@@ -295,13 +295,27 @@ impl SignedFiles {
     /// as the signer serialized it: for shard and other-hash serializations,
     /// where [`SignedFiles::vouches`] cannot tell from the download's digest.
     /// `None` for an ignored path: only the tree check decides those.
-    pub fn vouches_for_bytes(&self, path: &str, file: &fs::File) -> Result<Option<bool>> {
+    /// `size` is what will be served from `file`; the file must hold just
+    /// that. Each chunk takes a CPU slot, beside the download's hashing.
+    pub fn vouches_for_bytes(
+        &self,
+        path: &str,
+        file: &fs::File,
+        size: u64,
+    ) -> Result<Option<bool>> {
         let s = &self.statement.serialization;
         if s.ignored(path) {
             return Ok(None);
         }
+        let held = file
+            .metadata()
+            .with_context(|| format!("cannot read {path}"))?
+            .len();
+        if held != size {
+            bail!("{path} holds {held} bytes, not the {size} that verified");
+        }
         let mut actual = BTreeMap::new();
-        hash_into(&mut actual, file, path, s)?;
+        hash_into(&mut actual, file, path, s, true)?;
         let signed: BTreeMap<&String, &String> = match s.shard_size {
             None => self
                 .statement
@@ -323,6 +337,32 @@ impl SignedFiles {
             actual.len() == signed.len()
                 && actual.iter().all(|(name, d)| signed.get(name) == Some(&d)),
         ))
+    }
+}
+
+#[cfg(test)]
+impl SignedFiles {
+    /// What a verified signature over `files` with the shard serialization
+    /// would list (no bundle: for tests of what is done with it).
+    pub fn sharded_for_tests(shard_size: u64, files: &[(&str, &[u8])]) -> SignedFiles {
+        let serialization = serde_json::json!({"method": "shards", "hash_type": "sha256", "shard_size": shard_size});
+        let algorithm = format!("sha256-sharded-{shard_size}");
+        let mut resources = Vec::new();
+        for (name, bytes) in files {
+            for (i, chunk) in bytes.chunks(shard_size as usize).enumerate() {
+                let start = i as u64 * shard_size;
+                let end = start + chunk.len() as u64;
+                resources.push((format!("{name}:{start}:{end}"), hex(&Sha256::digest(chunk))));
+            }
+        }
+        let listed: Vec<_> = resources
+            .iter()
+            .map(|(n, d)| (n.as_str(), algorithm.as_str(), d.as_str()))
+            .collect();
+        SignedFiles {
+            signer: "test".into(),
+            statement: read_statement(&tests::statement(serialization, &listed, None)).unwrap(),
+        }
     }
 }
 
@@ -552,7 +592,7 @@ fn compare(root: &Path, contents: &Contents, signed: &Statement) -> Result<()> {
             bail!("symlink {path} does not point to a file inside the model");
         }
         let file = fs::File::open(&resolved).with_context(|| format!("cannot read {path}"))?;
-        hash_into(&mut actual, &file, path, s)?;
+        hash_into(&mut actual, &file, path, s, false)?;
     }
     let files: Vec<_> = contents
         .files
@@ -570,7 +610,7 @@ fn compare(root: &Path, contents: &Contents, signed: &Statement) -> Result<()> {
             _ => {
                 let file = fs::File::open(root.join(&f.path))
                     .with_context(|| format!("cannot read {}", f.path))?;
-                hash_into(&mut one, &file, &f.path, s)?
+                hash_into(&mut one, &file, &f.path, s, false)?
             }
         }
         Ok::<_, anyhow::Error>(one)
@@ -620,12 +660,14 @@ fn shown(name: &str) -> String {
 
 /// The file's digest (files) or each of its shards' (shards: `path:start:end`,
 /// end exclusive; an empty file has none), as the signer computes them.
-/// Positional reads: others may be reading the same descriptor.
+/// Positional reads: others may be reading the same descriptor. With
+/// `pace`, each chunk holds a CPU slot ([`crate::cpus::Slot`]).
 fn hash_into(
     out: &mut BTreeMap<String, String>,
     file: &fs::File,
     name: &str,
     s: &Serialization,
+    pace: bool,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let size = file
@@ -641,6 +683,7 @@ fn hash_into(
         let mut at = start;
         while at < end {
             let want = (end - at).min(buf.len() as u64) as usize;
+            let _cpu = pace.then(crate::cpus::Slot::take);
             let n = file
                 .read_at(&mut buf[..want], at)
                 .with_context(|| format!("cannot read {name}"))?;
@@ -682,7 +725,7 @@ mod tests {
 
     /// A v1.0 statement over `resources` (name, algorithm, hex), with the
     /// subject digest computed as the format says, or `subject` if given.
-    fn statement(
+    pub(super) fn statement(
         serialization: Value,
         resources: &[(&str, &str, &str)],
         subject: Option<&str>,
@@ -773,13 +816,18 @@ mod tests {
             ],
         );
         let judge = |signed: &SignedFiles, path: &str, file: &str| {
-            signed.vouches_for_bytes(path, &open(file)).unwrap()
+            let f = open(file);
+            let size = f.metadata().unwrap().len();
+            signed.vouches_for_bytes(path, &f, size).unwrap()
         };
         assert_eq!(judge(&shards, "a", "a"), Some(true));
         assert_eq!(judge(&shards, "a", "b"), Some(false), "a changed shard");
         assert_eq!(judge(&shards, "c", "c"), Some(false), "a missing shard");
         assert_eq!(judge(&shards, "d", "a"), Some(false), "not signed");
         assert_eq!(judge(&shards, "skip", "b"), None, "ignored");
+        // Not the size that verified (what would be served): not judged.
+        let e = shards.vouches_for_bytes("a", &open("a"), 24).unwrap_err();
+        assert!(format!("{e}").contains("holds 25 bytes, not the 24"), "{e}");
 
         let blake3 = Digest::of(Algorithm::Blake3, &bytes);
         let files = signed(
