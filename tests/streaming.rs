@@ -504,6 +504,7 @@ out["range"] = [g["ResponseMetadata"]["HTTPStatusCode"], g["ContentRange"], g["B
 out["suffix"] = s3.get_object(Bucket="tree", Key="weights.bin", Range="bytes=-3")["Body"].read().decode()
 out["whole"] = s3.get_object(Bucket="tree", Key="sub/deeper/b.txt")["Body"].read().decode()
 out["spaced"] = s3.get_object(Bucket="tree", Key="sub/with space+plus.txt")["Body"].read().decode()
+out["control"] = s3.get_object(Bucket="tree", Key="sub/ctl\x01.txt")["Body"].read().decode()
 out["unsatisfiable"] = err(lambda: s3.get_object(Bucket="tree", Key="weights.bin", Range="bytes=100-"))
 out["no_key"] = err(lambda: s3.get_object(Bucket="tree", Key="nope.bin"))
 out["head_no_key"] = err(lambda: s3.head_object(Bucket="tree", Key="nope.bin"))
@@ -526,6 +527,8 @@ fn boto3_sees_s3_shapes() {
         ("sub/a.txt", "a"),
         ("sub/deeper/b.txt", "bee"),
         ("sub/with space+plus.txt", "odd name"),
+        // No XML can hold it: boto3 asks for url-encoded names.
+        ("sub/ctl\u{1}.txt", "ctl"),
     ]
     .into();
     let specs: Vec<_> = files
@@ -573,6 +576,7 @@ fn boto3_sees_s3_shapes() {
         got["sub"],
         j(serde_json::json!([
             ["sub/a.txt", 1],
+            ["sub/ctl\u{1}.txt", 3],
             ["sub/deeper/b.txt", 3],
             ["sub/with space+plus.txt", 8]
         ]))
@@ -580,6 +584,7 @@ fn boto3_sees_s3_shapes() {
     let all = serde_json::json!([
         "config.json",
         "sub/a.txt",
+        "sub/ctl\u{1}.txt",
         "sub/deeper/b.txt",
         "sub/with space+plus.txt",
         "weights.bin"
@@ -588,8 +593,8 @@ fn boto3_sees_s3_shapes() {
         got["pages"],
         j(serde_json::json!([
             ["config.json", "sub/a.txt"],
-            ["sub/deeper/b.txt", "sub/with space+plus.txt"],
-            ["weights.bin"]
+            ["sub/ctl\u{1}.txt", "sub/deeper/b.txt"],
+            ["sub/with space+plus.txt", "weights.bin"]
         ]))
     );
     assert_eq!(got["paginator"], all);
@@ -597,6 +602,7 @@ fn boto3_sees_s3_shapes() {
         got["v1"],
         j(serde_json::json!([
             "sub/a.txt",
+            "sub/ctl\u{1}.txt",
             "sub/deeper/b.txt",
             "sub/with space+plus.txt"
         ]))
@@ -610,6 +616,7 @@ fn boto3_sees_s3_shapes() {
     assert_eq!(got["suffix"], "789");
     assert_eq!(got["whole"], "bee");
     assert_eq!(got["spaced"], "odd name");
+    assert_eq!(got["control"], "ctl");
     assert_eq!(
         got["unsatisfiable"],
         j(serde_json::json!(["InvalidRange", 416, "bytes */10"]))

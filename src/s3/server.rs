@@ -313,6 +313,10 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
             .map(|(_, v)| v.as_str())
     };
     let v2 = get("list-type") == Some("2");
+    // `encoding-type=url` (boto3 always asks): names percent-encoded, so
+    // that any key, a control character included, survives the XML.
+    let url = get("encoding-type") == Some("url");
+    let name = |s: &str| if url { url_encode(s) } else { xml_escape(s) };
     let prefix = get("prefix").unwrap_or("").to_string();
     let delimiter = get("delimiter").unwrap_or("").to_string();
     let max_keys = get("max-keys")
@@ -403,10 +407,13 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
         body,
         "<Name>{}</Name><Prefix>{}</Prefix><MaxKeys>{max_keys}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
         xml_escape(bucket),
-        xml_escape(&prefix)
+        name(&prefix)
     );
+    if url {
+        body.push_str("<EncodingType>url</EncodingType>");
+    }
     if !delimiter.is_empty() {
-        let _ = write!(body, "<Delimiter>{}</Delimiter>", xml_escape(&delimiter));
+        let _ = write!(body, "<Delimiter>{}</Delimiter>", name(&delimiter));
     }
     if v2 {
         let _ = write!(body, "<KeyCount>{}</KeyCount>", entries.len());
@@ -418,7 +425,7 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
             );
         }
         if let Some(sa) = get("start-after") {
-            let _ = write!(body, "<StartAfter>{}</StartAfter>", xml_escape(sa));
+            let _ = write!(body, "<StartAfter>{}</StartAfter>", name(sa));
         }
         if let (true, Some(l)) = (truncated, &last) {
             let _ = write!(
@@ -428,9 +435,9 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
             );
         }
     } else {
-        let _ = write!(body, "<Marker>{}</Marker>", xml_escape(&after));
+        let _ = write!(body, "<Marker>{}</Marker>", name(&after));
         if let (true, Some(l)) = (truncated, &last) {
-            let _ = write!(body, "<NextMarker>{}</NextMarker>", xml_escape(l));
+            let _ = write!(body, "<NextMarker>{}</NextMarker>", name(l));
         }
     }
     for e in &entries {
@@ -439,7 +446,7 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
                 let _ = write!(
                     body,
                     "<Contents><Key>{}</Key><LastModified>{modified}</LastModified><ETag>{}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                    xml_escape(k),
+                    name(k),
                     xml_escape(etag)
                 );
             }
@@ -447,13 +454,30 @@ async fn list_objects(s3: &S3, bucket: &str, q: &[(String, String)]) -> Response
                 let _ = write!(
                     body,
                     "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-                    xml_escape(p)
+                    name(p)
                 );
             }
         }
     }
     body.push_str("</ListBucketResult>");
     xml(body)
+}
+
+/// A name as S3 writes it under `encoding-type=url`: every byte but the
+/// unreserved ones and `/` percent-encoded.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            b => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
 }
 
 fn hex(s: &str) -> String {
@@ -687,6 +711,15 @@ mod tests {
         let e = parse_listen("0.0.0.0:9000").unwrap_err().to_string();
         assert!(e.contains("not a loopback address"), "{e}");
         assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn url_encoded_names() {
+        assert_eq!(
+            url_encode("sub/a b+c\u{1}é.txt"),
+            "sub/a%20b%2Bc%01%C3%A9.txt"
+        );
+        assert_eq!(url_encode("Az09-_.~/"), "Az09-_.~/");
     }
 
     #[test]
