@@ -19,8 +19,9 @@ artifact (one layer per file) to docker-registry behind `bench/wan.py`. Then, on
    a lower priority (`--runai-nice 19`) so that on a small machine the pull has the CPUs first.
 Targets (issue #31): reader done <= 1.15x the pull alone; first byte of the first shard before
 half the pull alone. With `--runai-python` (a Python with torch and runai-model-streamer[-s3]),
-the Run:ai Model Streamer's SafetensorsStreamer also reads every shard through the endpoint and
-its tensors are compared with the files'.
+4. the Run:ai Model Streamer's SafetensorsStreamer, as vLLM's loader uses it, lists the bucket and
+reads every shard through a fresh sidecar from its start, and its tensors are compared with the
+files'.
 
 Writes bench/RESULTS-streaming.md.
 """
@@ -153,23 +154,57 @@ def read_everything(endpoint, bucket, rng, threads, first, start):
 
 
 RUNAI = r'''
-import sys, torch
-from runai_model_streamer import SafetensorsStreamer
+import json, os, sys, time, torch
+from runai_model_streamer import SafetensorsStreamer, list_safetensors
 from safetensors.torch import load_file
-bucket, local = sys.argv[1], sys.argv[2]
-names = sys.argv[3:]
-checked = 0
+source, local = sys.argv[1], sys.argv[2]
+t0 = float(os.environ["T0"])
+imported = time.monotonic() - t0
+# As vLLM's runai_streamer loader: list the model's safetensors (a bucket, or a local directory
+# as a storage-initializer leaves it), stream them all.
+files = sorted(list_safetensors(source))
+got, first = {}, None
 with SafetensorsStreamer() as streamer:
-    streamer.stream_files(["s3://%s/%s" % (bucket, n) for n in names])
-    expected = {}
-    for n in names:
-        expected.update(load_file(local + "/" + n))
+    streamer.stream_files(files)
     for name, tensor in streamer.get_tensors():
-        assert torch.equal(tensor.cpu(), expected[name]), name
-        checked += 1
-assert checked == len(names), checked
-print("runai ok: %d tensors equal" % checked)
+        first = first or time.monotonic() - t0
+        got[name] = tensor.clone()
+done = time.monotonic() - t0
+expected = {}
+for f in files:
+    expected.update(load_file(os.path.join(local, f.rsplit("/", 1)[1])))
+assert got.keys() == expected.keys(), (sorted(got), sorted(expected))
+for name, tensor in expected.items():
+    assert torch.equal(got[name], tensor), name
+print(json.dumps({"files": len(files), "tensors": len(got), "imported": imported, "first": first,
+                  "done": done}))
 '''
+
+
+def safetensors_streamer(ocimodel, uri, work, pull_env, model, python, nice):
+    """A fresh sidecar, and RUNAI (the Run:ai streamer's SafetensorsStreamer, with torch) started
+    with it: when the first and the last tensor came, and that every tensor equals the file's."""
+    dest = work / "torch" / "models"
+    s3 = f"127.0.0.1:{suite.free_port()}"
+    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3,
+                "OCIMODEL_LISTEN": f"127.0.0.1:{suite.free_port()}"}
+    t0 = time.monotonic()
+    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
+    try:
+        wait_port(s3)
+        renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
+                "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0", "RUNAI_STREAMER_S3_TIMEOUT": "600",
+                "T0": repr(t0)}
+        r = subprocess.run([python, "-c", RUNAI, "s3://models/", str(model)], env=renv, capture_output=True,
+                           text=True, preexec_fn=lambda: os.nice(nice))
+        if r.returncode != 0:
+            raise SystemExit(f"SafetensorsStreamer failed: {r.stdout}{r.stderr}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        side.terminate()
+        side.wait()
 
 
 def sidecar_alone(ocimodel, uri, work, pull_env):
@@ -300,8 +335,17 @@ def main():
         t0 = time.monotonic()
         subprocess.run([str(ocimodel), uri, str(dest)], env=pull_env, check=True)
         results["pull"] = time.monotonic() - t0
-        shutil.rmtree(work / "alone")
         print(f"pull alone: {results['pull']:.2f}s", flush=True)
+        if args.runai_python:
+            # Today's way: the engine loads the installed files once the pull is done.
+            r = subprocess.run([args.runai_python, "-c", RUNAI, str(dest), str(model)],
+                               env={"PATH": "/usr/bin:/bin", "HOME": str(work), "T0": repr(t0)},
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"SafetensorsStreamer on local files failed: {r.stdout}{r.stderr}")
+            results["local_load"] = json.loads(r.stdout.strip().splitlines()[-1])
+            print("pull, then SafetensorsStreamer on the files:", results["local_load"], flush=True)
+        shutil.rmtree(work / "alone")
 
         # 1b. The streaming sidecar with no reader: its own cost, apart from a reader's CPU.
         results["sidecar_alone"] = sidecar_alone(ocimodel, uri, work, pull_env)
@@ -355,25 +399,6 @@ def main():
                       if l.startswith("ocimodel_s3_bytes_served_total")]
             results["served"] = served
             print(results, flush=True)
-            if args.runai_python:
-                # Wait for the install: the streamer then reads at full speed.
-                deadline = time.monotonic() + 600
-                while time.monotonic() < deadline:
-                    try:
-                        if urllib.request.urlopen(f"http://{probes}/readyz").status == 200:
-                            break
-                    except Exception:
-                        time.sleep(0.1)
-                renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
-                        "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                        "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0"}
-                shards = [shard_name(i) for i in range(1, SHARDS + 1)]
-                t1 = time.monotonic()
-                r = subprocess.run([args.runai_python, "-c", RUNAI, "models", str(model), *shards],
-                                   env=renv, capture_output=True, text=True)
-                runai = (r.returncode, time.monotonic() - t1, (r.stdout + r.stderr).strip().splitlines()[-1:])
-                print("runai:", runai, flush=True)
         finally:
             side.terminate()
             side.wait()
@@ -384,6 +409,12 @@ def main():
                                                  args.runai_lib, rng, args.runai_nice)
             print("runai client:", {k: v for k, v in results["runai"].items() if k != "hashes"},
                   flush=True)
+
+        # 4. The sidecar and vLLM's loader path with torch (SafetensorsStreamer) started together.
+        if args.runai_python:
+            runai = safetensors_streamer(ocimodel, uri, work, pull_env, model, args.runai_python,
+                                         args.runai_nice)
+            print("SafetensorsStreamer:", runai, flush=True)
     finally:
         link.terminate()
         link.wait()
@@ -394,7 +425,8 @@ def main():
     lines = [
         "# Streaming through the S3 endpoint",
         "",
-        f"`python3 bench/streaming.py --shard-size {args.shard_size}` ({binary} binary) on {suite.machine()}. "
+        f"`python3 bench/streaming.py {shlex.join(a for a in sys.argv[1:] if not a.startswith('--out'))}` "
+        f"({binary} binary) on {suite.machine()}. "
         "Other load on the machine is not controlled: the ratios (both runs on the same link, one after "
         "the other) are what counts.",
         "",
@@ -436,9 +468,19 @@ def main():
             f"{r['cpu']['sidecar']:.2f}, reader {r['cpu']['reader']:.2f}; bytes served "
             f"`{'; '.join(r['served'])}`.", ""]
     if runai:
-        code, secs, tail = runai
-        lines += [f"Run:ai Model Streamer (`SafetensorsStreamer`, {args.runai_python}) reading the {SHARDS} shards "
-                  f"through the endpoint after the install: exit {code} in {secs:.2f}s: `{' '.join(tail)}`.", ""]
+        lines += [f"vLLM's loader path with torch (`SafetensorsStreamer` of runai-model-streamer 0.17.1, "
+                  f"{args.runai_python}; listing the bucket, then streaming every shard), started with a fresh "
+                  f"sidecar{f', at niceness {args.runai_nice}' if args.runai_nice else ''}: {runai['tensors']} "
+                  f"tensors of {runai['files']} files, each equal to the file's; torch and the streamer imported at "
+                  f"{runai['imported']:.2f} s, the first tensor at {runai['first']:.2f} s "
+                  f"({runai['first'] / pull:.2f}×), the last at {runai['done']:.2f} s (**{runai['done'] / pull:.2f}×** "
+                  "the pull alone)."]
+        if "local_load" in results:
+            local = results["local_load"]
+            lines += [f"Today's way for comparison, the same script on the installed files once the pull alone "
+                      f"was done (from the pull's start): the first tensor at {local['first']:.2f} s, the last at "
+                      f"{local['done']:.2f} s (**{local['done'] / pull:.2f}×**)."]
+        lines += [""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
