@@ -181,89 +181,89 @@ print(json.dumps({"files": len(files), "tensors": len(got), "imported": imported
 '''
 
 
-def safetensors_streamer(ocimodel, uri, work, pull_env, model, python, nice):
-    """A fresh sidecar, and RUNAI (the Run:ai streamer's SafetensorsStreamer, with torch) started
-    with it: when the first and the last tensor came, and that every tensor equals the file's."""
-    dest = work / "torch" / "models"
-    s3 = f"127.0.0.1:{suite.free_port()}"
-    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3,
-                "OCIMODEL_LISTEN": f"127.0.0.1:{suite.free_port()}"}
-    t0 = time.monotonic()
-    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
-    try:
-        wait_port(s3)
-        renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
+class Sidecar:
+    """A fresh streaming sidecar on DEST `work/name/models`, started now (`t0`), stopped on exit."""
+
+    def __init__(self, ocimodel, uri, work, pull_env, name):
+        self.s3 = f"127.0.0.1:{suite.free_port()}"
+        self.probes = f"127.0.0.1:{suite.free_port()}"
+        env = {**pull_env, "OCIMODEL_S3_LISTEN": self.s3, "OCIMODEL_LISTEN": self.probes}
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([str(ocimodel), "sidecar", uri, str(work / name / "models")],
+                                     env=env)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.proc.terminate()
+        self.proc.wait()
+
+    def wait_ready(self, limit=600):
+        """Seconds from the start until `/readyz` said installed; None if it never did."""
+        while self.proc.poll() is None and time.monotonic() - self.t0 < limit:
+            try:
+                if urllib.request.urlopen(f"http://{self.probes}/readyz", timeout=1).status == 200:
+                    return time.monotonic() - self.t0
+            except Exception:
+                pass
+            time.sleep(0.02)
+        return None
+
+    def served(self):
+        """The bytes-served metric's lines."""
+        return [l for l in urllib.request.urlopen(f"http://{self.probes}/metrics").read().decode()
+                .splitlines() if l.startswith("ocimodel_s3_bytes_served_total")]
+
+    def runai_env(self, work):
+        """What an engine's Run:ai streamer is given to read this sidecar (T0: its start)."""
+        return {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{self.s3}",
                 "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
                 "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0", "RUNAI_STREAMER_S3_TIMEOUT": "600",
-                "T0": repr(t0)}
-        r = subprocess.run([python, "-c", RUNAI, "s3://models/", str(model)], env=renv, capture_output=True,
-                           text=True, preexec_fn=lambda: os.nice(nice))
+                "T0": repr(self.t0)}
+
+
+def safetensors_streamer(ocimodel, uri, work, pull_env, model, python, nice):
+    """A fresh sidecar, and RUNAI (the Run:ai streamer's SafetensorsStreamer, with torch) started
+    with it: when the first and the last tensor came, and that every tensor equals the file's."""
+    with Sidecar(ocimodel, uri, work, pull_env, "torch") as side:
+        wait_port(side.s3)
+        r = subprocess.run([python, "-c", RUNAI, "s3://models/", str(model)], env=side.runai_env(work),
+                           capture_output=True, text=True, preexec_fn=lambda: os.nice(nice))
         if r.returncode != 0:
             raise SystemExit(f"SafetensorsStreamer failed: {r.stdout}{r.stderr}")
         return json.loads(r.stdout.strip().splitlines()[-1])
-    finally:
-        side.terminate()
-        side.wait()
 
 
 def sidecar_alone(ocimodel, uri, work, pull_env):
     """Seconds until a streaming sidecar that nobody reads from is ready (installed)."""
-    dest = work / "quiet" / "models"
-    probes = f"127.0.0.1:{suite.free_port()}"
-    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": f"127.0.0.1:{suite.free_port()}",
-                "OCIMODEL_LISTEN": probes}
-    t0 = time.monotonic()
-    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
     try:
-        while side.poll() is None and time.monotonic() - t0 < 600:
-            try:
-                if urllib.request.urlopen(f"http://{probes}/readyz", timeout=1).status == 200:
-                    return time.monotonic() - t0
-            except Exception:
-                pass
-            time.sleep(0.02)
-        raise SystemExit("the streaming sidecar did not get ready")
+        with Sidecar(ocimodel, uri, work, pull_env, "quiet") as side:
+            return side.wait_ready() or sys.exit("the streaming sidecar did not get ready")
     finally:
-        side.terminate()
-        side.wait()
-        shutil.rmtree(work / "quiet")
+        shutil.rmtree(work / "quiet", ignore_errors=True)
 
 
 def stream_with_runai(ocimodel, uri, work, pull_env, model, names, lib, rng, nice):
     """A fresh sidecar, and bench/runai_reader.py started with it on every file (as vLLM reads
     once it has listed the bucket): when each file and all were in the client's hands."""
-    dest = work / "runai" / "models"
-    s3 = f"127.0.0.1:{suite.free_port()}"
-    probes = f"127.0.0.1:{suite.free_port()}"
-    side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3, "OCIMODEL_LISTEN": probes}
-    t0 = time.monotonic()
-    side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
-    try:
-        wait_port(s3)
-        renv = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_ENDPOINT_URL": f"http://{s3}",
-                "AWS_ACCESS_KEY_ID": "anything", "AWS_SECRET_ACCESS_KEY": "anything",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0", "RUNAI_STREAMER_S3_TIMEOUT": "600",
-                "T0": repr(t0)}
+    with Sidecar(ocimodel, uri, work, pull_env, "runai") as side:
+        wait_port(side.s3)
         files = [f"{n}:{(model / n).stat().st_size}" for n in names]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         reader = subprocess.Popen([sys.executable, str(REPO / "bench/runai_reader.py"), lib, "models",
-                                   str(rng), *files], env=renv, stdout=subprocess.PIPE, text=True,
-                                  preexec_fn=lambda: os.nice(nice))
+                                   str(rng), *files], env=side.runai_env(work), stdout=subprocess.PIPE,
+                                  text=True, preexec_fn=lambda: os.nice(nice))
         got = json.loads(reader.communicate()[0])
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        got["cpu"] = {"sidecar": cpu_seconds(side.pid),
+        got["cpu"] = {"sidecar": cpu_seconds(side.proc.pid),
                       "reader": after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime}
-        got["served"] = [l for l in urllib.request.urlopen(f"http://{probes}/metrics").read().decode()
-                         .splitlines() if l.startswith("ocimodel_s3_bytes_served_total")]
+        got["served"] = side.served()
         assert not got["errors"], got["errors"]
         for n in names:
             assert got["hashes"][n] == sha256(model / n), f"{n}: wrong bytes"
         return got
-    finally:
-        side.terminate()
-        side.wait()
 
 
 def cpu_seconds(pid):
@@ -352,33 +352,18 @@ def main():
         print(f"streaming sidecar, no reader: {results['sidecar_alone']:.2f}s", flush=True)
 
         # 2. The sidecar and a reader started together.
-        dest = work / "sidecar" / "models"
-        s3 = f"127.0.0.1:{suite.free_port()}"
-        probes = f"127.0.0.1:{suite.free_port()}"
-        side_env = {**pull_env, "OCIMODEL_S3_LISTEN": s3, "OCIMODEL_LISTEN": probes}
         # Where the CPU goes while the sidecar pulls and serves and the reader reads: on a machine
         # with few CPUs the reader's share comes out of the pull's (and the registry's and link's).
         cpu0 = {"registry": cpu_seconds(reg.proc.pid), "link": cpu_seconds(link.pid),
                 "reader": time.process_time(), "idle": int(open("/proc/stat").readline().split()[4])}
-        t0 = time.monotonic()
-        side = subprocess.Popen([str(ocimodel), "sidecar", uri, str(dest)], env=side_env)
-        installed = {}
-
-        def watch_ready():
+        with Sidecar(ocimodel, uri, work, pull_env, "sidecar") as side:
+            installed = {}
             # When the sidecar's pull (verify + install) ended: what is left after it is the tail.
-            while side.poll() is None:
-                try:
-                    if urllib.request.urlopen(f"http://{probes}/readyz", timeout=1).status == 200:
-                        installed["at"] = time.monotonic() - t0
-                        return
-                except Exception:
-                    pass
-                time.sleep(0.02)
-        threading.Thread(target=watch_ready, daemon=True).start()
-        try:
-            got = read_everything(s3, "models", rng, args.threads, shard_name(1), t0)
+            watch = threading.Thread(target=lambda: installed.update(at=side.wait_ready()), daemon=True)
+            watch.start()
+            got = read_everything(side.s3, "models", rng, args.threads, shard_name(1), side.t0)
             results["cpu"] = {
-                "sidecar": cpu_seconds(side.pid),
+                "sidecar": cpu_seconds(side.proc.pid),
                 "reader (boto3)": time.process_time() - cpu0["reader"],
                 "registry": cpu_seconds(reg.proc.pid) - cpu0["registry"],
                 "link emulator": cpu_seconds(link.pid) - cpu0["link"],
@@ -389,19 +374,10 @@ def main():
             results["reader"] = got["done"]
             results["first_byte"] = got["first_byte"]
             results["key_done"] = got["key_done"]
-            deadline = time.monotonic() + 120
-            while "at" not in installed and side.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+            watch.join(120)
             results["installed"] = installed["at"]
-            while urllib.request.urlopen(f"http://{probes}/metrics").status != 200:
-                time.sleep(0.05)
-            served = [l for l in urllib.request.urlopen(f"http://{probes}/metrics").read().decode().splitlines()
-                      if l.startswith("ocimodel_s3_bytes_served_total")]
-            results["served"] = served
+            results["served"] = side.served()
             print(results, flush=True)
-        finally:
-            side.terminate()
-            side.wait()
 
         # 3. The sidecar and the Run:ai streamer's own S3 client started together.
         if Path(args.runai_lib, "runai_model_streamer").is_dir():
