@@ -709,6 +709,17 @@ fn the_streaming_llminferenceservice_example_is_valid() {
     ] {
         assert!(text.contains(needle), "the example lacks {needle}");
     }
+    // The kubelet probes the pod's IP from the node: a probe on 127.0.0.1
+    // would reach the node's own loopback, and a probe port bound there
+    // could not be reached at all.
+    assert!(
+        !text.contains("host: 127.0.0.1"),
+        "a probe on the node's loopback"
+    );
+    assert!(
+        text.contains(r#"{name: OCIMODEL_LISTEN, value: "0.0.0.0:8099"}"#),
+        "the probe port must listen on the pod's IP"
+    );
 }
 
 #[test]
