@@ -15,7 +15,7 @@ artifact (one layer per file) to docker-registry behind `bench/wan.py`. Then, on
    of the first shard arrived.
    Before it, the same sidecar with no reader (its own cost); after it, when the Run:ai streamer's
    wheels are in `--runai-lib` (tests/streaming.rs installs them there), 3. the streamer's own S3
-   client started with a fresh sidecar, reading every file (bench/runai_reader.py), optionally at
+   client started with a fresh sidecar, reading every file (tests/support/runai_reader.py), optionally at
    a lower priority (`--runai-nice 19`) so that on a small machine the pull has the CPUs first.
 Targets (issue #31): reader done <= 1.15x the pull alone; first byte of the first shard before
 half the pull alone. With `--runai-python` (a Python with torch and runai-model-streamer[-s3]),
@@ -246,13 +246,13 @@ def sidecar_alone(ocimodel, uri, work, pull_env):
 
 
 def stream_with_runai(ocimodel, uri, work, pull_env, model, names, lib, rng, nice):
-    """A fresh sidecar, and bench/runai_reader.py started with it on every file (as vLLM reads
+    """A fresh sidecar, and tests/support/runai_reader.py started with it on every file (as vLLM reads
     once it has listed the bucket): when each file and all were in the client's hands."""
     with Sidecar(ocimodel, uri, work, pull_env, "runai") as side:
         wait_port(side.s3)
         files = [f"{n}:{(model / n).stat().st_size}" for n in names]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        reader = subprocess.Popen([sys.executable, str(REPO / "bench/runai_reader.py"), lib, "models",
+        reader = subprocess.Popen([sys.executable, str(REPO / "tests/support/runai_reader.py"), lib, "models",
                                    str(rng), *files], env=side.runai_env(work), stdout=subprocess.PIPE,
                                   text=True, preexec_fn=lambda: os.nice(nice))
         got = json.loads(reader.communicate()[0])
@@ -436,7 +436,7 @@ def main():
         r = results["runai"]
         done, first_shard = r["done"], r["first"][shard_name(1)]
         lines += [
-            f"The Run:ai Model Streamer's own S3 client (`bench/runai_reader.py`, runai-model-streamer-s3 "
+            f"The Run:ai Model Streamer's own S3 client (`tests/support/runai_reader.py`, runai-model-streamer-s3 "
             f"0.17.1, every file asked for at once in {rng // MiB} MiB ranges, started with a fresh sidecar"
             f"{f', at niceness {args.runai_nice}' if args.runai_nice else ''}): "
             f"every byte at {done:.2f} s (**{done / pull:.2f}×** the pull alone), the first range of the "

@@ -990,69 +990,9 @@ fn each_file_is_served_once_it_matches_its_signature(serialization: Option<&str>
     assert!(!dest.join(&changed).exists());
 }
 
-/// The Run:ai Model Streamer's own S3 client (its C++ `libstreamer` with
-/// the S3 backend, the client vLLM's `--load-format runai_streamer` reads
-/// with), driven through the package's ctypes wrapper `libstreamer.py`. The
-/// package's top module imports torch for its tensor layer, which this
-/// reader does not use, so it is not run. Every file is asked for at once
-/// in `range`-byte ranges; once every range of `first` has arrived, it
-/// asks `release` (when not `-`). Prints per file the SHA-256 of what
-/// arrived, when its first and last range did, and any error.
-const RUNAI_READER: &str = r#"
-import ctypes, hashlib, json, os, sys, threading, time, types, urllib.request
-target, bucket, rng, first, release = sys.argv[1:6]
-names, rng = sys.argv[6:], int(rng)
-package = types.ModuleType("runai_model_streamer")
-package.__path__ = [os.path.join(target, "runai_model_streamer")]
-sys.modules["runai_model_streamer"] = package
-sys.path.insert(0, target)
-from runai_model_streamer.libstreamer.libstreamer import (
-    runai_end, runai_request, runai_response, runai_response_str, runai_start)
-
-sizes = [int(s) for s in os.environ["SIZES"].split(",")]
-buffers = [(ctypes.c_char * max(size, 1))() for size in sizes]
-paths, counts, offsets, lengths, dsts, owner = [], [], [], [], [], []
-for i, (name, size) in enumerate(zip(names, sizes)):
-    paths.append("s3://%s/%s" % (bucket, name))
-    starts = list(range(0, size, rng))
-    counts.append(len(starts))
-    for a in starts:
-        offsets.append(a)
-        lengths.append(min(rng, size - a))
-        dsts.append(ctypes.addressof(buffers[i]) + a)
-        owner.append(i)
-start = time.monotonic()
-streamer = runai_start()
-runai_request(streamer, paths, counts, offsets, lengths, dsts)
-left = list(counts)
-out = {n: {"first": None, "done": None, "error": None} for n in names}
-pending = len(offsets)
-while pending:
-    code, _, f, _, _ = runai_response(streamer, 150000)
-    pending -= 1
-    rec = out[names[f]]
-    now = round(time.monotonic() - start, 3)
-    if rec["first"] is None:
-        rec["first"] = now
-    if code != 0:
-        rec["error"] = runai_response_str(code).decode()
-        continue
-    left[f] -= 1
-    if left[f] == 0:
-        rec["done"] = now
-        if names[f] == first and release != "-":
-            delay = float(os.environ.get("RELEASE_AFTER", "0"))
-            threading.Timer(delay, lambda: urllib.request.urlopen(release).read()).start()
-runai_end(streamer)
-for i, n in enumerate(names):
-    if out[n]["error"] is None:
-        out[n]["sha256"] = hashlib.sha256(bytes(buffers[i])[:sizes[i]]).hexdigest()
-print(json.dumps(out))
-"#;
-
 /// The Run:ai Model Streamer's wheels (0.17.1, with the S3 backend) from
 /// PyPI, installed once into `target/test-deps/` without their dependencies
-/// (torch is not needed by the client [`RUNAI_READER`] drives).
+/// (torch is not needed by `tests/support/runai_reader.py`).
 fn runai_streamer() -> PathBuf {
     let dir = repo_root().join("target/test-deps/runai-model-streamer-0.17.1");
     if dir
@@ -1082,30 +1022,29 @@ fn runai_streamer() -> PathBuf {
     dir
 }
 
-/// Runs [`RUNAI_READER`] against the sidecar's endpoint, as vLLM's
-/// environment would set it up (`AWS_ENDPOINT_URL`, path-style addressing).
+/// `tests/support/runai_reader.py` (the Run:ai streamer's own S3 client)
+/// on `names` in 64 KiB ranges against the sidecar's endpoint, set up as
+/// vLLM's environment would be (`AWS_ENDPOINT_URL`, path-style addressing).
 fn runai_read(
     s: &Sidecar,
     bucket: &str,
     model: &Path,
     names: &[String],
-    first: &str,
-    release: &str,
     env: &[(&str, &str)],
 ) -> serde_json::Value {
-    let sizes: Vec<String> = names
+    let files: Vec<String> = names
         .iter()
-        .map(|n| fs::metadata(model.join(n)).unwrap().len().to_string())
+        .map(|n| format!("{n}:{}", fs::metadata(model.join(n)).unwrap().len()))
         .collect();
     let out = Command::new("timeout")
-        .args(["150", "python3", "-c", RUNAI_READER])
+        .args(["150", "python3"])
+        .arg(repo_root().join("tests/support/runai_reader.py"))
         .arg(runai_streamer())
-        .args([bucket, &(64 * 1024).to_string(), first, release])
-        .args(names)
+        .args([bucket, &(64 * 1024).to_string()])
+        .args(&files)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("HOME", model)
-        .env("SIZES", sizes.join(","))
         .env("AWS_ENDPOINT_URL", format!("http://{}", s.s3))
         .env("AWS_ACCESS_KEY_ID", "anything")
         .env("AWS_SECRET_ACCESS_KEY", "anything")
@@ -1151,20 +1090,22 @@ fn the_run_ai_streamer_s_s3_client_reads_each_shard_while_the_last_is_held_back(
         "llm",
         &model,
         &shards,
-        &shard(1),
-        &release,
-        &[("RELEASE_AFTER", "3"), ("RUNAI_STREAMER_S3_TIMEOUT", "60")],
+        &[
+            ("RELEASE_WHEN", &shard(1)),
+            ("RELEASE_URL", &release),
+            ("RELEASE_AFTER", "3"),
+            ("RUNAI_STREAMER_S3_TIMEOUT", "60"),
+        ],
     );
     assert!(front.released.load(Ordering::SeqCst));
     for n in &shards {
-        let k = &got[n];
-        assert_eq!(k["error"], serde_json::Value::Null, "{n}: {k}");
-        assert_eq!(k["sha256"], sha256_of_file(&model, n), "{n}: {k}");
+        assert_eq!(got["errors"][n], serde_json::Value::Null, "{n}: {got}");
+        assert_eq!(got["hashes"][n], sha256_of_file(&model, n), "{n}: {got}");
     }
     // The first shard was whole in the reader's hands before any range of
     // the held last one arrived.
-    let first_done = got[shard(1)]["done"].as_f64().unwrap();
-    let last_first = got[shard(SHARDS)]["first"].as_f64().unwrap();
+    let first_done = got["done_at"][shard(1)].as_f64().unwrap();
+    let last_first = got["first"][shard(SHARDS)].as_f64().unwrap();
     assert!(first_done + 3.0 <= last_first, "{got}");
     let slowed = s
         .log()

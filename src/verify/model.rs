@@ -325,13 +325,15 @@ impl SignedFiles {
                 .collect(),
             // `path:start:end`, and only this file's (another file's name may
             // begin with `path:`).
-            Some(_) => self
-                .statement
-                .resources
-                .range(format!("{path}:")..)
-                .take_while(|(name, _)| name.starts_with(&format!("{path}:")))
-                .filter(|(name, _)| file_of(name, s) == path)
-                .collect(),
+            Some(_) => {
+                let prefix = format!("{path}:");
+                self.statement
+                    .resources
+                    .range(prefix.clone()..)
+                    .take_while(|(name, _)| name.starts_with(&prefix))
+                    .filter(|(name, _)| file_of(name, s) == path)
+                    .collect()
+            }
         };
         Ok(Some(
             actual.len() == signed.len()

@@ -1,23 +1,28 @@
 #!/usr/bin/env python3
-"""The Run:ai Model Streamer's own S3 client reading files through an S3 endpoint, as vLLM's
-`--load-format runai_streamer` does once it has listed them: every file asked for at once, in
-ranges, into host memory. For bench/streaming.py.
+"""The Run:ai Model Streamer's own S3 client (its C++ libstreamer with the S3 backend, what vLLM's
+`--load-format runai_streamer` reads with) reading files through an S3 endpoint: every file asked
+for at once, in ranges, into host memory. Used by tests/streaming.rs and bench/streaming.py.
 
-    python3 bench/runai_reader.py LIB BUCKET RANGE NAME:SIZE...
+    python3 tests/support/runai_reader.py LIB BUCKET RANGE NAME:SIZE...
 
 LIB holds the `runai-model-streamer` and `runai-model-streamer-s3` wheels installed with
-`pip install --no-deps --target LIB` (torch is not needed: only the C++ client and its ctypes
-wrapper are used). The endpoint comes from AWS_ENDPOINT_URL. Prints JSON: seconds from T0 (a
-`time.monotonic()` value, the same clock in every process; default: this one's start) until each
-file's first and last range arrived and until all did, and each file's SHA-256.
+`pip install --no-deps --target LIB`; only the C++ client and the package's ctypes wrapper are
+used, so torch (which the package's top module imports) is not needed and not loaded. The
+endpoint comes from AWS_ENDPOINT_URL. With RELEASE_URL, once every range of the file RELEASE_WHEN
+has arrived, that URL is asked for, RELEASE_AFTER seconds later (default 0). Prints JSON: seconds
+from T0 (a `time.monotonic()` value, the same clock in every process; default: this one's start)
+until each file's first and last range arrived and until all did, each file's error if any, and
+the SHA-256 of what arrived.
 """
 import ctypes
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import types
+import urllib.request
 
 lib, bucket, rng = sys.argv[1], sys.argv[2], int(sys.argv[3])
 files = [(n, int(s)) for n, s in (a.rsplit(":", 1) for a in sys.argv[4:])]
@@ -55,6 +60,9 @@ for _ in range(len(offsets)):
     left[f] -= 1
     if left[f] == 0:
         out["done_at"][name] = now
+        if name == os.environ.get("RELEASE_WHEN") and os.environ.get("RELEASE_URL"):
+            threading.Timer(float(os.environ.get("RELEASE_AFTER", "0")),
+                            lambda: urllib.request.urlopen(os.environ["RELEASE_URL"]).read()).start()
 out["done"] = time.monotonic() - start
 runai_end(streamer)
 out["hashes"] = {name: hashlib.sha256(bytes(buf)[:size]).hexdigest()
