@@ -353,6 +353,17 @@ impl Cache {
         Ok(())
     }
 
+    /// A committed blob, opened to read a few of its bytes without a lock
+    /// or a mark of use: for what only names keys ahead of the pull (the
+    /// pull itself goes through [`Cache::begin`] and checks the digest).
+    pub fn peek(&self, digest: &Digest) -> Option<File> {
+        if self.transient {
+            return None;
+        }
+        let blobs = self.dir("blobs", digest.algorithm()).ok()?;
+        blobs.open_regular(digest.hex(), libc::O_RDONLY, 0).ok()
+    }
+
     /// Looks a blob up: a hit, or the right to download it (waiting while
     /// another process downloads it, then reading what it committed). An
     /// error means the cache cannot serve this blob now (trouble in it, or

@@ -782,10 +782,9 @@ fn tar_layers_come_in_loader_order_and_each_file_is_served_once_its_layer_verifi
     );
 }
 
-#[test]
-fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
-    let work = tempfile::tempdir().unwrap();
-    let reg = Registry::start(Auth::None);
+/// Pushes `models/listed:v1`, a modctl-style model of three one-file tar
+/// layers (config.json and two shards), and returns the shards' bytes.
+fn push_tar_packed(reg: &Registry) -> (String, String) {
     let shard_1 = "a".repeat(300 * 1024);
     let shard_2 = "b".repeat(200 * 1024 + 7);
     let tar_layer = |name: &str, data: &str| {
@@ -804,18 +803,12 @@ fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
                        tar_layer("w/shard-2.safetensors", &shard_2)]
         }),
     );
-    // The last shard's download is held back; a peek at its header is not.
-    let held = reg.layer_digest("models/listed", "v1", 2);
-    let front = Front::start_with(&reg.addr, &held, true);
-    let dest = work.path().join("listed");
-    let s = Sidecar::start(
-        &format!("oci://{}/models/listed:v1", front.addr),
-        &dest,
-        &front.addr,
-        &[("OCIMODEL_S3_WAIT", "2")],
-    );
-    // The listing is whole while a layer has still to come: every key with
-    // the size of its file (without reading ahead: 503 SlowDown after 2 s).
+    (shard_1, shard_2)
+}
+
+/// Asserts the listing of bucket `listed` names all three keys of
+/// [`push_tar_packed`] with their sizes.
+fn assert_listed_whole(s: &Sidecar, shard_1: &str, shard_2: &str) {
     let r = http_get(&s.s3, "/listed?list-type=2", &[]);
     let body = String::from_utf8_lossy(&r.body).into_owned();
     assert_eq!(r.status, 200, "{body}\nsidecar log:\n{}", s.log());
@@ -830,6 +823,26 @@ fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
             "{key} of {size} bytes is not listed: {body}"
         );
     }
+}
+
+#[test]
+fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let (shard_1, shard_2) = push_tar_packed(&reg);
+    // The last shard's download is held back; a peek at its header is not.
+    let held = reg.layer_digest("models/listed", "v1", 2);
+    let front = Front::start_with(&reg.addr, &held, true);
+    let dest = work.path().join("listed");
+    let s = Sidecar::start(
+        &format!("oci://{}/models/listed:v1", front.addr),
+        &dest,
+        &front.addr,
+        &[("OCIMODEL_S3_WAIT", "2")],
+    );
+    // The listing is whole while a layer has still to come: every key with
+    // the size of its file (without reading ahead: 503 SlowDown after 2 s).
+    assert_listed_whole(&s, &shard_1, &shard_2);
     assert!(!front.released.load(Ordering::SeqCst));
     assert_eq!(s.get("/readyz").0, 503, "a layer is still held");
     // A listed key is not served before its layer verified; a key the
@@ -858,6 +871,51 @@ fn a_loader_lists_a_tar_packed_model_before_its_last_layer_arrives() {
         s.get("/readyz").0 == 200
     });
     assert_eq!(http_get(&s.s3, "/listed/w/none", &[]).status, 404);
+}
+
+#[test]
+fn layers_in_the_node_cache_are_read_ahead_from_it_not_the_registry() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Auth::None);
+    let (shard_1, shard_2) = push_tar_packed(&reg);
+    let cache = work.path().join("cache");
+    let cache_env = ("OCIMODEL_CACHE_DIR", cache.to_str().unwrap());
+    let uri = |addr: &str| format!("oci://{addr}/models/listed:v1");
+    // An earlier pod's pull left every layer in the node cache; then the
+    // config layer was evicted, so this pull downloads that one.
+    Ocimodel::for_registry(&reg)
+        .envs(&[cache_env])
+        .pull(&uri(&reg.addr), &work.path().join("earlier"))
+        .assert_ok();
+    let config = reg.layer_digest("models/listed", "v1", 0);
+    let evicted = cache
+        .join("blobs/sha256")
+        .join(config.trim_start_matches("sha256:"));
+    fs::remove_file(&evicted).unwrap();
+
+    // The evicted layer's download is held back; a peek at it is not.
+    let front = Front::start_with(&reg.addr, &config, true);
+    let s = Sidecar::start(
+        &uri(&front.addr),
+        &work.path().join("listed"),
+        &front.addr,
+        &[cache_env, ("OCIMODEL_S3_WAIT", "2")],
+    );
+    assert_listed_whole(&s, &shard_1, &shard_2);
+    assert!(!front.released.load(Ordering::SeqCst));
+    // The shards were named from the cache's copies: the registry was
+    // asked for no byte of them, only for the evicted layer.
+    let gets = front.blob_gets.lock().unwrap().clone();
+    assert!(
+        !gets.is_empty() && gets.iter().all(|d| *d == config),
+        "blob requests: {gets:?}"
+    );
+    http_get(&front.addr, "/__release", &[]);
+    wait_until("readiness", Duration::from_secs(30), || {
+        s.get("/readyz").0 == 200
+    });
+    let r = http_get(&s.s3, "/listed/w/shard-2.safetensors", &[]);
+    assert_eq!((r.status, r.body), (200, shard_2.into_bytes()));
 }
 
 /// `python3 -m model_signing sign key` over `model`, the signature at

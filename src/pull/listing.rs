@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Cursor;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::cache::Cache;
 use crate::format::{Action, Plan};
 use crate::manifest::{Compression, Descriptor};
 use crate::reference::ImageRef;
@@ -60,7 +62,9 @@ pub(super) fn start(
     publisher: &Publisher,
 ) -> Option<ReadAhead> {
     let Source::Registry {
-        client, reference, ..
+        client,
+        reference,
+        cache,
     } = source
     else {
         return None; // local layers unpack at disk speed
@@ -82,10 +86,14 @@ pub(super) fn start(
     if layers.is_empty() {
         return None;
     }
-    let (client, reference) = (client.clone(), reference.clone());
+    let blobs = Blobs {
+        client: client.clone(),
+        reference: reference.clone(),
+        cache: cache.clone(),
+    };
     let (filter, publisher) = (filter.clone(), publisher.clone());
     Some(ReadAhead(tokio::spawn(async move {
-        let named = tokio::time::timeout(PATIENCE, named_keys(&client, &reference, layers));
+        let named = tokio::time::timeout(PATIENCE, named_keys(&blobs, layers));
         match named.await {
             Ok(Ok(Some(keys))) => {
                 let keys: Vec<_> = keys
@@ -103,16 +111,45 @@ pub(super) fn start(
     })))
 }
 
+/// Where a layer's first and last bytes are read: the node cache's copy
+/// when it has one (no request), else the registry.
+struct Blobs {
+    client: Arc<RegistryClient>,
+    reference: ImageRef,
+    cache: Option<Arc<Cache>>,
+}
+
+impl Blobs {
+    /// Bytes `start..end` of `layer`, unverified.
+    async fn range(&self, layer: &Descriptor, start: u64, end: u64) -> Result<Vec<u8>> {
+        if let Some(file) = self.cache.as_ref().and_then(|c| c.peek(&layer.digest)) {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut bytes = vec![0u8; (end - start) as usize];
+                file.read_exact_at(&mut bytes, start).map(|()| bytes)
+            });
+            match read.await? {
+                Ok(bytes) => return Ok(bytes),
+                // Short or unreadable: the pull will find out; ask the registry.
+                Err(e) => {
+                    tracing::debug!(blob = %layer.digest, "cannot read the cached layer ahead ({e}); asking the registry")
+                }
+            }
+        }
+        self.client
+            .blob_bytes(&self.reference, &layer.digest, start, end)
+            .await
+    }
+}
+
 /// Every layer's key, size and ETag, or `None` when one may hold more than
 /// one file or two name the same key.
 async fn named_keys(
-    client: &Arc<RegistryClient>,
-    reference: &ImageRef,
+    blobs: &Blobs,
     layers: Vec<(Descriptor, Option<String>)>,
 ) -> Result<Option<Vec<(String, u64, String)>>> {
     let files: Vec<Option<(String, u64, String)>> = futures_util::stream::iter(layers)
         .map(|(layer, into)| async move {
-            let Some((path, size)) = one_file(client, reference, &layer).await? else {
+            let Some((path, size)) = one_file(blobs, &layer).await? else {
                 return Ok(None);
             };
             let mut rel = clean_dir(&into)?;
@@ -136,14 +173,8 @@ async fn named_keys(
 
 /// The path and size of the one regular file `layer` holds, read from its
 /// first and last bytes; `None` when there could be more.
-async fn one_file(
-    client: &Arc<RegistryClient>,
-    reference: &ImageRef,
-    layer: &Descriptor,
-) -> Result<Option<(PathBuf, u64)>> {
-    let head = client
-        .blob_bytes(reference, &layer.digest, 0, layer.size.min(HEAD))
-        .await?;
+async fn one_file(blobs: &Blobs, layer: &Descriptor) -> Result<Option<(PathBuf, u64)>> {
+    let head = blobs.range(layer, 0, layer.size.min(HEAD)).await?;
     let Some((path, size, data_at)) = first_entry(&head) else {
         return Ok(None);
     };
@@ -157,9 +188,7 @@ async fn one_file(
     } else if end == layer.size {
         Vec::new()
     } else {
-        client
-            .blob_bytes(reference, &layer.digest, end, layer.size)
-            .await?
+        blobs.range(layer, end, layer.size).await?
     };
     let whole = tail.len() as u64 == layer.size - end && tail.iter().all(|b| *b == 0);
     Ok(whole.then_some((path, size)))
