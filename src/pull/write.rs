@@ -49,6 +49,10 @@ async fn write_one(
 
 /// Whole files downloading at once while the S3 endpoint streams them.
 const STREAMING_CONCURRENCY: usize = 2;
+/// Streaming, files this small (configs, tokenizers, the weights' index,
+/// the signature) take none of those places: each is a request or two, and
+/// queued before the first shard they would hold it back by round trips.
+const STREAMING_SMALL: u64 = 4 << 20;
 
 /// The order a model server reads files in: configs and tokenizer first,
 /// then the weights' index, then the weights by name (shards are
@@ -104,25 +108,35 @@ async fn write_whole_files(
     // Under a model-signature policy the others wait on the signature.
     let first = stream.and_then(Streaming::first);
     files.sort_by_cached_key(|(_, path)| (Some(path.as_str()) != first, loader_order(path)));
-    // Streaming, a loader waits on the files in order: two at once, each
-    // allowed all of the host's connections (the sidecar sets that), finish
-    // nearly in that order at about the total rate of eight at once.
+    // Streaming, a loader waits on the files in order: two big ones at
+    // once, each allowed all of the host's connections (the sidecar sets
+    // that), finish nearly in that order at about the total rate of eight
+    // at once; the small ones all start at once beside them.
+    let (small, big): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(layer, _)| stream.is_some() && layer.size <= STREAMING_SMALL);
     let concurrency = match stream {
         Some(_) => settings.concurrency.clamp(1, STREAMING_CONCURRENCY),
         None => settings.concurrency.max(1),
     };
-    let writes = futures_util::stream::iter(files)
-        .map(|(layer, path)| {
-            write_one(
-                source,
-                layer,
-                path,
-                root.clone(),
-                progress.clone(),
-                stream.cloned(),
-            )
-        })
-        .buffer_unordered(concurrency);
+    let write = |(layer, path)| {
+        write_one(
+            source,
+            layer,
+            path,
+            root.clone(),
+            progress.clone(),
+            stream.cloned(),
+        )
+    };
+    let writes = futures_util::stream::select(
+        futures_util::stream::iter(small)
+            .map(write)
+            .buffer_unordered(settings.concurrency.max(1)),
+        futures_util::stream::iter(big)
+            .map(write)
+            .buffer_unordered(concurrency),
+    );
     if stream.is_none() {
         return writes.try_collect().await;
     }
