@@ -353,15 +353,16 @@ impl Cache {
         Ok(())
     }
 
-    /// A committed blob, opened to read a few of its bytes without a lock
-    /// or a mark of use: for what only names keys ahead of the pull (the
-    /// pull itself goes through [`Cache::begin`] and checks the digest).
-    pub fn peek(&self, digest: &Digest) -> Option<File> {
-        if self.transient {
-            return None;
-        }
-        let blobs = self.dir("blobs", digest.algorithm()).ok()?;
-        blobs.open_regular(digest.hex(), libc::O_RDONLY, 0).ok()
+    /// Whether a committed copy of `digest` is here (unverified, and no
+    /// lock: it may be evicted, or be a co-tenant's planted file, before
+    /// the pull reads it through [`Cache::begin`]). For choices that only
+    /// cost time when wrong.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        !self.transient
+            && self
+                .dir("blobs", digest.algorithm())
+                .and_then(|d| d.stat(digest.hex()))
+                .is_ok_and(|st| st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG))
     }
 
     /// Looks a blob up: a hit, or the right to download it (waiting while

@@ -892,7 +892,8 @@ fn small_files_are_served_while_the_big_ones_before_them_download() {
     let big: Vec<u8> = (0..(4 << 20) + 1).map(|i: u32| (i % 251) as u8).collect();
     let names = [shard(1), shard(2), "zz-adapter.bin".to_string()];
     fs::write(model.join(&names[0]), &big).unwrap();
-    fs::write(model.join(&names[1]), &big[1..]).unwrap();
+    let big_2: Vec<u8> = big.iter().rev().copied().collect();
+    fs::write(model.join(&names[1]), &big_2).unwrap();
     fs::write(model.join(&names[2]), b"small weights").unwrap();
     let reg = Registry::start(Auth::None);
     push(&reg, &model, &names, "models/small:v1");
@@ -916,52 +917,84 @@ fn small_files_are_served_while_the_big_ones_before_them_download() {
         s.get("/readyz").0 == 200
     });
     let r = http_get(&s.s3, &format!("/small/{}", names[1]), &[]);
-    assert_eq!((r.status, r.body.len()), (200, big.len() - 1));
+    assert_eq!((r.status, r.body), (200, big_2));
 }
 
 #[test]
-fn layers_in_the_node_cache_are_read_ahead_from_it_not_the_registry() {
+fn layers_in_the_node_cache_are_not_read_ahead_and_a_planted_one_names_nothing() {
     let work = tempfile::tempdir().unwrap();
     let reg = Registry::start(Auth::None);
     let (shard_1, shard_2) = push_tar_packed(&reg);
     let cache = work.path().join("cache");
     let cache_env = ("OCIMODEL_CACHE_DIR", cache.to_str().unwrap());
     let uri = |addr: &str| format!("oci://{addr}/models/listed:v1");
-    // An earlier pod's pull left every layer in the node cache; then the
-    // config layer was evicted, so this pull downloads that one.
+    // An earlier pod's pull left every layer in the node cache.
     Ocimodel::for_registry(&reg)
         .envs(&[cache_env])
         .pull(&uri(&reg.addr), &work.path().join("earlier"))
         .assert_ok();
-    let config = reg.layer_digest("models/listed", "v1", 0);
-    let evicted = cache
-        .join("blobs/sha256")
-        .join(config.trim_start_matches("sha256:"));
-    fs::remove_file(&evicted).unwrap();
-
-    // The evicted layer's download is held back; a peek at it is not.
-    let front = Front::start_with(&reg.addr, &config, true);
-    let s = Sidecar::start(
-        &uri(&front.addr),
-        &work.path().join("listed"),
-        &front.addr,
-        &[cache_env, ("OCIMODEL_S3_WAIT", "2")],
-    );
-    assert_listed_whole(&s, &shard_1, &shard_2);
-    assert!(!front.released.load(Ordering::SeqCst));
-    // The shards were named from the cache's copies: the registry was
-    // asked for no byte of them, only for the evicted layer.
-    let gets = front.blob_gets.lock().unwrap().clone();
-    assert!(
-        !gets.is_empty() && gets.iter().all(|d| *d == config),
-        "blob requests: {gets:?}"
-    );
-    http_get(&front.addr, "/__release", &[]);
+    let layers: Vec<String> = (0..3)
+        .map(|i| reg.layer_digest("models/listed", "v1", i))
+        .collect();
+    // Every request for a layer's bytes, a peek included, is held.
+    let front = Front::start(&reg.addr, &layers.join(","));
+    let sidecar = |name: &str| {
+        Sidecar::start(
+            &uri(&front.addr),
+            &work.path().join(name),
+            &front.addr,
+            &[cache_env, ("OCIMODEL_S3_WAIT", "2")],
+        )
+    };
+    // Every layer is in the cache: the model installs from it, and nothing
+    // was asked of the registry, not even a peek to read ahead.
+    let s = sidecar("listed");
     wait_until("readiness", Duration::from_secs(30), || {
         s.get("/readyz").0 == 200
     });
-    let r = http_get(&s.s3, "/listed/w/shard-2.safetensors", &[]);
-    assert_eq!((r.status, r.body), (200, shard_2.into_bytes()));
+    assert_listed_whole(&s, &shard_1, &shard_2);
+    let gets = front.blob_gets.lock().unwrap().clone();
+    assert!(gets.is_empty(), "blob requests: {gets:?}");
+    drop(s);
+
+    // A co-tenant replaced the first shard's copy with a layer of its own
+    // that names another file (the same size: only hashing tells).
+    let planted = cache
+        .join("blobs/sha256")
+        .join(layers[1].trim_start_matches("sha256:"));
+    let real = fs::read(&planted).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(shard_1.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "w/evil.safetensors", shard_1.as_bytes())
+        .unwrap();
+    let mut evil = b.into_inner().unwrap();
+    evil.resize(real.len(), 0);
+    fs::write(&planted, &evil).unwrap();
+    // Its name is never listed: the copy fails its digest and is fetched
+    // again, and the listing waits for the layers.
+    let s = sidecar("again");
+    wait_until("the shard's download", Duration::from_secs(30), || {
+        front.blob_gets.lock().unwrap().contains(&layers[1])
+    });
+    let r = http_get(&s.s3, "/again?list-type=2", &[]);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!body.contains("evil"), "{body}");
+    assert_eq!(r.status, 503, "the listing waits for the layers: {body}");
+
+    http_get(&front.addr, "/__release", &[]);
+    wait_until("readiness", Duration::from_secs(60), || {
+        s.get("/readyz").0 == 200
+    });
+    let r = http_get(&s.s3, "/again?list-type=2", &[]);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        !body.contains("evil") && body.contains("<Key>w/shard-1.safetensors</Key>"),
+        "{body}"
+    );
+    let r = http_get(&s.s3, "/again/w/shard-1.safetensors", &[]);
+    assert_eq!((r.status, r.body), (200, shard_1.into_bytes()));
 }
 
 /// `python3 -m model_signing sign key` over `model`, the signature at

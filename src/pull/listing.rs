@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Cursor;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::cache::Cache;
 use crate::format::{Action, Plan};
 use crate::manifest::{Compression, Descriptor};
 use crate::reference::ImageRef;
@@ -86,14 +84,20 @@ pub(super) fn start(
     if layers.is_empty() {
         return None;
     }
-    let blobs = Blobs {
-        client: client.clone(),
-        reference: reference.clone(),
-        cache: cache.clone(),
-    };
+    // Layers the node cache holds unpack at disk speed, and the listing
+    // with them: no request is worth it. (Their names are not read from the
+    // cache: any pod on the node can write there, and the listing would be
+    // its word until the layers verified.)
+    if let Some(cache) = cache {
+        if layers.iter().all(|(layer, _)| cache.holds(&layer.digest)) {
+            tracing::debug!("S3 endpoint: every tar layer is in the node cache; the listing comes as they unpack");
+            return None;
+        }
+    }
+    let (client, reference) = (client.clone(), reference.clone());
     let (filter, publisher) = (filter.clone(), publisher.clone());
     Some(ReadAhead(tokio::spawn(async move {
-        let named = tokio::time::timeout(PATIENCE, named_keys(&blobs, layers));
+        let named = tokio::time::timeout(PATIENCE, named_keys(&client, &reference, layers));
         match named.await {
             Ok(Ok(Some(keys))) => {
                 let keys: Vec<_> = keys
@@ -111,45 +115,16 @@ pub(super) fn start(
     })))
 }
 
-/// Where a layer's first and last bytes are read: the node cache's copy
-/// when it has one (no request), else the registry.
-struct Blobs {
-    client: Arc<RegistryClient>,
-    reference: ImageRef,
-    cache: Option<Arc<Cache>>,
-}
-
-impl Blobs {
-    /// Bytes `start..end` of `layer`, unverified.
-    async fn range(&self, layer: &Descriptor, start: u64, end: u64) -> Result<Vec<u8>> {
-        if let Some(file) = self.cache.as_ref().and_then(|c| c.peek(&layer.digest)) {
-            let read = tokio::task::spawn_blocking(move || {
-                let mut bytes = vec![0u8; (end - start) as usize];
-                file.read_exact_at(&mut bytes, start).map(|()| bytes)
-            });
-            match read.await? {
-                Ok(bytes) => return Ok(bytes),
-                // Short or unreadable: the pull will find out; ask the registry.
-                Err(e) => {
-                    tracing::debug!(blob = %layer.digest, "cannot read the cached layer ahead ({e}); asking the registry")
-                }
-            }
-        }
-        self.client
-            .blob_bytes(&self.reference, &layer.digest, start, end)
-            .await
-    }
-}
-
 /// Every layer's key, size and ETag, or `None` when one may hold more than
 /// one file or two name the same key.
 async fn named_keys(
-    blobs: &Blobs,
+    client: &Arc<RegistryClient>,
+    reference: &ImageRef,
     layers: Vec<(Descriptor, Option<String>)>,
 ) -> Result<Option<Vec<(String, u64, String)>>> {
     let files: Vec<Option<(String, u64, String)>> = futures_util::stream::iter(layers)
         .map(|(layer, into)| async move {
-            let Some((path, size)) = one_file(blobs, &layer).await? else {
+            let Some((path, size)) = one_file(client, reference, &layer).await? else {
                 return Ok(None);
             };
             let mut rel = clean_dir(&into)?;
@@ -173,12 +148,20 @@ async fn named_keys(
 
 /// The path and size of the one regular file `layer` holds, read from its
 /// first and last bytes; `None` when there could be more.
-async fn one_file(blobs: &Blobs, layer: &Descriptor) -> Result<Option<(PathBuf, u64)>> {
-    let head = blobs.range(layer, 0, layer.size.min(HEAD)).await?;
+async fn one_file(
+    client: &Arc<RegistryClient>,
+    reference: &ImageRef,
+    layer: &Descriptor,
+) -> Result<Option<(PathBuf, u64)>> {
+    let head = client
+        .blob_bytes(reference, &layer.digest, 0, layer.size.min(HEAD))
+        .await?;
     let Some((path, size, data_at)) = first_entry(&head) else {
         return Ok(None);
     };
-    let end = data_at + size.div_ceil(BLOCK) * BLOCK;
+    let Some(end) = data_end(data_at, size) else {
+        return Ok(None);
+    };
     if end > layer.size || layer.size - end > TAIL {
         return Ok(None);
     }
@@ -188,10 +171,20 @@ async fn one_file(blobs: &Blobs, layer: &Descriptor) -> Result<Option<(PathBuf, 
     } else if end == layer.size {
         Vec::new()
     } else {
-        blobs.range(layer, end, layer.size).await?
+        client
+            .blob_bytes(reference, &layer.digest, end, layer.size)
+            .await?
     };
     let whole = tail.len() as u64 == layer.size - end && tail.iter().all(|b| *b == 0);
     Ok(whole.then_some((path, size)))
+}
+
+/// Where an entry's data, padded to whole blocks, ends; `None` past 2^64
+/// (a base-256 or PAX size may say anything).
+fn data_end(data_at: u64, size: u64) -> Option<u64> {
+    size.div_ceil(BLOCK)
+        .checked_mul(BLOCK)
+        .and_then(|padded| padded.checked_add(data_at))
 }
 
 /// A tar stream's first entry when it is a regular file: its path, its
@@ -231,6 +224,23 @@ mod tests {
         assert_eq!(&tar[at as usize..at as usize + 7], b"weights");
         // Behind a GNU long-name header: its data starts two blocks later.
         assert_eq!(at, 3 * BLOCK);
+    }
+
+    #[test]
+    fn a_size_past_two_to_the_64_ends_nowhere() {
+        assert_eq!(data_end(512, 7), Some(1024));
+        assert_eq!(data_end(512, 0), Some(512));
+        // The tar reader takes a base-256 size this close to 2^64 ...
+        let mut h = tar::Header::new_gnu();
+        h.set_size(u64::MAX - 1100);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path("w").unwrap();
+        h.set_cksum();
+        let (_, size, at) = first_entry(h.as_bytes()).unwrap();
+        assert_eq!((size, at), (u64::MAX - 1100, 512));
+        // ... and behind a long name's two blocks, its padded end is past it.
+        assert_eq!(data_end(at + 2 * BLOCK, size), None);
+        assert_eq!(data_end(512, u64::MAX), None);
     }
 
     #[test]
