@@ -358,11 +358,13 @@ impl Cache {
     /// the pull reads it through [`Cache::begin`]). For choices that only
     /// cost time when wrong.
     pub fn holds(&self, digest: &Digest) -> bool {
-        !self.transient
-            && self
-                .dir("blobs", digest.algorithm())
-                .and_then(|d| d.stat(digest.hex()))
-                .is_ok_and(|st| st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG))
+        if self.transient {
+            return false; // (and no `blobs/` made among DEST's partials)
+        }
+        let entry = self
+            .dir("blobs", digest.algorithm())
+            .and_then(|d| d.stat(digest.hex()));
+        matches!(entry, Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG)
     }
 
     /// Looks a blob up: a hit, or the right to download it (waiting while
